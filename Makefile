@@ -1,0 +1,25 @@
+# The two quick-start commands (README): `make demo` and `make test`.
+# Both create .venv, install torch==2.13.0 first (the CPU wheel; an unpinned torch pulls CUDA),
+# then the package in editable mode.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install demo test clean
+
+$(BIN)/pseudocot: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install "torch==2.13.0"
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $(BIN)/pseudocot
+
+install: $(BIN)/pseudocot
+
+demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/pseudocot demo
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

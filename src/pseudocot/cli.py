@@ -1,0 +1,307 @@
+"""The `pseudocot` command: one subcommand per stage, plus `run`, `demo`, `chat`, `serve`, `config`.
+
+Every stage takes `--config PRESET_OR_FILE.yaml` and dotted overrides (`train.lr=1e-4`).
+
+    pseudocot --help
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pseudocot import __version__
+from pseudocot.config import DEFAULT_PRESET, ArithConfig, Config, ConfigError, load_config, presets, to_yaml
+from pseudocot.data.example import DataError
+
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    # ModelError lives beside torch; import it only when a command has already pulled torch in.
+    if "pseudocot.models.loading" in sys.modules:
+        from pseudocot.models.loading import ModelError
+
+        return USER_ERRORS + (ModelError,)
+    return USER_ERRORS
+
+
+class PseudocotGroup(click.Group):
+    """Turns the errors a user can cause into one line on stderr and exit code 1, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _user_errors() as e:  # type: ignore[misc]
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(1)
+
+
+def _first_positional(args: list[str]) -> str | None:
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in ("--config", "-c"):
+            skip = True
+        elif not a.startswith("-"):
+            return a
+    return None
+
+
+class StageGroup(PseudocotGroup):
+    """A stage that also has subcommands: `pseudocot data [--config X] [k=v ...]` runs the stage,
+    `pseudocot data arith ...` runs a subcommand."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        first = _first_positional(args)
+        if first is None or first in self.commands:
+            return super().parse_args(ctx, args)
+        overrides = [a for a in args if not a.startswith("-") and "=" in a]
+        rest = [a for a in args if a not in overrides]
+        stray = _first_positional(rest)
+        if stray is not None:
+            raise click.UsageError(f"'{stray}' is neither a subcommand ({', '.join(self.commands)}) nor an override key=value.", ctx)
+        ctx.meta["overrides"] = overrides
+        return super().parse_args(ctx, rest)
+
+
+config_option = click.option("--config", "-c", "config_name", default=DEFAULT_PRESET, show_default=True,
+                             metavar="PRESET_OR_FILE", help="A preset name (see `pseudocot config presets`) or a YAML file.")
+overrides_argument = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+
+
+@click.group(cls=PseudocotGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="pseudocot")
+def cli() -> None:
+    """Pseudo chain-of-thought: a base LLM, a Tiny Thought Model that writes thoughts, and a router
+    that decides when another thought is worth it.
+
+    Every stage reads a config (`--config PRESET_OR_FILE`, default `demo`) with dotted overrides
+    (`train.lr=1e-4`) and writes one folder of the run directory `runs/<run.name>/`.
+    """
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+@cli.group(cls=StageGroup, invoke_without_command=True)
+@config_option
+@click.pass_context
+def data(ctx: click.Context, config_name: str) -> None:
+    """Build the run's train/val/test data (+ tokenizer for tiny models); subcommands for single files.
+
+    \b
+    pseudocot data --config demo data.arith.n_train=2000   # the stage
+    pseudocot data arith --n 2000 --out arith.jsonl         # one file of the built-in task
+    pseudocot data check FILE.jsonl                         # validate a file
+    pseudocot data convert FILE --format gsm8k --out x.jsonl
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from pseudocot.data import stage
+
+    cfg = load_config(config_name, ctx.meta.get("overrides", []))
+    stats = stage.main(cfg)
+    _print_data_summary(cfg, stats)
+
+
+def _print_data_summary(cfg: Config, stats: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"{cfg.run_dir / 'data'}")
+    table.add_column("split")
+    table.add_column("examples", justify="right")
+    table.add_column("per source")
+    table.add_column("per number of steps (arith)")
+    for split in ("train", "val", "test"):
+        s = stats[split]
+        table.add_row(split, str(s["n"]), ", ".join(f"{k}: {v}" for k, v in s["per_source"].items()),
+                      ", ".join(f"k={k}: {v}" for k, v in s.get("arith", {}).get("per_steps", {}).items()))
+    console.print(table)
+    if stats.get("train_dropped_overlap"):
+        console.print(f"dropped {stats['train_dropped_overlap']} training examples whose question is in val or test")
+    if stats.get("rejects"):
+        console.print(f"[yellow]{stats['rejects']} bad rows skipped; see {cfg.run_dir / 'data' / 'rejects.jsonl'}[/]")
+    if "tokenizer" in stats:
+        console.print(f"tokenizer: {stats['tokenizer']['path']} ({stats['tokenizer']['vocab_size']} tokens)")
+
+
+@data.command("arith")
+@click.option("--n", "n", type=click.IntRange(min=1), required=True, help="Number of problems.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=ArithConfig.max_steps, show_default=True, help="Largest number of operations k.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same bytes.")
+@click.option("--max-operand", type=click.IntRange(min=2), default=ArithConfig.max_operand, show_default=True)
+@click.option("--max-value", type=click.IntRange(min=4), default=ArithConfig.max_value, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output JSONL file.")
+def data_arith(n: int, max_steps: int, seed: int, max_operand: int, max_value: int, out: Path) -> None:
+    """Write N problems of the built-in multi-step arithmetic task, and OUT.stats.json beside it."""
+    from pseudocot.data import arith
+    from pseudocot.data.jsonl import write_examples
+    from pseudocot.files import atomic_write_text
+
+    cfg = ArithConfig(max_steps=max_steps, seed=seed, max_operand=max_operand, max_value=max_value)
+    examples = arith.generate(n, cfg)
+    write_examples(out, examples)
+    stats_path = out.with_name(out.name.removesuffix(".jsonl") + ".stats.json")
+    stats = arith.stats(examples)
+    atomic_write_text(stats_path, json.dumps(stats, indent=2) + "\n")
+    per_k = ", ".join(f"k={k}: {v}" for k, v in stats["per_steps"].items())
+    click.echo(f"wrote {n} problems to {out} ({per_k}) and {stats_path}")
+    click.echo(f"example: {examples[0].question}")
+    click.echo("  " + examples[0].reasoning.replace("\n", "\n  ") + f"\n  answer: {examples[0].answer}")  # type: ignore[union-attr]
+
+
+def _parse_fields(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for p in pairs:
+        k, sep, v = p.partition("=")
+        if not sep or not k or not v:
+            raise click.BadParameter(f"'{p}' is not FIELD=COLUMN (e.g. question=prompt).", param_hint="--field")
+        out[k] = v
+    return out
+
+
+format_option = click.option("--format", "fmt", type=click.Choice(["jsonl", "gsm8k", "mmlu", "csv", "hf_disk"]), default="jsonl",
+                             show_default=True, help="How to read FILE (jsonl = the Example schema or a mapped JSONL).")
+field_option = click.option("--field", "fields", multiple=True, metavar="FIELD=COLUMN",
+                            help="Map an Example field to a column of a jsonl/csv/hf_disk source (repeatable).")
+
+
+@data.command("check")
+@click.argument("file")
+@format_option
+@field_option
+@click.option("--max-errors", type=int, default=10, show_default=True, help="How many errors to print.")
+def data_check(file: str, fmt: str, fields: tuple[str, ...], max_errors: int) -> None:
+    """Validate FILE: print counts and the first errors as FILE:LINE: reason; exit 1 if any."""
+    from pseudocot.data.loaders import load_file
+
+    result = load_file(fmt, file, _parse_fields(fields), skip_bad=True)
+    exs = result.examples
+    sources: dict[str, int] = {}
+    for e in exs:
+        sources[e.source] = sources.get(e.source, 0) + 1
+    click.echo(f"{file}: {len(exs)} valid examples, {len(result.rejects)} bad rows")
+    if exs:
+        click.echo(f"  with reasoning: {sum(e.reasoning is not None for e in exs)}; with choices: {sum(e.choices is not None for e in exs)}")
+        click.echo("  per source: " + ", ".join(f"{k}: {v}" for k, v in sorted(sources.items())))
+    for r in result.rejects[:max_errors]:
+        click.echo(r.message(), err=True)
+    if len(result.rejects) > max_errors:
+        click.echo(f"... and {len(result.rejects) - max_errors} more", err=True)
+    if result.rejects:
+        sys.exit(1)
+
+
+@data.command("convert")
+@click.argument("file")
+@format_option
+@field_option
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output Example JSONL.")
+@click.option("--skip-bad", is_flag=True, help="Keep going past bad rows; write them with reasons to OUT.rejects.jsonl.")
+def data_convert(file: str, fmt: str, fields: tuple[str, ...], out: Path, skip_bad: bool) -> None:
+    """Read FILE in any supported format and write it as Example JSONL."""
+    from pseudocot.data.jsonl import write_examples, write_rejects
+    from pseudocot.data.loaders import load_file
+
+    result = load_file(fmt, file, _parse_fields(fields), skip_bad=skip_bad)
+    write_examples(out, result.examples)
+    rejects = write_rejects(out, result.rejects)
+    click.echo(f"wrote {len(result.examples)} examples to {out}" + (f"; {len(result.rejects)} bad rows to {rejects}" if rejects else ""))
+
+
+# ------------------------------------------------------------------------------------ config
+
+
+@cli.group(cls=PseudocotGroup)
+def config() -> None:
+    """Show presets and fully resolved configs."""
+
+
+@config.command("show")
+@click.argument("name", default=DEFAULT_PRESET, metavar="[PRESET_OR_FILE]")
+@overrides_argument
+@click.option("--no-comments", is_flag=True, help="Leave out the field descriptions.")
+def config_show(name: str, overrides: tuple[str, ...], no_comments: bool) -> None:
+    """Print the resolved config (every default written out) of a preset or file, with overrides."""
+    click.echo(to_yaml(load_config(name, overrides), comments=not no_comments), nl=False)
+
+
+@config.command("presets")
+def config_presets() -> None:
+    """List the presets shipped in configs/."""
+    for p in presets():
+        click.echo(p)
+
+
+# ------------------------------------------------------------------------------------ demo
+
+
+@cli.command()
+@click.option("--preset", default="demo", show_default=True, help="`demo` (the full run) or `smoke` (small, for CI).")
+@overrides_argument
+def demo(preset: str, overrides: tuple[str, ...]) -> None:
+    """Run the built-in demo: arith data, tokenizer, tiny models, router, evaluation, report."""
+    from pseudocot.data import stage
+
+    if preset not in ("demo", "smoke"):
+        raise click.BadParameter(f"'{preset}' is not a demo preset; use demo or smoke.", param_hint="--preset")
+    cfg = load_config(preset, overrides)
+    click.echo(f"pseudocot demo ({preset}): building the built-in arithmetic data in {cfg.run_dir}")
+    stats = stage.main(cfg)
+    _print_data_summary(cfg, stats)
+    from pseudocot.data.jsonl import read_examples
+
+    ex = read_examples(cfg.run_dir / "data" / "test.jsonl").examples[0]
+    click.echo(f"\na held-out problem ({ex.meta['steps']} steps):\n  {ex.question}\n  "
+               + (ex.reasoning or "").replace("\n", "\n  ") + f"\n  answer: {ex.answer}")
+    click.echo("\nThis version of the demo stops after the data stage: training, routing and evaluation are "
+               "added by the next stages (see `pseudocot --help`).")
+
+
+# ------------------------------------------------------------------------------------ stages still to come
+
+_LATER = {
+    "synth": ("Write step-by-step reasoning data with a teacher model or an OpenAI-compatible endpoint.", "synthetic data"),
+    "finetune": ("LoRA/QLoRA fine-tuning of the base LLM (or full fine-tuning of a tiny model).", "training"),
+    "distill": ("Distil the reasoning teacher in stages into the Tiny Thought Model.", "training"),
+    "grpo": ("GRPO reinforcement learning with rewards for correct and faithful reasoning.", "GRPO"),
+    "router": ("Train the router on the base model's traces.", "router/pipeline"),
+    "eval": ("Evaluate systems on tasks: accuracy with intervals, BLEU, ROUGE-L, faithfulness, cost.", "evaluation"),
+    "run": ("Run every configured stage in order into one run folder, skipping finished ones.", "end-to-end"),
+    "chat": ("Chat in the terminal with a run's base model, router and Tiny Thought Model.", "router/pipeline"),
+    "serve": ("Serve a run as an OpenAI-compatible API with a chat page.", "serving"),
+}
+
+
+def _later_stage(name: str, summary: str, issue: str) -> click.Command:
+    @click.pass_context
+    def callback(ctx: click.Context, config_name: str, overrides: tuple[str, ...]) -> None:
+        load_config(config_name, overrides)  # a bad config is still reported as such
+        click.echo(f"error: `pseudocot {name}` is not built yet; it arrives with the {issue} work.", err=True)
+        ctx.exit(2)
+
+    cmd = click.Command(name, callback=callback, help=f"{summary}\n\nNot built yet: arrives with the {issue} work; running it exits with an error.",
+                        short_help=f"{summary.rstrip('.')} [not built yet]")
+    config_option(cmd)
+    overrides_argument(cmd)
+    return cmd
+
+
+for _name, (_summary, _issue) in _LATER.items():
+    cli.add_command(_later_stage(_name, _summary, _issue))
+
+
+def main() -> None:
+    cli(prog_name="pseudocot")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,512 @@
+"""Typed configuration: dataclasses with a docstring under every field, YAML in and out.
+
+A YAML file is an instance of `Config`. Loading checks every key against the dataclasses, so an
+unknown key, a wrong type or a missing required value is one sentence naming the file, its line,
+the key and what is valid. Dotted overrides (`train.lr=1e-4`, `data.sources.0.train=x.jsonl`) are
+applied after the file. A file may start from a preset with `extends: PRESET_OR_FILE`.
+
+    pseudocot config show demo train.lr=1e-4
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import hashlib
+import inspect
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from pseudocot.files import atomic_write_text
+
+PRESET_DIR = Path(__file__).parent / "configs"
+DEFAULT_PRESET = "demo"
+
+
+class ConfigError(ValueError):
+    """A config problem the user can fix; the message is one sentence saying what and where."""
+
+
+# --------------------------------------------------------------------------------------------
+# The schema. Later stages add their own sections here.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunConfig:
+    name: str = "demo"
+    """Run name: stages write into `<out_dir>/<name>/`."""
+    out_dir: str = "runs"
+    """Folder that holds run folders."""
+    seed: int = 0
+    """Global random seed for data order, initialisation and sampling."""
+    device: str = "auto"
+    """Where models run: `auto` (CUDA if present, else CPU), `cpu`, `cuda`, `cuda:N` or `mps`."""
+
+
+@dataclass
+class ArithConfig:
+    n_train: int = 4000
+    """Number of training problems of the built-in arithmetic task."""
+    n_val: int = 500
+    """Number of validation problems."""
+    n_test: int = 1000
+    """Number of held-out test problems (disjoint from train and val by question text)."""
+    max_steps: int = 4
+    """Largest number of operations k in one problem; k is drawn from 1..max_steps."""
+    step_weights: list[float] | None = None
+    """Relative frequency of k = 1..max_steps (one weight per k); null means uniform."""
+    max_operand: int = 12
+    """Largest operand of a step (operands are drawn from 1..max_operand; the start from 2..2*max_operand)."""
+    max_value: int = 99
+    """Largest value any intermediate or final result may take (all values stay non-negative)."""
+    operations: list[str] = field(default_factory=lambda: ["+", "-", "*", "/"])
+    """Operations to draw from: any of `+`, `-`, `*`, `/` (division is always exact)."""
+    seed: int = 0
+    """Seed of the problem generator; the same seed gives byte-identical files."""
+
+
+@dataclass
+class SourceConfig:
+    name: str = "arith"
+    """Name of this source; it is written into each example's `source` field."""
+    format: Literal["arith", "gsm8k", "mmlu", "jsonl", "csv", "hf_disk"] = "arith"
+    """How to read it: the built-in task (`arith`, settings under `data.arith`), GSM8K JSONL, MMLU CSV, generic JSONL or CSV, or a `datasets` folder saved with `save_to_disk`."""
+    train: str | None = None
+    """Training file (for `hf_disk`: `FOLDER` or `FOLDER:SPLIT`); null for a source used only for evaluation."""
+    val: str | None = None
+    """Validation file; null carves `data.val_fraction` out of the training file."""
+    test: str | None = None
+    """Test file; null means this source adds nothing to the test split."""
+    fields: dict[str, str] = field(default_factory=dict)
+    """Field mapping for `jsonl`, `csv` and `hf_disk`: Example field -> column name, e.g. `{question: prompt, answer: label}`."""
+    weight: float = 1.0
+    """Relative share of this source in the mixed training split (paper section 4.1)."""
+
+
+@dataclass
+class DataConfig:
+    sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
+    """Datasets to load; several are mixed so every shard holds the same share of each."""
+    arith: ArithConfig = field(default_factory=ArithConfig)
+    """Settings of the built-in arithmetic task (used by a source of format `arith`)."""
+    val_fraction: float = 0.1
+    """Share of a source's training file held out as validation when it has no `val` file."""
+    max_train: int | None = None
+    """Cap on the mixed training split (null: everything the sources give)."""
+    max_val: int | None = None
+    """Cap on the validation split (null: no cap)."""
+    max_test: int | None = None
+    """Cap on the test split (null: no cap)."""
+    skip_bad: bool = False
+    """Skip malformed rows (written with their reasons to `data/rejects.jsonl`) instead of stopping."""
+    seed: int = 0
+    """Seed for shuffling, the validation carve-out and mixing."""
+
+
+@dataclass
+class TokenizerConfig:
+    train: bool = False
+    """Train a BPE tokenizer on the run's training data into `<run>/tokenizer/` (for tiny models trained from scratch)."""
+    vocab_size: int = 384
+    """Vocabulary size of a trained tokenizer (special tokens and the byte alphabet included)."""
+    min_frequency: int = 2
+    """A merge must occur at least this often in the training text to be learned."""
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-3
+    """Peak learning rate."""
+    max_steps: int = 300
+    """Optimizer steps."""
+    batch_size: int = 32
+    """Examples per device per step."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    warmup_ratio: float = 0.05
+    """Share of steps spent warming the learning rate up linearly."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_length: int = 256
+    """Longest tokenized example; longer ones are truncated."""
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 96
+    """Most tokens generated per completion."""
+    temperature: float = 0.0
+    """Sampling temperature; 0 means greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (used when temperature > 0)."""
+    stop: list[str] = field(default_factory=list)
+    """Stop strings: generation ends at the first one, which is not part of the returned text."""
+    batch_size: int = 32
+    """Prompts generated together in one batch."""
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    """Run name, output folder, seed, device."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Which data, how it is split and mixed."""
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """Tokenizer of the tiny models (ignored when real checkpoints bring their own)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation settings shared by the training stages."""
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    """Decoding settings."""
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.out_dir) / self.run.name
+
+
+# --------------------------------------------------------------------------------------------
+# Field docstrings (read from the source, so the docs live in one place).
+# --------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Return {field name: docstring} for a dataclass whose fields carry a string literal below."""
+    try:
+        tree = ast.parse(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+# --------------------------------------------------------------------------------------------
+# YAML with line numbers.
+# --------------------------------------------------------------------------------------------
+
+
+class _Src:
+    """Where a value came from: a file and the line of each dotted key, for error messages."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.lines: dict[str, int] = {}
+        self.overrides: dict[str, str] = {}
+
+    def where(self, key: str) -> str:
+        for k, text in self.overrides.items():
+            if key == k or key.startswith(k + "."):
+                return f"override '{text}'"
+        line = self.lines.get(key)
+        return f"{self.file}:{line}" if line else self.file
+
+
+def _node_to_python(node: yaml.Node, prefix: str, src: _Src) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for k_node, v_node in node.value:
+            key = str(yaml.safe_load(yaml.serialize(k_node)))
+            path = f"{prefix}.{key}" if prefix else key
+            if key in out:
+                raise ConfigError(f"{src.file}:{k_node.start_mark.line + 1}: key '{path}' appears twice; keep one.")
+            src.lines[path] = k_node.start_mark.line + 1
+            out[key] = _node_to_python(v_node, path, src)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        items = []
+        for i, item in enumerate(node.value):
+            path = f"{prefix}.{i}"
+            src.lines[path] = item.start_mark.line + 1
+            items.append(_node_to_python(item, path, src))
+        return items
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def _read_yaml(path: Path, src: _Src) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax.") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror}).") from None
+    if node is None:
+        return {}
+    data = _node_to_python(node, "", src)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a YAML mapping of sections, not a {type(data).__name__}.")
+    return data
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str | os.PathLike[str]) -> Path:
+    """A path to an existing file, or the name of a preset in `configs/`."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    preset = PRESET_DIR / f"{p.name}.yaml"
+    if not p.suffix and preset.is_file():
+        return preset
+    raise ConfigError(
+        f"no config file or preset named '{name_or_path}'; give a YAML file or one of the presets: {', '.join(presets())}."
+    )
+
+
+def _load_raw(path: Path, src: _Src, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'extends' loops back to a file that extends it; remove the cycle.")
+    data = _read_yaml(path, src)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"{src.where('extends')}: 'extends' must be a preset name or a file path.")
+    parent_path = resolve_config_path(parent if Path(parent).is_absolute() or not (path.parent / parent).is_file() else path.parent / parent)
+    parent_src = _Src(str(parent_path))
+    base = _load_raw(parent_path, parent_src, seen + (path.resolve(),))
+    # Lines of the child win; keys only in the parent keep the parent's file in messages.
+    for k, line in parent_src.lines.items():
+        src.lines.setdefault(k, line)
+    return _deep_merge(base, data)
+
+
+# --------------------------------------------------------------------------------------------
+# Overrides.
+# --------------------------------------------------------------------------------------------
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=VALUE` -> (["a", "b", "c"], VALUE parsed as YAML)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}' is not of the form section.key=value (e.g. train.lr=1e-4).")
+    try:
+        parsed = yaml.safe_load(value) if value != "" else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.split("."), parsed
+
+
+def _apply_override(data: dict[str, Any], keys: list[str], value: Any, text: str) -> None:
+    node: Any = data
+    for i, k in enumerate(keys[:-1]):
+        if isinstance(node, list):
+            if not k.isdigit() or int(k) >= len(node):
+                raise ConfigError(f"override '{text}': '{'.'.join(keys[: i + 1])}' is not an index of a list of {len(node)}.")
+            node = node[int(k)]
+        else:
+            if not isinstance(node.get(k), (dict, list)):
+                node[k] = {}
+            node = node[k]
+    last = keys[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"override '{text}': '{last}' is not an index of a list of {len(node)}.")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+# --------------------------------------------------------------------------------------------
+# Typed conversion.
+# --------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}.get(tp, str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str, src: _Src) -> Any:
+    def bad() -> ConfigError:
+        return ConfigError(f"{src.where(key)}: key '{key}' must be {_type_name(tp)}, got {value!r}.")
+
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise bad()
+        return _build(tp, value, key, src)  # type: ignore[arg-type]
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise bad()
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(value, a, key, src)
+            except ConfigError as e:
+                errors.append(e)
+        if len(errors) == 1:
+            raise errors[0]
+        raise bad()
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise bad()
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad()
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(v, item_tp, f"{key}.{i}", src) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad()
+        _, v_tp = typing.get_args(tp)
+        return {str(k): _convert(v, v_tp, f"{key}.{k}", src) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad()
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                raise bad() from None
+        raise bad()
+    if tp is float:
+        # PyYAML reads `1e-4` (no dot) as a string: accept any string that is a number.
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise bad() from None
+        raise bad()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad()
+    raise bad()
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, src: _Src) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = _hints(cls)
+    kwargs: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in fields:
+            where = f"under '{prefix}'" if prefix else "at the top level"
+            raise ConfigError(f"{src.where(key)}: unknown key '{key}'; valid keys {where}: {', '.join(fields)}.")
+        kwargs[k] = _convert(v, hints[k], key, src)
+    for name, f in fields.items():
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            key = f"{prefix}.{name}" if prefix else name
+            raise ConfigError(f"{src.file}: missing required key '{key}' ({field_docs(cls).get(name, '')}).")
+    return cls(**kwargs)
+
+
+def from_dict(data: dict[str, Any], cls: type = Config, file: str = "<dict>") -> Any:
+    """Build a config dataclass from plain data, with the same checks as a YAML file."""
+    return _build(cls, data, "", _Src(file))
+
+
+def load_config(name_or_path: str | os.PathLike[str] | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a preset or YAML file, apply dotted overrides, and check every key and type."""
+    path = resolve_config_path(name_or_path or DEFAULT_PRESET)
+    src = _Src(str(path))
+    data = _load_raw(path, src)
+    for text in overrides:
+        keys, value = parse_override(text)
+        _apply_override(data, keys, value, text)
+        src.overrides[".".join(keys)] = text
+    return _build(Config, data, "", src)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing configs back out.
+# --------------------------------------------------------------------------------------------
+
+
+def to_dict(cfg: Any) -> Any:
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+
+
+def _scalar(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000, sort_keys=False).strip()
+    return text[: -len("...")].strip() if text.endswith("...") else text
+
+
+def to_yaml(cfg: Any, comments: bool = True, indent: int = 0) -> str:
+    """The config as YAML, each field preceded by its docstring as a comment; loads back equal."""
+    lines: list[str] = []
+    pad = " " * indent
+    docs = field_docs(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if comments and docs.get(f.name):
+            lines.append(f"{pad}# {docs[f.name]}")
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{pad}{f.name}:")
+            lines.append(to_yaml(value, comments, indent + 2).rstrip("\n"))
+        else:
+            lines.append(f"{pad}{f.name}: {_scalar(to_dict(value) if not isinstance(value, list) else [to_dict(v) for v in value])}")
+    return "\n".join(lines) + "\n"
+
+
+def config_hash(section: Any) -> str:
+    """A short stable hash of a config (or part of one), for telling whether a stage's output is current."""
+    blob = json.dumps(to_dict(section), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def save_config(cfg: Config, path: str | os.PathLike[str]) -> Path:
+    """Write the resolved config atomically (every default written out)."""
+    return atomic_write_text(path, to_yaml(cfg))

@@ -1,0 +1,59 @@
+"""The `Generator` interface: text in, completions out.
+
+The base LLM, the Tiny Thought Model and the teacher are each a `Generator`, so any of them can be
+a local model or a remote endpoint. Prompts are already rendered (chat template applied).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from pseudocot.config import GenerationConfig
+
+
+@dataclass
+class GenerationParams:
+    max_new_tokens: int = 96
+    """Most tokens generated per completion."""
+    temperature: float = 0.0
+    """0 means greedy decoding."""
+    top_p: float = 1.0
+    """Nucleus sampling mass, used when temperature > 0."""
+    stop: list[str] = field(default_factory=list)
+    """Generation ends at the first stop string; it is cut from the returned text."""
+    seed: int | None = None
+    """Seed for sampling; the same seed and prompts give the same samples."""
+    logprobs: bool = False
+    """Also return the log-probability of each generated token."""
+
+    @classmethod
+    def from_config(cls, cfg: GenerationConfig, **overrides: object) -> GenerationParams:
+        params = cls(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, stop=list(cfg.stop))
+        for k, v in overrides.items():
+            setattr(params, k, v)
+        return params
+
+
+@dataclass
+class Completion:
+    text: str
+    """Generated text, without the end-of-sequence token or the stop string."""
+    prompt_tokens: int
+    """Tokens in the prompt (padding not counted)."""
+    completion_tokens: int
+    """Tokens generated, the final end-of-sequence token included: what the call cost."""
+    seconds: float
+    """Wall time of the call that produced it, shared equally among the prompts of its batch."""
+    finish_reason: str = "length"
+    """`stop` (end-of-sequence or a stop string) or `length` (max_new_tokens reached)."""
+    token_logprobs: list[float] | None = None
+    """Log-probability of each generated token under the model (when asked for)."""
+
+
+@runtime_checkable
+class Generator(Protocol):
+    def generate(self, prompts: Sequence[str], params: GenerationParams) -> list[Completion]:
+        """One completion per prompt, in the order of `prompts`."""
+        ...

@@ -1,0 +1,123 @@
+"""Local HF backend of `Generator`: batched greedy or sampled generation with left padding.
+
+Prompts are sorted by length so a batch wastes little padding, generated in batches of
+`batch_size`, and returned in the caller's order. Stop strings end a sequence early and are cut
+from its text. Greedy output of a batch equals the same prompts generated one at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import GenerationConfig as HFGenerationConfig
+
+from pseudocot.generate.base import Completion, GenerationParams
+from pseudocot.models.loading import load_model, load_tokenizer
+
+
+class HFGenerator:
+    """A causal LM and its tokenizer as a `Generator`."""
+
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 32) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1.")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        eos = model.generation_config.eos_token_id
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        self.eos_ids: list[int] = list(eos) if isinstance(eos, (list, tuple)) else [eos]
+        self.pad_id: int = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+
+    @classmethod
+    def from_pretrained(cls, path: str, device: str = "auto", dtype: str = "auto", batch_size: int = 32,
+                        trust_remote_code: bool = False, tokenizer_path: str | None = None) -> HFGenerator:
+        tokenizer = load_tokenizer(tokenizer_path or path, trust_remote_code=trust_remote_code)
+        model = load_model(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        return cls(model, tokenizer, batch_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _hf_config(self, params: GenerationParams) -> HFGenerationConfig:
+        # A fresh config, so a checkpoint's own sampling defaults never leak into greedy runs.
+        sample = params.temperature > 0
+        return HFGenerationConfig(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=sample,
+            temperature=params.temperature if sample else None,
+            top_p=params.top_p if sample else None,
+            top_k=None,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.eos_ids,
+            stop_strings=list(params.stop) or None,
+            return_dict_in_generate=True,
+            output_logits=params.logprobs,
+        )
+
+    def generate(self, prompts: Sequence[str], params: GenerationParams) -> list[Completion]:
+        if params.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1.")
+        encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+        results: list[Completion | None] = [None] * len(prompts)
+        config = self._hf_config(params)
+        for b, start in enumerate(range(0, len(order), self.batch_size)):
+            idx = order[start : start + self.batch_size]
+            seed = None if params.seed is None else params.seed + b
+            for i, completion in zip(idx, self._generate_batch([encoded[i] for i in idx], params, config, seed)):
+                results[i] = completion
+        return [r for r in results if r is not None]
+
+    def _generate_batch(self, batch: list[list[int]], params: GenerationParams, config: HFGenerationConfig,
+                        seed: int | None) -> list[Completion]:
+        width = max(len(ids) for ids in batch)
+        if width == 0:
+            raise ValueError("cannot generate from an empty prompt.")
+        # Left padding: (B, T) ids and mask; every row's last prompt token sits at column T-1.
+        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, ids in enumerate(batch):
+            if ids:
+                input_ids[r, width - len(ids):] = torch.tensor(ids)
+                mask[r, width - len(ids):] = 1
+        t0 = time.perf_counter()
+        with torch.inference_mode(), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            if seed is not None:
+                torch.manual_seed(seed)
+            out = self.model.generate(
+                input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+                generation_config=config, tokenizer=self.tokenizer if params.stop else None,
+            )
+        seconds = (time.perf_counter() - t0) / len(batch)
+        new = out.sequences[:, width:].tolist()  # (B, N) generated ids, padded after a row finishes
+        logprobs = None
+        if params.logprobs and out.logits:
+            # (B, N, V) raw logits -> log-probabilities of the tokens actually chosen, (B, N).
+            logits = torch.stack(out.logits, dim=1).float()
+            chosen = out.sequences[:, width:].unsqueeze(-1)
+            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, chosen).squeeze(-1).tolist()
+        return [self._finish(row, len(batch[r]), seconds, params, logprobs[r] if logprobs else None)
+                for r, row in enumerate(new)]
+
+    def _finish(self, tokens: list[int], prompt_tokens: int, seconds: float, params: GenerationParams,
+                logprobs: list[float] | None) -> Completion:
+        n, reason, keep = len(tokens), "length", len(tokens)
+        for j, t in enumerate(tokens):
+            if t in self.eos_ids:
+                n, keep, reason = j + 1, j, "stop"
+                break
+            if t == self.pad_id:
+                n, keep, reason = j, j, "stop"  # a stop string ended this row at the previous token
+                break
+        text = self.tokenizer.decode(tokens[:keep], skip_special_tokens=True)
+        cuts = [text.find(s) for s in params.stop if s and s in text]
+        if cuts:
+            text, reason = text[: min(cuts)], "stop"
+        return Completion(text=text, prompt_tokens=prompt_tokens, completion_tokens=n, seconds=seconds,
+                          finish_reason=reason, token_logprobs=logprobs[:n] if logprobs is not None else None)

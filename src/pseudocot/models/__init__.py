@@ -1,0 +1,1 @@
+"""Models: loading HF checkpoints safely, and the offline tokenizer and tiny-model factory."""
