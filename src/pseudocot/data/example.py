@@ -49,8 +49,9 @@ class Example:
         for name in ("id", "question", "answer"):
             if not isinstance(values[name], str):
                 raise DataError(f"field '{name}' must be a string, got {type(values[name]).__name__}")
-        if not values["question"].strip():
-            raise DataError("field 'question' is empty")
+        for name in ("question", "answer"):
+            if not values[name].strip():
+                raise DataError(f"field '{name}' is empty")
         choices = values.get("choices")
         if choices is not None and (not isinstance(choices, list) or not all(isinstance(c, str) for c in choices)):
             raise DataError("field 'choices' must be a list of strings or null")

@@ -45,16 +45,14 @@ def iter_json_lines(path: str | os.PathLike[str]) -> Iterable[tuple[int, str, An
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file; check the path.")
-    with path.open("r", encoding="utf-8", errors="strict") as f:
-        lineno = 0
-        while True:
+    # Bytes, decoded line by line: a text-mode reader decodes ahead in chunks, so its error would
+    # name the wrong line.
+    with path.open("rb") as f:
+        for lineno, raw_bytes in enumerate(f, start=1):
             try:
-                raw = f.readline()
+                raw = raw_bytes.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{lineno + 1}: not UTF-8 text ({e.reason}); re-encode the file as UTF-8.") from None
-            if not raw:
-                return
-            lineno += 1
+                raise DataError(f"{path}:{lineno}: not UTF-8 text ({e.reason}); re-encode the file as UTF-8.") from None
             text = raw.strip()
             if not text:
                 continue

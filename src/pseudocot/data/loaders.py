@@ -98,8 +98,11 @@ def _csv_rows(path: Path, dict_rows: bool) -> Iterable[tuple[int, str, Any]]:
         raise DataError(f"{path}: no such file; check the path.")
     with path.open("r", encoding="utf-8", newline="") as f:
         reader: Any = csv.DictReader(f) if dict_rows else csv.reader(f)
-        start = (reader.reader.line_num if dict_rows else reader.line_num) + 1
+        start = 1
         try:
+            if dict_rows:
+                _ = reader.fieldnames  # read the header now, so the first record starts after it
+                start = reader.line_num + 1
             for row in reader:
                 end = reader.line_num
                 values = list(row.values()) if dict_rows else row
@@ -166,7 +169,8 @@ def mapped_example(row: Any, mapping: dict[str, str], default_id: str, source: s
     if isinstance(row.get("source"), str) and row["source"]:
         out["source"] = row["source"]
     # Columns that map to no field are kept in meta (scalars only), beside any meta the row brings.
-    used = set(mapping.values()) | set(_EXAMPLE_FIELDS)
+    # (a `choices` mapping of several columns uses each of them)
+    used = set(mapping.values()) | {c.strip() for c in mapping.get("choices", "").split(",")} | set(_EXAMPLE_FIELDS)
     meta = dict(row["meta"]) if isinstance(row.get("meta"), dict) else {}
     meta.update({k: v for k, v in row.items() if k not in used and (isinstance(v, (str, int, float, bool)) or v is None)})
     if meta:

@@ -1,8 +1,10 @@
 """Mixing several datasets so that every shard holds the same share of each (paper section 4.1).
 
 Each source's examples are shuffled, given evenly spaced positions in [0, 1), and merged by
-position. Any contiguous slice, and any strided shard `items[i::n]`, then holds each source in
-proportion to its weight (within one example).
+position. Any contiguous slice, and so every shard that `shard` makes, then holds each source in
+proportion to its weight (within one example for two sources, a little more with three or more).
+A strided split `items[i::n]` does not: with equal weights the list runs a, b, a, b, ... so
+`items[0::2]` is all `a`. Shard with `shard`, not by striding.
 """
 
 from __future__ import annotations
@@ -60,7 +62,9 @@ def mix(sources: dict[str, Sequence[T]], weights: dict[str, float] | None = None
 
 
 def shard(items: Sequence[T], index: int, count: int) -> list[T]:
-    """Shard `index` of `count` (strided, so a mixed list keeps its shares in every shard)."""
+    """Shard `index` of `count`: a contiguous block (sizes differ by at most one), so a mixed list
+    keeps its shares in every shard. (A strided shard `items[index::count]` would not.)"""
     if count < 1 or not 0 <= index < count:
         raise ValueError(f"shard {index}/{count} is not valid; use i/n with 0 <= i < n.")
-    return list(items[index::count])
+    n = len(items)
+    return list(items[index * n // count:(index + 1) * n // count])

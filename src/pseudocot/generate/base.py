@@ -32,6 +32,8 @@ class GenerationParams:
     def from_config(cls, cfg: GenerationConfig, **overrides: object) -> GenerationParams:
         params = cls(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, stop=list(cfg.stop))
         for k, v in overrides.items():
+            if k not in cls.__dataclass_fields__:
+                raise TypeError(f"GenerationParams has no field '{k}'; fields: {', '.join(cls.__dataclass_fields__)}.")
             setattr(params, k, v)
         return params
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 from transformers import GenerationConfig as HFGenerationConfig
 
 from pseudocot.generate.base import Completion, GenerationParams
@@ -21,9 +22,10 @@ from pseudocot.models.loading import load_model, load_tokenizer
 class HFGenerator:
     """A causal LM and its tokenizer as a `Generator`."""
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 32) -> None:
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 32, progress: bool = False) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1.")
+        self.progress = progress  # a progress bar over batches, for long runs
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -64,21 +66,26 @@ class HFGenerator:
         if params.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1.")
         encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        empty = [i for i, ids in enumerate(encoded) if not ids]
+        if empty:
+            raise ValueError(f"cannot generate from an empty prompt (prompt {empty[0]}).")
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
         results: list[Completion | None] = [None] * len(prompts)
         config = self._hf_config(params)
-        for b, start in enumerate(range(0, len(order), self.batch_size)):
+        starts = range(0, len(order), self.batch_size)
+        bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not self.progress or len(starts) < 2)
+        for b, start in enumerate(starts):
             idx = order[start : start + self.batch_size]
             seed = None if params.seed is None else params.seed + b
             for i, completion in zip(idx, self._generate_batch([encoded[i] for i in idx], params, config, seed)):
                 results[i] = completion
+            bar.update(len(idx))
+        bar.close()
         return [r for r in results if r is not None]
 
     def _generate_batch(self, batch: list[list[int]], params: GenerationParams, config: HFGenerationConfig,
                         seed: int | None) -> list[Completion]:
         width = max(len(ids) for ids in batch)
-        if width == 0:
-            raise ValueError("cannot generate from an empty prompt.")
         # Left padding: (B, T) ids and mask; every row's last prompt token sits at column T-1.
         input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)

@@ -1,0 +1,77 @@
+"""Shared fixtures: a small BPE tokenizer trained on the built-in arithmetic task, and a `tiny-xs`
+model trained briefly on rendered arithmetic chats so that its generations are real text.
+
+Everything here is offline, seeded and small enough for a CPU test run.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports transformers / huggingface_hub: never touch the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from pseudocot.config import ArithConfig  # noqa: E402
+from pseudocot.data import arith  # noqa: E402
+from pseudocot.data.chat import answer_text, messages_for, question_text, render  # noqa: E402
+
+ARITH_CFG = ArithConfig(max_steps=2)
+"""Settings of the problems the fixtures train on (short problems keep sequences short)."""
+
+TRAIN_SEED = 0
+TRAIN_STEPS = 250
+TRAIN_SEQ_LEN = 64
+TRAIN_BATCH = 32
+TRAIN_LR = 3e-3
+
+
+@pytest.fixture(scope="session")
+def arith_examples():
+    """500 arithmetic problems (the tokenizer's and the tiny model's training data)."""
+    return arith.generate(500, ARITH_CFG, seed=TRAIN_SEED, split="train")
+
+
+@pytest.fixture(scope="session")
+def arith_tokenizer(arith_examples):
+    from pseudocot.models.tokenizer import train_tokenizer
+
+    return train_tokenizer([question_text(e) + "\n" + answer_text(e) for e in arith_examples])
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(arith_examples, arith_tokenizer):
+    """(model, tokenizer): a `tiny-xs` Llama trained for a few hundred AdamW steps of next-token loss
+    on rendered arithmetic chats, in eval mode. Greedy output looks like `12 + 3 = 15\\nThe answer is 15.`
+    followed by <|eos|> for most prompts, with varied lengths."""
+    from pseudocot.models.tiny import build_tiny_model
+
+    tok = arith_tokenizer
+    model = build_tiny_model("tiny-xs", tok, seed=TRAIN_SEED)
+    rows = [tok(render(tok, messages_for(e)), add_special_tokens=False)["input_ids"][:TRAIN_SEQ_LEN]
+            for e in arith_examples]
+    inputs = torch.full((len(rows), TRAIN_SEQ_LEN), tok.pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), TRAIN_SEQ_LEN), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), TRAIN_SEQ_LEN), dtype=torch.long)
+    for i, r in enumerate(rows):
+        inputs[i, : len(r)] = torch.tensor(r)
+        labels[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TRAIN_SEED)
+        gen = torch.Generator().manual_seed(TRAIN_SEED)
+        opt = torch.optim.AdamW(model.parameters(), lr=TRAIN_LR, weight_decay=0.0)
+        model.train()
+        for _ in range(TRAIN_STEPS):
+            idx = torch.randint(0, len(rows), (TRAIN_BATCH,), generator=gen)
+            loss = model(input_ids=inputs[idx], attention_mask=mask[idx], labels=labels[idx]).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    model.eval()
+    model.requires_grad_(False)
+    return model, tok
