@@ -115,7 +115,7 @@ def test_write_examples_round_trip(tmp_path):
     examples = [
         Example(id="a", question="Ünïcode — 2+2?\nSecond line", answer="4", reasoning="2 + 2 = 4", source="s", meta={"steps": 1, "ops": ["+"]}),
         Example(id="b", question="Pick one", answer="C", choices=["x", "y, z", "\"q\""], source="mmlu:x"),
-        Example(id="c", question="Plain", answer=""),
+        Example(id="c", question="Plain", answer="ok"),
     ]
     f = tmp_path / "sub" / "out.jsonl"
     assert write_examples(f, examples) == 3
