@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,15 +62,23 @@ def iter_json_lines(path: str | os.PathLike[str]) -> Iterable[tuple[int, str, An
                 yield lineno, text, DataError(f"not valid JSON ({e.msg} at column {e.colno})")
 
 
-def read_examples(path: str | os.PathLike[str], skip_bad: bool = False) -> ReadResult:
-    """Read an Example JSONL file. Without `skip_bad` the first bad line raises `FILE:LINE: ...`."""
+def collect(
+    path: str | os.PathLike[str],
+    rows: Iterable[tuple[int, str, Any]],
+    to_example: Callable[[int, Any], Example],
+    skip_bad: bool = False,
+) -> ReadResult:
+    """Turn (line, raw text, parsed row or DataError) into Examples with unique ids.
+
+    Without `skip_bad` the first bad row raises `FILE:LINE: reason`; with it, bad rows become rejects.
+    """
     result = ReadResult()
     seen: dict[str, int] = {}
-    for lineno, text, obj in iter_json_lines(path):
+    for index, (lineno, text, row) in enumerate(rows):
         try:
-            if isinstance(obj, DataError):
-                raise obj
-            ex = Example.from_dict(obj)
+            if isinstance(row, DataError):
+                raise row
+            ex = to_example(index, row)
             if ex.id in seen:
                 raise DataError(f"duplicate id '{ex.id}' (first on line {seen[ex.id]})")
             seen[ex.id] = lineno
@@ -78,9 +86,14 @@ def read_examples(path: str | os.PathLike[str], skip_bad: bool = False) -> ReadR
         except DataError as e:
             reject = Reject(str(path), lineno, str(e), text)
             if not skip_bad:
-                raise DataError(reject.message() + "; fix the line or pass --skip-bad to leave it out.") from None
+                raise DataError(reject.message() + "; fix it or pass --skip-bad to leave it out.") from None
             result.rejects.append(reject)
     return result
+
+
+def read_examples(path: str | os.PathLike[str], skip_bad: bool = False) -> ReadResult:
+    """Read an Example JSONL file. Without `skip_bad` the first bad line raises `FILE:LINE: ...`."""
+    return collect(path, iter_json_lines(path), lambda _, row: Example.from_dict(row), skip_bad)
 
 
 def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> int:

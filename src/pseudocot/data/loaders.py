@@ -13,42 +13,16 @@ from __future__ import annotations
 import csv
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from pseudocot.data.example import CHOICE_LETTERS, DataError, Example
-from pseudocot.data.jsonl import ReadResult, Reject, iter_json_lines
+from pseudocot.data.jsonl import ReadResult, collect, iter_json_lines
 
 _CALC_NOTE = re.compile(r"<<[^>]*>>")
 _GSM8K_GOLD = re.compile(r"^-?[0-9][0-9,]*(\.[0-9]+)?$")
 _EXAMPLE_FIELDS = ("id", "question", "answer", "choices", "reasoning", "source", "meta")
-
-
-def _collect(
-    path: str | os.PathLike[str],
-    rows: Iterable[tuple[int, str, Any]],
-    to_example: Callable[[int, Any], Example],
-    skip_bad: bool,
-) -> ReadResult:
-    """Turn (line, raw text, parsed row or DataError) into Examples, rejecting or raising `FILE:LINE:`."""
-    result = ReadResult()
-    seen: set[str] = set()
-    for index, (lineno, text, row) in enumerate(rows):
-        try:
-            if isinstance(row, DataError):
-                raise row
-            ex = to_example(index, row)
-            if ex.id in seen:
-                raise DataError(f"duplicate id '{ex.id}'")
-            seen.add(ex.id)
-            result.examples.append(ex)
-        except DataError as e:
-            reject = Reject(str(path), lineno, str(e), text)
-            if not skip_bad:
-                raise DataError(reject.message() + "; fix the row or pass --skip-bad to leave it out.") from None
-            result.rejects.append(reject)
-    return result
 
 
 def _split_name(path: Path) -> str:
@@ -82,7 +56,7 @@ def gsm8k_example(row: Any, id: str, source: str = "gsm8k") -> Example:
 def load_gsm8k(path: str | os.PathLike[str], skip_bad: bool = False, source: str = "gsm8k") -> ReadResult:
     path = Path(path)
     split = _split_name(path)
-    return _collect(path, iter_json_lines(path), lambda i, row: gsm8k_example(row, f"{source}/{split}/{i}", source), skip_bad)
+    return collect(path, iter_json_lines(path), lambda i, row: gsm8k_example(row, f"{source}/{split}/{i}", source), skip_bad)
 
 
 # ---------------------------------------------------------------------------------- MMLU
@@ -129,7 +103,7 @@ def load_mmlu(path: str | os.PathLike[str], skip_bad: bool = False) -> ReadResul
     path = Path(path)
     subject, split = mmlu_subject(path), _split_name(path)
     source = f"mmlu:{subject}"
-    result = _collect(path, _csv_rows(path, dict_rows=False),
+    result = collect(path, _csv_rows(path, dict_rows=False),
                       lambda i, row: mmlu_example(row, f"{source}/{split}/{i}", source), skip_bad)
     for ex in result.examples:
         ex.meta["subject"] = subject
@@ -185,7 +159,7 @@ def load_jsonl(path: str | os.PathLike[str], fields: dict[str, str] | None = Non
     """A user's JSONL file; lines already in the Example schema need no mapping."""
     path = Path(path)
     name = source or path.stem
-    return _collect(path, iter_json_lines(path), lambda i, row: mapped_example(row, fields or {}, f"{name}/{i}", name), skip_bad)
+    return collect(path, iter_json_lines(path), lambda i, row: mapped_example(row, fields or {}, f"{name}/{i}", name), skip_bad)
 
 
 def load_csv(path: str | os.PathLike[str], fields: dict[str, str] | None = None, skip_bad: bool = False,
@@ -193,7 +167,7 @@ def load_csv(path: str | os.PathLike[str], fields: dict[str, str] | None = None,
     """A user's CSV file with a header row."""
     path = Path(path)
     name = source or path.stem
-    return _collect(path, _csv_rows(path, dict_rows=True), lambda i, row: mapped_example(row, fields or {}, f"{name}/{i}", name), skip_bad)
+    return collect(path, _csv_rows(path, dict_rows=True), lambda i, row: mapped_example(row, fields or {}, f"{name}/{i}", name), skip_bad)
 
 
 def load_hf_disk(spec: str, fields: dict[str, str] | None = None, skip_bad: bool = False, source: str | None = None) -> ReadResult:
@@ -215,7 +189,7 @@ def load_hf_disk(spec: str, fields: dict[str, str] | None = None, skip_bad: bool
         ds = ds[split]
     name = source or Path(folder).name
     rows = ((i + 1, "", row) for i, row in enumerate(ds))
-    return _collect(f"{folder}{':' + split if split else ''} row", rows,
+    return collect(f"{folder}{':' + split if split else ''} row", rows,
                     lambda i, row: mapped_example(row, fields or {}, f"{name}/{split or 'all'}/{i}", name), skip_bad)
 
 
