@@ -176,7 +176,7 @@ def test_config_show_default():
     assert result.exit_code == 0
     data = yaml.safe_load(result.output)
     assert data["run"]["name"] == "demo"
-    assert data["train"]["lr"] == 0.001
+    assert data["train"]["lr"] == 0.003
     assert data["data"]["arith"]["n_train"] == 4000
     assert "# Peak learning rate." in result.output
 
@@ -227,7 +227,7 @@ def test_unknown_preset():
 # ------------------------------------------------------------------------------ stages
 
 
-@pytest.mark.parametrize("stage", ["finetune", "distill", "router", "eval", "run", "chat", "serve", "synth", "grpo"])
+@pytest.mark.parametrize("stage", ["router", "eval", "run", "chat", "serve", "synth", "grpo"])
 def test_later_stages_are_not_built_yet(stage):
     result = invoke(stage)
     assert result.exit_code != 0
@@ -236,6 +236,17 @@ def test_later_stages_are_not_built_yet(stage):
     assert len(lines) == 1
     assert "not built yet" in lines[0]
     assert f"pseudocot {stage}" in lines[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["finetune"], "needs the run's tokenizer"),
+    (["distill"], "no teacher at"),
+])
+def test_training_stages_without_their_inputs_fail_in_one_line(tmp_path, args, message):
+    result = invoke(*args, f"run.out_dir={tmp_path}")
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
 
 
 def test_data_stage(tmp_path):

@@ -51,7 +51,7 @@ def test_demo_preset_values():
     assert cfg.tokenizer.train is True
     assert cfg.tokenizer.vocab_size == 384
     # Keys the preset leaves out keep their defaults.
-    assert cfg.train.lr == 1e-3
+    assert cfg.train.lr == 3e-3
     assert cfg.run.out_dir == "runs"
     assert cfg.run_dir == Path("runs") / "demo"
 
@@ -341,7 +341,7 @@ def test_to_yaml_round_trip(tmp_path, comments):
 
 def test_to_yaml_has_docs_as_comments():
     text = to_yaml(load_config("demo"))
-    assert "# Peak learning rate.\n  lr: 0.001\n" in text
+    assert "# Peak learning rate.\n  lr: 0.003\n" in text
     assert "#" not in to_yaml(load_config("demo"), comments=False)
     # every field written out, even defaults the preset does not mention
     assert yaml.safe_load(text)["generation"]["max_new_tokens"] == 96
@@ -371,7 +371,7 @@ def test_every_config_field_has_a_docstring():
     assert missing == []
     # the walk reached the nested sections, including the list item type
     assert {Config, DataConfig, SourceConfig, ArithConfig} <= seen
-    assert len(seen) == 8
+    assert len(seen) == 13
 
 
 def test_save_config_is_atomic_with_normal_permissions(tmp_path):

@@ -266,12 +266,58 @@ def demo(preset: str, overrides: tuple[str, ...]) -> None:
                "added by the next stages (see `pseudocot --help`).")
 
 
+# ------------------------------------------------------------------------------------ training
+
+
+def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
+    keep = ("steps", "train_loss", "val_loss", "tokens_per_second", "train_seconds", "resumed_from", "skipped")
+    shown = ", ".join(f"{k}={metrics[k]:.4g}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
+                      for k in keep if metrics.get(k) is not None)
+    click.echo(f"{title}: {shown}")
+
+
+@cli.command()
+@config_option
+@click.option("--role", type=click.Choice(["base", "teacher"]), default="base", show_default=True,
+              help="Which model to fine-tune: the base LLM (config section `base`) or the reasoning teacher (`teacher`).")
+@click.option("--force", is_flag=True, help="Train again even if the output is complete for this config.")
+@overrides_argument
+def finetune(config_name: str, role: str, force: bool, overrides: tuple[str, ...]) -> None:
+    """LoRA/QLoRA (or full) supervised fine-tuning, loss on the answer only -> runs/<name>/<role>/.
+
+    A killed run started again resumes from its last checkpoint (train.save_every_steps).
+    """
+    from pseudocot.train import sft
+
+    cfg = load_config(config_name, overrides)
+    _print_metrics(f"finetune {role} -> {cfg.run_dir / role}", sft.main(cfg, role, force=force))
+
+
+@cli.command()
+@config_option
+@click.option("--force", is_flag=True, help="Train every stage again even if complete for this config.")
+@overrides_argument
+def distill(config_name: str, force: bool, overrides: tuple[str, ...]) -> None:
+    """Distil the reasoning teacher in stages into the Tiny Thought Model -> runs/<name>/distill/.
+
+    Each stage mixes cross-entropy with forward/reverse KL to its teacher (the previous stage);
+    finished stages are skipped, a killed stage resumes from its last checkpoint.
+    """
+    from pseudocot.train import distill as distill_stage
+
+    cfg = load_config(config_name, overrides)
+    summary = distill_stage.main(cfg, force=force)
+    for m in summary["stages"]:
+        _print_metrics(f"distill {m['stage']} ({m['student']})", m)
+    if "ce_only_baseline" in summary:
+        _print_metrics("CE-only baseline", summary["ce_only_baseline"])
+    click.echo(f"summary: {cfg.run_dir / 'distill' / 'summary.json'}")
+
+
 # ------------------------------------------------------------------------------------ stages still to come
 
 _LATER = {
     "synth": ("Write step-by-step reasoning data with a teacher model or an OpenAI-compatible endpoint.", "synthetic data"),
-    "finetune": ("LoRA/QLoRA fine-tuning of the base LLM (or full fine-tuning of a tiny model).", "training"),
-    "distill": ("Distil the reasoning teacher in stages into the Tiny Thought Model.", "training"),
     "grpo": ("GRPO reinforcement learning with rewards for correct and faithful reasoning.", "GRPO"),
     "router": ("Train the router on the base model's traces.", "router/pipeline"),
     "eval": ("Evaluate systems on tasks: accuracy with intervals, BLEU, ROUGE-L, faithfulness, cost.", "evaluation"),

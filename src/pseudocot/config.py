@@ -129,15 +129,123 @@ class TrainConfig:
     max_steps: int = 300
     """Optimizer steps."""
     batch_size: int = 32
-    """Examples per device per step."""
+    """Examples per device per micro-batch."""
     grad_accum_steps: int = 1
     """Micro-batches accumulated per optimizer step."""
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    """Learning-rate schedule after warm-up."""
     warmup_ratio: float = 0.05
     """Share of steps spent warming the learning rate up linearly."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 turns clipping off)."""
     max_length: int = 256
-    """Longest tokenized example; longer ones are truncated."""
+    """Longest tokenized example; longer ones are cut at the end."""
+    save_every_steps: int = 100
+    """Write a resumable checkpoint every this many steps (a killed run restarts from the last one)."""
+    eval_every_steps: int = 0
+    """Validation loss every this many steps during training (0: only at the end)."""
+    log_every_steps: int = 10
+    """Log the training loss every this many steps."""
+    bf16: bool | None = None
+    """bf16 mixed precision; null turns it on where a CUDA GPU supports it and off on CPU."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory on large models."""
+
+
+@dataclass
+class ModelSpec:
+    path: str | None = None
+    """A pretrained checkpoint: local HF folder (or hub id when online). Null: build `preset` from scratch."""
+    preset: str | None = None
+    """A tiny Llama preset (tiny-xs, tiny-s, tiny-m, tiny-l) initialised from scratch on the run's tokenizer."""
+    tokenizer: str | None = None
+    """Tokenizer folder; null: the checkpoint's own, or the run's trained tokenizer for a preset."""
+    dtype: str = "auto"
+    """Weights dtype: auto (bf16 on a capable GPU, fp32 on CPU), float32, bfloat16, float16."""
+    trust_remote_code: bool = False
+    """Run the checkpoint's own Python code (only for checkpoints you trust)."""
+
+
+@dataclass
+class LoraConfig:
+    r: int = 32
+    """LoRA rank."""
+    alpha: int = 64
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"])
+    """Names of the linear layers that get adapters."""
+
+
+@dataclass
+class FinetuneConfig:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    """The model to fine-tune."""
+    method: Literal["full", "lora", "qlora"] = "lora"
+    """Full fine-tuning, LoRA, or QLoRA (4-bit base; needs CUDA and bitsandbytes)."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """Adapter settings for `lora` and `qlora`."""
+    with_reasoning: bool = True
+    """Train on the reference reasoning and the answer (true), or on the answer alone (false)."""
+    system_prompt: str | None = None
+    """A system message put before every question (null: none)."""
+    train_file: str | None = None
+    """Training data (Example JSONL); null: the run's `data/train.jsonl`."""
+    val_file: str | None = None
+    """Validation data; null: the run's `data/val.jsonl`."""
+    merge: bool = False
+    """With LoRA, also save the merged full model in `<out>/merged/`."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation settings (keys not given here come from the top-level `train`)."""
+
+
+@dataclass
+class DistillStageConfig:
+    name: str | None = None
+    """Folder name under `<run>/distill/`; null: `stage-<i>`."""
+    student: ModelSpec = field(default_factory=ModelSpec)
+    """The student of this stage (it becomes the next stage's teacher)."""
+    method: Literal["full", "lora", "qlora"] = "full"
+    """Train the student fully, with LoRA, or with QLoRA."""
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(target_modules=["q_proj", "k_proj"]))
+    """Adapter settings for `lora` and `qlora` (the paper adapts q and k only)."""
+    ce_weight: float = 0.5
+    """Weight of cross-entropy on the data."""
+    fkl_weight: float = 0.5
+    """Weight of forward KL(teacher || student)."""
+    rkl_weight: float = 0.0
+    """Weight of reverse KL(student || teacher)."""
+    temperature: float = 1.0
+    """Softening temperature of both distributions in the KL terms."""
+    train_file: str | None = None
+    """Training data of this stage; null: the run's `data/train.jsonl`."""
+    val_file: str | None = None
+    """Validation data; null: the run's `data/val.jsonl`."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation settings (keys not given here come from the top-level `train`)."""
+
+
+@dataclass
+class DistillConfig:
+    teacher: ModelSpec = field(default_factory=ModelSpec)
+    """Stage 1's teacher; with path and preset null, the run's fine-tuned reasoning teacher (`<run>/teacher/`)."""
+    stages: list[DistillStageConfig] = field(default_factory=list)
+    """The chain: stage i's teacher is stage i-1's student; the last student is the Tiny Thought Model."""
+    mode: Literal["online", "cached"] = "online"
+    """`online`: one teacher forward per batch; `cached`: the teacher runs once and its top-k log-probabilities are stored."""
+    top_k: int = 64
+    """How many teacher log-probabilities per token the cache keeps."""
+    chunk_size: int = 1024
+    """Tokens per chunk of the loss, so full-vocabulary logits never exist at once."""
+    with_reasoning: bool = True
+    """Distil on reasoning + answer (true) or the answer alone (false)."""
+    system_prompt: str | None = None
+    """A system message put before every question (null: none)."""
+    ce_only_baseline: bool = False
+    """Also train the last stage's student with cross-entropy only, same data and steps, and report it beside."""
 
 
 @dataclass
@@ -163,7 +271,13 @@ class Config:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     """Tokenizer of the tiny models (ignored when real checkpoints bring their own)."""
     train: TrainConfig = field(default_factory=TrainConfig)
-    """Optimisation settings shared by the training stages."""
+    """Defaults for every training stage: a stage's own `train` keys override these."""
+    teacher: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(method="full", with_reasoning=True))
+    """The reasoning teacher, fine-tuned on step-by-step data (`pseudocot finetune --role teacher`)."""
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    """The distillation chain that makes the Tiny Thought Model (`pseudocot distill`)."""
+    base: FinetuneConfig = field(default_factory=FinetuneConfig)
+    """The base LLM, fine-tuned on task data (`pseudocot finetune`)."""
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     """Decoding settings."""
 
@@ -445,6 +559,10 @@ def _build(cls: type, data: dict[str, Any], prefix: str, src: _Src) -> Any:
         if k not in fields:
             where = f"under '{prefix}'" if prefix else "at the top level"
             raise ConfigError(f"{src.where(key)}: unknown key '{key}'; valid keys {where}: {', '.join(fields)}.")
+        f = fields[k]
+        if isinstance(v, dict) and dataclasses.is_dataclass(hints[k]) and f.default_factory is not dataclasses.MISSING:
+            # A partial section starts from the field's own default (which may differ from the class defaults).
+            v = _deep_merge(dataclasses.asdict(f.default_factory()), v)
         kwargs[k] = _convert(v, hints[k], key, src)
     for name, f in fields.items():
         if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
@@ -467,7 +585,22 @@ def load_config(name_or_path: str | os.PathLike[str] | None = None, overrides: l
         keys, value = parse_override(text)
         _apply_override(data, keys, value, text)
         src.overrides[".".join(keys)] = text
+    _inherit_train(data)
     return _build(Config, data, "", src)
+
+
+def _inherit_train(data: dict[str, Any]) -> None:
+    """Give every stage's `train` the top-level `train` keys it does not set itself."""
+    shared = data.get("train")
+    if not isinstance(shared, dict) or not shared:
+        return
+    stages: list[Any] = [data.setdefault(role, {}) for role in ("teacher", "base")]
+    distill = data.get("distill")
+    if isinstance(distill, dict) and isinstance(distill.get("stages"), list):
+        stages += distill["stages"]
+    for stage in stages:
+        if isinstance(stage, dict) and isinstance(stage.get("train", {}), dict):
+            stage["train"] = _deep_merge(shared, stage.get("train") or {})
 
 
 # --------------------------------------------------------------------------------------------
@@ -496,6 +629,12 @@ def to_yaml(cfg: Any, comments: bool = True, indent: int = 0) -> str:
         if dataclasses.is_dataclass(value):
             lines.append(f"{pad}{f.name}:")
             lines.append(to_yaml(value, comments, indent + 2).rstrip("\n"))
+        elif isinstance(value, list) and value and all(dataclasses.is_dataclass(v) for v in value):
+            # A list of sections as a block sequence: "- " opens each item's mapping.
+            lines.append(f"{pad}{f.name}:")
+            for item in value:
+                body = to_yaml(item, False, indent + 4).rstrip("\n")
+                lines.append(f"{pad}  - " + body[indent + 4 :])
         else:
             lines.append(f"{pad}{f.name}: {_scalar(to_dict(value) if not isinstance(value, list) else [to_dict(v) for v in value])}")
     return "\n".join(lines) + "\n"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -66,3 +67,38 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, folder: str | os.PathLike
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+# Text whose ids two tokenizers must agree on before one model is distilled into the other:
+# words, digits, punctuation, whitespace runs and non-ASCII.
+_PROBE = "The answer is 12,345.67 — naïve café: 3 + 4 = 7.\n\tQ: Why?  A: Because 10% of 250 is 25! {x: [1, 2]} 日本"
+
+
+def _describe(tok: Any, i: int | None) -> str:
+    return "nothing" if i is None else f"{i} ({tok.convert_ids_to_tokens(i)!r})"
+
+
+def vocabulary_mismatch(teacher: Any, student: Any, teacher_name: str, student_name: str) -> str | None:
+    """None if the two tokenizers share one vocabulary (size, special-token ids and the ids of a
+    probe text); otherwise one sentence naming both models and the first difference."""
+    who = f"teacher '{teacher_name}' and student '{student_name}'"
+    if len(teacher) != len(student):
+        return f"the tokenizers of {who} differ: {len(teacher)} vs {len(student)} tokens."
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+        a, b = getattr(teacher, attr, None), getattr(student, attr, None)
+        if a is not None and b is not None and a != b:
+            return f"the tokenizers of {who} differ: {attr} is {a} vs {b}."
+    specials = sorted(set(teacher.all_special_tokens) | set(student.all_special_tokens))
+    for t in specials:
+        a, b = teacher.convert_tokens_to_ids(t), student.convert_tokens_to_ids(t)
+        if a != b:
+            return f"the tokenizers of {who} differ: special token {t!r} has id {a} vs {b}."
+    ids_t = teacher(_PROBE, add_special_tokens=False)["input_ids"]
+    ids_s = student(_PROBE, add_special_tokens=False)["input_ids"]
+    for pos in range(max(len(ids_t), len(ids_s))):
+        a = ids_t[pos] if pos < len(ids_t) else None
+        b = ids_s[pos] if pos < len(ids_s) else None
+        if a != b:
+            return (f"the tokenizers of {who} differ: at token {pos} of the probe text the teacher gives "
+                    f"{_describe(teacher, a)} and the student {_describe(student, b)}.")
+    return None

@@ -1,0 +1,45 @@
+"""Distillation losses: cross-entropy, forward and reverse KL, generalised JSD and skew KL, weighted.
+
+Pure functions of logits (or of hidden states and an output head) and aligned labels; each term is
+averaged over the tokens whose label is not `ignore_index`. Three forms of one loss:
+
+- `distill_loss(student_logits, teacher_logits, labels, ...)`: full logits (B, T, V) or (N, V);
+- `distill_loss_topk(student_logits, teacher_topk_logprobs, teacher_topk_ids, labels, ...)`: a
+  teacher cached as its top-k log-probs (see `topk_logprobs`);
+- `chunked_distill_loss(student_hidden, lm_head_weight, labels, ...)`: the same value and gradients
+  without ever holding the (N, V) logits, for large vocabularies.
+
+Conventions (τ² scaling of the teacher terms, float32 softmax, KL directions) are in `terms`; the
+memory and speed of the chunked form are in BENCHMARKS.md (`python benchmarks/kd_loss.py`).
+"""
+
+from pseudocot.losses.chunked import DEFAULT_CHUNK_SIZE, chunked_distill_loss
+from pseudocot.losses.terms import (
+    LossMix,
+    cross_entropy,
+    distill_loss,
+    distill_loss_topk,
+    forward_kl,
+    jsd,
+    reverse_kl,
+    skew_kl,
+    skew_reverse_kl,
+    token_losses,
+    topk_logprobs,
+)
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "LossMix",
+    "chunked_distill_loss",
+    "cross_entropy",
+    "distill_loss",
+    "distill_loss_topk",
+    "forward_kl",
+    "jsd",
+    "reverse_kl",
+    "skew_kl",
+    "skew_reverse_kl",
+    "token_losses",
+    "topk_logprobs",
+]
