@@ -5,8 +5,11 @@ prompt/completion rows with the loss on the completion only, the padding collato
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from pseudocot.files import atomic_write_text
 from pseudocot.models.loading import ModelError, load_model, load_tokenizer, resolve_device
 
 IGNORE_INDEX = -100
+logger = logging.getLogger(__name__)
 
 
 def spec_name(spec: ModelSpec) -> str:
@@ -64,11 +68,12 @@ def read_split(path: str | Path, what: str) -> list[Example]:
 def tokenize_examples(examples: Sequence[Example], tokenizer: Any, with_reasoning: bool, system_prompt: str | None,
                       max_length: int) -> list[dict[str, Any]]:
     """Rows of `input_ids` and `labels` (prompt tokens masked with -100): the loss is on the answer only."""
-    rows = []
+    rows, cut = [], 0
     for i, ex in enumerate(examples):
         prompt, completion = prompt_and_completion(tokenizer, ex, with_reasoning, system_prompt)
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        cut += len(p_ids) + len(c_ids) > max_length
         ids = (p_ids + c_ids)[:max_length]
         labels = ([IGNORE_INDEX] * len(p_ids) + c_ids)[:max_length]
         if all(t == IGNORE_INDEX for t in labels[1:]):
@@ -76,6 +81,9 @@ def tokenize_examples(examples: Sequence[Example], tokenizer: Any, with_reasonin
         rows.append({"input_ids": ids, "labels": labels, "index": i})
     if not rows:
         raise DataError(f"no example fits in train.max_length={max_length} tokens with room for its answer; raise max_length.")
+    if cut:
+        logger.warning("%d of %d examples are longer than train.max_length=%d tokens and were cut at the end "
+                       "(their final answer may be lost); raise max_length to keep them whole.", cut, len(examples), max_length)
     return rows
 
 
@@ -136,7 +144,7 @@ def training_args(train: TrainConfig, out_dir: Path, seed: int, device: str, has
         data_seed=seed,
         use_cpu=cpu,
         bf16=bf16,
-        gradient_checkpointing=train.gradient_checkpointing,
+        activation_checkpointing=train.gradient_checkpointing,
         report_to=[],
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -145,11 +153,39 @@ def training_args(train: TrainConfig, out_dir: Path, seed: int, device: str, has
     )
 
 
-def last_checkpoint(out_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def _complete_checkpoint(folder: Path) -> bool:
+    try:
+        return isinstance(json.loads((folder / "trainer_state.json").read_text()), dict)
+    except (OSError, ValueError):
+        return False
 
+
+def last_checkpoint(out_dir: Path) -> str | None:
+    """The newest complete checkpoint under `<out_dir>/checkpoints/`. The Trainer writes
+    `trainer_state.json` last, so a folder without it (or with half of it) was cut off by a kill
+    and is passed over."""
     folder = out_dir / "checkpoints"
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    if not folder.is_dir():
+        return None
+    done = [p for p in folder.iterdir() if re.fullmatch(r"checkpoint-\d+", p.name) and _complete_checkpoint(p)]
+    return str(max(done, key=lambda p: int(p.name.rsplit("-", 1)[1]))) if done else None
+
+
+def resume_checkpoint(out_dir: Path, stage_config: Any, force: bool = False) -> str | None:
+    """The checkpoint a stage resumes from: the newest complete one written under this same config.
+    Checkpoints left by another config (or any, with `force`) are removed first, so a changed config
+    trains from scratch instead of resuming the old run's last checkpoint. Call it once the Trainer
+    exists (in a distributed run all ranks must call it)."""
+    folder = out_dir / "checkpoints"
+    mark = folder / "config_hash.txt"
+    want = config_hash(stage_config)
+    if is_main_process():
+        if folder.is_dir() and (force or not mark.is_file() or mark.read_text().strip() != want):
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(mark, want + "\n")
+    wait_for_everyone()
+    return last_checkpoint(out_dir)
 
 
 @torch.no_grad()
@@ -176,6 +212,13 @@ def eval_ce(model: Any, rows: Sequence[dict[str, Any]], pad_id: int, batch_size:
 def is_main_process() -> bool:
     """Rank 0 (or not distributed): the one process that writes files."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def wait_for_everyone() -> None:
+    """In a distributed run, hold every rank here until all arrive: after rank 0 has saved a stage,
+    no rank may go on (to the next stage, which loads that folder) before the files are there."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def write_metrics(out_dir: Path, metrics: dict[str, Any], stage_config: Any) -> None:

@@ -35,12 +35,13 @@ from pseudocot.train.common import (
     eval_ce,
     is_complete,
     is_main_process,
-    last_checkpoint,
     load_spec_tokenizer,
     read_split,
+    resume_checkpoint,
     spec_name,
     tokenize_examples,
     training_args,
+    wait_for_everyone,
     write_metrics,
 )
 
@@ -173,7 +174,7 @@ def train_stage(cfg: Config, stage: DistillStageConfig, out: Path, teacher_path:
     trainer = _trainer_class()(
         model=student, args=args, train_dataset=rows, data_collator=PadCollator(s_tok.pad_token_id, keep_index=True),
         processing_class=s_tok, teacher=teacher, cache=cache, stage=stage, chunk_size=cfg.distill.chunk_size)
-    resume = last_checkpoint(out)
+    resume = resume_checkpoint(out, identity, force)
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
@@ -193,6 +194,7 @@ def train_stage(cfg: Config, stage: DistillStageConfig, out: Path, teacher_path:
         save_result(trainer.model, s_tok, out, merge=False)
         metrics["val_loss"] = eval_ce(trainer.model, val_rows, s_tok.pad_token_id, t.batch_size)
         write_metrics(out, metrics, identity)
+    wait_for_everyone()
     return metrics
 
 

@@ -22,12 +22,13 @@ from pseudocot.train.common import (
     eval_ce,
     is_complete,
     is_main_process,
-    last_checkpoint,
     load_spec_tokenizer,
     read_split,
+    resume_checkpoint,
     spec_name,
     tokenize_examples,
     training_args,
+    wait_for_everyone,
     write_metrics,
 )
 
@@ -69,7 +70,7 @@ def main(cfg: Config, role: str = "base", force: bool = False) -> dict[str, Any]
     args = training_args(t, out, cfg.run.seed, cfg.run.device, has_eval=True)
     trainer = Trainer(model=model, args=args, train_dataset=train_rows, eval_dataset=val_rows,
                       data_collator=PadCollator(tokenizer.pad_token_id), processing_class=tokenizer)
-    resume = last_checkpoint(out)
+    resume = resume_checkpoint(out, fcfg, force)
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
@@ -83,6 +84,7 @@ def main(cfg: Config, role: str = "base", force: bool = False) -> dict[str, Any]
         save_result(trainer.model, tokenizer, out, merge=fcfg.merge and fcfg.method != "full")
         metrics["val_loss"] = eval_ce(trainer.model, val_rows, tokenizer.pad_token_id, t.batch_size)
         write_metrics(out, metrics, fcfg)
+    wait_for_everyone()
     return metrics
 
 
