@@ -62,8 +62,10 @@ def _trainer_class() -> type:
             self._hidden: list[torch.Tensor] = []
             # The student's final hidden states are caught on their way out of its decoder, so the
             # forward still goes through the (DDP-)wrapped model and gradients are synchronised.
+            # Only while compute_loss runs: other forwards (validation, generation) keep nothing.
+            self._capture = False
             self._student_lm().get_decoder().register_forward_hook(
-                lambda _m, _i, out: self._hidden.append(out.last_hidden_state))
+                lambda _m, _i, out: self._hidden.append(out.last_hidden_state) if self._capture else None)
 
         def _student_lm(self) -> Any:
             model = self.model
@@ -73,8 +75,12 @@ def _trainer_class() -> type:
                          num_items_in_batch: Any = None) -> Any:
             ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
             self._hidden.clear()
-            # logits_to_keep=1: the model's own logits are for one position only; ours are chunked.
-            outputs = model(input_ids=ids, attention_mask=mask, logits_to_keep=1)
+            self._capture = True
+            try:
+                # logits_to_keep=1: the model's own logits are for one position only; ours are chunked.
+                outputs = model(input_ids=ids, attention_mask=mask, logits_to_keep=1)
+            finally:
+                self._capture = False
             hidden = self._hidden.pop()
             pos = teacher_cache.answer_positions(labels)  # (B, T-1): hidden at t predicts label t+1
             h = hidden[:, :-1][pos]  # (n, H)

@@ -113,8 +113,10 @@ def build(folder: Path, key: str, rows: Sequence[dict[str, Any]], teacher: Any, 
         for v in buf.values():
             v.clear()
 
-    for start in tqdm(range(0, len(rows), batch_size), desc="teacher cache", unit="batch", disable=not progress):
-        batch = collate(list(rows[start : start + batch_size]))
+    # Rows sorted by length waste little padding; the cache maps rows by index, so order is free.
+    ordered = sorted(rows, key=lambda r: len(r["input_ids"]))
+    for start in tqdm(range(0, len(ordered), batch_size), desc="teacher cache", unit="batch", disable=not progress):
+        batch = collate(list(ordered[start : start + batch_size]))
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         hidden = decoder_hidden(teacher, ids, mask)[:, :-1]  # (B, T-1, H): logits only where needed
         pos = answer_positions(batch["labels"]).to(device)
