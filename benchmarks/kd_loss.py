@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from pseudocot.losses import DEFAULT_CHUNK_SIZE, chunked_distill_loss, distill_loss
+from pseudocot.losses import chunked_distill_loss, default_chunk_size, distill_loss
 
 LOSS_WEIGHTS = {"ce_weight": 1.0, "fkl_weight": 0.5, "rkl_weight": 0.5}
 """The mix both variants compute: every one of CE, forward KL and reverse KL is on."""
@@ -47,12 +47,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vocab", type=int, default=128_256, help="vocabulary size V")
     parser.add_argument("--tokens", type=int, default=2048, help="tokens per step N (all labels valid)")
     parser.add_argument("--hidden", type=int, default=1024, help="hidden size H of student and teacher")
-    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="tokens per chunk")
+    parser.add_argument(
+        "--chunk-size",
+        type=lambda text: [int(x) for x in text.split(",")],
+        default=None,
+        help="tokens per chunk (default: the library's default for --vocab); a comma-separated list runs one "
+        "chunked worker per size, the first is reported",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per variant (after one warm-up)")
     parser.add_argument("--temperature", type=float, default=1.0, help="KL temperature")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     parser.add_argument("--worker", choices=["plain", "chunked"], help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.chunk_size is None:
+        args.chunk_size = [default_chunk_size(args.vocab)]
+    return args
 
 
 # --------------------------------------------------------------------------------------------
@@ -92,7 +101,7 @@ def loss_step(variant: str, x: dict[str, torch.Tensor], args: argparse.Namespace
     else:
         loss = chunked_distill_loss(
             x["hidden"], x["weight"], x["labels"], teacher_hidden=x["teacher_hidden"],
-            teacher_lm_head_weight=x["teacher_weight"], chunk_size=args.chunk_size, **kw,
+            teacher_lm_head_weight=x["teacher_weight"], chunk_size=args.chunk_size[0], **kw,
         )  # fmt: skip
     loss.backward()
     return loss.item()
@@ -126,7 +135,10 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def start_worker(variant: str, argv: list[str]) -> subprocess.Popen:
-    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker", variant]
+    """variant: `plain` or `chunked:SIZE`."""
+    kind, _, chunk_size = variant.partition(":")
+    extra = ["--chunk-size", chunk_size] if chunk_size else []
+    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, *extra, "--worker", kind]
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
@@ -150,12 +162,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.worker:
         worker(args)
         return {}
+    sizes = ",".join(map(str, args.chunk_size))
     print(
-        f"kd_loss: V={args.vocab} N={args.tokens} H={args.hidden} chunk_size={args.chunk_size} fp32 "
+        f"kd_loss: V={args.vocab} N={args.tokens} H={args.hidden} chunk_size={sizes} fp32 "
         f"threads={torch.get_num_threads()} repeats={args.repeats} (+1 warm-up each)",
         flush=True,
     )
-    variants = ("plain", "chunked")
+    variants = ["plain", *(f"chunked:{c}" for c in args.chunk_size)]
     procs = {v: start_worker(v, argv) for v in variants}
     steps: dict[str, list[dict]] = {v: [] for v in variants}
     try:
@@ -164,11 +177,11 @@ def main(argv: list[str] | None = None) -> dict:
                 steps[v].append(ask(procs[v], "step"))
                 label = "warm-up" if i == 0 else f"run {i}"
                 r = steps[v][-1]
-                print(f"  {v:8s} {label:8s} {r['seconds']:8.3f} s  loss {r['loss']:.6f}", flush=True)
+                print(f"  {v:13s} {label:8s} {r['seconds']:8.3f} s  loss {r['loss']:.6f}", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             grads = {}
             for v in variants:
-                path = os.path.join(tmp, f"{v}.pt")
+                path = os.path.join(tmp, f"{v.replace(':', '-')}.pt")
                 ask(procs[v], f"save {path}")
                 grads[v] = torch.load(path)
     finally:
@@ -179,33 +192,44 @@ def main(argv: list[str] | None = None) -> dict:
 
     seconds = {v: statistics.median(s["seconds"] for s in steps[v][1:]) for v in variants}
     peak_mib = {v: max(s["step_peak_kib"] for s in steps[v]) / 1024 for v in variants}
-    grad_err = {k: max_rel_err(grads["chunked"][k], grads["plain"][k]) for k in ("hidden", "weight")}
-    loss_rel_err = abs(steps["chunked"][-1]["loss"] - steps["plain"][-1]["loss"]) / abs(steps["plain"][-1]["loss"])
+    print(f"plain:         {seconds['plain']:8.3f} s median, step peak {peak_mib['plain']:6.0f} MiB")
+    results = []
+    for c in args.chunk_size:
+        v = f"chunked:{c}"
+        grad_err = {k: max_rel_err(grads[v][k], grads["plain"][k]) for k in ("hidden", "weight")}
+        plain_loss = steps["plain"][-1]["loss"]
+        results.append(
+            {
+                "peak_mem_ratio": round(peak_mib[v] / peak_mib["plain"], 4),
+                "time_ratio": round(seconds[v] / seconds["plain"], 4),
+                "max_grad_rel_err": max(grad_err.values()),
+                "loss_rel_err": abs(steps[v][-1]["loss"] - plain_loss) / abs(plain_loss),
+                "plain_seconds": round(seconds["plain"], 3),
+                "chunked_seconds": round(seconds[v], 3),
+                "plain_peak_mib": round(peak_mib["plain"], 1),
+                "chunked_peak_mib": round(peak_mib[v], 1),
+                "grad_rel_err_hidden": grad_err["hidden"],
+                "grad_rel_err_weight": grad_err["weight"],
+                "chunk_size": c,
+            }
+        )
+        r = results[-1]
+        print(
+            f"{v:13s} {seconds[v]:8.3f} s median, step peak {peak_mib[v]:6.0f} MiB; chunked/plain: memory "
+            f"{r['peak_mem_ratio']:.3f} (target <= 0.15), time {r['time_ratio']:.3f} (target <= 1.3), "
+            f"max grad rel err {r['max_grad_rel_err']:.2e} (target <= 1e-5)"
+        )
     result = {
-        "peak_mem_ratio": round(peak_mib["chunked"] / peak_mib["plain"], 4),
-        "time_ratio": round(seconds["chunked"] / seconds["plain"], 4),
-        "max_grad_rel_err": max(grad_err.values()),
-        "loss_rel_err": loss_rel_err,
-        "plain_seconds": round(seconds["plain"], 3),
-        "chunked_seconds": round(seconds["chunked"], 3),
-        "plain_peak_mib": round(peak_mib["plain"], 1),
-        "chunked_peak_mib": round(peak_mib["chunked"], 1),
-        "grad_rel_err_hidden": grad_err["hidden"],
-        "grad_rel_err_weight": grad_err["weight"],
+        **results[0],
         "vocab": args.vocab,
         "tokens": args.tokens,
         "hidden": args.hidden,
-        "chunk_size": args.chunk_size,
         "repeats": args.repeats,
         "temperature": args.temperature,
         "threads": torch.get_num_threads(),
     }
-    print(f"plain:   {seconds['plain']:.3f} s median, step peak {peak_mib['plain']:.0f} MiB")
-    print(f"chunked: {seconds['chunked']:.3f} s median, step peak {peak_mib['chunked']:.0f} MiB")
-    print(
-        f"chunked/plain: memory {result['peak_mem_ratio']:.3f} (target <= 0.15), time {result['time_ratio']:.3f} "
-        f"(target <= 1.3), max grad rel err {result['max_grad_rel_err']:.2e} (target <= 1e-5)"
-    )
+    if len(results) > 1:
+        result["sweep"] = results
     print(json.dumps(result))
     return result
 

@@ -13,7 +13,7 @@ Conventions (τ² scaling of the teacher terms, float32 softmax, KL directions) 
 memory and speed of the chunked form are in BENCHMARKS.md (`python benchmarks/kd_loss.py`).
 """
 
-from pseudocot.losses.chunked import DEFAULT_CHUNK_SIZE, chunked_distill_loss
+from pseudocot.losses.chunked import CHUNK_LOGITS, chunked_distill_loss, default_chunk_size
 from pseudocot.losses.terms import (
     LossMix,
     cross_entropy,
@@ -29,10 +29,11 @@ from pseudocot.losses.terms import (
 )
 
 __all__ = [
-    "DEFAULT_CHUNK_SIZE",
+    "CHUNK_LOGITS",
     "LossMix",
     "chunked_distill_loss",
     "cross_entropy",
+    "default_chunk_size",
     "distill_loss",
     "distill_loss_topk",
     "forward_kl",

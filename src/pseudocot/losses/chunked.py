@@ -9,12 +9,18 @@ with respect to the chunk's hidden states and the head; then it drops the chunk.
 (N, H) and (V, H), outlive the forward pass; backward scales them by the incoming gradient (the
 "fused linear" approach of Liger-Kernel's fused linear cross-entropy, written afresh here).
 
-The value and gradients are those of `distill_loss` on `hidden @ weight.T` (+ bias): the same
-per-token function (`terms.token_losses`) runs on each chunk, and the mean divides by the number of
-valid tokens in the whole batch, not per chunk. Ignored tokens are skipped before projecting, so
-padding costs nothing. The matmul count equals the plain form's (forward projection, then the
-hidden-state and head gradients), so it is not slower in principle; it only trades one big kernel
-call per step for N / chunk_size smaller ones.
+The value and gradients are those of `distill_loss` (or `distill_loss_topk`) on
+`hidden @ weight.T` (+ bias), and the mean divides by the number of valid tokens in the whole batch,
+not per chunk. Ignored tokens are skipped before projecting, so padding costs nothing. A chunk's
+gradient with respect to its logits comes one of two ways, with the same numbers:
+
+- CE, forward KL and reverse KL against a full teacher (the common mix): written out in closed form
+  and computed mostly in place, so about three (c, V) tensors are alive at once;
+- anything else (JSD, skew KL, a top-k teacher): `terms.token_losses` on the chunk, differentiated
+  by a local `torch.autograd.grad`; about twice the memory per chunk.
+
+The matmul count equals the plain form's (forward projection, then the hidden-state and head
+gradients); the chunked form trades one big kernel call for N / chunk_size smaller ones.
 
 Limits: backward can run once per forward (the stored gradients are scaled in place and handed
 over); no double backward. The teacher gets no gradient.
@@ -29,10 +35,25 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from pseudocot.losses.terms import LossMix, at_least_float32, check_topk, make_mix, token_losses
+from pseudocot.losses.terms import (
+    LossMix,
+    at_least_float32,
+    check_topk,
+    make_mix,
+    teacher_logprobs,
+    token_losses,
+)
 
-DEFAULT_CHUNK_SIZE = 1024
-"""Tokens per chunk; see BENCHMARKS.md ("Distillation loss: chunked vs plain") for how it was picked."""
+CHUNK_LOGITS = 2**25
+"""Default chunk size in logits: a chunk of `CHUNK_LOGITS // V` tokens makes (c, V) float32 tensors of
+128 MiB (256 tokens at V = 128,256; 1,048 at V = 32,000). Picked by `benchmarks/kd_loss.py`, see
+BENCHMARKS.md ("Distillation loss: chunked vs plain")."""
+
+
+def default_chunk_size(vocab_size: int) -> int:
+    """Tokens per chunk for a vocabulary: `CHUNK_LOGITS // vocab_size`, a multiple of 8 when >= 8."""
+    tokens = max(1, CHUNK_LOGITS // vocab_size)
+    return tokens - tokens % 8 if tokens >= 8 else tokens
 
 
 @dataclass
@@ -52,13 +73,22 @@ class _Teacher:
     topk_ids: Tensor | None = None
     """(N, k) vocabulary ids of `topk_logprobs`."""
 
-    def chunk(self, rows: slice | Tensor) -> dict[str, Tensor]:
-        """The `token_losses` teacher arguments for the given rows (a slice or an index tensor)."""
+    @property
+    def is_full(self) -> bool:
+        """Whether the teacher gives full-vocabulary logits (not a top-k cache, not absent)."""
+        return self.logits is not None or self.hidden is not None
+
+    def chunk_logits(self, rows: slice | Tensor) -> Tensor:
+        """The teacher's logits (c, V) of the given rows (a slice or an index tensor)."""
         if self.logits is not None:
-            return {"teacher_logits": self.logits[rows]}
-        if self.hidden is not None:
-            with torch.no_grad():
-                return {"teacher_logits": F.linear(self.hidden[rows], self.weight, self.bias)}  # (c, V)
+            return self.logits[rows]
+        with torch.no_grad():
+            return F.linear(self.hidden[rows], self.weight, self.bias)
+
+    def chunk(self, rows: slice | Tensor) -> dict[str, Tensor]:
+        """The `token_losses` teacher arguments of the given rows."""
+        if self.is_full:
+            return {"teacher_logits": self.chunk_logits(rows)}
         if self.topk_logprobs is not None:
             return {"teacher_topk_logprobs": self.topk_logprobs[rows], "teacher_topk_ids": self.topk_ids[rows]}
         return {}
@@ -72,6 +102,103 @@ def _sum_dtype(dtype: torch.dtype) -> torch.dtype:
 def _accumulator(x: Tensor) -> Tensor:
     """A zero tensor shaped like `x` to sum gradients in (float32 for a 16-bit `x`)."""
     return torch.zeros(x.shape, dtype=_sum_dtype(x.dtype), device=x.device)
+
+
+# --------------------------------------------------------------------------------------------
+# One chunk: its loss sum and d(sum)/d(logits). Two ways, same numbers.
+# --------------------------------------------------------------------------------------------
+
+
+def _has_fast_path(mix: LossMix, teacher: _Teacher) -> bool:
+    """CE, forward and reverse KL against a full teacher (or CE alone) have a closed-form gradient."""
+    others = mix.jsd or mix.skew_fkl or mix.skew_rkl
+    return not others and (teacher.is_full or not mix.needs_teacher)
+
+
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """Σ_v a ⊙ b per row: (c, V), (c, V) -> (c,), in four blocks of rows.
+
+    A batched matmul would need no temporary at all, but its float32 accumulation over 128k terms
+    drifts by ~1e-5 from `sum`, the reduction the plain form uses. Four blocks bound the product
+    temporary to a quarter of a (c, V) tensor while keeping the number of kernel calls small.
+    """
+    out = torch.empty(a.shape[0], dtype=a.dtype, device=a.device)
+    step = -(-a.shape[0] // 4)
+    for i in range(0, a.shape[0], step):
+        out[i : i + step] = (a[i : i + step] * b[i : i + step]).sum(-1)
+    return out
+
+
+def _chunk_closed_form(h, weight, bias, labels, rows, teacher: _Teacher, mix: LossMix, need_grad: bool):
+    """CE + forward KL + reverse KL of one chunk with the gradient written out, mostly in place.
+
+    With z the student logits, q = softmax(z / τ), p = softmax(t / τ) and d = log q − log p:
+      d CE / dz            = softmax(z) − onehot(y)
+      d τ² KL(p ‖ q) / dz  = τ (q − p)
+      d τ² KL(q ‖ p) / dz  = τ q ⊙ (d − KL(q ‖ p))
+    At most three (c, V) tensors are alive at once (four with cross-entropy at τ != 1), against
+    about eight for autograd on the same expressions, so a chunk can be twice as long or more for
+    the same memory.
+    """
+    tau = mix.temperature
+    idx = torch.arange(labels.shape[0], device=labels.device)  # (c,)
+    # The teacher first, so that its logits are gone before the student's exist.
+    log_p = teacher_logprobs(teacher.chunk_logits(rows), tau) if mix.needs_teacher else None  # (c, V)
+    z = at_least_float32(F.linear(h, weight, bias))  # (c, V), ours to overwrite
+    total = z.new_zeros(labels.shape[0])  # (c,)
+    grad = None  # (c, V)
+    # Cross-entropy at τ = 1 on its own, unless the τ = 1 student log-probs come for free below.
+    if mix.ce and (tau != 1 or log_p is None):
+        log_s = F.log_softmax(z, dim=-1)  # (c, V)
+        total -= mix.ce * log_s[idx, labels]
+        if need_grad:
+            grad = log_s.exp_().mul_(mix.ce)
+            grad[idx, labels] -= mix.ce
+        del log_s
+    if log_p is None:
+        return total.sum(), grad
+
+    log_q = F.log_softmax(z.div_(tau) if tau != 1 else z, dim=-1)  # (c, V)
+    del z
+    if mix.ce and tau == 1:
+        total -= mix.ce * log_q[idx, labels]
+    d = log_q - log_p  # (c, V)
+    q, p = log_q.exp_(), log_p.exp_()  # in place: the log-probs are not needed any more
+    del log_q, log_p
+    rkl = _rowdot(q, d)  # (c,)
+    total += tau**2 * (mix.fkl * -_rowdot(p, d) + mix.rkl * rkl)
+    if not need_grad:
+        return total.sum(), None
+
+    # g = τ w_r q ⊙ (d − rkl) + (τ w_f + w_ce) q − τ w_f p (+ the CE terms), built in d's storage.
+    g = d
+    ce_on_q = mix.ce if grad is None else 0.0  # τ = 1: softmax(z) is q
+    if mix.rkl:
+        coef = (tau * mix.fkl + ce_on_q) - tau * mix.rkl * rkl  # (c,)
+        g.mul_(tau * mix.rkl).add_(coef.unsqueeze(-1)).mul_(q)
+    else:
+        torch.mul(q, tau * mix.fkl + ce_on_q, out=g)
+    if mix.fkl:
+        g.sub_(p, alpha=tau * mix.fkl)
+    if grad is not None:
+        g += grad  # cross-entropy at τ != 1, one-hot included
+    elif ce_on_q:
+        g[idx, labels] -= ce_on_q
+    return total.sum(), g
+
+
+def _chunk_autograd(h, weight, bias, labels, rows, teacher: _Teacher, mix: LossMix, need_grad: bool):
+    """Any mix: `token_losses` on the chunk's logits, differentiated locally by autograd."""
+    z = at_least_float32(F.linear(h, weight, bias)).requires_grad_(need_grad)  # (c, V)
+    with torch.enable_grad():
+        # Every label of a chunk is valid: an ignore_index below every id masks nothing.
+        chunk_sum = token_losses(z, labels, mix, ignore_index=_NO_IGNORE, **teacher.chunk(rows)).sum()
+        (grad,) = torch.autograd.grad(chunk_sum, z) if need_grad else (None,)
+    return chunk_sum.detach(), grad
+
+
+_NO_IGNORE = torch.iinfo(torch.int64).min
+"""An ignore_index no label equals (chunks hold valid tokens only)."""
 
 
 def _loss_and_grads(
@@ -88,11 +215,11 @@ def _loss_and_grads(
     """The mean loss and the gradients (d hidden, d weight, d bias) that `need` asks for.
 
     hidden (N, H), weight (V, H), bias (V,) or None, labels (N,). Runs without autograd history
-    (inside `Function.forward` or under no_grad); each chunk's own backward is a local
-    `torch.autograd.grad` on its logits.
+    (inside `Function.forward` or under no_grad).
     """
     need_h, need_w, need_b = need
     need_any = any(need)
+    chunk_fn = _chunk_closed_form if _has_fast_path(mix, teacher) else _chunk_autograd
     valid = labels != ignore_index  # (N,)
     n_valid = int(valid.sum())
     # All valid: chunks are slices (views). Otherwise only the valid rows are ever projected.
@@ -108,18 +235,12 @@ def _loss_and_grads(
         stop = min(start + chunk_size, n_valid)
         rows = slice(start, stop) if valid_rows is None else valid_rows[start:stop]
         h = hidden[rows]  # (c, H)
-        logits = F.linear(h, weight, bias)  # (c, V), in the head's dtype like the plain form
-        z = at_least_float32(logits).detach().requires_grad_(need_any)  # (c, V), float32+
-        with torch.enable_grad():
-            per_token = token_losses(z, labels[rows], mix, ignore_index=ignore_index, **teacher.chunk(rows))
-            chunk_sum = per_token.sum()
-            (grad_z,) = torch.autograd.grad(chunk_sum, z) if need_any else (None,)
-        loss_sum += chunk_sum.detach()
-        del per_token, chunk_sum, z
+        chunk_sum, grad_z = chunk_fn(h, weight, bias, labels[rows], rows, teacher, mix, need_any)
+        loss_sum += chunk_sum
         if need_any:
             # d(mean)/d logits: the chunk's sum scaled by the global count, in the matmul dtype.
-            grad_logits = grad_z.mul_(inv_count).to(logits.dtype)  # (c, V)
-            del grad_z
+            grad_logits = grad_z.mul_(inv_count).to(weight.dtype)  # (c, V)
+            del grad_z  # with a 16-bit head, frees the float32 copy before the matmuls
             if need_h:
                 grad_h[rows] = grad_logits @ weight  # (c, H)
             if need_w:
@@ -131,9 +252,8 @@ def _loss_and_grads(
                     grad_w += grad_logits.t() @ h
             if need_b:
                 grad_b += grad_logits.sum(0)
+            # Free this chunk's (c, V) gradient before the next chunk allocates its own.
             del grad_logits
-        # Free this chunk's (c, V) tensors before the next chunk allocates its own.
-        del logits, h
 
     grads = [grad_h, grad_w, grad_b]
     for i, like in ((1, weight), (2, bias)):
@@ -180,7 +300,7 @@ def chunked_distill_loss(
     rkl_weight: float,
     temperature: float = 1.0,
     ignore_index: int = -100,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     lm_head_bias: Tensor | None = None,
     teacher_lm_head_bias: Tensor | None = None,
     jsd_weight: float = 0.0,
@@ -208,14 +328,19 @@ def chunked_distill_loss(
         jsd_weight=jsd_weight, jsd_beta=jsd_beta, skew_fkl_weight=skew_fkl_weight,
         skew_rkl_weight=skew_rkl_weight, skew_alpha=skew_alpha,
     )  # fmt: skip
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
     if lm_head_weight.dim() != 2:
         raise ValueError(f"lm_head_weight must be (V, H), got shape {tuple(lm_head_weight.shape)}.")
     vocab, width = lm_head_weight.shape
+    chunk_size = default_chunk_size(vocab) if chunk_size is None else chunk_size
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
     if student_hidden.shape[-1] != width:
         raise ValueError(
             f"student hidden size {student_hidden.shape[-1]} does not match lm_head_weight {tuple(lm_head_weight.shape)} (V, H)."
+        )
+    if student_hidden.dtype != lm_head_weight.dtype:
+        raise ValueError(
+            f"student_hidden is {student_hidden.dtype} but lm_head_weight is {lm_head_weight.dtype}; cast one to the other."
         )
     hidden = student_hidden.reshape(-1, width)  # (N, H)
     n = hidden.shape[0]

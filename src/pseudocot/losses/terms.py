@@ -17,6 +17,8 @@ Conventions, all of them deliberate:
 - Softmax and log-softmax run in float32 (float64 stays float64), whatever the input dtype.
 - The teacher never gets a gradient. Teacher probabilities of exactly 0 (logits of −inf, e.g. a
   padded vocabulary) count as 0 · log 0 = 0.
+- Ignored positions never reach the value, whatever they hold; their gradient is exactly 0 as long
+  as their logits are finite (a NaN there would leak into the backward pass through 0 · NaN).
 """
 
 from __future__ import annotations
@@ -153,7 +155,7 @@ def at_least_float32(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def _teacher_logprobs(logits: Tensor, temperature: float) -> Tensor:
+def teacher_logprobs(logits: Tensor, temperature: float) -> Tensor:
     """Teacher log-probs at τ, no gradient, with log 0 = −inf replaced by the most negative float.
 
     The replacement makes 0 · (log 0 − x) come out as 0 instead of NaN, without an extra mask pass.
@@ -199,13 +201,13 @@ def token_losses(
 
     if mix.needs_teacher:
         if teacher_logits is not None:
-            log_p = _teacher_logprobs(teacher_logits, tau)  # (N, V)
+            log_p = teacher_logprobs(teacher_logits, tau)  # (N, V)
             # Full vocabulary: every term compares the same two distributions.
             fkl_pair = other_pair = (log_p, log_q)
         elif teacher_topk_logprobs is not None and teacher_topk_ids is not None:
             ids = teacher_topk_ids.long()  # (N, k)
             # The teacher's top-k probs renormalised over the k at τ.
-            log_p = _teacher_logprobs(teacher_topk_logprobs, tau)  # (N, k)
+            log_p = teacher_logprobs(teacher_topk_logprobs, tau)  # (N, k)
             # Forward KL: the student's full-vocabulary log-probs at the k ids (they sum to < 1).
             # Every other term: the student restricted to the k ids and renormalised there.
             z_k = s.gather(-1, ids)  # (N, k)
