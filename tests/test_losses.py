@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from pseudocot.losses import (
+    CHUNK_LOGITS,
     chunked_distill_loss,
     cross_entropy,
+    default_chunk_size,
     distill_loss,
     distill_loss_topk,
     forward_kl,
@@ -23,6 +25,15 @@ from pseudocot.losses import (
     skew_reverse_kl,
     topk_logprobs,
 )
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tensors here are tiny: a second intra-op thread only adds OpenMP hand-offs (4x slower on 2 cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 # Two tokens over a 2-word vocabulary, as probabilities, so every term has a closed form.
 STUDENT_PROBS = [[0.25, 0.75], [0.9, 0.1]]
@@ -415,15 +426,32 @@ def test_chunked_all_ignored_and_no_grad():
     torch.testing.assert_close(loss, expected, rtol=1e-10, atol=0)
 
 
+def test_chunked_all_weights_zero_gives_zero():
+    x = chunked_case(torch.float64)
+    zero = dict(ce_weight=0.0, fkl_weight=0.0, rkl_weight=0.0)
+    loss = chunked_distill_loss(x["hidden"], x["weight"], x["labels"], **zero)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.all(x["hidden"].grad == 0) and torch.all(x["weight"].grad == 0)
+
+
 def test_chunked_cross_entropy_needs_no_teacher():
     x = chunked_case(torch.float32)
     logits = F.linear(x["hidden"], x["weight"], x["bias"])
     expected = F.cross_entropy(logits, x["labels"])
-    loss = chunked_distill_loss(
-        x["hidden"], x["weight"], x["labels"], lm_head_bias=x["bias"], ce_weight=1.0, fkl_weight=0.0,
-        rkl_weight=0.0, chunk_size=4,
-    )  # fmt: skip
-    torch.testing.assert_close(loss, expected)
+    for chunk_size in (4, None):  # None: the default, one chunk at this vocabulary
+        loss = chunked_distill_loss(
+            x["hidden"], x["weight"], x["labels"], lm_head_bias=x["bias"], ce_weight=1.0, fkl_weight=0.0,
+            rkl_weight=0.0, chunk_size=chunk_size,
+        )  # fmt: skip
+        torch.testing.assert_close(loss, expected)
+
+
+def test_default_chunk_size_bounds_the_chunk_logits():
+    assert default_chunk_size(128_256) == 256
+    assert default_chunk_size(32_000) == 1048
+    assert default_chunk_size(2**30) == 1
+    for vocab in (100, 50_257, 128_256, 151_936):
+        assert default_chunk_size(vocab) * vocab <= CHUNK_LOGITS
 
 
 def test_chunked_bf16_is_finite_and_close_to_plain():

@@ -238,8 +238,8 @@ class DistillConfig:
     """`online`: one teacher forward per batch; `cached`: the teacher runs once and its top-k log-probabilities are stored."""
     top_k: int = 64
     """How many teacher log-probabilities per token the cache keeps."""
-    chunk_size: int = 1024
-    """Tokens per chunk of the loss, so full-vocabulary logits never exist at once."""
+    chunk_size: int | None = None
+    """Tokens per chunk of the loss, so full-vocabulary logits never exist at once; null: about 32 M logits per chunk (256 tokens at a 128k vocabulary)."""
     with_reasoning: bool = True
     """Distil on reasoning + answer (true) or the answer alone (false)."""
     system_prompt: str | None = None

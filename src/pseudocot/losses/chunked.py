@@ -15,7 +15,7 @@ not per chunk. Ignored tokens are skipped before projecting, so padding costs no
 gradient with respect to its logits comes one of two ways, with the same numbers:
 
 - CE, forward KL and reverse KL against a full teacher (the common mix): written out in closed form
-  and computed mostly in place, so about three (c, V) tensors are alive at once;
+  and computed mostly in place, so three to four (c, V) tensors are alive at once;
 - anything else (JSD, skew KL, a top-k teacher): `terms.token_losses` on the chunk, differentiated
   by a local `torch.autograd.grad`; about twice the memory per chunk.
 
@@ -115,30 +115,41 @@ def _has_fast_path(mix: LossMix, teacher: _Teacher) -> bool:
     return not others and (teacher.is_full or not mix.needs_teacher)
 
 
-def _rowdot(a: Tensor, b: Tensor) -> Tensor:
-    """Σ_v a ⊙ b per row: (c, V), (c, V) -> (c,), in four blocks of rows.
+def _rowdot(a: Tensor, b: Tensor, scratch: Tensor) -> Tensor:
+    """Σ_v a ⊙ b per row: (c, V), (c, V) -> (c,), a block of rows at a time through `scratch` (k, V).
 
     A batched matmul would need no temporary at all, but its float32 accumulation over 128k terms
-    drifts by ~1e-5 from `sum`, the reduction the plain form uses. Four blocks bound the product
-    temporary to a quarter of a (c, V) tensor while keeping the number of kernel calls small.
+    drifts by ~1e-5 from `sum`, the reduction the plain form uses. One scratch buffer reused for
+    every block and chunk, rather than a fresh product each time: mid-sized temporaries (under
+    glibc's 32 MiB mmap threshold) stay resident after they are freed and fragment the heap, which
+    added 20% to the measured peak.
     """
     out = torch.empty(a.shape[0], dtype=a.dtype, device=a.device)
-    step = -(-a.shape[0] // 4)
+    step = scratch.shape[0]
     for i in range(0, a.shape[0], step):
-        out[i : i + step] = (a[i : i + step] * b[i : i + step]).sum(-1)
+        block = scratch[: min(step, a.shape[0] - i)]
+        torch.mul(a[i : i + step], b[i : i + step], out=block)
+        torch.sum(block, dim=-1, out=out[i : i + step])
     return out
 
 
-def _chunk_closed_form(h, weight, bias, labels, rows, teacher: _Teacher, mix: LossMix, need_grad: bool):
+def _scratch_for(chunk_len: int, vocab: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The `_rowdot` buffer of a quarter of a chunk's rows (c / 4, V), allocated once per call."""
+    return torch.empty(-(-chunk_len // 4), vocab, dtype=dtype, device=device)
+
+
+def _chunk_closed_form(
+    h, weight, bias, labels, rows, teacher: _Teacher, mix: LossMix, need_grad: bool, scratch: Tensor | None
+):
     """CE + forward KL + reverse KL of one chunk with the gradient written out, mostly in place.
 
     With z the student logits, q = softmax(z / τ), p = softmax(t / τ) and d = log q − log p:
       d CE / dz            = softmax(z) − onehot(y)
       d τ² KL(p ‖ q) / dz  = τ (q − p)
       d τ² KL(q ‖ p) / dz  = τ q ⊙ (d − KL(q ‖ p))
-    At most three (c, V) tensors are alive at once (four with cross-entropy at τ != 1), against
-    about eight for autograd on the same expressions, so a chunk can be twice as long or more for
-    the same memory.
+    Three (c, V) tensors are alive at once, plus a quarter of one while the KL sums are taken and
+    one more for cross-entropy at τ != 1, against about eight for autograd on the same expressions:
+    a chunk can be twice as long for the same memory.
     """
     tau = mix.temperature
     idx = torch.arange(labels.shape[0], device=labels.device)  # (c,)
@@ -165,8 +176,8 @@ def _chunk_closed_form(h, weight, bias, labels, rows, teacher: _Teacher, mix: Lo
     d = log_q - log_p  # (c, V)
     q, p = log_q.exp_(), log_p.exp_()  # in place: the log-probs are not needed any more
     del log_q, log_p
-    rkl = _rowdot(q, d)  # (c,)
-    total += tau**2 * (mix.fkl * -_rowdot(p, d) + mix.rkl * rkl)
+    rkl = _rowdot(q, d, scratch)  # (c,)
+    total += tau**2 * (mix.fkl * -_rowdot(p, d, scratch) + mix.rkl * rkl)
     if not need_grad:
         return total.sum(), None
 
@@ -187,18 +198,23 @@ def _chunk_closed_form(h, weight, bias, labels, rows, teacher: _Teacher, mix: Lo
     return total.sum(), g
 
 
-def _chunk_autograd(h, weight, bias, labels, rows, teacher: _Teacher, mix: LossMix, need_grad: bool):
-    """Any mix: `token_losses` on the chunk's logits, differentiated locally by autograd."""
+_NO_IGNORE = torch.iinfo(torch.int64).min
+"""An ignore_index no label equals (chunks hold valid tokens only)."""
+
+
+def _chunk_autograd(
+    h, weight, bias, labels, rows, teacher: _Teacher, mix: LossMix, need_grad: bool, scratch: Tensor | None
+):
+    """Any mix: `token_losses` on the chunk's logits, differentiated locally by autograd.
+
+    Same arguments as `_chunk_closed_form`; `scratch` is unused.
+    """
     z = at_least_float32(F.linear(h, weight, bias)).requires_grad_(need_grad)  # (c, V)
     with torch.enable_grad():
         # Every label of a chunk is valid: an ignore_index below every id masks nothing.
         chunk_sum = token_losses(z, labels, mix, ignore_index=_NO_IGNORE, **teacher.chunk(rows)).sum()
         (grad,) = torch.autograd.grad(chunk_sum, z) if need_grad else (None,)
     return chunk_sum.detach(), grad
-
-
-_NO_IGNORE = torch.iinfo(torch.int64).min
-"""An ignore_index no label equals (chunks hold valid tokens only)."""
 
 
 def _loss_and_grads(
@@ -218,10 +234,18 @@ def _loss_and_grads(
     (inside `Function.forward` or under no_grad).
     """
     need_h, need_w, need_b = need
-    need_any = any(need)
-    chunk_fn = _chunk_closed_form if _has_fast_path(mix, teacher) else _chunk_autograd
+    # With every weight 0 the loss is a constant 0: the gradients stay zeros.
+    need_any = any(need) and (mix.ce != 0 or mix.needs_teacher)
     valid = labels != ignore_index  # (N,)
     n_valid = int(valid.sum())
+    scratch = None
+    if _has_fast_path(mix, teacher):
+        chunk_fn = _chunk_closed_form
+        if mix.needs_teacher and n_valid:
+            dtype = _sum_dtype(weight.dtype)
+            scratch = _scratch_for(min(chunk_size, n_valid), weight.shape[0], dtype, hidden.device)
+    else:
+        chunk_fn = _chunk_autograd
     # All valid: chunks are slices (views). Otherwise only the valid rows are ever projected.
     valid_rows = None if n_valid == labels.shape[0] else valid.nonzero().squeeze(1)  # (n_valid,)
     inv_count = 1.0 / max(n_valid, 1)
@@ -235,7 +259,7 @@ def _loss_and_grads(
         stop = min(start + chunk_size, n_valid)
         rows = slice(start, stop) if valid_rows is None else valid_rows[start:stop]
         h = hidden[rows]  # (c, H)
-        chunk_sum, grad_z = chunk_fn(h, weight, bias, labels[rows], rows, teacher, mix, need_any)
+        chunk_sum, grad_z = chunk_fn(h, weight, bias, labels[rows], rows, teacher, mix, need_any, scratch)
         loss_sum += chunk_sum
         if need_any:
             # d(mean)/d logits: the chunk's sum scaled by the global count, in the matmul dtype.
@@ -319,9 +343,10 @@ def chunked_distill_loss(
     when every teacher weight is 0 (a memory-light cross-entropy).
 
     Gradients reach `student_hidden`, `lm_head_weight` and `lm_head_bias` where they require grad
-    (a frozen head accumulates nothing). Peak extra memory: a few (chunk_size, V) float32 tensors
-    plus the (V, H) head gradient (float32 for a 16-bit head). Returns a 0-dim float32 tensor
-    (float64 for float64 inputs).
+    (a frozen head accumulates nothing). `chunk_size` is in tokens; None picks
+    `default_chunk_size(V)` (256 at V = 128,256). Peak extra memory: a few (chunk_size, V) float32
+    tensors plus the (V, H) head gradient (float32 for a 16-bit head). Returns a 0-dim float32
+    tensor (float64 for float64 inputs).
     """
     mix = make_mix(
         ce_weight=ce_weight, fkl_weight=fkl_weight, rkl_weight=rkl_weight, temperature=temperature,
@@ -336,11 +361,13 @@ def chunked_distill_loss(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
     if student_hidden.shape[-1] != width:
         raise ValueError(
-            f"student hidden size {student_hidden.shape[-1]} does not match lm_head_weight {tuple(lm_head_weight.shape)} (V, H)."
+            f"student hidden size {student_hidden.shape[-1]} does not match lm_head_weight "
+            f"{tuple(lm_head_weight.shape)} (V, H)."
         )
     if student_hidden.dtype != lm_head_weight.dtype:
         raise ValueError(
-            f"student_hidden is {student_hidden.dtype} but lm_head_weight is {lm_head_weight.dtype}; cast one to the other."
+            f"student_hidden is {student_hidden.dtype} but lm_head_weight is {lm_head_weight.dtype}; "
+            "cast one to the other."
         )
     hidden = student_hidden.reshape(-1, width)  # (N, H)
     n = hidden.shape[0]
@@ -414,6 +441,10 @@ def _teacher_source(
             raise ValueError(
                 f"teacher_lm_head_weight {tuple(weight.shape)} must be (V={vocab}, Ht) with Ht the last dim "
                 f"of teacher_hidden {tuple(hidden.shape)}."
+            )
+        if hidden.dtype != weight.dtype:
+            raise ValueError(
+                f"teacher_hidden is {hidden.dtype} but teacher_lm_head_weight is {weight.dtype}; cast one to the other."
             )
         flat = hidden.detach().reshape(-1, weight.shape[1])
         if flat.shape[0] != n:

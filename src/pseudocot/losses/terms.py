@@ -298,14 +298,24 @@ def _one_term(student_logits, teacher_logits, labels, mix: LossMix, ignore_index
 
 
 def forward_kl(
-    student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *, temperature: float = 1.0, ignore_index: int = -100
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    *,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
 ) -> Tensor:
     """τ² · mean over valid tokens of KL(p_t ‖ p_s) = Σ p_t (log p_t − log p_s), both at τ."""
     return _one_term(student_logits, teacher_logits, labels, LossMix(fkl=1.0, temperature=temperature), ignore_index)
 
 
 def reverse_kl(
-    student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *, temperature: float = 1.0, ignore_index: int = -100
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    *,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
 ) -> Tensor:
     """τ² · mean over valid tokens of KL(p_s ‖ p_t) = Σ p_s (log p_s − log p_t), both at τ."""
     return _one_term(student_logits, teacher_logits, labels, LossMix(rkl=1.0, temperature=temperature), ignore_index)

@@ -53,7 +53,7 @@ def _trainer_class() -> type:
         """HF Trainer whose loss is the chunked distillation loss against a frozen teacher or its cache."""
 
         def __init__(self, *args: Any, teacher: Any = None, cache: teacher_cache.TeacherCache | None = None,
-                     stage: DistillStageConfig, chunk_size: int, **kwargs: Any) -> None:
+                     stage: DistillStageConfig, chunk_size: int | None, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.teacher, self.cache, self.stage, self.chunk_size = teacher, cache, stage, chunk_size
             self.teacher_forwards = 0
