@@ -8,6 +8,7 @@ Every stage takes `--config PRESET_OR_FILE.yaml` and dotted overrides (`train.lr
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -270,6 +271,8 @@ def demo(preset: str, overrides: tuple[str, ...]) -> None:
 
 
 def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun, one summary (rank 0's, which also has the validation loss)
     keep = ("steps", "train_loss", "val_loss", "tokens_per_second", "train_seconds", "resumed_from", "skipped")
     shown = ", ".join(f"{k}={metrics[k]:.4g}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
                       for k in keep if metrics.get(k) is not None)
