@@ -460,6 +460,30 @@ def test_distill_chain_online(prepared, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in root.rglob("model.safetensors")} == mtimes
 
 
+def test_student_hidden_states_are_kept_only_inside_the_loss(prepared, run_tokenizer, tmp_path):
+    """The hook that catches the student's hidden states must not hold on to tensors from other
+    forwards (validation, generation): at scale that would pin gigabytes."""
+    from pseudocot.config import DistillStageConfig, TrainConfig
+
+    tok = run_tokenizer
+    student = build_tiny_model("tiny-xs", tok, seed=0)
+    teacher = build_tiny_model("tiny-xs", tok, seed=1).eval().requires_grad_(False)
+    rows = tokenize_examples(read_split(prepared.run_dir / "data" / "train.jsonl", "test")[:4], tok, True, None, MAX_LENGTH)
+    collate = common.PadCollator(tok.pad_token_id, keep_index=True)
+    args = common.training_args(TrainConfig(max_steps=1, batch_size=2), tmp_path, 0, "cpu", has_eval=False)
+    trainer = distill._trainer_class()(model=student, args=args, train_dataset=rows, data_collator=collate,
+                                       processing_class=tok, teacher=teacher, stage=DistillStageConfig(), chunk_size=None)
+    batch = collate(rows[:2])
+    with torch.no_grad():
+        student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    assert trainer._hidden == []
+    loss = trainer.compute_loss(student, batch)
+    assert torch.isfinite(loss) and loss.requires_grad
+    assert trainer._hidden == [] and trainer.teacher_forwards == 1
+    common.eval_ce(student, rows, tok.pad_token_id, batch_size=2)
+    assert trainer._hidden == []
+
+
 def test_distill_online_teacher_forwards_with_grad_accum(prepared, tmp_path):
     out_dir = copy_run(prepared, tmp_path)
     cfg = small_config(out_dir, one_stage(3, grad_accum_steps=2), "distill.ce_only_baseline=false")
