@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         # 1. Data and tokenizer.
         t0 = time.perf_counter()
-        stats = data_stage.main(cfg)
+        data_stage.main(cfg)
         tok = load_spec_tokenizer(ModelSpec(preset=args.student_preset), cfg.run_dir)
         stage = stage_for(cfg, args)
         examples = read_split(cfg.run_dir / "data" / "train.jsonl", "training data")

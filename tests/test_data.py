@@ -13,7 +13,7 @@ from pseudocot.config import ArithConfig, config_hash, load_config
 from pseudocot.data import arith
 from pseudocot.data.chat import answer_text, messages_for, prompt_and_completion, question_text, render
 from pseudocot.data.example import DataError, Example
-from pseudocot.data.jsonl import Reject, read_examples, rejects_path, write_examples, write_jsonl, write_rejects
+from pseudocot.data.jsonl import Reject, read_examples, rejects_path, write_examples, write_rejects
 from pseudocot.data.loaders import load_csv, load_file, load_gsm8k, load_hf_disk, load_jsonl, load_mmlu
 from pseudocot.data.mix import allocate, mix, shard
 

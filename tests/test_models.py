@@ -14,7 +14,7 @@ from pseudocot.generate import GenerationParams
 from pseudocot.generate.hf import HFGenerator
 from pseudocot.models.loading import ModelError, load_model, load_tokenizer, resolve_device, resolve_dtype
 from pseudocot.models.tiny import PRESETS, build_tiny_model, count_parameters, tiny_config
-from pseudocot.models.tokenizer import BOS, EOS, PAD, ROLE_TOKENS, SPECIAL_TOKENS, save_tokenizer, train_tokenizer
+from pseudocot.models.tokenizer import BOS, EOS, PAD, SPECIAL_TOKENS, save_tokenizer, train_tokenizer
 
 SAMPLE_TEXTS = [
     "Mia has 12 apples. She gets 7 more apples. How many apples does Mia have now?",

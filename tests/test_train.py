@@ -625,7 +625,7 @@ def test_distill_stops_on_a_tokenizer_mismatch_before_loading_weights(prepared, 
         raise AssertionError("weights loaded before the tokenizer check")
 
     monkeypatch.setattr(distill, "load_teacher", forbidden)
-    monkeypatch.setattr(distill, "build_model", forbidden)
+    monkeypatch.setattr(distill, "trainable_model", forbidden)
     cfg = small_config(out_dir, f"distill.teacher.path={foreign}", one_stage(2))
     with pytest.raises(ModelError) as err:
         distill.main(cfg)

@@ -10,7 +10,7 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -235,3 +235,64 @@ def is_complete(out_dir: Path, stage_config: Any) -> bool:
         return json.loads(f.read_text()).get("config_hash") == config_hash(stage_config)
     except (json.JSONDecodeError, OSError):
         return False
+
+
+def finished_metrics(out_dir: Path, stage_config: Any, force: bool = False) -> dict[str, Any] | None:
+    """The metrics of a stage already complete for this config (marked `skipped`), else None."""
+    if force or not is_complete(out_dir, stage_config):
+        return None
+    return json.loads((out_dir / "metrics.json").read_text()) | {"skipped": True}
+
+
+def split_rows(file: str | None, run_dir: Path, split: str, what: str, tokenizer: Any, with_reasoning: bool,
+               system_prompt: str | None, max_length: int) -> list[dict[str, Any]]:
+    """Tokenized rows of `file`, or of the run's `data/<split>.jsonl` when no file is set."""
+    examples = read_split(file or run_dir / "data" / f"{split}.jsonl", what)
+    return tokenize_examples(examples, tokenizer, with_reasoning, system_prompt, max_length)
+
+
+def trainable_model(spec: ModelSpec, tokenizer: Any, method: str, lora: Any, device: str, seed: int,
+                    gradient_checkpointing: bool) -> Any:
+    """The model a stage trains: built or loaded (4-bit for qlora), with LoRA adapters for lora/qlora."""
+    model = build_model(spec, tokenizer, device, seed, load_in_4bit=method == "qlora")
+    if method in ("lora", "qlora"):
+        from pseudocot.models.lora import attach_lora
+
+        model = attach_lora(model, lora, quantized=method == "qlora", gradient_checkpointing=gradient_checkpointing)
+    return model
+
+
+def save_result(model: Any, tokenizer: Any, out: Path, merge: bool = False) -> None:
+    """The final model (full) or adapter (LoRA) with its tokenizer, loadable on its own; `merged/` on request."""
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    if merge:
+        merged = model.merge_and_unload()
+        merged.save_pretrained(out / "merged")
+        tokenizer.save_pretrained(out / "merged")
+
+
+def train_and_save(trainer: Any, out_dir: Path, stage_config: Any, tokenizer: Any, val_rows: Sequence[dict[str, Any]],
+                   batch_size: int, metrics: dict[str, Any], force: bool = False, merge: bool = False,
+                   after: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Train (resuming from this config's last checkpoint), then on rank 0 save the result, measure the
+    validation loss and write `metrics.json`; every rank waits until the files are there. `after`
+    adds metrics the caller can only know once training is done."""
+    import time
+
+    resume = resume_checkpoint(out_dir, stage_config, force)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - t0
+    tokens = int(trainer.state.num_input_tokens_seen)
+    metrics = dict(metrics, steps=trainer.state.global_step, train_loss=result.training_loss,
+                   resumed_from=Path(resume).name if resume else None, train_seconds=round(seconds, 2),
+                   tokens_seen=tokens, tokens_per_second=round(tokens / max(seconds, 1e-9), 1))
+    if after is not None:
+        metrics.update(after())
+    if is_main_process():
+        save_result(trainer.model, tokenizer, out_dir, merge=merge)
+        metrics["val_loss"] = eval_ce(trainer.model, val_rows, tokenizer.pad_token_id, batch_size)
+        write_metrics(out_dir, metrics, stage_config)
+    wait_for_everyone()
+    return metrics

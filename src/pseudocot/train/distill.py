@@ -16,7 +16,6 @@ from its stored top-k log-probabilities (`teacher_cache`).
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +30,14 @@ from pseudocot.train import teacher_cache
 from pseudocot.train.common import (
     IGNORE_INDEX,
     PadCollator,
-    build_model,
-    eval_ce,
-    is_complete,
+    finished_metrics,
     is_main_process,
     load_spec_tokenizer,
-    read_split,
-    resume_checkpoint,
     spec_name,
-    tokenize_examples,
+    split_rows,
+    train_and_save,
+    trainable_model,
     training_args,
-    wait_for_everyone,
-    write_metrics,
 )
 
 
@@ -138,13 +133,12 @@ def load_teacher(path: str, spec: ModelSpec, device: str) -> Any:
 def train_stage(cfg: Config, stage: DistillStageConfig, out: Path, teacher_path: str, teacher_spec: ModelSpec,
                 force: bool = False) -> dict[str, Any]:
     """One stage: check tokenizers, load teacher and student, train, save, report validation loss."""
-    from pseudocot.models.lora import attach_lora
-
     run_dir = cfg.run_dir
     identity = {"stage": stage, "teacher": teacher_cache.teacher_identity(teacher_path), "mode": cfg.distill.mode,
                 "top_k": cfg.distill.top_k, "with_reasoning": cfg.distill.with_reasoning, "system": cfg.distill.system_prompt}
-    if not force and is_complete(out, identity):
-        return json.loads((out / "metrics.json").read_text()) | {"skipped": True}
+    done = finished_metrics(out, identity, force)
+    if done is not None:
+        return done
     # Tokenizers first: a mismatch must stop the stage before gigabytes of weights load.
     t_tok = load_tokenizer(teacher_path, teacher_spec.trust_remote_code)
     s_tok = load_spec_tokenizer(stage.student, run_dir)
@@ -155,10 +149,9 @@ def train_stage(cfg: Config, stage: DistillStageConfig, out: Path, teacher_path:
         raise ModelError(f"distill stage '{out.name}': method {stage.method} needs a pretrained student.path; use method: full for a preset.")
 
     t = stage.train
-    rows = tokenize_examples(read_split(stage.train_file or run_dir / "data" / "train.jsonl", "distillation data"),
-                             s_tok, cfg.distill.with_reasoning, cfg.distill.system_prompt, t.max_length)
-    val_rows = tokenize_examples(read_split(stage.val_file or run_dir / "data" / "val.jsonl", "distillation validation data"),
-                                 s_tok, cfg.distill.with_reasoning, cfg.distill.system_prompt, t.max_length)
+    rows_of = lambda file, split: split_rows(file, run_dir, split, f"distillation {split} data", s_tok,  # noqa: E731
+                                             cfg.distill.with_reasoning, cfg.distill.system_prompt, t.max_length)
+    rows, val_rows = rows_of(stage.train_file, "train"), rows_of(stage.val_file, "val")
     args = training_args(t, out, cfg.run.seed, cfg.run.device, has_eval=False)
     needs_teacher = bool(stage.fkl_weight or stage.rkl_weight)
     teacher, cache = None, None
@@ -174,34 +167,18 @@ def train_stage(cfg: Config, stage: DistillStageConfig, out: Path, teacher_path:
     elif needs_teacher:
         teacher = load_teacher(teacher_path, teacher_spec, cfg.run.device)
 
-    student = build_model(stage.student, s_tok, cfg.run.device, cfg.run.seed, load_in_4bit=stage.method == "qlora")
-    if stage.method in ("lora", "qlora"):
-        student = attach_lora(student, stage.lora, quantized=stage.method == "qlora", gradient_checkpointing=t.gradient_checkpointing)
+    student = trainable_model(stage.student, s_tok, stage.method, stage.lora, cfg.run.device, cfg.run.seed,
+                              t.gradient_checkpointing)
     trainer = _trainer_class()(
         model=student, args=args, train_dataset=rows, data_collator=PadCollator(s_tok.pad_token_id, keep_index=True),
         processing_class=s_tok, teacher=teacher, cache=cache, stage=stage, chunk_size=cfg.distill.chunk_size)
-    resume = resume_checkpoint(out, identity, force)
-    t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
-    seconds = time.perf_counter() - t0
-    metrics: dict[str, Any] = {
+    metrics = {
         "stage": out.name, "teacher": teacher_path, "student": spec_name(stage.student), "mode": cfg.distill.mode,
         "weights": {"ce": stage.ce_weight, "fkl": stage.fkl_weight, "rkl": stage.rkl_weight, "temperature": stage.temperature},
-        "steps": trainer.state.global_step, "train_loss": result.training_loss,
-        "resumed_from": Path(resume).name if resume else None, "train_seconds": round(seconds, 2),
-        "tokens_seen": int(trainer.state.num_input_tokens_seen),
-        "tokens_per_second": round(int(trainer.state.num_input_tokens_seen) / max(seconds, 1e-9), 1),
-        "teacher_forwards": trainer.teacher_forwards,
         "student_parameters": sum(p.numel() for p in student.parameters()),
     }
-    if is_main_process():
-        from pseudocot.train.sft import save_result
-
-        save_result(trainer.model, s_tok, out, merge=False)
-        metrics["val_loss"] = eval_ce(trainer.model, val_rows, s_tok.pad_token_id, t.batch_size)
-        write_metrics(out, metrics, identity)
-    wait_for_everyone()
-    return metrics
+    return train_and_save(trainer, out, identity, s_tok, val_rows, t.batch_size, metrics, force,
+                          after=lambda: {"teacher_forwards": trainer.teacher_forwards})
 
 
 def main(cfg: Config, force: bool = False) -> dict[str, Any]:
