@@ -317,15 +317,55 @@ def distill(config_name: str, force: bool, overrides: tuple[str, ...]) -> None:
     click.echo(f"summary: {cfg.run_dir / 'distill' / 'summary.json'}")
 
 
+@cli.command()
+@config_option
+@click.option("--force", is_flag=True, help="Collect traces and train again even if the router is complete for this config.")
+@overrides_argument
+def router(config_name: str, force: bool, overrides: tuple[str, ...]) -> None:
+    """Train the router on the base model's traces -> runs/<name>/router/.
+
+    Runs base + Tiny Thought Model with thoughts forced up to pipeline.max_thoughts on
+    router.train_questions training and router.val_questions validation questions, labels every
+    answer by whether more thinking turns it right, trains the MLP with early stopping, and picks the
+    threshold on validation (router.objective). Collection resumes chunk by chunk if killed.
+    """
+    from pseudocot.router import stage
+
+    cfg = load_config(config_name, overrides)
+    info = stage.main(cfg, force=force)
+    val = info["validation"]
+    click.echo(f"router -> {cfg.run_dir / 'router'}: threshold={info['threshold']:.4g} on {val['questions']} validation questions")
+    for name in ("never", "always", "router", "random_same_calls", "heuristic_same_calls", "depth", "oracle"):
+        if name in val:
+            v = val[name]
+            click.echo(f"  {name:22s} accuracy={v['accuracy']:.3f}  thoughts/question={v['calls_per_question']:.2f}  "
+                       f"call_rate={v['call_rate']:.2f}")
+
+
+@cli.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="A run folder (runs/<name>): its config.yaml and trained models are used.")
+@click.option("--mode", type=click.Choice(["never", "always", "router", "depth"]), default=None,
+              help="Pipeline mode (default: router if the run has one, else always).")
+@overrides_argument
+def chat(run_dir: Path, mode: str | None, overrides: tuple[str, ...]) -> None:
+    """Chat in the terminal with a run's base model, router and Tiny Thought Model.
+
+    Each answer, router score and thought is printed as it comes. Type /mode MODE to switch,
+    /quit (or Ctrl-D) to leave.
+    """
+    from pseudocot.chat import chat_loop
+
+    chat_loop(run_dir, mode, overrides)
+
+
 # ------------------------------------------------------------------------------------ stages still to come
 
 _LATER = {
     "synth": ("Write step-by-step reasoning data with a teacher model or an OpenAI-compatible endpoint.", "synthetic data"),
     "grpo": ("GRPO reinforcement learning with rewards for correct and faithful reasoning.", "GRPO"),
-    "router": ("Train the router on the base model's traces.", "router/pipeline"),
     "eval": ("Evaluate systems on tasks: accuracy with intervals, BLEU, ROUGE-L, faithfulness, cost.", "evaluation"),
     "run": ("Run every configured stage in order into one run folder, skipping finished ones.", "end-to-end"),
-    "chat": ("Chat in the terminal with a run's base model, router and Tiny Thought Model.", "router/pipeline"),
     "serve": ("Serve a run as an OpenAI-compatible API with a chat page.", "serving"),
 }
 

@@ -190,6 +190,8 @@ class FinetuneConfig:
     """Adapter settings for `lora` and `qlora`."""
     with_reasoning: bool = True
     """Train on the reference reasoning and the answer (true), or on the answer alone (false)."""
+    thoughts_in_context: bool = False
+    """Also train on each question with its first j gold reasoning lines as thoughts in the prompt (j = 1..k+1, the answer line last), rendered as the pipeline renders them: the Pseudo-CoT base."""
     system_prompt: str | None = None
     """A system message put before every question (null: none)."""
     train_file: str | None = None
@@ -263,6 +265,80 @@ class GenerationConfig:
 
 
 @dataclass
+class PipelineConfig:
+    mode: Literal["never", "always", "router", "depth"] = "router"
+    """never: the base alone; always: max_thoughts thoughts; router: the router decides after each answer; depth: the depth router picks the number of thoughts from the question."""
+    max_thoughts: int = 4
+    """Most thoughts the Tiny Thought Model writes per question."""
+    base_prompt: str = "{question}"
+    """The base model's user turn before any thought ({question})."""
+    base_prompt_with_thoughts: str = "{question}\nThoughts:\n{thoughts}"
+    """The base model's user turn once there are thoughts ({question}; {thoughts}: one per line)."""
+    system_prompt: str | None = None
+    """A system message for the base model (null: none)."""
+    ttm_prompt: str = "{question}"
+    """The TTM's user turn ({question}; {answer}: the base model's last answer; {thoughts})."""
+    ttm_continues_thoughts: bool = True
+    """Open the TTM's own turn with the thoughts so far, one per line, so it writes the next line (how a reasoning model trained on step-by-step answers continues)."""
+    ttm_system_prompt: str | None = None
+    """A system message for the TTM (null: none)."""
+    thought_stop: list[str] = field(default_factory=lambda: ["\n"])
+    """A thought ends at the first of these strings (or at the TTM's end of turn, after which it writes no more)."""
+    thought_max_new_tokens: int = 64
+    """Most tokens per thought."""
+    answer_stop: list[str] = field(default_factory=list)
+    """Stop strings for the base model's answers."""
+    answer_max_new_tokens: int = 48
+    """Most tokens per base answer."""
+    batch_size: int = 32
+    """Questions answered together; the batch shrinks as questions finish."""
+    kv_reuse: bool = True
+    """Local models reuse the keys/values of the context they have already encoded."""
+    threshold: float | None = None
+    """Override the router's threshold: continue while its score is at least this (null: the trained one)."""
+    base: str | None = None
+    """Base model folder (null: the run's base/, merged/ if there)."""
+    ttm: str | None = None
+    """Tiny Thought Model folder (null: the run's last distillation stage)."""
+    router: str | None = None
+    """Router folder (null: the run's router/)."""
+
+
+@dataclass
+class RouterConfig:
+    train_questions: int = 1000
+    """Training questions whose base-model traces (thoughts forced to max_thoughts) label the router."""
+    val_questions: int = 300
+    """Validation questions: early stopping, the threshold and the cost-accuracy curve."""
+    features: list[str] = field(default_factory=lambda: ["hidden", "logprobs", "iteration", "changed"])
+    """Router inputs: hidden (the base model's final hidden state, pooled), logprobs (answer token log-probability statistics), iteration, changed (the answer differs from the previous one)."""
+    hidden_size: int = 64
+    """Width of the MLP's hidden layer."""
+    dropout: float = 0.1
+    """Dropout in the MLP."""
+    lr: float = 1e-3
+    """AdamW learning rate."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    batch_size: int = 256
+    """Router training rows per step."""
+    max_epochs: int = 300
+    """Most passes over the training rows."""
+    patience: int = 25
+    """Stop after this many epochs without a better validation loss (the best epoch is kept)."""
+    objective: Literal["penalty", "call_rate"] = "penalty"
+    """How the threshold is chosen on validation: maximise accuracy - penalty x call rate, or the best accuracy at most target_call_rate."""
+    penalty: float = 0.05
+    """Accuracy given up per unit of call rate (call rate 1 = as many thoughts as always)."""
+    target_call_rate: float = 0.5
+    """Call-rate budget (relative to always) for objective call_rate."""
+    depth: bool = True
+    """Also train the depth router (question only -> number of thoughts) for mode depth."""
+    seed: int = 0
+    """Seed of the MLP's initialisation and batches."""
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     """Run name, output folder, seed, device."""
@@ -280,6 +356,10 @@ class Config:
     """The base LLM, fine-tuned on task data (`pseudocot finetune`)."""
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     """Decoding settings."""
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    """The Pseudo-CoT loop: base answers, router decides, TTM thinks (`pseudocot chat`, evaluation)."""
+    router: RouterConfig = field(default_factory=RouterConfig)
+    """The router, trained on the base model's traces (`pseudocot router`)."""
 
     @property
     def run_dir(self) -> Path:

@@ -47,10 +47,72 @@ def render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt
 def prompt_and_completion(tokenizer: Any, ex: Example, with_reasoning: bool = True,
                           system: str | None = None) -> tuple[str, str]:
     """(prompt with the generation prompt, completion) whose concatenation is the full rendered chat."""
-    messages = messages_for(ex, with_reasoning, system)
+    return split_last_turn(tokenizer, messages_for(ex, with_reasoning, system))
+
+
+def split_last_turn(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, str]:
+    """A chat ending in an assistant turn as (everything before it + the generation prompt, the turn)."""
     prompt = render(tokenizer, messages[:-1], add_generation_prompt=True)
     full = render(tokenizer, messages)
     if not full.startswith(prompt):
         raise DataError("the chat template renders the conversation so that the prompt is not a prefix of it; "
                         "supply a template whose generation prompt matches the assistant turn.")
     return prompt, full[len(prompt):]
+
+
+# --------------------------------------------------------------------------------------------
+# Pseudo-CoT prompts: the base model answering with thoughts in its context, and the Tiny Thought
+# Model continuing a list of thoughts. Training the base with thoughts (`base.thoughts_in_context`)
+# renders through the same functions as the pipeline, so the two always agree.
+# --------------------------------------------------------------------------------------------
+
+
+def _fill(template: str, key: str, **values: str) -> str:
+    try:
+        return template.format(**values)
+    except (KeyError, IndexError, ValueError) as e:
+        raise DataError(f"pipeline.{key}: the template {template!r} cannot be filled ({e}); "
+                        f"use only the fields {', '.join('{' + k + '}' for k in values)} and write literal braces as {{{{ }}}}.") from e
+
+
+def base_messages(question: str, thoughts: list[str], prompts: Any) -> list[dict[str, str]]:
+    """The base model's conversation: its user turn carries the question and, once there are any,
+    the thoughts, one per line (`prompts` is a `PipelineConfig`)."""
+    if thoughts:
+        user = _fill(prompts.base_prompt_with_thoughts, "base_prompt_with_thoughts", question=question,
+                     thoughts="\n".join(thoughts))
+    else:
+        user = _fill(prompts.base_prompt, "base_prompt", question=question)
+    system = [{"role": "system", "content": prompts.system_prompt}] if prompts.system_prompt else []
+    return system + [{"role": "user", "content": user}]
+
+
+def ttm_prompt(tokenizer: Any, question: str, thoughts: list[str], last_answer: str, prompts: Any) -> str:
+    """The Tiny Thought Model's prompt: its user turn, then (with `ttm_continues_thoughts`) its own
+    turn opened with the thoughts so far, one per line, so that it writes the next line."""
+    user = _fill(prompts.ttm_prompt, "ttm_prompt", question=question, answer=last_answer, thoughts="\n".join(thoughts))
+    system = [{"role": "system", "content": prompts.ttm_system_prompt}] if prompts.ttm_system_prompt else []
+    text = render(tokenizer, system + [{"role": "user", "content": user}], add_generation_prompt=True)
+    if prompts.ttm_continues_thoughts and thoughts:
+        text += "".join(t + "\n" for t in thoughts)
+    return text
+
+
+def thought_lines(ex: Example) -> list[str]:
+    """The gold thoughts of an example: its reasoning lines, then its answer line."""
+    lines = [line.strip() for line in (ex.reasoning or "").splitlines() if line.strip()]
+    return lines + [f"{ANSWER_PREFIX} {ex.answer}."]
+
+
+def final_answer(text: str) -> str:
+    """The answer a response commits to: what follows the last `The answer is` (or `answer:`), else the
+    last number, else the whole stripped text; compared across iterations to see if an answer changed."""
+    import re
+
+    m = re.findall(r"answer(?: is|:)\s*\$?(.+?)\s*\.?\s*$", text, flags=re.IGNORECASE | re.MULTILINE)
+    if m:
+        return m[-1].replace(",", "").strip()
+    nums = re.findall(r"-?\d[\d,]*(?:\.\d+)?", text)
+    if nums:
+        return nums[-1].replace(",", "")
+    return text.strip()

@@ -3,12 +3,15 @@
 Prompts are sorted by length so a batch wastes little padding, generated in batches of
 `batch_size`, and returned in the caller's order. Stop strings end a sequence early and are cut
 from its text. Greedy output of a batch equals the same prompts generated one at a time.
+
+Calls that name sessions (or ask for hidden states) go through `generate.sessions.decode`, which
+reuses each conversation's already-encoded prefix; plain calls use HF `generate`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import torch
@@ -16,16 +19,20 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig as HFGenerationConfig
 
 from pseudocot.generate.base import Completion, GenerationParams
+from pseudocot.generate.sessions import PrefixStore, decode
 from pseudocot.models.loading import load_model, load_tokenizer
 
 
 class HFGenerator:
     """A causal LM and its tokenizer as a `Generator`."""
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 32, progress: bool = False) -> None:
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 32, progress: bool = False,
+                 kv_reuse: bool = True) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1.")
         self.progress = progress  # a progress bar over batches, for long runs
+        self.kv_reuse = kv_reuse  # sessions reuse their encoded prefix; off, they re-encode every call
+        self.prefixes = PrefixStore()
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -62,9 +69,14 @@ class HFGenerator:
             output_logits=params.logprobs,
         )
 
-    def generate(self, prompts: Sequence[str], params: GenerationParams) -> list[Completion]:
+    def generate(self, prompts: Sequence[str], params: GenerationParams,
+                 sessions: Sequence[Hashable] | None = None) -> list[Completion]:
+        """One completion per prompt. `sessions[i]` names prompt i's conversation: its next call
+        reuses what this one encoded (see `generate.sessions`)."""
         if params.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1.")
+        if sessions is not None and len(sessions) != len(prompts):
+            raise ValueError(f"got {len(sessions)} session keys for {len(prompts)} prompts.")
         encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         empty = [i for i, ids in enumerate(encoded) if not ids]
         if empty:
@@ -77,11 +89,48 @@ class HFGenerator:
         for b, start in enumerate(starts):
             idx = order[start : start + self.batch_size]
             seed = None if params.seed is None else params.seed + b
-            for i, completion in zip(idx, self._generate_batch([encoded[i] for i in idx], params, config, seed)):
+            batch = [encoded[i] for i in idx]
+            if sessions is None and not params.hidden:
+                done = self._generate_batch(batch, params, config, seed)
+            else:
+                done = self._generate_sessions(batch, [sessions[i] for i in idx] if sessions is not None else None,
+                                               params, seed)
+            for i, completion in zip(idx, done):
                 results[i] = completion
             bar.update(len(idx))
         bar.close()
         return [r for r in results if r is not None]
+
+    def end_sessions(self, sessions: Sequence[Hashable]) -> None:
+        self.prefixes.drop(sessions)
+
+    def _generate_sessions(self, batch: list[list[int]], keys: list[Hashable] | None, params: GenerationParams,
+                           seed: int | None) -> list[Completion]:
+        reuse = keys is not None and self.kv_reuse
+        reused = [self.prefixes.reusable(k, ids, params.hidden) if reuse else None for k, ids in zip(keys or [], batch)]
+        if not reused:
+            reused = [None] * len(batch)
+
+        def is_end(r: int, tokens: list[int]) -> bool:
+            if tokens[-1] in self.eos_ids:
+                return True
+            if params.stop:
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                return any(s and s in text for s in params.stop)
+            return False
+
+        rows, seconds = decode(self.model, batch, reused, max_new_tokens=params.max_new_tokens,
+                               temperature=params.temperature, top_p=params.top_p, seed=seed, is_end=is_end,
+                               pad_id=self.pad_id, keep=reuse, want_features=params.hidden)
+        out = []
+        for r, row in enumerate(rows):
+            if reuse:
+                self.prefixes.put(keys[r], row.encoded)
+            c = self._finish(row.tokens, len(batch[r]), seconds / len(batch), params,
+                             row.logprobs if params.logprobs else None)
+            c.features, c.cached_tokens = row.features, row.cached_tokens
+            out.append(c)
+        return out
 
     def _generate_batch(self, batch: list[list[int]], params: GenerationParams, config: HFGenerationConfig,
                         seed: int | None) -> list[Completion]:
@@ -123,8 +172,11 @@ class HFGenerator:
                 n, keep, reason = j, j, "stop"  # a stop string ended this row at the previous token
                 break
         text = self.tokenizer.decode(tokens[:keep], skip_special_tokens=True)
-        cuts = [text.find(s) for s in params.stop if s and s in text]
+        cuts = sorted((text.find(s), s) for s in params.stop if s and s in text)
+        stop_string = None
         if cuts:
-            text, reason = text[: min(cuts)], "stop"
+            (at, stop_string), reason = cuts[0], "stop"
+            text = text[:at]
         return Completion(text=text, prompt_tokens=prompt_tokens, completion_tokens=n, seconds=seconds,
-                          finish_reason=reason, token_logprobs=logprobs[:n] if logprobs is not None else None)
+                          finish_reason=reason, token_logprobs=logprobs[:n] if logprobs is not None else None,
+                          stop_string=stop_string)

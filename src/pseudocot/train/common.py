@@ -65,12 +65,27 @@ def read_split(path: str | Path, what: str) -> list[Example]:
     return read_examples(path).examples
 
 
+def thought_pairs(tokenizer: Any, ex: Example, prompts: Any) -> list[tuple[str, str]]:
+    """(prompt, answer) with the first j gold thoughts in the base model's context, j = 0..k+1, rendered
+    exactly as the pipeline renders them (`prompts` is a `PipelineConfig`)."""
+    from pseudocot.data.chat import answer_text, base_messages, question_text, split_last_turn, thought_lines
+
+    answer = {"role": "assistant", "content": answer_text(ex, with_reasoning=False)}
+    thoughts = thought_lines(ex)
+    return [split_last_turn(tokenizer, base_messages(question_text(ex), thoughts[:j], prompts) + [answer])
+            for j in range(len(thoughts) + 1)]
+
+
 def tokenize_examples(examples: Sequence[Example], tokenizer: Any, with_reasoning: bool, system_prompt: str | None,
-                      max_length: int) -> list[dict[str, Any]]:
-    """Rows of `input_ids` and `labels` (prompt tokens masked with -100): the loss is on the answer only."""
+                      max_length: int, thoughts: Any = None) -> list[dict[str, Any]]:
+    """Rows of `input_ids` and `labels` (prompt tokens masked with -100): the loss is on the answer only.
+    With `thoughts` (a `PipelineConfig`), each example gives one row per number of gold thoughts in
+    its context (`thought_pairs`)."""
     rows, cut = [], 0
-    for i, ex in enumerate(examples):
-        prompt, completion = prompt_and_completion(tokenizer, ex, with_reasoning, system_prompt)
+    pairs = ((i, pair) for i, ex in enumerate(examples)
+             for pair in (thought_pairs(tokenizer, ex, thoughts) if thoughts is not None
+                          else [prompt_and_completion(tokenizer, ex, with_reasoning, system_prompt)]))
+    for i, (prompt, completion) in pairs:
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
         cut += len(p_ids) + len(c_ids) > max_length
@@ -245,10 +260,10 @@ def finished_metrics(out_dir: Path, stage_config: Any, force: bool = False) -> d
 
 
 def split_rows(file: str | None, run_dir: Path, split: str, what: str, tokenizer: Any, with_reasoning: bool,
-               system_prompt: str | None, max_length: int) -> list[dict[str, Any]]:
+               system_prompt: str | None, max_length: int, thoughts: Any = None) -> list[dict[str, Any]]:
     """Tokenized rows of `file`, or of the run's `data/<split>.jsonl` when no file is set."""
     examples = read_split(file or run_dir / "data" / f"{split}.jsonl", what)
-    return tokenize_examples(examples, tokenizer, with_reasoning, system_prompt, max_length)
+    return tokenize_examples(examples, tokenizer, with_reasoning, system_prompt, max_length, thoughts)
 
 
 def trainable_model(spec: ModelSpec, tokenizer: Any, method: str, lora: Any, device: str, seed: int,

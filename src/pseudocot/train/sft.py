@@ -50,7 +50,8 @@ def main(cfg: Config, role: str = "base", force: bool = False) -> dict[str, Any]
     tokenizer = load_spec_tokenizer(fcfg.model, run_dir)
     t = fcfg.train
     rows_of = lambda file, split: split_rows(file, run_dir, split, f"{role} {split} data", tokenizer,  # noqa: E731
-                                             fcfg.with_reasoning, fcfg.system_prompt, t.max_length)
+                                             fcfg.with_reasoning, fcfg.system_prompt, t.max_length,
+                                             cfg.pipeline if fcfg.thoughts_in_context else None)
     train_rows, val_rows = rows_of(fcfg.train_file, "train"), rows_of(fcfg.val_file, "val")
     model = trainable_model(fcfg.model, tokenizer, fcfg.method, fcfg.lora, cfg.run.device, cfg.run.seed, t.gradient_checkpointing)
     args = training_args(t, out, cfg.run.seed, cfg.run.device, has_eval=True)

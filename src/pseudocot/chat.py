@@ -1,0 +1,86 @@
+"""`pseudocot chat --run DIR`: a terminal chat over a run's Pseudo-CoT system.
+
+Every message is a new question. The base model's answers, the router's score after each one and
+the Tiny Thought Model's thoughts are printed as they come, then the final answer and its cost.
+`/mode never|always|router|depth` switches the loop, `/quit` or Ctrl-D leaves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pseudocot.config import load_config
+
+MODES = ("never", "always", "router", "depth")
+
+
+def run_config(run_dir: Path, overrides: tuple[str, ...] = ()) -> Any:
+    """The run's saved config, pointed at `run_dir` wherever the folder now is."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        from pseudocot.data.example import DataError
+
+        raise DataError(f"{path}: no run config here; pass a run folder (runs/<name>) made by `pseudocot` stages.")
+    where = (f"run.out_dir={run_dir.resolve().parent}", f"run.name={run_dir.name}")
+    return load_config(path, (*where, *overrides))
+
+
+def _printer(echo: Callable[[str], None], threshold: float | None) -> Callable[[str, Any], None]:
+    def on_event(kind: str, trace: Any) -> None:
+        if kind == "answer":
+            a = trace.answers[-1]
+            echo(click.style(f"  answer {len(trace.answers) - 1}: ", fg="cyan") + a.text.strip())
+        elif kind == "thought":
+            echo(click.style(f"  thought {len(trace.thoughts)}: ", fg="yellow") + trace.thoughts[-1].text)
+        elif kind == "decision":
+            s = trace.answers[-1].router_score
+            verdict = "think again" if trace.stop_reason != "router" else "stop"
+            echo(click.style(f"  router: {s:.2f} (threshold {threshold:.2f}) -> {verdict}", dim=True))
+    return on_event
+
+
+def chat_loop(run_dir: Path, mode: str | None, overrides: tuple[str, ...] = (), read: Callable[[str], str] = input,
+              echo: Callable[[str], None] = click.echo) -> None:
+    from pseudocot.pipeline import load_pipeline, run_models
+
+    cfg = run_config(run_dir, overrides)
+    if mode is None:
+        mode = "router" if run_models(cfg).router is not None else "always"
+        if mode == "always":
+            echo(f"(no router in {run_dir / 'router'}: the TTM thinks {cfg.pipeline.max_thoughts} times; train one with `pseudocot router`)")
+    echo(f"loading {run_dir} ...")
+    pipe = load_pipeline(cfg, mode=mode, need_router=mode in ("router", "depth") or run_models(cfg).router is not None)
+    echo(f"mode {mode}, at most {pipe.cfg.max_thoughts} thoughts. Ask a question; /mode MODE switches, /quit leaves.")
+    for n in itertools.count():
+        try:
+            text = read("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            echo("")
+            return
+        if not text:
+            continue
+        if text in ("/quit", "/exit"):
+            return
+        if text.startswith("/mode"):
+            want = text.split()[-1]
+            if want not in MODES:
+                echo(f"modes: {', '.join(MODES)}")
+                continue
+            if want in ("router", "depth") and pipe.router is None:
+                echo("this run has no router; train one with `pseudocot router`.")
+                continue
+            pipe.cfg = dataclasses.replace(pipe.cfg, mode=want)
+            echo(f"mode {want}")
+            continue
+        threshold = pipe.cfg.threshold if pipe.cfg.threshold is not None else getattr(pipe.router, "threshold", None)
+        (trace,) = pipe.run([(f"chat-{n}", text)], on_event=_printer(echo, threshold))
+        tokens = sum(a.tokens for a in trace.answers) + sum(t.tokens for t in trace.thoughts)
+        echo(click.style(f"= {trace.final_text.strip()}", bold=True)
+             + click.style(f"   ({trace.thought_calls} thoughts, {tokens} tokens, {trace.seconds:.2f} s, "
+                           f"stopped: {trace.stop_reason})", dim=True))

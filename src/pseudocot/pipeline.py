@@ -1,0 +1,387 @@
+"""The Pseudo-CoT system: the base model answers, the router decides, the Tiny Thought Model thinks,
+the base model answers again (the paper's section 3, Fig. 3.3).
+
+Per question: base answer 0; then, while the router says continue and fewer than `max_thoughts`
+thoughts exist, the TTM writes thought i from the question, the earlier thoughts and the last
+answer, and the base model answers again with the question and all thoughts in its context. Modes:
+
+- `never`: the base model alone (answer 0);
+- `always`: `max_thoughts` thoughts, one base answer after each;
+- `router`: the trained router scores each answer and the loop continues while the score reaches
+  its threshold;
+- `depth`: the depth router reads only the question and picks how many thoughts the TTM writes
+  before the base model's one answer.
+
+Questions are answered as a batch that shrinks as questions stop. With local HF models each
+question is a session of its generator, so a re-answer encodes only the new thought
+(`generate.sessions`). Every question yields a `Trace` (JSONL), which evaluation, router training,
+the chat and the report read.
+
+    pseudocot chat --run runs/demo
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pseudocot.config import Config, PipelineConfig
+from pseudocot.data.example import DataError
+from pseudocot.data.chat import base_messages, final_answer, render, ttm_prompt
+from pseudocot.generate.base import Completion, GenerationParams, Generator, SessionGenerator
+
+MODES = ("never", "always", "router", "depth")
+
+
+@dataclass
+class Answer:
+    text: str
+    """The base model's response."""
+    final: str
+    """The answer it commits to (`data.chat.final_answer`)."""
+    tokens: int
+    """Tokens generated."""
+    prompt_tokens: int
+    """Tokens in its context."""
+    cached_tokens: int
+    """Context tokens reused from the previous call instead of encoded again."""
+    seconds: float
+    """Wall time of the call, shared among its batch."""
+    logprob_mean: float | None = None
+    """Mean log-probability of its tokens (when the router asked for them)."""
+    router_score: float | None = None
+    """The router's probability that another thought helps (router mode)."""
+
+
+@dataclass
+class Thought:
+    text: str
+    """What the TTM wrote."""
+    tokens: int
+    """Tokens generated."""
+    seconds: float
+    """Wall time of the call, shared among its batch."""
+
+
+@dataclass
+class Trace:
+    id: str
+    question: str
+    mode: str
+    answers: list[Answer] = field(default_factory=list)
+    """Every base answer, in order: answer i has the first i thoughts in its context."""
+    thoughts: list[Thought] = field(default_factory=list)
+    final_answer: str = ""
+    """The last answer's committed value."""
+    stop_reason: str = ""
+    """never, router, max_thoughts, ttm_done (the TTM ended its reasoning) or depth."""
+    depth: int | None = None
+    """Thoughts the depth router chose (depth mode)."""
+    seconds: float = 0.0
+    """Sum of this question's shares of every call."""
+    features: list[Any] = field(default_factory=list, repr=False)
+    """Router inputs of each answer (not serialised)."""
+
+    @property
+    def thought_calls(self) -> int:
+        return len(self.thoughts)
+
+    @property
+    def final_text(self) -> str:
+        return self.answers[-1].text if self.answers else ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("features")
+        d["thought_calls"] = self.thought_calls
+        d["tokens"] = {"base": sum(a.tokens for a in self.answers), "ttm": sum(t.tokens for t in self.thoughts)}
+        d["final_text"] = self.final_text
+        return d
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> Trace:
+        row = {k: v for k, v in row.items() if k not in ("thought_calls", "tokens", "final_text")}
+        row["answers"] = [Answer(**a) for a in row.get("answers", [])]
+        row["thoughts"] = [Thought(**t) for t in row.get("thoughts", [])]
+        return cls(**row)
+
+
+@dataclass
+class StepInput:
+    """What the router sees after answer `iteration` of a question."""
+
+    question: str
+    iteration: int
+    completion: Completion
+    changed: bool
+    """The committed answer differs from the previous one (False for the first)."""
+
+
+class Pipeline:
+    """Base `Generator` + TTM `Generator` + router, answering batches of questions."""
+
+    def __init__(self, base: Generator, ttm: Generator | None, cfg: PipelineConfig, router: Any = None,
+                 base_tokenizer: Any = None, ttm_tokenizer: Any = None) -> None:
+        if cfg.mode not in MODES:
+            raise ValueError(f"pipeline.mode must be one of {', '.join(MODES)}, got {cfg.mode!r}.")
+        if cfg.mode != "never" and ttm is None:
+            raise ValueError(f"pipeline.mode={cfg.mode} needs a Tiny Thought Model.")
+        if cfg.mode in ("router", "depth") and router is None:
+            raise ValueError(f"pipeline.mode={cfg.mode} needs a router; train one with `pseudocot router`.")
+        if cfg.max_thoughts < 0:
+            raise ValueError("pipeline.max_thoughts must be at least 0.")
+        self.base, self.ttm, self.cfg, self.router = base, ttm, cfg, router
+        self.base_tokenizer = base_tokenizer if base_tokenizer is not None else getattr(base, "tokenizer", None)
+        self.ttm_tokenizer = ttm_tokenizer if ttm_tokenizer is not None else getattr(ttm, "tokenizer", None)
+
+    # -- prompts ---------------------------------------------------------------------------
+
+    def base_prompt(self, question: str, thoughts: list[str]) -> str:
+        return render(self.base_tokenizer, base_messages(question, thoughts, self.cfg), add_generation_prompt=True)
+
+    def ttm_prompt(self, question: str, thoughts: list[str], last_answer: str) -> str:
+        return ttm_prompt(self.ttm_tokenizer, question, thoughts, last_answer, self.cfg)
+
+    # -- generation ------------------------------------------------------------------------
+
+    def _call(self, gen: Generator, prompts: list[str], params: GenerationParams, keys: list[Any]) -> list[Completion]:
+        if self.cfg.kv_reuse and isinstance(gen, SessionGenerator):
+            return gen.generate(prompts, params, sessions=keys)
+        return gen.generate(prompts, params)
+
+    def _needs_features(self, collect: bool) -> bool:
+        return collect or self.cfg.mode in ("router", "depth")
+
+    def answer_params(self, collect: bool) -> GenerationParams:
+        feats = self._needs_features(collect)
+        needs_hidden = feats and (collect or "hidden" in getattr(self.router, "features", ()))
+        return GenerationParams(max_new_tokens=self.cfg.answer_max_new_tokens, stop=list(self.cfg.answer_stop),
+                                logprobs=feats, hidden=needs_hidden)
+
+    def thought_params(self) -> GenerationParams:
+        return GenerationParams(max_new_tokens=self.cfg.thought_max_new_tokens, stop=list(self.cfg.thought_stop))
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self, questions: Sequence[tuple[str, str]], collect: bool = False,
+            on_event: Callable[[str, Trace], None] | None = None) -> list[Trace]:
+        """Answer `(id, question)` pairs; returns one trace per question, in order.
+
+        `collect` forces thoughts up to `max_thoughts` whatever the mode says and keeps every answer's
+        router features (router training). `on_event(kind, trace)` is called after each answer
+        (`answer`), router decision (`decision`) and thought (`thought`), for live display.
+        """
+        out: list[Trace] = []
+        size = max(1, self.cfg.batch_size)
+        for start in range(0, len(questions), size):
+            out += self._run_batch(list(questions[start:start + size]), collect, on_event)
+        return out
+
+    def _run_batch(self, batch: list[tuple[str, str]], collect: bool,
+                   on_event: Callable[[str, Trace], None] | None) -> list[Trace]:
+        cfg = self.cfg
+        mode = "always" if collect else cfg.mode
+        traces = [Trace(id=qid, question=q, mode=mode) for qid, q in batch]
+        thoughts: list[list[str]] = [[] for _ in batch]
+        keys = [("pcot", id(traces), i) for i in range(len(batch))]
+        active = list(range(len(batch)))
+        try:
+            if mode == "depth":
+                depth = self.router.depth([self.base_prompt(t.question, []) for t in traces], self.base,
+                                          [keys[i] for i in active], self.cfg.max_thoughts)
+                for i, d in enumerate(depth):
+                    traces[i].depth = d
+                for round_ in range(max(depth, default=0)):
+                    active = [i for i in active if round_ < traces[i].depth and not self._ttm_done(traces[i])]
+                    self._think(active, traces, thoughts, keys, on_event)
+                self._answer(list(range(len(batch))), traces, thoughts, keys, collect, on_event)
+                for t in traces:
+                    t.stop_reason = "depth"
+            else:
+                self._answer(active, traces, thoughts, keys, collect, on_event)
+                iteration = 0
+                while active:
+                    go = self._decide(active, traces, mode, iteration, on_event)
+                    active = [i for i in active if go[i]]
+                    if not active:
+                        break
+                    self._think(active, traces, thoughts, keys, on_event)
+                    # A TTM that wrote nothing has nothing more to say; skip the re-answer.
+                    wrote = [i for i in active if len(traces[i].thoughts) == iteration + 1]
+                    for i in set(active) - set(wrote):
+                        traces[i].stop_reason = "ttm_done"
+                    active = wrote
+                    self._answer(active, traces, thoughts, keys, collect, on_event)
+                    iteration += 1
+        finally:
+            for gen in (self.base, self.ttm):
+                if isinstance(gen, SessionGenerator):
+                    gen.end_sessions(keys)
+        for t in traces:
+            t.final_answer = t.answers[-1].final if t.answers else ""
+        return traces
+
+    def _ttm_done(self, trace: Trace) -> bool:
+        return trace.stop_reason == "ttm_done"
+
+    def _decide(self, active: list[int], traces: list[Trace], mode: str, iteration: int,
+                on_event: Callable[[str, Trace], None] | None = None) -> dict[int, bool]:
+        """Whether each active question gets another thought after answer `iteration`."""
+        go: dict[int, bool] = {}
+        for i in active:
+            t = traces[i]
+            if mode == "never":
+                t.stop_reason = "never"
+            elif iteration >= self.cfg.max_thoughts:
+                t.stop_reason = "max_thoughts"
+            elif self._ttm_done(t):
+                pass
+            else:
+                go[i] = True
+        if mode == "router":
+            ask = [i for i in active if go.get(i)]
+            if ask:
+                steps = [self._step_input(traces[i]) for i in ask]
+                scores = self.router.score(steps)
+                threshold = self.cfg.threshold if self.cfg.threshold is not None else self.router.threshold
+                for i, s in zip(ask, scores):
+                    traces[i].answers[-1].router_score = float(s)
+                    if s < threshold:
+                        go[i] = False
+                        traces[i].stop_reason = "router"
+                    if on_event:
+                        on_event("decision", traces[i])
+        return {i: go.get(i, False) for i in active}
+
+    def _step_input(self, trace: Trace) -> StepInput:
+        return trace.features[-1]
+
+    def _think(self, active: list[int], traces: list[Trace], thoughts: list[list[str]], keys: list[Any],
+               on_event: Callable[[str, Trace], None] | None) -> None:
+        if not active:
+            return
+        prompts = [self.ttm_prompt(traces[i].question, thoughts[i], traces[i].answers[-1].text if traces[i].answers else "")
+                   for i in active]
+        outs = self._call(self.ttm, prompts, self.thought_params(), [keys[i] + ("ttm",) for i in active])
+        for i, c in zip(active, outs):
+            text = c.text.strip()
+            # The TTM ended its turn (end-of-sequence, not a stop string): this is its last thought.
+            ended = c.finish_reason == "stop" and c.stop_string is None
+            if text:
+                thoughts[i].append(text)
+                traces[i].thoughts.append(Thought(text=text, tokens=c.completion_tokens, seconds=c.seconds))
+                traces[i].seconds += c.seconds
+                if on_event:
+                    on_event("thought", traces[i])
+            if ended or not text:
+                traces[i].stop_reason = "ttm_done"
+
+    def _answer(self, active: list[int], traces: list[Trace], thoughts: list[list[str]], keys: list[Any], collect: bool,
+                on_event: Callable[[str, Trace], None] | None) -> None:
+        if not active:
+            return
+        prompts = [self.base_prompt(traces[i].question, thoughts[i]) for i in active]
+        outs = self._call(self.base, prompts, self.answer_params(collect), [keys[i] + ("base",) for i in active])
+        for i, c in zip(active, outs):
+            t = traces[i]
+            final = final_answer(c.text)
+            lp = c.token_logprobs
+            t.answers.append(Answer(text=c.text, final=final, tokens=c.completion_tokens, prompt_tokens=c.prompt_tokens,
+                                    cached_tokens=c.cached_tokens, seconds=c.seconds,
+                                    logprob_mean=sum(lp) / len(lp) if lp else None))
+            t.seconds += c.seconds
+            if self._needs_features(collect):
+                changed = len(t.answers) > 1 and t.answers[-2].final != final
+                t.features.append(StepInput(t.question, len(t.answers) - 1, c, changed))
+            if on_event:
+                on_event("answer", t)
+
+
+def write_traces(traces: Iterable[Trace], path: Any) -> None:
+    """Traces as JSONL, written atomically."""
+    import json
+
+    from pseudocot.files import atomic_open
+
+    with atomic_open(path) as f:
+        for t in traces:
+            f.write(json.dumps(t.to_dict(), ensure_ascii=False) + "\n")
+
+
+def read_traces(path: Any) -> list[Trace]:
+    from pseudocot.data.jsonl import iter_json_lines
+
+    out = []
+    for lineno, _, row in iter_json_lines(path):
+        if isinstance(row, Exception):
+            raise row
+        try:
+            out.append(Trace.from_dict(row))
+        except TypeError as e:
+            raise DataError(f"{path}:{lineno}: not a pipeline trace ({e}).") from None
+    return out
+
+
+@dataclass
+class RunModels:
+    """Where a run's pipeline models live."""
+
+    base: Path
+    ttm: Path | None
+    router: Path | None
+
+
+def run_models(cfg: Config) -> RunModels:
+    """The run's base model (merged/ when written), its last distillation stage as TTM and its router,
+    or the folders `pipeline.base/ttm/router` name instead."""
+    run = cfg.run_dir
+    p = cfg.pipeline
+    if p.base:
+        base = Path(p.base)
+    else:
+        base = run / "base" / "merged" if (run / "base" / "merged" / "config.json").is_file() else run / "base"
+    ttm: Path | None = Path(p.ttm) if p.ttm else None
+    if ttm is None and cfg.distill.stages:
+        from pseudocot.train.distill import stage_names
+
+        ttm = run / "distill" / stage_names(cfg)[-1]
+    router = Path(p.router) if p.router else run / "router"
+    return RunModels(base, ttm, router if (router / "router.json").is_file() else None)
+
+
+def _local_generator(folder: Path, what: str, cfg: Config) -> Any:
+    from pseudocot.generate.hf import HFGenerator
+    from pseudocot.models.loading import ModelError, load_tokenizer
+    from pseudocot.models.lora import load_trained
+
+    if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
+        raise ModelError(f"{folder}: no {what} model here; train it first (see `pseudocot --help`) or set pipeline.{what}.")
+    model = load_trained(folder, device=cfg.run.device)
+    model.eval()
+    return HFGenerator(model, load_tokenizer(str(folder)), batch_size=cfg.pipeline.batch_size,
+                       kv_reuse=cfg.pipeline.kv_reuse)
+
+
+def load_pipeline(cfg: Config, mode: str | None = None, need_router: bool | None = None) -> Pipeline:
+    """The run's Pseudo-CoT system in `mode` (default: `pipeline.mode`), built from local folders."""
+    import dataclasses
+
+    pcfg = dataclasses.replace(cfg.pipeline, mode=mode or cfg.pipeline.mode)
+    where = run_models(cfg)
+    base = _local_generator(where.base, "base", cfg)
+    ttm = None
+    if pcfg.mode != "never" or need_router:
+        if where.ttm is None:
+            raise DataError("the config has no distillation stages, so there is no Tiny Thought Model; set pipeline.ttm.")
+        ttm = _local_generator(where.ttm, "ttm", cfg)
+    router = None
+    if pcfg.mode in ("router", "depth") or need_router:
+        from pseudocot.router.model import Router
+
+        if where.router is None:
+            raise DataError(f"{cfg.run_dir / 'router'}: no trained router; run `pseudocot router` first or set pipeline.router.")
+        router = Router.load(where.router)
+        pcfg = dataclasses.replace(pcfg, max_thoughts=router.info.get("max_thoughts", pcfg.max_thoughts))
+    return Pipeline(base, ttm, pcfg, router)

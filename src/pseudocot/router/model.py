@@ -1,0 +1,163 @@
+"""The router networks, their training with early stopping, and their files.
+
+`StepRouter` scores an answer (probability that another thought turns it right); `DepthRouter`
+reads only the question and picks a number of thoughts. Both are a standardisation layer and a
+one-hidden-layer MLP, saved as safetensors beside `router.json`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pseudocot.files import atomic_path, atomic_write_text
+from pseudocot.router.features import question_vector, step_vector
+
+
+class MLP(nn.Module):
+    """(B, D) standardised inputs -> (B, K) logits."""
+
+    def __init__(self, dim: int, hidden: int, out: int, dropout: float) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+def fit(x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor, out: int, cfg: Any) -> tuple[MLP, dict[str, Any]]:
+    """Train an MLP (binary with one output, else K classes) with AdamW, keeping the epoch with the
+    lowest validation loss and stopping after `cfg.patience` epochs without one."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = MLP(x.shape[1], cfg.hidden_size, out, cfg.dropout)
+    model.mean.copy_(x.mean(0))
+    model.std.copy_(x.std(0).clamp_min(1e-6) if len(x) > 1 else torch.ones(x.shape[1]))
+    loss_fn = (lambda z, t: nn.functional.binary_cross_entropy_with_logits(z.squeeze(-1), t.float())) if out == 1 \
+        else (lambda z, t: nn.functional.cross_entropy(z, t.long()))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    best, best_loss, best_epoch, epoch = copy.deepcopy(model.state_dict()), float("inf"), 0, 0
+    for epoch in range(1, cfg.max_epochs + 1):
+        model.train()
+        for idx in torch.randperm(len(x), generator=gen).split(cfg.batch_size):
+            loss = loss_fn(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            val = float(loss_fn(model(x_val), y_val)) if len(x_val) else float(loss)
+        if val < best_loss - 1e-6:
+            best, best_loss, best_epoch = copy.deepcopy(model.state_dict()), val, epoch
+        elif epoch - best_epoch >= cfg.patience:
+            break
+    model.load_state_dict(best)
+    model.eval()
+    return model, {"epochs": epoch, "best_epoch": best_epoch, "val_loss": round(best_loss, 6)}
+
+
+def _save(model: MLP, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+
+
+def _load(path: Path, dim: int, hidden: int, out: int) -> MLP:
+    from safetensors.torch import load_file
+
+    model = MLP(dim, hidden, out, 0.0)
+    model.load_state_dict(load_file(str(path)))
+    model.eval()
+    return model
+
+
+class StepRouter:
+    """Scores answers; the pipeline continues while the score is at least `threshold`."""
+
+    def __init__(self, model: MLP, features: Sequence[str], threshold: float, max_thoughts: int) -> None:
+        self.model, self.features, self.threshold, self.max_thoughts = model, list(features), threshold, max_thoughts
+
+    def vectors(self, steps: Sequence[Any]) -> torch.Tensor:
+        return torch.stack([step_vector(s, self.features, self.max_thoughts) for s in steps])
+
+    def score(self, steps: Sequence[Any]) -> list[float]:
+        with torch.no_grad():
+            return torch.sigmoid(self.model(self.vectors(steps)).squeeze(-1)).tolist()
+
+
+class DepthRouter:
+    """Question -> how many thoughts to write before the base model's one answer."""
+
+    def __init__(self, model: MLP) -> None:
+        self.model = model
+
+    def depth(self, prompts: Sequence[str], base: Any, sessions: Sequence[Hashable], max_thoughts: int) -> list[int]:
+        x = torch.stack([question_vector(c) for c in question_completions(base, prompts, sessions)])
+        with torch.no_grad():
+            return self.model(x).argmax(-1).clamp_max(max_thoughts).tolist()
+
+
+def question_completions(base: Any, prompts: Sequence[str], sessions: Sequence[Hashable] | None) -> list[Any]:
+    """One prefill of each question prompt, for its pooled hidden state (the session keeps the cache)."""
+    from pseudocot.generate.base import GenerationParams
+
+    params = GenerationParams(max_new_tokens=1, hidden=True)
+    if sessions is not None:
+        return base.generate(list(prompts), params, sessions=list(sessions))
+    return base.generate(list(prompts), params)
+
+
+class Router:
+    """What `pseudocot router` saved: the step router, and the depth router when trained."""
+
+    def __init__(self, step: StepRouter, depth_router: DepthRouter | None, info: dict[str, Any]) -> None:
+        self.step, self.depth_router, self.info = step, depth_router, info
+
+    @property
+    def features(self) -> list[str]:
+        return self.step.features
+
+    @property
+    def threshold(self) -> float:
+        return self.step.threshold
+
+    def score(self, steps: Sequence[Any]) -> list[float]:
+        return self.step.score(steps)
+
+    def depth(self, prompts: Sequence[str], base: Any, sessions: Sequence[Hashable], max_thoughts: int) -> list[int]:
+        if self.depth_router is None:
+            raise ValueError("this router has no depth model; train it with router.depth=true to use pipeline.mode=depth.")
+        return self.depth_router.depth(prompts, base, sessions, max_thoughts)
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        _save(self.step.model, folder / "router.safetensors")
+        if self.depth_router is not None:
+            _save(self.depth_router.model, folder / "depth.safetensors")
+        atomic_write_text(folder / "router.json", json.dumps(self.info, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Router:
+        folder = Path(folder)
+        meta = folder / "router.json"
+        if not meta.is_file():
+            raise FileNotFoundError(f"{meta}: no router here; train one with `pseudocot router`.")
+        info = json.loads(meta.read_text())
+        s = info["step"]
+        step = StepRouter(_load(folder / "router.safetensors", s["input_dim"], s["hidden_size"], 1),
+                          info["features"], info["threshold"], info["max_thoughts"])
+        depth = None
+        if info.get("depth"):
+            d = info["depth"]
+            depth = DepthRouter(_load(folder / "depth.safetensors", d["input_dim"], d["hidden_size"], d["classes"]))
+        return cls(step, depth, info)

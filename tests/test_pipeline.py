@@ -1,0 +1,200 @@
+"""The Pseudo-CoT loop (`pseudocot.pipeline`) on a briefly trained tiny model playing both the base
+model and the Tiny Thought Model: every mode, a batch whose questions stop at different
+iterations, trace contents, and KV reuse changing nothing but the work."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from pseudocot.config import ArithConfig, PipelineConfig
+from pseudocot.data import arith
+from pseudocot.data.chat import final_answer, question_text
+from pseudocot.generate import GenerationParams
+from pseudocot.generate.hf import HFGenerator
+from pseudocot.pipeline import Pipeline, Trace, read_traces, write_traces
+
+
+@pytest.fixture(scope="module")
+def questions():
+    exs = arith.generate(10, ArithConfig(max_steps=3), seed=4242, split="test")
+    return [(e.id, question_text(e)) for e in exs]
+
+
+class Recorder:
+    """A plain `Generator` (no sessions) that records the batch size of every call."""
+
+    def __init__(self, inner):
+        self.inner, self.tokenizer, self.calls = inner, inner.tokenizer, []
+
+    def generate(self, prompts, params):
+        self.calls.append(len(prompts))
+        return self.inner.generate(prompts, params)
+
+
+class FixedRouter:
+    """Continue for questions whose index is even, while fewer than `limit` answers exist."""
+
+    features = ("logprobs",)
+    threshold = 0.5
+
+    def __init__(self, ids, limit):
+        self.ids, self.limit = ids, limit
+
+    def score(self, steps):
+        return [1.0 if self.ids.index(s_id(s)) % 2 == 0 and s.iteration + 1 < self.limit else 0.0 for s in steps]
+
+    def depth(self, prompts, base, sessions, max_thoughts):
+        return [i % 3 for i in range(len(prompts))]
+
+
+def s_id(step):
+    return step.question
+
+
+def _pipe(trained_tiny, mode, router=None, **kw):
+    model, tok = trained_tiny
+    cfg = PipelineConfig(mode=mode, max_thoughts=kw.pop("max_thoughts", 3), batch_size=kw.pop("batch_size", 16),
+                         kv_reuse=kw.pop("kv_reuse", True), answer_max_new_tokens=32, thought_max_new_tokens=24)
+    base = kw.pop("base", None) or HFGenerator(model, tok, batch_size=16, kv_reuse=cfg.kv_reuse)
+    ttm = kw.pop("ttm", None) or HFGenerator(model, tok, batch_size=16, kv_reuse=cfg.kv_reuse)
+    return Pipeline(base, ttm, cfg, router)
+
+
+def _texts(traces):
+    return [([a.text for a in t.answers], [x.text for x in t.thoughts], t.stop_reason) for t in traces]
+
+
+def test_never_is_one_base_answer(trained_tiny, questions):
+    traces = _pipe(trained_tiny, "never").run(questions)
+    assert [t.id for t in traces] == [q[0] for q in questions]
+    for t in traces:
+        assert len(t.answers) == 1 and t.thoughts == [] and t.stop_reason == "never"
+        assert t.final_answer == final_answer(t.answers[0].text)
+    # The base answer equals a plain greedy generation of the same prompt.
+    pipe = _pipe(trained_tiny, "never")
+    model, tok = trained_tiny
+    plain = HFGenerator(model, tok).generate([pipe.base_prompt(q, []) for _, q in questions],
+                                             GenerationParams(max_new_tokens=32))
+    assert [t.answers[0].text for t in traces] == [c.text for c in plain]
+
+
+def test_always_writes_thoughts_and_reanswers(trained_tiny, questions):
+    traces = _pipe(trained_tiny, "always", max_thoughts=2).run(questions)
+    for t in traces:
+        assert 0 < len(t.thoughts) <= 2
+        assert len(t.answers) == len(t.thoughts) + 1
+        assert t.stop_reason in ("max_thoughts", "ttm_done")
+        if t.stop_reason == "max_thoughts":
+            assert len(t.thoughts) == 2
+        assert all(x.text and "\n" not in x.text and x.tokens > 0 for x in t.thoughts)
+    # The TTM continues its own reasoning: thought 1 is the first line of its plain answer.
+    pipe = _pipe(trained_tiny, "always")
+    model, tok = trained_tiny
+    first = HFGenerator(model, tok).generate([pipe.ttm_prompt(q, [], "") for _, q in questions],
+                                             GenerationParams(max_new_tokens=24, stop=["\n"]))
+    assert [t.thoughts[0].text for t in traces] == [c.text.strip() for c in first]
+
+
+def test_router_stops_part_of_the_batch(trained_tiny, questions):
+    ids = [q for _, q in questions]
+    base = Recorder(HFGenerator(*trained_tiny, batch_size=16))
+    pipe = _pipe(trained_tiny, "router", router=FixedRouter(ids, limit=3), max_thoughts=3, base=base)
+    traces = pipe.run(questions)
+    for i, t in enumerate(traces):
+        if i % 2:
+            assert t.stop_reason == "router" and len(t.answers) == 1 and t.thoughts == []
+            assert t.answers[0].router_score == 0.0
+        else:
+            assert len(t.thoughts) >= 1
+            assert t.answers[0].router_score == 1.0
+    # The batch shrank: all 10 answer first, then only the continuing half.
+    assert base.calls[0] == len(questions)
+    assert base.calls[1] <= len(questions) // 2
+    assert base.calls == sorted(base.calls, reverse=True)
+
+
+def test_depth_mode_thinks_first_then_answers_once(trained_tiny, questions):
+    ids = [q for _, q in questions]
+    traces = _pipe(trained_tiny, "depth", router=FixedRouter(ids, 3)).run(questions)
+    for i, t in enumerate(traces):
+        assert t.depth == i % 3 and t.stop_reason == "depth"
+        assert len(t.answers) == 1
+        assert len(t.thoughts) <= t.depth
+
+
+@pytest.mark.parametrize("mode", ["always", "router"])
+def test_kv_reuse_changes_nothing_but_work(trained_tiny, questions, mode):
+    ids = [q for _, q in questions]
+    router = FixedRouter(ids, 3)
+    with_reuse = _pipe(trained_tiny, mode, router=router).run(questions)
+    without = _pipe(trained_tiny, mode, router=router, kv_reuse=False).run(questions)
+    assert _texts(with_reuse) == _texts(without)
+    reused = [a.cached_tokens for t in with_reuse for a in t.answers[1:]]
+    assert reused and all(n > 0 for n in reused)
+    assert all(a.cached_tokens == 0 for t in without for a in t.answers)
+    for t in with_reuse:  # a re-answer reuses at least the question part of its context
+        for prev, a in zip(t.answers, t.answers[1:]):
+            assert a.cached_tokens >= prev.prompt_tokens - 8
+
+
+def test_batched_equals_one_at_a_time(trained_tiny, questions):
+    batched = _pipe(trained_tiny, "always", batch_size=16).run(questions)
+    single = _pipe(trained_tiny, "always", batch_size=1).run(questions)
+    assert _texts(batched) == _texts(single)
+
+
+def test_plain_generators_work_too(trained_tiny, questions):
+    base = Recorder(HFGenerator(*trained_tiny))
+    ttm = Recorder(HFGenerator(*trained_tiny))
+    plain = _pipe(trained_tiny, "always", base=base, ttm=ttm).run(questions)
+    assert _texts(plain) == _texts(_pipe(trained_tiny, "always").run(questions))
+
+
+def test_trace_contents_and_jsonl_round_trip(trained_tiny, questions, tmp_path):
+    traces = _pipe(trained_tiny, "always", max_thoughts=2).run(questions)
+    for t in traces:
+        d = t.to_dict()
+        assert d["thought_calls"] == len(t.thoughts)
+        assert d["tokens"]["base"] == sum(a.tokens for a in t.answers) > 0
+        assert d["tokens"]["ttm"] == sum(x.tokens for x in t.thoughts)
+        assert d["final_text"] == t.answers[-1].text
+        assert t.seconds == pytest.approx(sum(a.seconds for a in t.answers) + sum(x.seconds for x in t.thoughts))
+        assert all(a.prompt_tokens > 0 and a.seconds > 0 for a in t.answers)
+        # Answer i sees exactly i thoughts: its prompt grows with each one.
+        assert [a.prompt_tokens for a in t.answers] == sorted(a.prompt_tokens for a in t.answers)
+    path = tmp_path / "traces.jsonl"
+    write_traces(traces, path)
+    back = read_traces(path)
+    assert [b.to_dict() for b in back] == [t.to_dict() for t in traces]
+
+
+def test_bad_setups_raise(trained_tiny):
+    model, tok = trained_tiny
+    g = HFGenerator(model, tok)
+    with pytest.raises(ValueError, match="needs a router"):
+        Pipeline(g, g, PipelineConfig(mode="router"))
+    with pytest.raises(ValueError, match="Tiny Thought Model"):
+        Pipeline(g, None, PipelineConfig(mode="always"))
+    with pytest.raises(ValueError, match="mode"):
+        Pipeline(g, g, dataclasses.replace(PipelineConfig(), mode="sometimes"))
+
+
+def test_bad_template_names_the_key(trained_tiny):
+    from pseudocot.data.example import DataError
+
+    g = HFGenerator(*trained_tiny)
+    pipe = Pipeline(g, g, PipelineConfig(mode="never", base_prompt="{question} {context}"))
+    with pytest.raises(DataError, match="pipeline.base_prompt"):
+        pipe.base_prompt("2 + 2?", [])
+
+
+def test_trace_from_dict_rejects_other_rows(tmp_path):
+    from pseudocot.data.example import DataError
+
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"id": "a", "question": "q", "mode": "never"}\n{"id": "b", "colour": 1}\n')
+    with pytest.raises(DataError, match=":2:"):
+        read_traces(path)
+    assert Trace.from_dict({"id": "a", "question": "q", "mode": "never"}).answers == []
