@@ -189,8 +189,10 @@ class Pipeline:
         active = list(range(len(batch)))
         try:
             if mode == "depth":
-                depth = self.router.depth([self.base_prompt(t.question, []) for t in traces], self.base,
-                                          [keys[i] for i in active], self.cfg.max_thoughts)
+                sessions = ([keys[i] + ("base",) for i in active]
+                            if self.cfg.kv_reuse and isinstance(self.base, SessionGenerator) else None)
+                depth = self.router.depth([self.base_prompt(t.question, []) for t in traces], self.base, sessions,
+                                          self.cfg.max_thoughts)
                 for i, d in enumerate(depth):
                     traces[i].depth = d
                 for round_ in range(max(depth, default=0)):

@@ -101,7 +101,7 @@ class DepthRouter:
     def __init__(self, model: MLP) -> None:
         self.model = model
 
-    def depth(self, prompts: Sequence[str], base: Any, sessions: Sequence[Hashable], max_thoughts: int) -> list[int]:
+    def depth(self, prompts: Sequence[str], base: Any, sessions: Sequence[Hashable] | None, max_thoughts: int) -> list[int]:
         x = torch.stack([question_vector(c) for c in question_completions(base, prompts, sessions)])
         with torch.no_grad():
             return self.model(x).argmax(-1).clamp_max(max_thoughts).tolist()
@@ -134,7 +134,7 @@ class Router:
     def score(self, steps: Sequence[Any]) -> list[float]:
         return self.step.score(steps)
 
-    def depth(self, prompts: Sequence[str], base: Any, sessions: Sequence[Hashable], max_thoughts: int) -> list[int]:
+    def depth(self, prompts: Sequence[str], base: Any, sessions: Sequence[Hashable] | None, max_thoughts: int) -> list[int]:
         if self.depth_router is None:
             raise ValueError("this router has no depth model; train it with router.depth=true to use pipeline.mode=depth.")
         return self.depth_router.depth(prompts, base, sessions, max_thoughts)
