@@ -386,6 +386,7 @@ def test_eval_score_mmlu_both_ways(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["accuracy"] == {"strict-match": 0.5, "letter": 0.5, "loglikelihood": 0.5}
+    assert summary["primary"] == "loglikelihood"
     assert "reasoning" not in summary
 
 

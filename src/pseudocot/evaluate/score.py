@@ -101,7 +101,8 @@ def read_predictions(path: str | os.PathLike[str], examples: Sequence[Example], 
 def score_predictions(task: Task, predictions: Sequence[Prediction], n_boot: int = 10_000,
                       seed: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(summary, one verdict per prediction). The summary holds `accuracy` and `ci95` keyed by
-    extraction (plus `loglikelihood` for option scores), the mean `faithfulness` of the texts that
+    extraction (plus `loglikelihood` for option scores), `primary` (the headline key: the task's
+    primary extraction, or `loglikelihood` when given), the mean `faithfulness` of the texts that
     state arithmetic, and BLEU / ROUGE-L against the reference reasoning where the data has it."""
     if not predictions:
         raise DataError("there are no predictions to score")
@@ -131,7 +132,8 @@ def score_predictions(task: Task, predictions: Sequence[Prediction], n_boot: int
             correct.setdefault(name, []).append(ok)
         verdicts.append(verdict)
 
-    primary = task.primary if has_text else "loglikelihood"
+    # option log-likelihoods are the harness's MMLU number, so they lead when given
+    primary = "loglikelihood" if has_lls else task.primary
     summary: dict[str, Any] = {"task": task.name, "n": len(predictions), "primary": primary, "accuracy": {}, "ci95": {}}
     for name, values in correct.items():
         acc = metrics.accuracy(values, n_boot=n_boot, seed=seed)
