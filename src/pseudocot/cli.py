@@ -18,6 +18,7 @@ import click
 from pseudocot import __version__
 from pseudocot.config import DEFAULT_PRESET, ArithConfig, Config, ConfigError, load_config, presets, to_yaml
 from pseudocot.data.example import DataError
+from pseudocot.evaluate.cli import eval_group
 
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError)
 
@@ -364,7 +365,6 @@ def chat(run_dir: Path, mode: str | None, overrides: tuple[str, ...]) -> None:
 _LATER = {
     "synth": ("Write step-by-step reasoning data with a teacher model or an OpenAI-compatible endpoint.", "synthetic data"),
     "grpo": ("GRPO reinforcement learning with rewards for correct and faithful reasoning.", "GRPO"),
-    "eval": ("Evaluate systems on tasks: accuracy with intervals, BLEU, ROUGE-L, faithfulness, cost.", "evaluation"),
     "run": ("Run every configured stage in order into one run folder, skipping finished ones.", "end-to-end"),
     "serve": ("Serve a run as an OpenAI-compatible API with a chat page.", "serving"),
 }
@@ -386,6 +386,7 @@ def _later_stage(name: str, summary: str, issue: str) -> click.Command:
 
 for _name, (_summary, _issue) in _LATER.items():
     cli.add_command(_later_stage(_name, _summary, _issue))
+cli.add_command(eval_group)
 
 
 def main() -> None:
