@@ -158,10 +158,10 @@ def main(argv: list[str] | None = None) -> dict:
         always_gain=round(gain, 4),
         router_gain_retained=round((routed.accuracy - never.accuracy) / gain, 4) if gain > 0 else None,
         router_call_rate=round(routed.call_rate, 4),
-        router_beats_random=routed.accuracy > rand.accuracy,
-        router_beats_heuristic=routed.accuracy > heur.accuracy,
+        router_beats_random=bool(routed.accuracy > rand.accuracy),
+        router_beats_heuristic=bool(routed.accuracy > heur.accuracy),
         router_live_accuracy=round(live_acc, 6), router_live_calls_per_question=round(live_calls, 4),
-        router_live_matches_simulation=abs(live_acc - routed.accuracy) < 1e-9 and abs(live_calls - routed.calls_per_question) < 1e-9,
+        router_live_matches_simulation=bool(abs(live_acc - routed.accuracy) < 1e-9 and abs(live_calls - routed.calls_per_question) < 1e-9),
         forced_seconds=round(forced_seconds, 2), router_live_seconds=round(live_seconds, 2),
     )
     for k, v in res.items():

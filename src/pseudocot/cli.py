@@ -335,7 +335,7 @@ def router(config_name: str, force: bool, overrides: tuple[str, ...]) -> None:
     cfg = load_config(config_name, overrides)
     info = stage.main(cfg, force=force)
     val = info["validation"]
-    click.echo(f"router -> {cfg.run_dir / 'router'}: threshold={info['threshold']:.4g} on {val['questions']} validation questions")
+    click.echo(f"router -> {stage.router_dir(cfg)}: threshold={info['threshold']:.4g} on {val['questions']} validation questions")
     for name in ("never", "always", "router", "random_same_calls", "heuristic_same_calls", "depth", "oracle"):
         if name in val:
             v = val[name]

@@ -77,7 +77,7 @@ class HFGenerator:
             raise ValueError("max_new_tokens must be at least 1.")
         if sessions is not None and len(sessions) != len(prompts):
             raise ValueError(f"got {len(sessions)} session keys for {len(prompts)} prompts.")
-        encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        encoded = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
         empty = [i for i, ids in enumerate(encoded) if not ids]
         if empty:
             raise ValueError(f"cannot generate from an empty prompt (prompt {empty[0]}).")

@@ -38,6 +38,11 @@ def is_correct(final: str, gold: str) -> bool:
         return a == b
 
 
+def router_dir(cfg: Config) -> Path:
+    """Where the router is written and read: `pipeline.router`, else the run's router/."""
+    return Path(cfg.pipeline.router) if cfg.pipeline.router else cfg.run_dir / "router"
+
+
 def stage_hash(cfg: Config) -> str:
     p = to_dict(cfg.pipeline)
     for k in ("mode", "threshold", "router", "batch_size"):
@@ -121,7 +126,7 @@ def _score_matrix(probs: np.ndarray, traces: list[Any], available: np.ndarray, m
 
 
 def main(cfg: Config, force: bool = False) -> dict[str, Any]:
-    """Train the router into `<run>/router/`; returns `router.json`'s content."""
+    """Train the router into `<run>/router/` (or `pipeline.router`); returns `router.json`'s content."""
     from pseudocot.data.chat import question_text
     from pseudocot.pipeline import load_pipeline
     from pseudocot.router.model import DepthRouter, Router, StepRouter, fit
@@ -129,7 +134,7 @@ def main(cfg: Config, force: bool = False) -> dict[str, Any]:
 
     rcfg, max_thoughts = cfg.router, cfg.pipeline.max_thoughts
     check_features(rcfg.features)
-    out = cfg.run_dir / "router"
+    out = router_dir(cfg)
     key = stage_hash(cfg)
     meta = out / "router.json"
     if meta.is_file() and not force:

@@ -1,0 +1,132 @@
+"""`pseudocot router` end to end on a tiny run folder (the `trained_tiny` fixture saved as both the
+base model and the Tiny Thought Model), then the pipeline and `pseudocot chat` over what it saved."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pseudocot.config import load_config
+from pseudocot.data import stage as data_stage
+from pseudocot.router import stage as router_stage
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, trained_tiny):
+    model, tok = trained_tiny
+    root = tmp_path_factory.mktemp("runs")
+    cfg_file = root / "cfg.yaml"
+    cfg_file.write_text(f"""
+extends: smoke
+run: {{name: r, out_dir: {root}, device: cpu}}
+data:
+  arith: {{n_train: 60, n_val: 30, n_test: 20, max_steps: 2}}
+tokenizer: {{train: false}}
+distill:
+  stages:
+    - student: {{preset: tiny-xs}}
+pipeline: {{max_thoughts: 2, answer_max_new_tokens: 24, thought_max_new_tokens: 24}}
+router: {{train_questions: 60, val_questions: 30, max_epochs: 40, patience: 10, hidden_size: 16}}
+""")
+    cfg = load_config(cfg_file)
+    data_stage.main(cfg)
+    for folder in (cfg.run_dir / "base", cfg.run_dir / "distill" / "stage-1"):
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+    return cfg_file
+
+
+def test_router_stage_trains_and_saves(run, monkeypatch):
+    cfg = load_config(run)
+    info = router_stage.main(cfg)
+    out = cfg.run_dir / "router"
+    for name in ("router.json", "router.safetensors", "depth.safetensors", "traces/train-0000.jsonl", "traces/val-0000.jsonl"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "router.json").read_text())
+    assert saved == info
+    assert info["features"] == ["hidden", "logprobs", "iteration", "changed"]
+    assert info["max_thoughts"] == 2 and np.isfinite(info["threshold"])
+    val = info["validation"]
+    for k in ("never", "always", "router", "random_same_calls", "heuristic_same_calls", "depth", "oracle"):
+        assert set(val[k]) == {"accuracy", "calls_per_question", "call_rate"}
+    # The curve runs from always (every thought) to never (none), and the chosen point is on it.
+    curve = info["curve"]
+    assert curve[0]["call_rate"] == pytest.approx(1.0) and curve[-1]["call_rate"] == 0.0
+    assert curve[0]["accuracy"] == val["always"]["accuracy"] and curve[-1]["accuracy"] == val["never"]["accuracy"]
+    assert any(p["accuracy"] == val["router"]["accuracy"] and p["call_rate"] == val["router"]["call_rate"] for p in curve)
+    assert val["oracle"]["accuracy"] >= max(val["always"]["accuracy"], val["router"]["accuracy"])
+    assert info["train"]["questions"] == 60 and info["train"]["rows"] > 0
+
+    # Done for this config: a second call neither collects nor trains.
+    monkeypatch.setattr(router_stage, "collect", lambda *a, **k: pytest.fail("collected again"))
+    assert router_stage.main(cfg) == info
+
+
+def test_router_stage_resumes_collection_by_chunk(run, monkeypatch, tmp_path):
+    cfg = load_config(run)
+    out = cfg.run_dir / "router"
+    router_stage.main(cfg)
+    (out / "router.json").unlink()  # as if killed after collecting
+    (out / "traces" / "val-0000.jsonl").unlink()  # ... and half-way through validation
+    calls = []
+    real = router_stage._collect_chunk
+    monkeypatch.setattr(router_stage, "_collect_chunk", lambda pipe, exs, path: (calls.append(path.name), real(pipe, exs, path)))
+    info = router_stage.main(cfg)
+    assert calls == ["val-0000"]
+    assert (out / "router.json").is_file() and info["validation"]["questions"] == 30
+
+
+def test_pipeline_router_mode_matches_simulation(run):
+    """The live router run ends where the policy simulation on forced traces says it will."""
+    from pseudocot.data.chat import question_text
+    from pseudocot.pipeline import load_pipeline
+    from pseudocot.router import policy
+    from pseudocot.train.common import read_split
+
+    cfg = load_config(run)
+    router_stage.main(cfg)
+    pipe = load_pipeline(cfg)  # mode router by default
+    exs = read_split(cfg.run_dir / "data" / "test.jsonl", "test")
+    qs = [(e.id, question_text(e)) for e in exs]
+    gold = {e.id: e.answer for e in exs}
+    live = pipe.run(qs)
+    forced = load_pipeline(cfg, mode="always").run(qs, collect=True)
+    correct, available = router_stage.outcomes(forced, gold, 2)
+    scores = np.full((len(qs), 2), -np.inf)
+    for q, t in enumerate(forced):
+        if available[q]:
+            scores[q, : available[q]] = pipe.router.score(t.features[: available[q]])
+    depth = policy.stop_depths(scores, available, np.array([pipe.router.threshold]))[0]
+    assert [t.thought_calls for t in live] == depth.tolist()
+    assert [t.final_answer for t in live] == [f.answers[d].final for f, d in zip(forced, depth)]
+    assert all(t.answers[-1].router_score is not None or t.stop_reason != "router" for t in live)
+    depth_traces = load_pipeline(cfg, mode="depth").run(qs[:6])
+    assert all(t.depth is not None and len(t.answers) == 1 for t in depth_traces)
+
+
+def test_chat_over_the_run(run):
+    from pseudocot.cli import cli
+
+    cfg = load_config(run)
+    router_stage.main(cfg)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["chat", "--run", str(cfg.run_dir)],
+                           input="Mia has 5 apples. She gets 3 more apples. How many apples does Mia have now?\n"
+                                 "/mode always\nLeo has 9 coins. He loses 2 coins. How many coins are left?\n/quit\n")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "mode router" in out and "mode always" in out
+    assert out.count("answer 0:") == 2
+    assert "router:" in out and "thought 1:" in out
+    assert out.count("= ") >= 2 and "stopped:" in out
+
+
+def test_chat_without_a_run_is_one_line_error(tmp_path):
+    from pseudocot.cli import cli
+
+    result = CliRunner().invoke(cli, ["chat", "--run", str(tmp_path / "nope")])
+    assert result.exit_code == 1
+    assert result.output.strip().startswith("error:") and "config.yaml" in result.output
