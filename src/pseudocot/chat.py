@@ -55,6 +55,9 @@ def chat_loop(run_dir: Path, mode: str | None, overrides: tuple[str, ...] = (), 
         if mode == "always":
             echo(f"(no router in {run_dir / 'router'}: the TTM thinks {cfg.pipeline.max_thoughts} times; train one with `pseudocot router`)")
     echo(f"loading {run_dir} ...")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one line per model is noise in a chat
     pipe = load_pipeline(cfg, mode=mode, need_router=mode in ("router", "depth") or run_models(cfg).router is not None)
     echo(f"mode {mode}, at most {pipe.cfg.max_thoughts} thoughts. Ask a question; /mode MODE switches, /quit leaves.")
     for n in itertools.count():
@@ -82,5 +85,5 @@ def chat_loop(run_dir: Path, mode: str | None, overrides: tuple[str, ...] = (), 
         (trace,) = pipe.run([(f"chat-{n}", text)], on_event=_printer(echo, threshold))
         tokens = sum(a.tokens for a in trace.answers) + sum(t.tokens for t in trace.thoughts)
         echo(click.style(f"= {trace.final_text.strip()}", bold=True)
-             + click.style(f"   ({trace.thought_calls} thoughts, {tokens} tokens, {trace.seconds:.2f} s, "
+             + click.style(f"   ({trace.thought_calls} thought{'' if trace.thought_calls == 1 else 's'}, {tokens} tokens, {trace.seconds:.2f} s, "
                            f"stopped: {trace.stop_reason})", dim=True))

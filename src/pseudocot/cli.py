@@ -246,29 +246,57 @@ def config_presets() -> None:
 # ------------------------------------------------------------------------------------ demo
 
 
+def _run(cfg: Config, force: bool, stages: tuple[str, ...]) -> dict[str, Any]:
+    from pseudocot import run as run_stage
+
+    bad = [s for s in stages if s not in run_stage.STAGES]
+    if bad:
+        raise click.BadParameter(f"'{bad[0]}' is not a stage; stages: {', '.join(run_stage.STAGES)}.", param_hint="--stage")
+    return run_stage.main(cfg, force=force, stages=stages or None, echo=click.echo)
+
+
+@cli.command("run")
+@click.argument("config_name", metavar="CONFIG")
+@click.option("--force", is_flag=True, help="Run every stage again from scratch.")
+@click.option("--stage", "stages", multiple=True, help="Run only these stages (repeatable): data, teacher, distill, base, router, eval.")
+@overrides_argument
+def run_command(config_name: str, force: bool, stages: tuple[str, ...], overrides: tuple[str, ...]) -> None:
+    """Run every configured stage in order into one run folder: data, teacher, distill, base,
+    router, eval. A stage complete for the same config is skipped; a changed config re-runs it and
+    the stages after it; a killed run started again continues where it stopped.
+    """
+    _run(_stage_config(config_name, overrides), force, stages)
+
+
 @cli.command()
 @click.option("--preset", default="demo", show_default=True, help="`demo` (the full run) or `smoke` (small, for CI).")
+@click.option("--force", is_flag=True, help="Run every stage again from scratch.")
 @overrides_argument
-def demo(preset: str, overrides: tuple[str, ...]) -> None:
+def demo(preset: str, force: bool, overrides: tuple[str, ...]) -> None:
     """Run the built-in demo: arith data, tokenizer, tiny models, router, evaluation, report."""
-    from pseudocot.data import stage
-
     if preset not in ("demo", "smoke"):
         raise click.BadParameter(f"'{preset}' is not a demo preset; use demo or smoke.", param_hint="--preset")
-    cfg = load_config(preset, overrides)
-    click.echo(f"pseudocot demo ({preset}): building the built-in arithmetic data in {cfg.run_dir}")
-    stats = stage.main(cfg)
-    _print_data_summary(cfg, stats)
-    from pseudocot.data.jsonl import read_examples
-
-    ex = read_examples(cfg.run_dir / "data" / "test.jsonl").examples[0]
-    click.echo(f"\na held-out problem ({ex.meta['steps']} steps):\n  {ex.question}\n  "
-               + (ex.reasoning or "").replace("\n", "\n  ") + f"\n  answer: {ex.answer}")
-    click.echo("\nThis version of the demo stops after the data stage: training, routing and evaluation are "
-               "added by the next stages (see `pseudocot --help`).")
+    cfg = _stage_config(preset, overrides)
+    click.echo(f"pseudocot demo ({preset}) -> {cfg.run_dir}")
+    _run(cfg, force, ())
+    report = cfg.run_dir / "eval" / "report.md"
+    if report.is_file():
+        intro = report.read_text().split("\n\n")
+        click.echo("\n" + "\n\n".join(intro[:3]))
+    click.echo(f"\nreport: {report}")
 
 
 # ------------------------------------------------------------------------------------ training
+
+
+def _stage_config(config_name: str, overrides: tuple[str, ...]) -> Config:
+    """The config of a stage command, with its CPU thread count applied."""
+    cfg = load_config(config_name, overrides)
+    if cfg.run.threads:
+        import torch
+
+        torch.set_num_threads(cfg.run.threads)
+    return cfg
 
 
 def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
@@ -293,7 +321,7 @@ def finetune(config_name: str, role: str, force: bool, overrides: tuple[str, ...
     """
     from pseudocot.train import sft
 
-    cfg = load_config(config_name, overrides)
+    cfg = _stage_config(config_name, overrides)
     _print_metrics(f"finetune {role} -> {cfg.run_dir / role}", sft.main(cfg, role, force=force))
 
 
@@ -309,7 +337,7 @@ def distill(config_name: str, force: bool, overrides: tuple[str, ...]) -> None:
     """
     from pseudocot.train import distill as distill_stage
 
-    cfg = load_config(config_name, overrides)
+    cfg = _stage_config(config_name, overrides)
     summary = distill_stage.main(cfg, force=force)
     for m in summary["stages"]:
         _print_metrics(f"distill {m['stage']} ({m['student']})", m)
@@ -332,7 +360,7 @@ def router(config_name: str, force: bool, overrides: tuple[str, ...]) -> None:
     """
     from pseudocot.router import stage
 
-    cfg = load_config(config_name, overrides)
+    cfg = _stage_config(config_name, overrides)
     info = stage.main(cfg, force=force)
     val = info["validation"]
     click.echo(f"router -> {stage.router_dir(cfg)}: threshold={info['threshold']:.4g} on {val['questions']} validation questions")
@@ -365,7 +393,6 @@ def chat(run_dir: Path, mode: str | None, overrides: tuple[str, ...]) -> None:
 _LATER = {
     "synth": ("Write step-by-step reasoning data with a teacher model or an OpenAI-compatible endpoint.", "synthetic data"),
     "grpo": ("GRPO reinforcement learning with rewards for correct and faithful reasoning.", "GRPO"),
-    "run": ("Run every configured stage in order into one run folder, skipping finished ones.", "end-to-end"),
     "serve": ("Serve a run as an OpenAI-compatible API with a chat page.", "serving"),
 }
 

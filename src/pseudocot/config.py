@@ -50,6 +50,10 @@ class RunConfig:
     """Global random seed for data order, initialisation and sampling."""
     device: str = "auto"
     """Where models run: `auto` (CUDA if present, else CPU), `cpu`, `cuda`, `cuda:N` or `mps`."""
+    threads: int | None = None
+    """Torch CPU threads per process (null: torch's default). On a small shared CPU, 1 per process is often fastest."""
+    parallel_stages: bool = False
+    """`pseudocot run`: train the base model in a second process beside the teacher and distillation chain."""
 
 
 @dataclass

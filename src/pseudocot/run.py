@@ -1,0 +1,204 @@
+"""`pseudocot run CONFIG`: every configured stage in order into one run folder.
+
+    data -> teacher -> distill -> base -> router -> eval
+
+Each stage has a key: the hash of its own config sections and of the keys of the stages it reads.
+`run_state.json` in the run folder records, per stage, the key it was started and finished with:
+
+- finished with the current key: skipped;
+- started with the current key but not finished (a killed run): run again without `--force`, so
+  the stage resumes from its own checkpoints (training) or chunks (router traces, evaluation);
+- otherwise (a changed config, or a changed stage before it): run from scratch, and so are the
+  stages after it, whose keys change with it.
+
+With `run.parallel_stages` the base model trains in a second process beside the teacher and the
+distillation chain (they read only the data), one torch thread each: on a small CPU machine that
+is much faster than one process with two threads. Everything is logged to `<run>/run.log`; the
+second process to `<run>/logs/base.log`.
+
+    pseudocot run configs/demo.yaml
+    pseudocot demo [--preset smoke]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pseudocot.config import Config, config_hash, save_config, to_dict
+from pseudocot.files import atomic_write_text
+
+STAGES = ("data", "teacher", "distill", "base", "router", "eval")
+
+
+@dataclass
+class Stage:
+    name: str
+    reads: tuple[str, ...]
+    """Stages whose output this one uses."""
+    sections: Callable[[Config], Any]
+    """The config this stage's output depends on."""
+
+
+def _pipeline_prompts(cfg: Config) -> dict[str, Any]:
+    p = to_dict(cfg.pipeline)
+    return {k: v for k, v in p.items() if k not in ("mode", "threshold", "batch_size", "kv_reuse")}
+
+
+PLAN = (
+    Stage("data", (), lambda c: {"data": to_dict(c.data), "tokenizer": to_dict(c.tokenizer), "seed": c.run.seed}),
+    Stage("teacher", ("data",), lambda c: to_dict(c.teacher)),
+    Stage("distill", ("teacher", "data"), lambda c: to_dict(c.distill)),
+    Stage("base", ("data",), lambda c: {"base": to_dict(c.base),
+                                         "prompts": _pipeline_prompts(c) if c.base.thoughts_in_context else None}),
+    Stage("router", ("base", "distill", "data"), lambda c: {"router": to_dict(c.router), "prompts": _pipeline_prompts(c)}),
+    Stage("eval", ("router", "base", "distill", "data"), lambda c: {"eval": to_dict(getattr(c, "eval", None)),
+                                                                     "pipeline": to_dict(c.pipeline)}),
+)
+
+
+def stage_keys(cfg: Config) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for st in PLAN:
+        keys[st.name] = config_hash({"own": st.sections(cfg), "reads": [keys[r] for r in st.reads]})
+    return keys
+
+
+class RunLog:
+    """Lines to the terminal and to `<run>/run.log`, with the run's elapsed time."""
+
+    def __init__(self, path: Path, echo: Callable[[str], None]) -> None:
+        self.path, self.echo, self.t0 = path, echo, time.perf_counter()
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, text: str) -> None:
+        line = f"[{time.perf_counter() - self.t0:7.1f}s] {text}"
+        self.echo(line)
+        with self.path.open("a") as f:
+            f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + line + "\n")
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _runner(name: str) -> Callable[[Config, bool], Any]:
+    """The stage function: `(cfg, force) -> metrics`."""
+    if name == "data":
+        from pseudocot.data import stage as data_stage
+
+        return lambda cfg, force: data_stage.main(cfg)
+    if name in ("teacher", "base"):
+        from pseudocot.train import sft
+
+        return lambda cfg, force: sft.main(cfg, name, force=force)
+    if name == "distill":
+        from pseudocot.train import distill
+
+        return lambda cfg, force: distill.main(cfg, force=force)
+    if name == "router":
+        from pseudocot.router import stage as router_stage
+
+        return lambda cfg, force: router_stage.main(cfg, force=force)
+    if name == "eval":
+        from pseudocot.evaluate import run as eval_run
+
+        return lambda cfg, force: eval_run.main(cfg, force=force)
+    raise ValueError(f"unknown stage {name!r}")
+
+
+def _subprocess(cfg: Config, name: str, force: bool, log_dir: Path) -> subprocess.Popen[bytes]:
+    """`pseudocot finetune --role base` in its own process, on the run's saved config."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pseudocot", "finetune", "--role", name, "--config", str(cfg.run_dir / "config.yaml")]
+    if force:
+        cmd.append("--force")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PSEUDOCOT_THREADS="1")
+    with (log_dir / f"{name}.log").open("ab") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def main(cfg: Config, force: bool = False, stages: tuple[str, ...] | None = None,
+         echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the stages (all, or `stages`) in order; returns `run_state.json`'s content."""
+    import torch
+
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    log = RunLog(run_dir / "run.log", echo)
+    state_path = run_dir / "run_state.json"
+    state = _read_state(state_path)
+    keys = stage_keys(cfg)
+    wanted = [s for s in STAGES if stages is None or s in stages]
+    if not cfg.distill.stages:
+        wanted = [s for s in wanted if s not in ("teacher", "distill")]
+    t_run = time.perf_counter()
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+
+    def save() -> None:
+        atomic_write_text(state_path, json.dumps(state, indent=2) + "\n")
+
+    def todo(name: str) -> tuple[bool, bool]:
+        """(run it?, from scratch?)"""
+        s = state.get(name, {})
+        if not force and s.get("finished") == keys[name]:
+            return False, False
+        return True, force or s.get("started") != keys[name]
+
+    def start(name: str, scratch: bool) -> None:
+        state[name] = {"started": keys[name], "finished": None, "seconds": state.get(name, {}).get("seconds")}
+        save()
+        log(f"stage {name}: {'start' if scratch else 'resume'}")
+
+    def finish(name: str, seconds: float, result: Any) -> None:
+        state[name].update(finished=keys[name], seconds=round(seconds, 2))
+        save()
+        log(f"stage {name}: done in {seconds:.1f}s")
+
+    side: tuple[subprocess.Popen[bytes], float, bool] | None = None
+    for i, name in enumerate(wanted):
+        run_it, scratch = todo(name)
+        if not run_it:
+            log(f"stage {name} ({i + 1}/{len(wanted)}): complete for this config, skipped")
+            continue
+        if name == "base" and side is not None:
+            continue  # already training beside the teacher
+        # The base model reads only the data: train it beside the teacher chain.
+        if name == "teacher" and cfg.run.parallel_stages and "base" in wanted and todo("base")[0]:
+            b_scratch = todo("base")[1]
+            start("base", b_scratch)
+            side = (_subprocess(cfg, "base", b_scratch, run_dir / "logs"), time.perf_counter(), b_scratch)
+            log(f"stage base: training in a second process (log: {run_dir / 'logs' / 'base.log'})")
+        if name in ("router", "eval") and side is not None:
+            proc, t0, _ = side
+            code = proc.wait()
+            if code != 0:
+                raise RuntimeError(f"the base stage failed (exit {code}); see {run_dir / 'logs' / 'base.log'}.")
+            finish("base", time.perf_counter() - t0, None)
+            side = None
+        log(f"stage {name} ({i + 1}/{len(wanted)})")
+        start(name, scratch)
+        t0 = time.perf_counter()
+        result = _runner(name)(cfg, scratch)
+        finish(name, time.perf_counter() - t0, result)
+    if side is not None:
+        proc, t0, _ = side
+        if proc.wait() != 0:
+            raise RuntimeError(f"the base stage failed; see {run_dir / 'logs' / 'base.log'}.")
+        finish("base", time.perf_counter() - t0, None)
+    state["wall_seconds"] = round(time.perf_counter() - t_run, 2)
+    save()
+    log(f"run {cfg.run.name}: done in {state['wall_seconds']:.1f}s -> {run_dir}")
+    return state
