@@ -113,18 +113,66 @@ def eval_config(tmp_path, data, name="fake", **eval_kw) -> Config:
     return dataclasses.replace(Config(), run=RunConfig(name=name, out_dir=str(tmp_path / "runs"), device="cpu"), eval=ecfg)
 
 
-def fake_entries(examples, tokenizer, counters=None, key="k1", parameters=None):
-    """never / always / router over the fake models; `counters[mode]` (a `Counting`) wraps the base model."""
+class Asked:
+    """A system wrapper that logs the ids of the questions it is asked (before answering them)."""
+
+    def __init__(self, inner, log: list):
+        self.inner, self.log = inner, log
+
+    def answer(self, task, examples, seed):
+        self.log.extend(e.id for e in examples)
+        return self.inner.answer(task, examples, seed)
+
+    def parameters(self):
+        return self.inner.parameters()
+
+
+ROUTER_CURVE = [{"threshold": 0.9, "accuracy": 0.4, "calls_per_question": 0.0, "call_rate": 0.0},
+                {"threshold": 0.5, "accuracy": 0.8, "calls_per_question": 1.2, "call_rate": 0.45},
+                {"threshold": 0.1, "accuracy": 0.95, "calls_per_question": 2.6, "call_rate": 1.0}]
+
+
+def fake_entries(examples, tokenizer, key="k1", parameters=None, asked=None, fail_after=None):
+    """never / always / router over the fake models. `asked[mode]` (a list) logs the question ids each
+    system is asked; `fail_after[mode]` kills a system's base model after that many calls."""
     entries = []
     for mode in ("never", "always", "router"):
         def build(mode=mode):
-            base = counters[mode] if counters else FakeBase(examples)
+            base = Counting(FakeBase(examples), (fail_after or {}).get(mode))
             pcfg = PipelineConfig(mode=mode, max_thoughts=3)
             router = FakeRouter(examples) if mode == "router" else None
-            return PipelineSystem(Pipeline(base, FakeTTM(examples), pcfg, router, base_tokenizer=tokenizer,
-                                           ttm_tokenizer=tokenizer))
+            system = PipelineSystem(Pipeline(base, FakeTTM(examples), pcfg, router, base_tokenizer=tokenizer,
+                                             ttm_tokenizer=tokenizer))
+            return Asked(system, asked[mode]) if asked is not None else system
         info = {"kind": "pipeline", "mode": mode}
         if parameters:
             info["parameters"] = {"total": parameters[mode]}
+        if mode == "router":
+            info["router_curve"] = ROUTER_CURVE
         entries.append(SystemEntry(name=mode, key=key, build=build, info=info))
     return entries
+
+
+def check_png(path, min_size=300):
+    """A real picture: a PNG of at least min_size pixels a side with many colours, not a blank canvas."""
+    import numpy as np
+    from matplotlib.image import imread
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    pixels = imread(str(path))
+    assert pixels.shape[0] >= min_size and pixels.shape[1] >= min_size, pixels.shape
+    rgb = (pixels[..., :3].reshape(-1, 3) * 255).astype(np.uint32)
+    assert rgb.std() > 10
+    assert len(np.unique(rgb[:, 0] << 16 | rgb[:, 1] << 8 | rgb[:, 2])) > 50  # distinct colours
+
+
+TIMING = {"created", "wall_seconds", "seconds_per_question", "shards"}
+
+
+def without_timings(value):
+    """A results dict with the keys that depend on timing or the way it was sharded removed."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if k not in TIMING}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value

@@ -40,6 +40,24 @@ def _err(r: dict[str, Any]) -> list[list[float]]:
     return [[100 * (r["accuracy"] - r["ci_low"])], [100 * (r["ci_high"] - r["accuracy"])]]
 
 
+def _label_points(ax: Any, points: Sequence[tuple[float, float, str]]) -> None:
+    """Name each point above and right of it; systems on the same spot share one label."""
+    spots: dict[tuple[float, float], list[str]] = {}
+    for x, y, name in points:
+        spots.setdefault((round(x, 9), round(y, 9)), []).append(name)
+    for (x, y), names in spots.items():
+        ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(7, 5), fontsize=9)
+
+
+def _percent_axis(ax: Any, top: float) -> None:
+    """y from just below 0 (so points at 0% are not cut) to `top`, with no negative tick labels."""
+    from matplotlib.ticker import MaxNLocator
+
+    ticks = [t for t in MaxNLocator(nbins=6).tick_values(0, top) if 0 <= t <= top]
+    ax.set_yticks(ticks)
+    ax.set_ylim(-3, top)
+
+
 def _count(n: float) -> str:
     for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if n >= size:
@@ -87,8 +105,7 @@ def parameters_figure(rows: Sequence[dict[str, Any]], path: Path) -> None:
             ax.errorbar(r["parameters"], 100 * r["accuracy"], yerr=_err(r), fmt=markers[ti % len(markers)],
                         color=colors[r["system"]], capsize=4, markersize=7,
                         label=task if r is mine[0] and len(tasks) > 1 else None)
-            ax.annotate(r["system"], (r["parameters"], 100 * r["accuracy"]), textcoords="offset points",
-                        xytext=(7, 4), fontsize=9)
+        _label_points(ax, [(r["parameters"], 100 * r["accuracy"], r["system"]) for r in mine])
     if counted:
         from matplotlib.ticker import FuncFormatter
 
@@ -98,7 +115,9 @@ def parameters_figure(rows: Sequence[dict[str, Any]], path: Path) -> None:
         lo = min(r["parameters"] for r in counted)
         hi = max(r["parameters"] for r in counted)
         ax.set_xlim(lo / 1.6, hi * 2.2)
-        ax.set_ylim(0, min(105, 100 * max(r["ci_high"] for r in counted) + 10))
+        sizes = sorted({r["parameters"] for r in counted})
+        ax.set_xticks(sizes, [_count(n) for n in sizes])  # ticks at the systems' own sizes
+        _percent_axis(ax, min(105, 100 * max(r["ci_high"] for r in counted) + 10))
     else:
         ax.text(0.5, 0.5, "no parameter counts (endpoints need `parameters` in the config)", ha="center",
                 va="center", transform=ax.transAxes)
@@ -131,13 +150,12 @@ def thought_calls_figure(rows: Sequence[dict[str, Any]], path: Path) -> None:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "--", color=colors[r["system"]], alpha=0.6,
                         linewidth=1.2, label=f"{r['system']}: threshold sweep (validation)")
         for r in mine:
-            x = r["thought_calls_per_question"] or 0.0
-            ax.errorbar(x, 100 * r["accuracy"], yerr=_err(r), fmt="o", color=colors[r["system"]], capsize=4,
-                        markersize=8)
-            ax.annotate(r["system"], (x, 100 * r["accuracy"]), textcoords="offset points", xytext=(7, -12), fontsize=9)
+            ax.errorbar(r["thought_calls_per_question"] or 0.0, 100 * r["accuracy"], yerr=_err(r), fmt="o",
+                        color=colors[r["system"]], capsize=4, markersize=8)
+        _label_points(ax, [(r["thought_calls_per_question"] or 0.0, 100 * r["accuracy"], r["system"]) for r in mine])
         hi = max([r["thought_calls_per_question"] or 0.0 for r in mine] + [1.0])
-        ax.set_xlim(-0.08 * hi, hi * 1.2)
-        ax.set_ylim(0, min(105, 100 * max(r["ci_high"] for r in mine) + 10))
+        ax.set_xlim(-0.08 * hi, hi * 1.25)
+        _percent_axis(ax, min(105, 100 * max(r["ci_high"] for r in mine) + 10))
         ax.set_xlabel("thought calls per question (TTM)")
         ax.set_ylabel("accuracy (%)")
         ax.set_title(f"{task}: accuracy against thinking (bars: 95% interval)", fontsize=10)

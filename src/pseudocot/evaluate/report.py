@@ -164,11 +164,16 @@ def _opening(results: Sequence[dict[str, Any]], rows: list[dict[str, Any]], comp
     prow = [r for r in rows if r["task"] == primary and r["source"] == rows[0]["source"]]
     if prow:
         best = max(prow, key=lambda r: r["accuracy"])
-        text += (f"\n\nOn {primary}, {best['system']} is the most accurate: {_pct(best['accuracy'])}% "
-                 f"[{_pct(best['ci_low'])}, {_pct(best['ci_high'])}]")
-        if best["thought_calls_per_question"]:
-            text += f" with {best['thought_calls_per_question']:.2f} thought calls per question"
-        text += "."
+        tied = [r["system"] for r in prow if r["accuracy"] == best["accuracy"]]
+        if len(tied) == len(prow) > 1:
+            text += f"\n\nOn {primary}, every system reaches the same accuracy, {_pct(best['accuracy'])}%."
+        else:
+            who = f"{best['system']} is" if len(tied) == 1 else f"{', '.join(tied)} are"
+            text += (f"\n\nOn {primary}, {who} the most accurate: {_pct(best['accuracy'])}% "
+                     f"[{_pct(best['ci_low'])}, {_pct(best['ci_high'])}]")
+            if len(tied) == 1 and best["thought_calls_per_question"]:
+                text += f" with {best['thought_calls_per_question']:.2f} thought calls per question"
+            text += "."
         base = prow[0]["system"]
         against = [c for c in comps if c["task"] == primary and c["b"] == base and c["source"] == rows[0]["source"]]
         calls = {r["system"]: r["thought_calls_per_question"] for r in prow}

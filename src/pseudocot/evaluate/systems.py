@@ -59,7 +59,9 @@ class System(Protocol):
 
 
 def _model_of(gen: Any) -> Any:
-    return getattr(gen, "model", None)
+    """The torch model behind a local generator; None for an endpoint (whose `model` is a name)."""
+    model = getattr(gen, "model", None)
+    return model if callable(getattr(model, "parameters", None)) else None
 
 
 def count_parameters(model: Any) -> int:
