@@ -408,7 +408,8 @@ def test_eval_score_user_errors(tmp_path, rows, message):
     assert not (tmp_path / "p.verdicts.jsonl").exists()
 
 
-def test_eval_without_subcommand_shows_help():
-    result = invoke("eval")
+def test_eval_help_lists_subcommands():
+    result = invoke("eval", "--help")
     assert result.exit_code == 0
-    assert "score" in result.output
+    for sub in ("score", "merge", "report"):
+        assert sub in result.output

@@ -16,66 +16,9 @@ from typing import Any
 import click
 
 from pseudocot import __version__
-from pseudocot.config import DEFAULT_PRESET, ArithConfig, Config, ConfigError, load_config, presets, to_yaml
-from pseudocot.data.example import DataError
+from pseudocot.cli_groups import PseudocotGroup, StageGroup, config_option, overrides_argument
+from pseudocot.config import DEFAULT_PRESET, ArithConfig, Config, load_config, presets, to_yaml
 from pseudocot.evaluate.cli import eval_group
-
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError)
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    # ModelError lives beside torch; import it only when a command has already pulled torch in.
-    if "pseudocot.models.loading" in sys.modules:
-        from pseudocot.models.loading import ModelError
-
-        return USER_ERRORS + (ModelError,)
-    return USER_ERRORS
-
-
-class PseudocotGroup(click.Group):
-    """Turns the errors a user can cause into one line on stderr and exit code 1, not a traceback."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except _user_errors() as e:  # type: ignore[misc]
-            click.echo(f"error: {e}", err=True)
-            ctx.exit(1)
-
-
-def _first_positional(args: list[str]) -> str | None:
-    skip = False
-    for a in args:
-        if skip:
-            skip = False
-        elif a in ("--config", "-c"):
-            skip = True
-        elif not a.startswith("-"):
-            return a
-    return None
-
-
-class StageGroup(PseudocotGroup):
-    """A stage that also has subcommands: `pseudocot data [--config X] [k=v ...]` runs the stage,
-    `pseudocot data arith ...` runs a subcommand."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        first = _first_positional(args)
-        if first is None or first in self.commands:
-            return super().parse_args(ctx, args)
-        overrides = [a for a in args if not a.startswith("-") and "=" in a]
-        rest = [a for a in args if a not in overrides]
-        stray = _first_positional(rest)
-        if stray is not None:
-            raise click.UsageError(f"'{stray}' is neither a subcommand ({', '.join(self.commands)}) nor an override key=value.", ctx)
-        ctx.meta["overrides"] = overrides
-        return super().parse_args(ctx, rest)
-
-
-config_option = click.option("--config", "-c", "config_name", default=DEFAULT_PRESET, show_default=True,
-                             metavar="PRESET_OR_FILE", help="A preset name (see `pseudocot config presets`) or a YAML file.")
-overrides_argument = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
-
 
 @click.group(cls=PseudocotGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="pseudocot")

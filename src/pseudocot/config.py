@@ -343,6 +343,78 @@ class RouterConfig:
 
 
 @dataclass
+class EvalTaskConfig:
+    name: str = "arith"
+    """Task name: arith, gsm8k, gsm8k_cot, mmlu:<subject>, jsonl, or package.module:attribute."""
+    data: str | None = None
+    """The task's data (a file, or for MMLU the folder of CSVs); null: the run's data/test.jsonl."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Options of the task (num_fewshot, fewshot, fields, extraction, ...), as `pseudocot.tasks.get_task` takes them."""
+
+
+@dataclass
+class SystemConfig:
+    name: str
+    """Name of the system in results, tables and figures (never, always, router, ...)."""
+    kind: Literal["pipeline", "hf", "openai"] = "pipeline"
+    """pipeline: the run's base + TTM + router in `mode`; hf: one local model (with `adapter`: a LoRA adapter merged in); openai: an OpenAI-compatible endpoint."""
+    mode: Literal["never", "always", "router", "depth"] = "router"
+    """Pipeline mode (kind pipeline)."""
+    model: str | None = None
+    """hf: the model folder; openai: the endpoint's model name; pipeline: the base model folder (null: pipeline.base, else the run's)."""
+    adapter: str | None = None
+    """hf: a LoRA adapter folder merged into `model` (null `model`: the base the adapter names)."""
+    ttm: str | None = None
+    """pipeline: the Tiny Thought Model folder (null: pipeline.ttm, else the run's last distillation stage)."""
+    router: str | None = None
+    """pipeline: the router folder (null: pipeline.router, else the run's router/)."""
+    threshold: float | None = None
+    """pipeline, mode router: override the router's threshold (null: pipeline.threshold, else the trained one)."""
+    max_thoughts: int | None = None
+    """pipeline: most thoughts per question (null: pipeline.max_thoughts; a trained router's own for router/depth)."""
+    base_url: str | None = None
+    """openai: the endpoint, e.g. http://localhost:8000/v1."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """openai: the environment variable that holds the API key (keys never go into configs or results)."""
+    chat: bool = True
+    """hf/openai: chat messages (the tokenizer's chat template, or /chat/completions) rather than plain text (/completions)."""
+    max_new_tokens: int = 256
+    """hf/openai: most tokens generated per answer."""
+    temperature: float = 0.0
+    """hf/openai: sampling temperature; 0 is greedy, and then one generation stands for every seed."""
+    top_p: float = 1.0
+    """hf/openai: nucleus sampling mass (temperature > 0)."""
+    stop: list[str] = field(default_factory=list)
+    """hf/openai: stop strings, added to the task's own."""
+    concurrency: int = 8
+    """openai: requests in flight at once."""
+    parameters: int | None = None
+    """Parameter count for the accuracy-against-size figure; null: counted from the local models (endpoints: left out)."""
+
+
+@dataclass
+class EvalConfig:
+    tasks: list[EvalTaskConfig] = field(default_factory=lambda: [EvalTaskConfig()])
+    """Tasks to evaluate on; the first is the primary one (the top-level view of results.json)."""
+    systems: list[SystemConfig] = field(default_factory=lambda: [
+        SystemConfig(name="never", mode="never"), SystemConfig(name="always", mode="always"),
+        SystemConfig(name="router", mode="router")])
+    """Systems to evaluate; each pair of them is compared on the same questions."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Sampling seeds: a system with temperature > 0 generates once per seed and its numbers are averaged; greedy systems generate once."""
+    max_questions: int | None = None
+    """Evaluate the first this many questions of each task (null: all)."""
+    n_boot: int = 10000
+    """Bootstrap resamples of every interval."""
+    chunk_questions: int = 64
+    """Questions generated between two writes of the generation cache (a killed evaluation loses at most one chunk)."""
+    shard: str | None = None
+    """This process's share of the questions, `i/n` (0 <= i < n; contiguous blocks); null: all. Results are written once every shard is done (or by `pseudocot eval merge`)."""
+    out: str | None = None
+    """Output folder; null: the run's eval/."""
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     """Run name, output folder, seed, device."""
@@ -364,6 +436,8 @@ class Config:
     """The Pseudo-CoT loop: base answers, router decides, TTM thinks (`pseudocot chat`, evaluation)."""
     router: RouterConfig = field(default_factory=RouterConfig)
     """The router, trained on the base model's traces (`pseudocot router`)."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Systems x tasks -> results.json, report.md, figures (`pseudocot eval`)."""
 
     @property
     def run_dir(self) -> Path:
@@ -647,12 +721,28 @@ def _build(cls: type, data: dict[str, Any], prefix: str, src: _Src) -> Any:
         if isinstance(v, dict) and dataclasses.is_dataclass(hints[k]) and f.default_factory is not dataclasses.MISSING:
             # A partial section starts from the field's own default (which may differ from the class defaults).
             v = _deep_merge(dataclasses.asdict(f.default_factory()), v)
+        elif isinstance(v, dict) and v and all(str(i).isdigit() for i in v) and typing.get_origin(hints[k]) is list \
+                and f.default_factory is not dataclasses.MISSING:
+            v = _patch_default_list(f.default_factory(), v, key, src)
         kwargs[k] = _convert(v, hints[k], key, src)
     for name, f in fields.items():
         if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             key = f"{prefix}.{name}" if prefix else name
             raise ConfigError(f"{src.file}: missing required key '{key}' ({field_docs(cls).get(name, '')}).")
     return cls(**kwargs)
+
+
+def _patch_default_list(default: list[Any], items: dict[str, Any], key: str, src: _Src) -> list[Any]:
+    """An override such as `eval.systems.2.threshold=0.3` on a list the file does not write out: the
+    field's default list with item 2 changed."""
+    out = [dataclasses.asdict(x) if dataclasses.is_dataclass(x) else x for x in default]
+    for i, item in items.items():
+        if int(i) >= len(out):
+            where = next((f"override '{text}'" for k, text in src.overrides.items() if k.startswith(f"{key}.{i}")), src.where(key))
+            raise ConfigError(f"{where}: '{key}.{i}' is not an index of the default list of {len(out)}; "
+                              f"write the list '{key}' out in the config file.")
+        out[int(i)] = _deep_merge(out[int(i)], item) if isinstance(item, dict) and isinstance(out[int(i)], dict) else item
+    return out
 
 
 def from_dict(data: dict[str, Any], cls: type = Config, file: str = "<dict>") -> Any:

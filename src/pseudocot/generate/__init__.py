@@ -1,4 +1,5 @@
-"""Generation: the `Generator` interface and its backends (local HF here; HTTP and vLLM later)."""
+"""Generation: the `Generator` interface and its backends: local HF (`hf`), any OpenAI-compatible HTTP
+endpoint (`openai`); vLLM later."""
 
 from pseudocot.generate.base import Completion, GenerationParams, Generator
 

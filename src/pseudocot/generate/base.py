@@ -62,6 +62,8 @@ class Completion:
     features: Any = None
     """(2H,) float32 tensor when `params.hidden`: mean final hidden state over prompt and output, then
     the last one. Not serialised into traces."""
+    reasoning: str | None = None
+    """Reasoning an endpoint returned apart from the text (`reasoning_content` of a reasoning model)."""
 
 
 @runtime_checkable

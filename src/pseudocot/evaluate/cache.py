@@ -1,0 +1,106 @@
+"""The generation cache of an evaluation: what each system answered, on disk as soon as it exists.
+
+    <eval>/cache/<task>-<task key>/<system>-<system key>/seed-<s>/part-<i>-of-<n>.jsonl
+    <eval>/cache/systems/<system>-<system key>.json       parameter counts, written when it was built
+
+One JSONL row per answered question (`Response` fields plus `seed` and `wall_seconds`, the
+question's share of its chunk's wall time). A process appends a chunk's rows and fsyncs them before
+it starts the next chunk, so a killed evaluation loses at most the chunk it was in; a row cut off
+by the kill is dropped (and the file's torn tail cut) the next time the file is touched. Every
+process (`--shard i/n`, or none: `part-all`) writes its own part; readers take the union of all
+parts by question id, so any sharding, and any mix of finished and unfinished runs, reads back
+as the same set of answers. The keys change with the task's data and options and the system's
+settings and model files, so a changed system is answered afresh instead of read from a stale cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pseudocot.data.example import DataError
+from pseudocot.files import atomic_write_text
+
+
+def safe_name(name: str) -> str:
+    """A task or system name as a folder name (`mmlu:college_mathematics` -> `mmlu_college_mathematics`)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "x"
+
+
+def part_name(shard: tuple[int, int] | None) -> str:
+    return "part-all.jsonl" if shard is None else f"part-{shard[0]}-of-{shard[1]}.jsonl"
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Cut a last line without its newline (a write the process was killed in)."""
+    with path.open("r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        # Walk back to the last newline; everything after it is the torn row.
+        pos = size
+        while pos > 0:
+            step = min(65536, pos)
+            f.seek(pos - step)
+            block = f.read(step)
+            nl = block.rfind(b"\n")
+            if nl >= 0:
+                f.truncate(pos - step + nl + 1)
+                return
+            pos -= step
+        f.truncate(0)
+
+
+class GenerationCache:
+    """The answers of one system to one task with one seed."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def parts(self) -> list[Path]:
+        return sorted(self.folder.glob("part-*.jsonl")) if self.folder.is_dir() else []
+
+    def rows(self) -> dict[str, dict[str, Any]]:
+        """Question id -> its row, over every part (the first row of an id wins)."""
+        out: dict[str, dict[str, Any]] = {}
+        for path in self.parts():
+            lines = path.read_bytes().split(b"\n")
+            # lines[-1] is what follows the last newline: empty, or a row torn by a kill
+            for lineno, raw in enumerate(lines[:-1], start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    row = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    raise DataError(f"{path}:{lineno}: not a cached answer (broken JSON); delete the file to answer its questions again.") from None
+                if not isinstance(row, dict) or "id" not in row:
+                    raise DataError(f"{path}:{lineno}: not a cached answer (no 'id'); delete the file to answer its questions again.")
+                out.setdefault(str(row["id"]), row)
+        return out
+
+    def append(self, part: str, rows: Iterable[dict[str, Any]]) -> None:
+        """Append rows to this process's part and make them durable before returning."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / part
+        if path.exists():
+            _cut_torn_tail(path)
+        blob = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+        with path.open("ab") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_system_meta(path: Path, meta: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
+
+
+def read_system_meta(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}

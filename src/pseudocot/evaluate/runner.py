@@ -1,0 +1,255 @@
+"""The `eval` stage: every system answers every task's questions, then results, predictions, traces
+and the report are written.
+
+    pseudocot eval --config demo [eval.max_questions=200] [--shard i/n]
+    pseudocot eval merge --config demo            # results from the shards' caches
+    pseudocot eval report A/results.json B/results.json --out compare/
+
+Answers go to the generation cache (`evaluate.cache`) chunk by chunk as they are made, so a killed
+evaluation started again only answers what is missing. With `--shard i/n` a process answers a
+contiguous i-th of each task's questions (0 <= i < n); the process that finds every answer in the
+cache when it finishes writes the results, as does `pseudocot eval merge`. Results read only the
+cache, so they are the same however the questions were split (apart from timings).
+
+Output (`eval.out`, default `<run>/eval/`):
+
+    results.json                       the numbers (schema below)
+    report.md, report.csv, report.json the report and its table as data; figures/*.png
+    predictions/<task>/<system>.jsonl  per question and seed: text, extracted answers, verdicts, faithfulness, cost
+    traces/<task>/<system>.jsonl       pipeline traces (`pipeline.read_traces` reads them)
+    cache/                             the generation cache
+
+results.json
+------------
+    {
+      "schema": "pseudocot.eval/1", "run": NAME, "created": ISO-8601 time,
+      "primary_task": TASK,                   # eval.tasks[0]
+      "systems": {SYSTEM: METRICS},           # the primary task's systems (the headline view)
+      "comparisons": {"A_vs_B": COMPARISON},  # the primary task's comparisons
+      "wall_seconds": float,                  # generation wall time, every system and task summed
+      "tasks": {TASK: {"data": PATH, "n_questions": int, "extraction": NAME,
+                       "systems": {SYSTEM: METRICS}, "comparisons": {...}}},
+      "settings": {"seeds": [...], "n_boot": int, "max_questions": int|null, "shards": [...]}
+    }
+
+METRICS (see `evaluate.results`): kind, mode, models, n, seeds, sampled, accuracy, ci95 [low, high],
+accuracy_per_seed, accuracy_std, extraction, accuracy_by_extraction, bleu, rougeL, reasoning_n,
+faithfulness, faithfulness_n, answer_matches_last_value, thought_calls_per_question,
+generated_tokens_per_question, generated_tokens_per_question_by_model, seconds_per_question,
+wall_seconds, parameters {per model, total} or null, router_curve (router mode, the validation
+threshold sweep from router.json) or absent, predictions and traces (paths relative to results.json).
+COMPARISON: a, b, delta (accuracy A - B), ci95, p_value (exact McNemar), test, a_only, b_only,
+p_bootstrap, n. So `results["systems"]["router"]["accuracy"]` and
+`results["comparisons"]["router_vs_never"]["p_value"]` are the headline numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from pseudocot.config import Config, ConfigError, EvalConfig, config_hash
+from pseudocot.data.example import DataError, Example
+from pseudocot.evaluate.cache import GenerationCache, part_name, read_system_meta, safe_name, write_system_meta
+from pseudocot.evaluate.systems import SystemEntry, folder_fingerprint, system_entries
+from pseudocot.tasks.task import Task
+
+SCHEMA = "pseudocot.eval/1"
+
+
+@dataclass
+class EvalTask:
+    name: str
+    key: str
+    """Changes with the task's options and data file."""
+    task: Task
+    examples: list[Example]
+    data: str
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """`"1/4"` -> (1, 4); None -> None (every question)."""
+    if text is None or text == "":
+        return None
+    i, sep, n = str(text).partition("/")
+    try:
+        index, count = int(i), int(n)
+    except ValueError:
+        index, count = -1, 0
+    if not sep or count < 1 or not 0 <= index < count:
+        raise ConfigError(f"shard '{text}' is not i/n with 0 <= i < n (e.g. 0/4 for the first of four).")
+    return index, count
+
+
+def load_tasks(cfg: Config) -> list[EvalTask]:
+    from pseudocot.tasks import get_task
+
+    if not cfg.eval.tasks:
+        raise ConfigError("eval.tasks is empty; name at least one task (e.g. {name: arith}).")
+    out, seen = [], set()
+    for i, t in enumerate(cfg.eval.tasks):
+        if t.name in seen:
+            raise ConfigError(f"eval.tasks.{i}: task '{t.name}' appears twice; evaluate each task once.")
+        seen.add(t.name)
+        data = Path(t.data) if t.data else cfg.run_dir / "data" / "test.jsonl"
+        if not data.exists():
+            hint = "run `pseudocot data` first or set" if not t.data else "check"
+            raise DataError(f"{data}: no such data for task '{t.name}'; {hint} eval.tasks.{i}.data.")
+        task = get_task(t.name, **t.options)
+        examples = task.load(data)
+        if cfg.eval.max_questions is not None:
+            examples = examples[: cfg.eval.max_questions]
+        if not examples:
+            raise DataError(f"{data}: task '{t.name}' has no questions here; check eval.tasks.{i}.data.")
+        key = config_hash({"name": t.name, "options": t.options, "data": folder_fingerprint(data),
+                           "ids": [e.id for e in examples]})
+        out.append(EvalTask(t.name, key, task, examples, str(data)))
+    return out
+
+
+def _seeds(entry: SystemEntry, ecfg: EvalConfig) -> list[int]:
+    if not ecfg.seeds:
+        raise ConfigError("eval.seeds is empty; give at least one seed (e.g. [0]).")
+    return list(ecfg.seeds) if entry.sampled else list(ecfg.seeds[:1])
+
+
+def _cache(out: Path, task: EvalTask, entry: SystemEntry, seed: int) -> GenerationCache:
+    return GenerationCache(out / "cache" / f"{safe_name(task.name)}-{task.key}" / f"{safe_name(entry.name)}-{entry.key}" / f"seed-{seed}")
+
+
+def _meta_path(out: Path, entry: SystemEntry) -> Path:
+    return out / "cache" / "systems" / f"{safe_name(entry.name)}-{entry.key}.json"
+
+
+def generate(out: Path, tasks: Sequence[EvalTask], entries: Sequence[SystemEntry], ecfg: EvalConfig,
+             shard: tuple[int, int] | None) -> None:
+    """Answer what the cache does not have yet: this shard's questions, every system, task and seed.
+    A system's models are loaded only when it has something to answer, and released before the next."""
+    from pseudocot.data.mix import shard as take_shard
+
+    part = part_name(shard)
+    size = max(1, ecfg.chunk_questions)
+    for entry in entries:
+        system = None
+        for task in tasks:
+            mine = task.examples if shard is None else take_shard(task.examples, *shard)
+            for seed in _seeds(entry, ecfg):
+                cache = _cache(out, task, entry, seed)
+                done = cache.rows()
+                todo = [e for e in mine if e.id not in done]
+                if not todo:
+                    continue
+                if system is None:
+                    system = entry.build()
+                    write_system_meta(_meta_path(out, entry), {"name": entry.name, "parameters": system.parameters()})
+                chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
+                for chunk in tqdm(chunks, desc=f"eval {task.name} {entry.name} seed {seed}", unit="chunk",
+                                  disable=len(chunks) < 2):
+                    t0 = time.perf_counter()
+                    responses = system.answer(task.task, chunk, seed)
+                    share = (time.perf_counter() - t0) / len(chunk)
+                    cache.append(part, [{**asdict(r), "seed": seed, "wall_seconds": share} for r in responses])
+        del system
+
+
+def missing(out: Path, tasks: Sequence[EvalTask], entries: Sequence[SystemEntry], ecfg: EvalConfig) -> list[str]:
+    """One line per (task, system, seed) whose cache lacks answers."""
+    lines = []
+    for task in tasks:
+        for entry in entries:
+            for seed in _seeds(entry, ecfg):
+                rows = _cache(out, task, entry, seed).rows()
+                lacking = [e.id for e in task.examples if e.id not in rows]
+                if lacking:
+                    lines.append(f"{task.name}/{entry.name}/seed {seed}: {len(lacking)} of {len(task.examples)} "
+                                 f"questions unanswered (first: {lacking[0]})")
+    return lines
+
+
+def build_results(out: Path, tasks: Sequence[EvalTask], entries: Sequence[SystemEntry], ecfg: EvalConfig,
+                  run_name: str) -> dict[str, Any]:
+    """results.json's content from the cache; also writes the predictions and traces files."""
+    from pseudocot.data.jsonl import write_jsonl
+    from pseudocot.evaluate.results import comparisons, score_system, total_parameters
+    from pseudocot.files import atomic_open
+
+    per_task: dict[str, Any] = {}
+    wall = 0.0
+    shards = sorted({p.name for t in tasks for e in entries for s in _seeds(e, ecfg) for p in _cache(out, t, e, s).parts()})
+    for task in tasks:
+        systems: dict[str, Any] = {}
+        correct = {}
+        for entry in entries:
+            rows = {seed: _cache(out, task, entry, seed).rows() for seed in _seeds(entry, ecfg)}
+            m, right, predictions = score_system(task.task, task.examples, rows, n_boot=ecfg.n_boot)
+            pred_path = Path("predictions") / safe_name(task.name) / f"{safe_name(entry.name)}.jsonl"
+            write_jsonl(out / pred_path, predictions)
+            files = {"predictions": str(pred_path)}
+            first = rows[min(rows)]
+            if all(first[e.id].get("trace") for e in task.examples):
+                trace_path = Path("traces") / safe_name(task.name) / f"{safe_name(entry.name)}.jsonl"
+                with atomic_open(out / trace_path) as f:
+                    for e in task.examples:
+                        f.write(json.dumps(first[e.id]["trace"], ensure_ascii=False) + "\n")
+                files["traces"] = str(trace_path)
+            counted = read_system_meta(_meta_path(out, entry)).get("parameters")
+            info = {k: v for k, v in entry.info.items() if k != "parameters"}
+            systems[entry.name] = {**info, "sampled": entry.sampled, **m,
+                                   "parameters": entry.info.get("parameters") or total_parameters(counted), **files}
+            correct[entry.name] = right
+            wall += m["wall_seconds"]
+        per_task[task.name] = {"data": task.data, "n_questions": len(task.examples), "extraction": task.task.primary,
+                               "systems": systems, "comparisons": comparisons(correct, n_boot=ecfg.n_boot)}
+    primary = tasks[0].name
+    return {
+        "schema": SCHEMA, "run": run_name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "primary_task": primary,
+        "systems": per_task[primary]["systems"], "comparisons": per_task[primary]["comparisons"],
+        "wall_seconds": wall, "tasks": per_task,
+        "settings": {"seeds": list(ecfg.seeds), "n_boot": ecfg.n_boot, "max_questions": ecfg.max_questions,
+                     "shards": shards},
+    }
+
+
+def write_results(results: dict[str, Any], out: Path, figures: bool = True) -> Path:
+    from pseudocot.evaluate.report import write_report
+    from pseudocot.files import atomic_write_text
+
+    path = atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    write_report([results], out, names=[str(path)], figures=figures)
+    return path
+
+
+def main(cfg: Config, shard: str | None = None, entries: Sequence[SystemEntry] | None = None,
+         answer: bool = True, figures: bool = True) -> dict[str, Any] | None:
+    """Run (or, with `answer=False`, only merge) the evaluation; returns the results, or None when
+    questions are still unanswered (another shard is running). `entries` replaces `eval.systems`
+    (tests and scripts that hold their models in memory)."""
+    ecfg = cfg.eval
+    out = Path(ecfg.out) if ecfg.out else cfg.run_dir / "eval"
+    which = parse_shard(shard if shard is not None else ecfg.shard)
+    tasks = load_tasks(cfg)
+    entries = list(entries) if entries is not None else system_entries(cfg)
+    if not entries:
+        raise ConfigError("eval.systems is empty; list at least one system to evaluate.")
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"two systems share a name among {', '.join(names)}; give each its own.")
+    if answer:
+        generate(out, tasks, entries, ecfg, which)
+    lacking = missing(out, tasks, entries, ecfg)
+    if lacking:
+        if not answer:
+            raise DataError(f"{out / 'cache'}: {len(lacking)} system/task caches are incomplete ({lacking[0]}); "
+                            "run the shards that have not finished, then merge.")
+        return None
+    results = build_results(out, tasks, entries, ecfg, cfg.run.name)
+    write_results(results, out, figures=figures)
+    return results

@@ -1,0 +1,277 @@
+"""Systems under evaluation: anything that answers a task's questions.
+
+- `PipelineSystem`: the Pseudo-CoT pipeline (base + TTM + router) in one mode; the question is the
+  task's plain prompt, rendered by the pipeline through the base model's chat template.
+- `GeneratorSystem`: one `Generator` (a local model, a model with a LoRA adapter merged in, or an
+  OpenAI-compatible endpoint) answering the task's chat or plain prompts.
+
+Every system returns one `Response` per question: the final text (what the task's extraction
+reads), everything it wrote (thoughts, then the final text: what BLEU, ROUGE-L and faithfulness
+read), generated tokens per model, thought calls, seconds, and the pipeline's trace.
+
+`system_entries(cfg)` turns the `eval.systems` config into `SystemEntry`s: a name, a cache key that
+changes when the system's settings or model files change, and a `build()` that loads the models
+only when something is left to generate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pseudocot.config import Config, ConfigError, SystemConfig, config_hash, to_dict
+from pseudocot.data.example import Example
+from pseudocot.generate.base import GenerationParams, Generator
+from pseudocot.tasks.task import Task
+
+
+@dataclass
+class Response:
+    id: str
+    text: str
+    """The final text: what the task's answer extraction reads."""
+    reasoning: str
+    """Everything the system wrote for the question (thoughts, one per line, then the final text)."""
+    tokens: dict[str, int]
+    """Generated tokens per model (`base`, `ttm`; `model` for a single model)."""
+    thought_calls: int = 0
+    """Thoughts the TTM wrote."""
+    seconds: float = 0.0
+    """This question's share of the generation calls' wall time."""
+    trace: dict[str, Any] | None = None
+    """The pipeline's trace (`Trace.to_dict()`), for pipeline systems."""
+
+
+class System(Protocol):
+    def answer(self, task: Task, examples: Sequence[Example], seed: int) -> list[Response]:
+        """One response per example, in order; `seed` seeds sampling (ignored when greedy)."""
+        ...
+
+    def parameters(self) -> dict[str, int] | None:
+        """Parameter count per model (None where unknown, as for an endpoint)."""
+        ...
+
+
+def _model_of(gen: Any) -> Any:
+    """The torch model behind a local generator; None for an endpoint (whose `model` is a name)."""
+    model = getattr(gen, "model", None)
+    return model if callable(getattr(model, "parameters", None)) else None
+
+
+def count_parameters(model: Any) -> int:
+    from pseudocot.models.tiny import count_parameters as count  # tied weights are counted once
+
+    return int(count(model))
+
+
+class PipelineSystem:
+    """The Pseudo-CoT pipeline in its configured mode."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+
+    def answer(self, task: Task, examples: Sequence[Example], seed: int) -> list[Response]:
+        traces = self.pipeline.run(list(zip([e.id for e in examples], task.prompts(examples))))
+        out = []
+        for t in traces:
+            thoughts = [x.text for x in t.thoughts]
+            out.append(Response(id=t.id, text=t.final_text, reasoning="\n".join(thoughts + [t.final_text]),
+                                tokens={"base": sum(a.tokens for a in t.answers), "ttm": sum(x.tokens for x in t.thoughts)},
+                                thought_calls=t.thought_calls, seconds=t.seconds, trace=t.to_dict()))
+        return out
+
+    def parameters(self) -> dict[str, int] | None:
+        """The base model's, plus the TTM's when the mode can call it (the paper's Fig. 5.4 counts both)."""
+        base = _model_of(self.pipeline.base)
+        if base is None:
+            return None
+        out = {"base": count_parameters(base)}
+        ttm = _model_of(self.pipeline.ttm) if self.pipeline.cfg.mode != "never" else None
+        if ttm is not None:
+            out["ttm"] = count_parameters(ttm)
+        return out
+
+
+class GeneratorSystem:
+    """One generator answering the task's prompts: chat-rendered through `tokenizer` (local models),
+    chat messages (an endpoint with chat=True), or the plain few-shot text."""
+
+    def __init__(self, generator: Generator, params: GenerationParams, chat: bool = True, tokenizer: Any = None,
+                 parameter_count: int | None = None) -> None:
+        self.generator, self.params, self.chat, self.tokenizer = generator, params, chat, tokenizer
+        self.parameter_count = parameter_count
+
+    def prompts(self, task: Task, examples: Sequence[Example]) -> list[Any]:
+        if not self.chat:
+            return task.prompts(examples)
+        if self.tokenizer is not None:
+            return task.chat_prompts(self.tokenizer, examples)
+        return task.messages(examples)
+
+    def answer(self, task: Task, examples: Sequence[Example], seed: int) -> list[Response]:
+        params = dataclasses.replace(self.params, seed=seed, stop=list(dict.fromkeys([*self.params.stop, *task.stop])))
+        outs = self.generator.generate(self.prompts(task, examples), params)
+        return [Response(id=e.id, text=c.text, reasoning="\n".join(p for p in (c.reasoning, c.text) if p),
+                         tokens={"model": c.completion_tokens}, seconds=c.seconds)
+                for e, c in zip(examples, outs)]
+
+    def parameters(self) -> dict[str, int] | None:
+        if self.parameter_count is not None:
+            return {"model": self.parameter_count}
+        model = _model_of(self.generator)
+        return {"model": count_parameters(model)} if model is not None else None
+
+
+# ------------------------------------------------------------------------------- from the config
+
+
+@dataclass
+class SystemEntry:
+    """A system as the runner sees it before loading anything."""
+
+    name: str
+    key: str
+    """Changes whenever the system's settings or model files change: the generation cache's key."""
+    build: Callable[[], System]
+    """Loads the models (called only when something is left to generate)."""
+    sampled: bool = False
+    """temperature > 0: one generation per seed; otherwise one generation stands for every seed."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """What results.json says about the system: kind, mode, models, parameters from the config, router curve."""
+
+
+def folder_fingerprint(path: str | os.PathLike[str] | None) -> str | None:
+    """A content fingerprint of a model folder's top-level files: names, sizes, and the first and last
+    MiB of each (so a retrained model of the same shape is told apart without reading gigabytes)."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.exists():
+        return f"missing:{p}"
+    h = hashlib.sha256()
+    files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.name}\0{size}\0".encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(1 << 20))
+            if size > 2 << 20:
+                fh.seek(-(1 << 20), os.SEEK_END)
+                h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+def _pipeline_cfg(cfg: Config, s: SystemConfig) -> Config:
+    p = cfg.pipeline
+    pipeline = dataclasses.replace(p, mode=s.mode, base=s.model or p.base, ttm=s.ttm or p.ttm, router=s.router or p.router,
+                                   threshold=s.threshold if s.threshold is not None else p.threshold,
+                                   max_thoughts=s.max_thoughts if s.max_thoughts is not None else p.max_thoughts)
+    return dataclasses.replace(cfg, pipeline=pipeline)
+
+
+def _where(i: int, s: SystemConfig) -> str:
+    return f"eval.systems.{i} ('{s.name}')"
+
+
+def _check(i: int, s: SystemConfig) -> None:
+    if not s.name or "/" in s.name or s.name.startswith("."):
+        raise ConfigError(f"eval.systems.{i}: name '{s.name}' must be a non-empty name without '/'; give each system a plain name.")
+    if s.kind == "hf" and not (s.model or s.adapter):
+        raise ConfigError(f"{_where(i, s)}: kind hf needs `model` (a model folder) or `adapter` (a LoRA adapter folder).")
+    if s.kind == "openai" and not (s.base_url and s.model):
+        raise ConfigError(f"{_where(i, s)}: kind openai needs `base_url` (the endpoint) and `model` (its model name).")
+    if s.kind != "pipeline" and s.max_new_tokens < 1:
+        raise ConfigError(f"{_where(i, s)}: max_new_tokens must be at least 1.")
+
+
+def _generation_params(s: SystemConfig) -> GenerationParams:
+    return GenerationParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, stop=list(s.stop))
+
+
+def _build_pipeline(cfg: Config, s: SystemConfig) -> System:
+    from pseudocot.pipeline import load_pipeline
+
+    pcfg = _pipeline_cfg(cfg, s)
+    pipe = load_pipeline(pcfg, s.mode)
+    if s.max_thoughts is not None:
+        pipe.cfg = dataclasses.replace(pipe.cfg, max_thoughts=s.max_thoughts)
+    return PipelineSystem(pipe)
+
+
+def _build_hf(cfg: Config, s: SystemConfig) -> System:
+    from pseudocot.generate.hf import HFGenerator
+    from pseudocot.models.loading import load_model, load_tokenizer
+    from pseudocot.models.lora import load_trained
+
+    if s.adapter and s.model:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(load_model(s.model, device=cfg.run.device), s.adapter).merge_and_unload()
+        model.eval()
+    else:
+        model = load_trained(s.adapter or s.model, device=cfg.run.device)  # type: ignore[arg-type]
+    tok_dir = s.adapter if s.adapter and (Path(s.adapter) / "tokenizer_config.json").is_file() else s.model
+    if tok_dir is None:  # an adapter without its own tokenizer: its base model's
+        tok_dir = json.loads((Path(s.adapter) / "adapter_config.json").read_text())["base_model_name_or_path"]  # type: ignore[arg-type]
+    tok = load_tokenizer(str(tok_dir))
+    return GeneratorSystem(HFGenerator(model, tok, batch_size=cfg.generation.batch_size), _generation_params(s),
+                           chat=s.chat, tokenizer=tok if s.chat else None)
+
+
+def _build_openai(cfg: Config, s: SystemConfig) -> System:
+    from pseudocot.generate.openai import OpenAIGenerator
+
+    gen = OpenAIGenerator(s.base_url, s.model, api_key=os.environ.get(s.api_key_env), chat=s.chat,  # type: ignore[arg-type]
+                          concurrency=s.concurrency)
+    return GeneratorSystem(gen, _generation_params(s), chat=s.chat, parameter_count=s.parameters)
+
+
+def _router_curve(folder: Path | None) -> list[dict[str, Any]] | None:
+    meta = folder / "router.json" if folder else None
+    if meta is None or not meta.is_file():
+        return None
+    return json.loads(meta.read_text()).get("curve")
+
+
+def system_entries(cfg: Config) -> list[SystemEntry]:
+    """The configured systems, checked, keyed and ready to build (nothing is loaded here)."""
+    from pseudocot.pipeline import run_models
+
+    entries = []
+    seen: set[str] = set()
+    for i, s in enumerate(cfg.eval.systems):
+        _check(i, s)
+        if s.name in seen:
+            raise ConfigError(f"eval.systems.{i}: a second system named '{s.name}'; give every system its own name.")
+        seen.add(s.name)
+        settings = {k: v for k, v in to_dict(s).items() if k not in ("name", "parameters", "concurrency", "api_key_env")}
+        info: dict[str, Any] = {"kind": s.kind}
+        if s.kind == "pipeline":
+            pcfg = _pipeline_cfg(cfg, s)
+            where = run_models(pcfg)
+            models = {"base": str(where.base), "ttm": str(where.ttm) if where.ttm and s.mode != "never" else None,
+                      "router": str(where.router) if where.router and s.mode in ("router", "depth") else None}
+            info.update(mode=s.mode, models={k: v for k, v in models.items() if v})
+            prompts = {k: v for k, v in to_dict(pcfg.pipeline).items() if k not in ("batch_size", "kv_reuse", "base", "ttm", "router")}
+            settings.update(pipeline=prompts, fingerprints={k: folder_fingerprint(v) for k, v in models.items()})
+            if s.mode == "router":
+                info["router_curve"] = _router_curve(where.router)
+            build: Callable[[], System] = lambda cfg=cfg, s=s: _build_pipeline(cfg, s)  # noqa: E731
+        elif s.kind == "hf":
+            info.update(models={k: v for k, v in (("model", s.model), ("adapter", s.adapter)) if v})
+            settings.update(fingerprints={"model": folder_fingerprint(s.model), "adapter": folder_fingerprint(s.adapter)})
+            build = lambda cfg=cfg, s=s: _build_hf(cfg, s)  # noqa: E731
+        else:
+            info.update(models={"model": s.model, "base_url": s.base_url})
+            build = lambda cfg=cfg, s=s: _build_openai(cfg, s)  # noqa: E731
+        if s.parameters is not None:
+            info["parameters"] = {"total": s.parameters}
+        sampled = s.kind != "pipeline" and s.temperature > 0
+        entries.append(SystemEntry(name=s.name, key=config_hash(settings), build=build, sampled=sampled, info=info))
+    return entries
