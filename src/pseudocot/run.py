@@ -111,9 +111,10 @@ def _runner(name: str) -> Callable[[Config, bool], Any]:
 
         return lambda cfg, force: router_stage.main(cfg, force=force)
     if name == "eval":
-        from pseudocot.evaluate import run as eval_run
+        from pseudocot.evaluate import runner
 
-        return lambda cfg, force: eval_run.main(cfg, force=force)
+        # Its cache keys change with the models' files, so a retrained model is answered anew anyway.
+        return lambda cfg, force: runner.main(cfg)
     raise ValueError(f"unknown stage {name!r}")
 
 
@@ -126,6 +127,19 @@ def _subprocess(cfg: Config, name: str, force: bool, log_dir: Path) -> subproces
     env = dict(os.environ, OMP_NUM_THREADS="1", PSEUDOCOT_THREADS="1")
     with (log_dir / f"{name}.log").open("ab") as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def _stamp_results(cfg: Config, state: dict[str, Any]) -> None:
+    """Add the run's wall time, whole and per stage, to `eval/results.json` (as `run_wall_seconds`)."""
+    from pseudocot.evaluate.runner import results_path
+
+    path = results_path(cfg)
+    if not path.is_file():
+        return
+    results = json.loads(path.read_text())
+    results["run_wall_seconds"] = {"total": state["wall_seconds"],
+                                   "stages": {s: state[s].get("seconds") for s in STAGES if s in state}}
+    atomic_write_text(path, json.dumps(results, indent=2) + "\n")
 
 
 def main(cfg: Config, force: bool = False, stages: tuple[str, ...] | None = None,
@@ -200,5 +214,6 @@ def main(cfg: Config, force: bool = False, stages: tuple[str, ...] | None = None
         finish("base", time.perf_counter() - t0, None)
     state["wall_seconds"] = round(time.perf_counter() - t_run, 2)
     save()
+    _stamp_results(cfg, state)
     log(f"run {cfg.run.name}: done in {state['wall_seconds']:.1f}s -> {run_dir}")
     return state

@@ -74,6 +74,14 @@ class EvalTask:
     data: str
 
 
+def eval_dir(cfg: Config) -> Path:
+    return Path(cfg.eval.out) if cfg.eval.out else cfg.run_dir / "eval"
+
+
+def results_path(cfg: Config) -> Path:
+    return eval_dir(cfg) / "results.json"
+
+
 def parse_shard(text: str | None) -> tuple[int, int] | None:
     """`"1/4"` -> (1, 4); None -> None (every question)."""
     if text is None or text == "":
@@ -233,7 +241,7 @@ def main(cfg: Config, shard: str | None = None, entries: Sequence[SystemEntry] |
     questions are still unanswered (another shard is running). `entries` replaces `eval.systems`
     (tests and scripts that hold their models in memory)."""
     ecfg = cfg.eval
-    out = Path(ecfg.out) if ecfg.out else cfg.run_dir / "eval"
+    out = eval_dir(cfg)
     which = parse_shard(shard if shard is not None else ecfg.shard)
     tasks = load_tasks(cfg)
     entries = list(entries) if entries is not None else system_entries(cfg)
