@@ -68,8 +68,10 @@ def test_smoke_extends_demo():
     assert cfg.data.arith.max_steps == 3
     # inherited from demo (deep merge keeps sibling keys of the same section)
     assert cfg.run.device == "cpu"
-    assert cfg.data.arith.max_operand == 12
-    assert cfg.data.arith.max_value == 99
+    demo = load_config("demo")
+    assert cfg.data.arith.max_operand == demo.data.arith.max_operand
+    assert cfg.data.arith.operations == demo.data.arith.operations
+    assert cfg.data.arith.step_weights == demo.data.arith.step_weights
     assert cfg.tokenizer.train is True
     assert [s.format for s in cfg.data.sources] == ["arith"]
 

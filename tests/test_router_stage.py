@@ -23,7 +23,7 @@ def run(tmp_path_factory, trained_tiny):
 extends: smoke
 run: {{name: r, out_dir: {root}, device: cpu}}
 data:
-  arith: {{n_train: 60, n_val: 30, n_test: 20, max_steps: 2}}
+  arith: {{n_train: 60, n_val: 30, n_test: 20, max_steps: 2, step_weights: null}}
 tokenizer: {{train: false}}
 distill:
   stages:

@@ -773,8 +773,9 @@ def test_inherit_train(tmp_path):
     g.write_text("extends: demo\ntrain: {batch_size: 4}\ndistill:\n  stages:\n    - student: {preset: tiny-xs}\n")
     cfg = load_config(g)
     (s,) = cfg.distill.stages
-    assert s.train.batch_size == 4 and s.train.lr == 3e-3 and s.train.max_length == 192
-    assert cfg.teacher.train.max_steps == 400 and cfg.teacher.train.batch_size == 4
+    demo = load_config("demo")
+    assert s.train.batch_size == 4 and s.train.lr == demo.train.lr and s.train.max_length == demo.train.max_length
+    assert cfg.teacher.train.max_steps == demo.teacher.train.max_steps and cfg.teacher.train.batch_size == 4
 
 
 # --------------------------------------------------------------------------------------------

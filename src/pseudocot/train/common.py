@@ -165,6 +165,7 @@ def training_args(train: TrainConfig, out_dir: Path, seed: int, device: str, has
         remove_unused_columns=False,
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
+        train_sampling_strategy="group_by_length" if train.group_by_length else "random",
         **extra,
     )
 
