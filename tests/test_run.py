@@ -88,3 +88,29 @@ def test_keys_chain_through_what_a_stage_reads(tmp_path):
     assert a["teacher"] != b["teacher"] and a["distill"] != b["distill"] and a["router"] != b["router"]
     c = run_mod.stage_keys(_cfg(tmp_path, "pipeline.base_prompt='Q: {question}'"))
     assert c["teacher"] == a["teacher"] and c["base"] != a["base"] and c["router"] != a["router"]
+
+
+class FakeProc:
+    def __init__(self, record, scratch):
+        record.append(("base", scratch))
+
+    def wait(self):
+        return 0
+
+    def poll(self):
+        return 0
+
+
+def test_parallel_base_starts_with_the_first_teacher_stage_to_run(tmp_path, calls, monkeypatch):
+    monkeypatch.setattr(run_mod, "_subprocess", lambda cfg, name, force, log_dir: FakeProc(calls, force))
+    cfg = _cfg(tmp_path, "run.parallel_stages=true")
+    run_mod.main(cfg, echo=lambda s: None)
+    assert calls == [("data", True), ("base", True), ("teacher", True), ("distill", True), ("router", True), ("eval", True)]
+    # Killed during distillation: teacher is done, so the base starts again beside distill.
+    state = json.loads((tmp_path / "smoke" / "run_state.json").read_text())
+    for name in ("distill", "base", "router", "eval"):
+        state[name]["finished"] = None
+    (tmp_path / "smoke" / "run_state.json").write_text(json.dumps(state))
+    calls.clear()
+    run_mod.main(cfg, echo=lambda s: None)
+    assert calls == [("base", False), ("distill", False), ("router", False), ("eval", False)]

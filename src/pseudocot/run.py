@@ -126,7 +126,18 @@ def _subprocess(cfg: Config, name: str, force: bool, log_dir: Path) -> subproces
         cmd.append("--force")
     env = dict(os.environ, OMP_NUM_THREADS="1", PSEUDOCOT_THREADS="1")
     with (log_dir / f"{name}.log").open("ab") as log:
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, get SIGTERM when the run's process dies, even by SIGKILL,
+    so a killed run never leaves a second writer behind in its folder."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _stamp_results(cfg: Config, state: dict[str, Any]) -> None:
@@ -181,39 +192,54 @@ def main(cfg: Config, force: bool = False, stages: tuple[str, ...] | None = None
         save()
         log(f"stage {name}: done in {seconds:.1f}s")
 
-    side: tuple[subprocess.Popen[bytes], float, bool] | None = None
-    for i, name in enumerate(wanted):
-        run_it, scratch = todo(name)
-        if not run_it:
-            log(f"stage {name} ({i + 1}/{len(wanted)}): complete for this config, skipped")
-            continue
-        if name == "base" and side is not None:
-            continue  # already training beside the teacher
-        # The base model reads only the data: train it beside the teacher chain.
-        if name == "teacher" and cfg.run.parallel_stages and "base" in wanted and todo("base")[0]:
-            b_scratch = todo("base")[1]
-            start("base", b_scratch)
-            side = (_subprocess(cfg, "base", b_scratch, run_dir / "logs"), time.perf_counter(), b_scratch)
-            log(f"stage base: training in a second process (log: {run_dir / 'logs' / 'base.log'})")
-        if name in ("router", "eval") and side is not None:
-            proc, t0, _ = side
-            code = proc.wait()
-            if code != 0:
-                raise RuntimeError(f"the base stage failed (exit {code}); see {run_dir / 'logs' / 'base.log'}.")
-            finish("base", time.perf_counter() - t0, None)
-            side = None
-        log(f"stage {name} ({i + 1}/{len(wanted)})")
-        start(name, scratch)
-        t0 = time.perf_counter()
-        result = _runner(name)(cfg, scratch)
-        finish(name, time.perf_counter() - t0, result)
-    if side is not None:
-        proc, t0, _ = side
-        if proc.wait() != 0:
-            raise RuntimeError(f"the base stage failed; see {run_dir / 'logs' / 'base.log'}.")
-        finish("base", time.perf_counter() - t0, None)
+    sides: list[tuple[subprocess.Popen[bytes], float]] = []  # the base model's process while it runs
+    try:
+        _run_stages(cfg, wanted, todo, start, finish, log, sides)
+    finally:
+        for proc, _ in sides:
+            if proc.poll() is None:
+                proc.terminate()  # an error or Ctrl-C in this process: stop the second one too
+                proc.wait()
     state["wall_seconds"] = round(time.perf_counter() - t_run, 2)
     save()
     _stamp_results(cfg, state)
     log(f"run {cfg.run.name}: done in {state['wall_seconds']:.1f}s -> {run_dir}")
     return state
+
+
+def _run_stages(cfg: Config, wanted: list[str], todo: Callable[[str], tuple[bool, bool]], start: Callable[[str, bool], None],
+                finish: Callable[[str, float, Any], None], log: RunLog,
+                sides: list[tuple[subprocess.Popen[bytes], float]]) -> None:
+    run_dir = cfg.run_dir
+    base_log = run_dir / "logs" / "base.log"
+
+    def join_base() -> None:
+        proc, t0 = sides[0]
+        code = proc.wait()
+        if code != 0:
+            raise RuntimeError(f"the base stage failed (exit {code}); see {base_log}.")
+        finish("base", time.perf_counter() - t0, None)
+        sides.clear()
+
+    for i, name in enumerate(wanted):
+        run_it, scratch = todo(name)
+        if not run_it:
+            log(f"stage {name} ({i + 1}/{len(wanted)}): complete for this config, skipped")
+            continue
+        if name == "base" and sides:
+            continue  # already training beside the teacher
+        # The base model reads only the data: train it beside the teacher chain.
+        if name in ("teacher", "distill") and not sides and cfg.run.parallel_stages and "base" in wanted and todo("base")[0]:
+            b_scratch = todo("base")[1]
+            start("base", b_scratch)
+            sides.append((_subprocess(cfg, "base", b_scratch, run_dir / "logs"), time.perf_counter()))
+            log(f"stage base: training in a second process (log: {base_log})")
+        if name in ("router", "eval") and sides:
+            join_base()
+        log(f"stage {name} ({i + 1}/{len(wanted)})")
+        start(name, scratch)
+        t0 = time.perf_counter()
+        result = _runner(name)(cfg, scratch)
+        finish(name, time.perf_counter() - t0, result)
+    if sides:
+        join_base()
