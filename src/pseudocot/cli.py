@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from pseudocot import __version__
-from pseudocot.cli_groups import PseudocotGroup, StageGroup, config_option, overrides_argument
+from pseudocot.cli_groups import PseudocotGroup, StageGroup, config_option, overrides_argument, parse_fields
 from pseudocot.config import DEFAULT_PRESET, ArithConfig, Config, load_config, presets, to_yaml
 from pseudocot.evaluate.cli import eval_group
 
@@ -103,16 +103,6 @@ def data_arith(n: int, max_steps: int, seed: int, max_operand: int, max_value: i
     click.echo("  " + examples[0].reasoning.replace("\n", "\n  ") + f"\n  answer: {examples[0].answer}")  # type: ignore[union-attr]
 
 
-def _parse_fields(pairs: tuple[str, ...]) -> dict[str, str]:
-    out = {}
-    for p in pairs:
-        k, sep, v = p.partition("=")
-        if not sep or not k or not v:
-            raise click.BadParameter(f"'{p}' is not FIELD=COLUMN (e.g. question=prompt).", param_hint="--field")
-        out[k] = v
-    return out
-
-
 format_option = click.option("--format", "fmt", type=click.Choice(["jsonl", "gsm8k", "mmlu", "csv", "hf_disk"]), default="jsonl",
                              show_default=True, help="How to read FILE (jsonl = the Example schema or a mapped JSONL).")
 field_option = click.option("--field", "fields", multiple=True, metavar="FIELD=COLUMN",
@@ -128,7 +118,7 @@ def data_check(file: str, fmt: str, fields: tuple[str, ...], max_errors: int) ->
     """Validate FILE: print counts and the first errors as FILE:LINE: reason; exit 1 if any."""
     from pseudocot.data.loaders import load_file
 
-    result = load_file(fmt, file, _parse_fields(fields), skip_bad=True)
+    result = load_file(fmt, file, parse_fields(fields), skip_bad=True)
     exs = result.examples
     sources: dict[str, int] = {}
     for e in exs:
@@ -156,7 +146,7 @@ def data_convert(file: str, fmt: str, fields: tuple[str, ...], out: Path, skip_b
     from pseudocot.data.jsonl import write_examples, write_rejects
     from pseudocot.data.loaders import load_file
 
-    result = load_file(fmt, file, _parse_fields(fields), skip_bad=skip_bad)
+    result = load_file(fmt, file, parse_fields(fields), skip_bad=skip_bad)
     write_examples(out, result.examples)
     rejects = write_rejects(out, result.rejects)
     click.echo(f"wrote {len(result.examples)} examples to {out}" + (f"; {len(result.rejects)} bad rows to {rejects}" if rejects else ""))

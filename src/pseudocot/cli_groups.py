@@ -80,3 +80,14 @@ class StageGroup(PseudocotGroup):
 config_option = click.option("--config", "-c", "config_name", default=DEFAULT_PRESET, show_default=True,
                              metavar="PRESET_OR_FILE", help="A preset name (see `pseudocot config presets`) or a YAML file.")
 overrides_argument = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+
+
+def parse_fields(pairs: tuple[str, ...]) -> dict[str, str]:
+    """`--field FIELD=COLUMN` options as a mapping."""
+    out = {}
+    for p in pairs:
+        k, sep, v = p.partition("=")
+        if not sep or not k or not v:
+            raise click.BadParameter(f"'{p}' is not FIELD=COLUMN (e.g. question=prompt).", param_hint="--field")
+        out[k] = v
+    return out

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from pseudocot.cli_groups import StageGroup, config_option
+from pseudocot.cli_groups import StageGroup, config_option, parse_fields
 
 
 def _summary(results: dict[str, Any], out: Path) -> None:
@@ -99,16 +99,6 @@ def report(results: tuple[Path, ...], out: Path, no_figures: bool) -> None:
     click.echo(f"report of {len(loaded)} results file(s) -> {written['report.md']}")
 
 
-def _fields(pairs: tuple[str, ...]) -> dict[str, str]:
-    out = {}
-    for p in pairs:
-        k, sep, v = p.partition("=")
-        if not sep or not k or not v:
-            raise click.BadParameter(f"'{p}' is not FIELD=COLUMN (e.g. answer=label).", param_hint="--field")
-        out[k] = v
-    return out
-
-
 @eval_group.command("score")
 @click.option("--task", "task_name", required=True, metavar="TASK",
               help="arith, gsm8k, gsm8k_cot, mmlu:<subject>, jsonl, or package.module:attribute.")
@@ -138,7 +128,7 @@ def score(task_name: str, data: Path, predictions: Path, out: Path | None, field
 
     options: dict[str, Any] = {}
     if fields:
-        options["fields"] = _fields(fields)
+        options["fields"] = parse_fields(fields)
     if extraction:
         options["extraction"] = extraction
     task = get_task(task_name, **options)
