@@ -157,7 +157,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     """Trade compute for memory on large models."""
     group_by_length: bool = False
-    """Batch rows of similar length together: less padding, so faster steps (the order is still seeded)."""
+    """Batch rows of similar length together: less padding, so faster steps, but less varied batches (on the demo it learnt far less per step)."""
 
 
 @dataclass
