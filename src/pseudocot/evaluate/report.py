@@ -155,7 +155,8 @@ def _opening(results: Sequence[dict[str, Any]], rows: list[dict[str, Any]], comp
     decoding = (f"Systems that sample ({', '.join(sampled)}) generated once per seed and their numbers are means over "
                 "seeds; the others decoded greedily, so one generation stands for every seed." if sampled else
                 "Every system decoded greedily, so one generation per system stands for every seed.")
-    text = (f"{len(systems)} systems ({', '.join(systems)}) on {task_text}. Accuracy is the share of questions whose "
+    setup = "".join(r.get("setup", "") + " " for r in results[:1] if r.get("setup"))
+    text = (f"{setup}{'It compares ' if setup else ''}{len(systems)} systems ({', '.join(systems)}) on {task_text}. Accuracy is the share of questions whose "
             f"extracted answer equals the reference, with a 95% percentile bootstrap interval over questions "
             f"({n_boot:,} resamples). {decoding}")
     # The headline: the primary task of the first file, against its first system.
@@ -186,7 +187,8 @@ def _opening(results: Sequence[dict[str, Any]], rows: list[dict[str, Any]], comp
                     part += f"; {calls[c['a']]:.2f} thought calls per question"
                 parts.append(part + ")")
             text += f" Against {base}: " + "; ".join(parts) + "."
-    return text
+    return text + ("\n\nThe figures (accuracy per system, accuracy against parameters, accuracy against thought calls) "
+                   "are in `figures/` and at the end of this report.")
 
 
 def render_markdown(results: Sequence[dict[str, Any]], names: Sequence[str], figures: Sequence[str]) -> str:

@@ -226,6 +226,32 @@ def build_results(out: Path, tasks: Sequence[EvalTask], entries: Sequence[System
     }
 
 
+def describe_run(cfg: Config, entries: Sequence[SystemEntry]) -> str:
+    """One sentence on what this run trained, for the report's opening (empty when no system is
+    the run's own pipeline)."""
+    if not any(e.info.get("kind") == "pipeline" for e in entries):
+        return ""
+    from pseudocot.train.common import spec_name
+
+    name = lambda spec: spec.preset or Path(spec_name(spec)).name  # noqa: E731
+    parts = []
+    if cfg.distill.stages:
+        chain = " -> ".join(name(s.student) for s in cfg.distill.stages)
+        teacher = name(cfg.distill.teacher) if (cfg.distill.teacher.path or cfg.distill.teacher.preset) else name(cfg.teacher.model)
+        parts.append(f"a reasoning teacher ({teacher}) fine-tuned on step-by-step solutions and distilled in "
+                     f"{len(cfg.distill.stages)} stage{'s' if len(cfg.distill.stages) > 1 else ''} ({chain}) into the "
+                     f"Tiny Thought Model")
+    thoughts = " to answer with or without thoughts in its prompt" if cfg.base.thoughts_in_context else " on the task"
+    parts.append(f"a base model ({name(cfg.base.model)}) fine-tuned{thoughts}")
+    if any(e.info.get("mode") in ("router", "depth") for e in entries):
+        parts.append("a router trained on the base model's own answers to decide when another thought is worth it")
+    modes = {"never": "the base model alone", "always": f"the TTM writes a thought before every re-answer, up to {cfg.pipeline.max_thoughts}",
+             "router": "the TTM thinks only while the router says so", "depth": "the depth router picks the number of thoughts"}
+    named = [f"`{e.name}` ({modes[e.info['mode']]})" for e in entries if e.info.get("kind") == "pipeline" and e.info.get("mode") in modes]
+    said = f"Run {cfg.run.name} trained " + ", ".join(parts[:-1]) + (", and " if len(parts) > 1 else "") + parts[-1] + "."
+    return said + (" Systems: " + "; ".join(named) + "." if named else "")
+
+
 def write_results(results: dict[str, Any], out: Path, figures: bool = True) -> Path:
     from pseudocot.evaluate.report import write_report
     from pseudocot.files import atomic_write_text
@@ -259,5 +285,6 @@ def main(cfg: Config, shard: str | None = None, entries: Sequence[SystemEntry] |
                             "run the shards that have not finished, then merge.")
         return None
     results = build_results(out, tasks, entries, ecfg, cfg.run.name)
+    results["setup"] = describe_run(cfg, entries)
     write_results(results, out, figures=figures)
     return results
