@@ -270,6 +270,7 @@ def main(cfg: Config, shard: str | None = None, entries: Sequence[SystemEntry] |
     out = eval_dir(cfg)
     which = parse_shard(shard if shard is not None else ecfg.shard)
     tasks = load_tasks(cfg)
+    from_config = entries is None  # the run's own systems: the report can say what the run trained
     entries = list(entries) if entries is not None else system_entries(cfg)
     if not entries:
         raise ConfigError("eval.systems is empty; list at least one system to evaluate.")
@@ -285,6 +286,7 @@ def main(cfg: Config, shard: str | None = None, entries: Sequence[SystemEntry] |
                             "run the shards that have not finished, then merge.")
         return None
     results = build_results(out, tasks, entries, ecfg, cfg.run.name)
-    results["setup"] = describe_run(cfg, entries)
+    if from_config:
+        results["setup"] = describe_run(cfg, entries)
     write_results(results, out, figures=figures)
     return results
