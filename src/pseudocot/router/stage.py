@@ -76,7 +76,8 @@ def collect(pipe: Any, examples: list[Example], folder: Path, split: str) -> tup
     from pseudocot.pipeline import read_traces
 
     folder.mkdir(parents=True, exist_ok=True)
-    chunks = [examples[i:i + CHUNK] for i in range(0, len(examples), CHUNK)]
+    size = max(CHUNK, pipe.cfg.batch_size)
+    chunks = [examples[i:i + size] for i in range(0, len(examples), size)]
     traces: list[Any] = []
     parts: dict[str, list[torch.Tensor]] = {}
     for k, chunk in enumerate(tqdm(chunks, desc=f"router: {split} traces", unit="chunk")):
