@@ -41,12 +41,21 @@ def _err(r: dict[str, Any]) -> list[list[float]]:
 
 
 def _label_points(ax: Any, points: Sequence[tuple[float, float, str]]) -> None:
-    """Name each point above and right of it; systems on the same spot share one label."""
+    """Name each point to the right of it; systems on the same spot share one label, and labels of
+    points at the same x closer than 5 units in y are stacked so they do not overlap."""
     spots: dict[tuple[float, float], list[str]] = {}
     for x, y, name in points:
         spots.setdefault((round(x, 9), round(y, 9)), []).append(name)
+    by_x: dict[float, list[tuple[float, str]]] = {}
     for (x, y), names in spots.items():
-        ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(7, 5), fontsize=9)
+        by_x.setdefault(x, []).append((y, ", ".join(names)))
+    for x, labels in by_x.items():
+        labels.sort(reverse=True)
+        dy, last = 5, None
+        for y, text in labels:
+            dy = dy - 12 if last is not None and last - y < 5 else 5
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(7, dy), fontsize=9)
+            last = y
 
 
 def _percent_axis(ax: Any, top: float) -> None:
