@@ -198,3 +198,10 @@ def test_trace_from_dict_rejects_other_rows(tmp_path):
     with pytest.raises(DataError, match=":2:"):
         read_traces(path)
     assert Trace.from_dict({"id": "a", "question": "q", "mode": "never"}).answers == []
+
+
+def test_sessions_are_freed_after_each_batch(trained_tiny, questions):
+    pipe = _pipe(trained_tiny, "always", max_thoughts=2, batch_size=4)
+    pipe.run(questions)
+    pipe.run(questions[:3], collect=True)
+    assert len(pipe.base.prefixes) == 0 and len(pipe.ttm.prefixes) == 0

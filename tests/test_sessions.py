@@ -132,3 +132,19 @@ def test_session_count_mismatch_raises(trained_tiny, prompts):
     model, tok = trained_tiny
     with pytest.raises(ValueError, match="session keys"):
         HFGenerator(model, tok).generate(prompts[:2], GenerationParams(), sessions=["a"])
+
+
+@pytest.mark.parametrize("stop", [["\n"], ["="]])
+def test_pad_equal_to_eos_does_not_count_as_a_token(trained_tiny, prompts, stop):
+    """Llama 3 style tokenizers pad with their end-of-sequence token: a row a stop string ended is
+    padded with it, and that pad must not count as generated (nor change with KV reuse)."""
+    model, tok = trained_tiny
+    hf = HFGenerator(model, tok, batch_size=16)
+    hf.pad_id = hf.eos_ids[0]
+    ours = HFGenerator(model, tok, batch_size=16)
+    ours.pad_id = ours.eos_ids[0]
+    params = GenerationParams(max_new_tokens=LONG, stop=stop, logprobs=True)
+    a = hf.generate(prompts, params)
+    b = ours.generate(prompts, params, sessions=list(range(len(prompts))))
+    assert [_key(c) for c in a] == [_key(c) for c in b]
+    assert [len(c.token_logprobs) for c in a] == [c.completion_tokens for c in a]

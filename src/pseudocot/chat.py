@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from pseudocot.config import load_config
+from pseudocot.data.example import DataError
 
 MODES = ("never", "always", "router", "depth")
 
@@ -24,8 +25,6 @@ def run_config(run_dir: Path, overrides: tuple[str, ...] = ()) -> Any:
     """The run's saved config, pointed at `run_dir` wherever the folder now is."""
     path = run_dir / "config.yaml"
     if not path.is_file():
-        from pseudocot.data.example import DataError
-
         raise DataError(f"{path}: no run config here; pass a run folder (runs/<name>) made by `pseudocot` stages.")
     where = (f"run.out_dir={run_dir.resolve().parent}", f"run.name={run_dir.name}")
     return load_config(path, (*where, *overrides))
@@ -58,7 +57,10 @@ def chat_loop(run_dir: Path, mode: str | None, overrides: tuple[str, ...] = (), 
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one line per model is noise in a chat
-    pipe = load_pipeline(cfg, mode=mode, need_router=mode in ("router", "depth") or run_models(cfg).router is not None)
+    where = run_models(cfg)
+    pipe = load_pipeline(cfg, mode=mode, need_router=mode in ("router", "depth") or where.router is not None,
+                         need_ttm=where.ttm is not None and any((where.ttm / f).is_file()
+                                                                for f in ("config.json", "adapter_config.json")))
     echo(f"mode {mode}, at most {pipe.cfg.max_thoughts} thoughts. Ask a question; /mode MODE switches, /quit leaves.")
     for n in itertools.count():
         try:
@@ -75,14 +77,24 @@ def chat_loop(run_dir: Path, mode: str | None, overrides: tuple[str, ...] = (), 
             if want not in MODES:
                 echo(f"modes: {', '.join(MODES)}")
                 continue
+            if want != "never" and pipe.ttm is None:
+                echo("this run has no Tiny Thought Model; train one with `pseudocot distill`.")
+                continue
             if want in ("router", "depth") and pipe.router is None:
                 echo("this run has no router; train one with `pseudocot router`.")
+                continue
+            if want == "depth" and getattr(pipe.router, "depth_router", None) is None:
+                echo("this router has no depth model; train it with router.depth=true.")
                 continue
             pipe.cfg = dataclasses.replace(pipe.cfg, mode=want)
             echo(f"mode {want}")
             continue
         threshold = pipe.cfg.threshold if pipe.cfg.threshold is not None else getattr(pipe.router, "threshold", None)
-        (trace,) = pipe.run([(f"chat-{n}", text)], on_event=_printer(echo, threshold))
+        try:
+            (trace,) = pipe.run([(f"chat-{n}", text)], on_event=_printer(echo, threshold))
+        except (ValueError, DataError) as e:  # e.g. a question longer than the model's context
+            echo(f"error: {e}")
+            continue
         tokens = sum(a.tokens for a in trace.answers) + sum(t.tokens for t in trace.thoughts)
         echo(click.style(f"= {trace.final_text.strip()}", bold=True)
              + click.style(f"   ({trace.thought_calls} thought{'' if trace.thought_calls == 1 else 's'}, {tokens} tokens, {trace.seconds:.2f} s, "

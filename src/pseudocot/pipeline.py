@@ -133,6 +133,7 @@ class Pipeline:
         if cfg.max_thoughts < 0:
             raise ValueError("pipeline.max_thoughts must be at least 0.")
         self.base, self.ttm, self.cfg, self.router = base, ttm, cfg, router
+        self._batches = 0  # numbers each batch's sessions
         self.base_tokenizer = base_tokenizer if base_tokenizer is not None else getattr(base, "tokenizer", None)
         self.ttm_tokenizer = ttm_tokenizer if ttm_tokenizer is not None else getattr(ttm, "tokenizer", None)
 
@@ -185,7 +186,8 @@ class Pipeline:
         mode = "always" if collect else cfg.mode
         traces = [Trace(id=qid, question=q, mode=mode) for qid, q in batch]
         thoughts: list[list[str]] = [[] for _ in batch]
-        keys = [("pcot", id(traces), i) for i in range(len(batch))]
+        self._batches += 1
+        keys = [("pcot", self._batches, i) for i in range(len(batch))]
         active = list(range(len(batch)))
         try:
             if mode == "depth":
@@ -218,9 +220,9 @@ class Pipeline:
                     self._answer(active, traces, thoughts, keys, collect, on_event)
                     iteration += 1
         finally:
-            for gen in (self.base, self.ttm):
+            for gen, role in ((self.base, "base"), (self.ttm, "ttm")):
                 if isinstance(gen, SessionGenerator):
-                    gen.end_sessions(keys)
+                    gen.end_sessions([k + (role,) for k in keys])
         for t in traces:
             t.final_answer = t.answers[-1].final if t.answers else ""
         return traces
@@ -366,15 +368,17 @@ def _local_generator(folder: Path, what: str, cfg: Config) -> Any:
                        kv_reuse=cfg.pipeline.kv_reuse)
 
 
-def load_pipeline(cfg: Config, mode: str | None = None, need_router: bool | None = None) -> Pipeline:
-    """The run's Pseudo-CoT system in `mode` (default: `pipeline.mode`), built from local folders."""
+def load_pipeline(cfg: Config, mode: str | None = None, need_router: bool | None = None,
+                  need_ttm: bool | None = None) -> Pipeline:
+    """The run's Pseudo-CoT system in `mode` (default: `pipeline.mode`), built from local folders;
+    `need_ttm` / `need_router` load those even when the mode does not use them (to switch later)."""
     import dataclasses
 
     pcfg = dataclasses.replace(cfg.pipeline, mode=mode or cfg.pipeline.mode)
     where = run_models(cfg)
     base = _local_generator(where.base, "base", cfg)
     ttm = None
-    if pcfg.mode != "never" or need_router:
+    if pcfg.mode != "never" or need_router or need_ttm:
         if where.ttm is None:
             raise DataError("the config has no distillation stages, so there is no Tiny Thought Model; set pipeline.ttm.")
         ttm = _local_generator(where.ttm, "ttm", cfg)

@@ -124,20 +124,29 @@ def _subprocess(cfg: Config, name: str, force: bool, log_dir: Path) -> subproces
     cmd = [sys.executable, "-m", "pseudocot", "finetune", "--role", name, "--config", str(cfg.run_dir / "config.yaml")]
     if force:
         cmd.append("--force")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PSEUDOCOT_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     with (log_dir / f"{name}.log").open("ab") as log:
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent())
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: on Linux, get SIGTERM when the run's process dies, even by SIGKILL,
-    so a killed run never leaves a second writer behind in its folder."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
+def _die_with_parent() -> Callable[[], None] | None:
+    """On Linux, a function for the child (between fork and exec) that asks for SIGTERM when the run's
+    process dies, even by SIGKILL, so a killed run never leaves a second writer in its folder. libc is
+    loaded here, before the fork; the child only calls into it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import signal
 
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    parent = os.getpid()
+
+    def child() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the run died before the line above: do not start at all
+            os._exit(1)
+
+    return child
 
 
 def _stamp_results(cfg: Config, state: dict[str, Any]) -> None:

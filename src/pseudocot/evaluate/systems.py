@@ -17,7 +17,6 @@ only when something is left to generate.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from pseudocot.files import folder_fingerprint
 from pseudocot.config import Config, ConfigError, SystemConfig, config_hash, to_dict
 from pseudocot.data.example import Example
 from pseudocot.generate.base import GenerationParams, Generator
@@ -144,27 +144,6 @@ class SystemEntry:
     """temperature > 0: one generation per seed; otherwise one generation stands for every seed."""
     info: dict[str, Any] = field(default_factory=dict)
     """What results.json says about the system: kind, mode, models, parameters from the config, router curve."""
-
-
-def folder_fingerprint(path: str | os.PathLike[str] | None) -> str | None:
-    """A content fingerprint of a model folder's top-level files: names, sizes, and the first and last
-    MiB of each (so a retrained model of the same shape is told apart without reading gigabytes)."""
-    if path is None:
-        return None
-    p = Path(path)
-    if not p.exists():
-        return f"missing:{p}"
-    h = hashlib.sha256()
-    files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
-    for f in files:
-        size = f.stat().st_size
-        h.update(f"{f.name}\0{size}\0".encode())
-        with f.open("rb") as fh:
-            h.update(fh.read(1 << 20))
-            if size > 2 << 20:
-                fh.seek(-(1 << 20), os.SEEK_END)
-                h.update(fh.read())
-    return h.hexdigest()[:16]
 
 
 def _pipeline_cfg(cfg: Config, s: SystemConfig) -> Config:

@@ -23,6 +23,11 @@ from pseudocot.generate.sessions import PrefixStore, decode
 from pseudocot.models.loading import load_model, load_tokenizer
 
 
+def _sliding_window(config: Any) -> bool:
+    types = getattr(config, "layer_types", None) or []
+    return bool(getattr(config, "sliding_window", None)) and (not types or any("sliding" in t for t in types))
+
+
 class HFGenerator:
     """A causal LM and its tokenizer as a `Generator`."""
 
@@ -31,7 +36,9 @@ class HFGenerator:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1.")
         self.progress = progress  # a progress bar over batches, for long runs
-        self.kv_reuse = kv_reuse  # sessions reuse their encoded prefix; off, they re-encode every call
+        # Sessions reuse their encoded prefix; off, they re-encode every call. Sliding-window layers drop
+        # old columns, which the stored prefixes index by position, so such models never reuse.
+        self.kv_reuse = kv_reuse and not _sliding_window(model.config)
         self.prefixes = PrefixStore()
         self.model = model
         self.tokenizer = tokenizer
@@ -167,6 +174,9 @@ class HFGenerator:
         for j, t in enumerate(tokens):
             if t in self.eos_ids:
                 n, keep, reason = j + 1, j, "stop"
+                if t == self.pad_id and params.stop and any(
+                        s and s in self.tokenizer.decode(tokens[:j], skip_special_tokens=True) for s in params.stop):
+                    n = j  # pad == end-of-sequence (Llama 3): HF padded a row a stop string had already ended
                 break
             if t == self.pad_id:
                 n, keep, reason = j, j, "stop"  # a stop string ended this row at the previous token

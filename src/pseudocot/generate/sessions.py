@@ -150,9 +150,9 @@ def decode(model: Any, prompts: list[list[int]], reused: list[EncodedPrefix | No
         cols.append(list(range(C - c[r], C)) + list(range(C + W - n, C + W)))
     mask, pos = mask.to(device), pos.to(device)
     generator = None
-    if temperature > 0:
+    if temperature > 0 and seed is not None:  # no seed: torch's global generator, as HF generate does
         generator = torch.Generator(device=device)
-        generator.manual_seed(0 if seed is None else seed)
+        generator.manual_seed(seed)
 
     rows: list[int] = list(range(B))  # batch index -> original row
     tokens: list[list[int]] = [[] for _ in range(B)]
@@ -191,9 +191,10 @@ def decode(model: Any, prompts: list[list[int]], reused: list[EncodedPrefix | No
             nxt = _choose(logits, temperature, top_p, generator)  # (B,)
             lp = torch.log_softmax(logits, dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
             done_b = []
+            nxt_list, lp_list = nxt.tolist(), lp.tolist()  # one device sync per step, not per row
             for b, r in enumerate(rows):
-                tokens[r].append(int(nxt[b]))
-                logprobs[r].append(float(lp[b]))
+                tokens[r].append(nxt_list[b])
+                logprobs[r].append(lp_list[b])
                 if is_end(r, tokens[r]) or step == max_new_tokens - 1:
                     done_b.append(b)
             for b in done_b:

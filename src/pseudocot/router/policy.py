@@ -100,7 +100,7 @@ def random_at_rate(correct: np.ndarray, available: np.ndarray, calls_per_questio
             probs = np.array([p**i * (1 - p) for i in range(m)] + [p**m])  # stop after i thoughts
             acc += float((probs * c[: m + 1]).sum())
             calls += float((probs * np.arange(m + 1)).sum())
-        return acc / len(available), calls / len(available)
+        return acc / max(1, len(available)), calls / max(1, len(available))
 
     lo, hi = 0.0, 1.0
     for _ in range(50):
@@ -134,7 +134,7 @@ def heuristic_at_rate(correct: np.ndarray, available: np.ndarray, questions: Seq
             a, b = min(lo, m), min(lo + 1, m)
             acc += (1 - frac) * float(c[a]) + frac * float(c[b])
             calls += (1 - frac) * a + frac * b
-        return acc / len(available), calls / len(available)
+        return acc / max(1, len(available)), calls / max(1, len(available))
 
     lo, hi = 0.0, float(available.max(initial=0))
     for _ in range(50):

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pseudocot.config import Config, config_hash, to_dict
-from pseudocot.data.example import Example
+from pseudocot.data.example import DataError, Example
 from pseudocot.router import policy
 from pseudocot.router.features import assemble, check_features, step_parts
 
@@ -43,11 +43,24 @@ def router_dir(cfg: Config) -> Path:
     return Path(cfg.pipeline.router) if cfg.pipeline.router else cfg.run_dir / "router"
 
 
+def chunk_size(cfg: Config) -> int:
+    return max(CHUNK, cfg.pipeline.batch_size)
+
+
 def stage_hash(cfg: Config) -> str:
+    """Changes with the router and pipeline settings, the chunking, the data splits and the contents
+    of the base and TTM folders, so a retrained model or new data is never labelled with old traces."""
+    from pseudocot.files import folder_fingerprint
+    from pseudocot.pipeline import run_models
+
     p = to_dict(cfg.pipeline)
     for k in ("mode", "threshold", "router", "batch_size"):
         p.pop(k)
-    return config_hash({"router": to_dict(cfg.router), "pipeline": p})
+    where = run_models(cfg)
+    data = cfg.run_dir / "data"
+    return config_hash({"router": to_dict(cfg.router), "pipeline": p, "chunk": chunk_size(cfg),
+                        "models": [folder_fingerprint(where.base), folder_fingerprint(where.ttm)],
+                        "data": [folder_fingerprint(data / "train.jsonl"), folder_fingerprint(data / "val.jsonl")]})
 
 
 def _collect_chunk(pipe: Any, examples: list[Example], path: Path) -> None:
@@ -76,7 +89,7 @@ def collect(pipe: Any, examples: list[Example], folder: Path, split: str) -> tup
     from pseudocot.pipeline import read_traces
 
     folder.mkdir(parents=True, exist_ok=True)
-    size = max(CHUNK, pipe.cfg.batch_size)
+    size = max(CHUNK, pipe.cfg.batch_size)  # = chunk_size(cfg), which the stage hash covers
     chunks = [examples[i:i + size] for i in range(0, len(examples), size)]
     traces: list[Any] = []
     parts: dict[str, list[torch.Tensor]] = {}
@@ -154,6 +167,9 @@ def main(cfg: Config, force: bool = False) -> dict[str, Any]:
     data = cfg.run_dir / "data"
     train_ex = read_split(data / "train.jsonl", "router training questions")[: rcfg.train_questions]
     val_ex = read_split(data / "val.jsonl", "router validation questions")[: rcfg.val_questions]
+    if not train_ex or not val_ex:
+        raise DataError(f"the router needs training and validation questions; {data} gave {len(train_ex)} and "
+                        f"{len(val_ex)} (router.train_questions={rcfg.train_questions}, router.val_questions={rcfg.val_questions}).")
     gold = {e.id: e.answer for e in train_ex + val_ex}
     pipe = load_pipeline(cfg, mode="always")
     tr_traces, tr_parts = collect(pipe, train_ex, traces_dir, "train")
@@ -163,6 +179,9 @@ def main(cfg: Config, force: bool = False) -> dict[str, Any]:
     va_correct, va_avail = outcomes(va_traces, gold, max_thoughts)
     tr_rows, tr_helps, tr_hurts = policy.step_labels(tr_correct, tr_avail)
     va_rows, va_helps, _ = policy.step_labels(va_correct, va_avail)
+    if not tr_rows or not va_rows:
+        raise DataError("no answer in the router's traces could be followed by a thought (the TTM wrote none); "
+                        "check the TTM and pipeline.ttm_prompt, or raise pipeline.max_thoughts.")
     names = list(rcfg.features)
     x_tr = _step_matrix(tr_parts, names, max_thoughts)[_rows_of(tr_traces, tr_avail)]
     x_va = _step_matrix(va_parts, names, max_thoughts)[_rows_of(va_traces, va_avail)]
