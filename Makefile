@@ -1,11 +1,11 @@
-# The two quick-start commands (README): `make demo` and `make test`.
+# The two quick-start commands (README): `make demo` and `make test` (ruff, then pytest).
 # Both create .venv, install torch==2.13.0 first (the CPU wheel; an unpinned torch pulls CUDA),
 # then the package in editable mode.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test clean
+.PHONY: install demo lint test clean
 
 $(BIN)/pseudocot: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,11 @@ install: $(BIN)/pseudocot
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/pseudocot demo
 
-test: install
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+# Lint first (the suite fails on lint errors), then every test and the doctests of pseudocot.tasks.
+test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 clean:

@@ -2,15 +2,15 @@
 
 One process, in a temporary run folder:
 
-1. `pseudocot.data.stage.main` builds the arith data (one training row per example the runs will
+1. `pseudocot.stages.data.main` builds the arith data (one training row per example the runs will
    see: steps x batch size) and trains the run's tokenizer.
 2. A tiny teacher (default `tiny-m`, at least 4x the student's parameters) is trained briefly with
-   `pseudocot.train.sft.main` (role teacher, full) so its distribution is not uniform. Not timed.
+   `pseudocot.stages.finetune.main` (role teacher, full) so its distribution is not uniform. Not timed.
 3. Three trainers distil the same student init (same preset and seed) from that teacher on the same
    rows, batch size, max_length, learning-rate schedule and number of steps, with pure forward
    KL(teacher || student) at temperature 1 on the answer tokens:
 
-   - online: `pseudocot.train.distill.train_stage`, mode online, ce_weight=0, fkl_weight=1,
+   - online: `pseudocot.stages.distill.train_stage`, mode online, ce_weight=0, fkl_weight=1,
      rkl_weight=0 (one teacher decoder forward per batch, chunked fused loss);
    - cached: the same stage in mode cached (the teacher runs once over the training rows and its
      top-k log-probabilities are stored; training reads them). The one-time cache build is timed
@@ -48,7 +48,7 @@ every run consumes the same batches in the same order, so step j of every repeat
 work; summing each step's fastest repeat takes out the bursts of other load that hit one repeat
 only. Both are printed; they agree when the machine is quiet.
 
-Validation loss: `pseudocot.train.common.eval_ce` (cross-entropy per answer token) of each run's
+Validation loss: `pseudocot.train.rows.eval_ce` (cross-entropy per answer token) of each run's
 final student on the run's validation rows.
 
     HF_HUB_OFFLINE=1 python benchmarks/distill_throughput.py
@@ -83,21 +83,26 @@ from transformers import TrainerCallback  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from pseudocot.config import Config, DistillStageConfig, ModelSpec, load_config  # noqa: E402
-from pseudocot.data import stage as data_stage  # noqa: E402
 from pseudocot.data.chat import messages_for  # noqa: E402
+from pseudocot.layout import RunLayout, checkpoints_dir  # noqa: E402
 from pseudocot.losses import chunked_distill_loss  # noqa: E402
 from pseudocot.models.tiny import build_tiny_model, count_parameters  # noqa: E402
-from pseudocot.train import distill, sft, teacher_cache  # noqa: E402
-from pseudocot.train.common import (  # noqa: E402
+from pseudocot.stages import data as data_stage  # noqa: E402
+from pseudocot.stages import distill as distill_stage  # noqa: E402
+from pseudocot.stages import finetune  # noqa: E402
+from pseudocot.stages.run import clear  # noqa: E402
+from pseudocot.train import teacher_cache  # noqa: E402
+from pseudocot.train.distill import load_teacher  # noqa: E402
+from pseudocot.train.heads import decoder_hidden  # noqa: E402
+from pseudocot.train.rows import (  # noqa: E402
     IGNORE_INDEX,
     PadCollator,
-    build_model,
+    answer_positions,
     eval_ce,
-    load_spec_tokenizer,
     read_split,
     tokenize_examples,
-    training_args,
 )
+from pseudocot.train.setup import build_model, load_spec_tokenizer, training_args  # noqa: E402
 
 MODES = ("trl", "online", "cached")
 
@@ -157,8 +162,12 @@ _build_seconds: list[float] = []  # wall seconds of each teacher_cache.build
 
 
 def _install_hooks() -> None:
-    """Give pseudocot's DistillTrainer the loop timer, and time `teacher_cache.build`."""
-    original_class, original_build = distill._trainer_class, teacher_cache.build
+    """Give pseudocot's DistillTrainer the loop timer, and time `teacher_cache.build`.
+
+    The distill stage looks both up when it runs (`trainer_class` in its own module, `build` as
+    `teacher_cache.build`), so they are replaced there.
+    """
+    original_class, original_build = distill_stage.trainer_class, teacher_cache.build
 
     def timed_trainer_class() -> type:
         cls = original_class()
@@ -177,7 +186,7 @@ def _install_hooks() -> None:
         _build_seconds.append(time.perf_counter() - t0)
         return cache
 
-    distill._trainer_class = timed_trainer_class
+    distill_stage.trainer_class = timed_trainer_class
     teacher_cache.build = timed_build
 
 
@@ -212,12 +221,16 @@ def stage_for(cfg: Config, args: argparse.Namespace) -> DistillStageConfig:
 # --------------------------------------------------------------------------------------------
 
 
-def run_pseudocot(cfg: Config, stage: DistillStageConfig, mode: str, out: Path, teacher_path: str) -> dict[str, Any]:
+def run_pseudocot(cfg: Config, stage: DistillStageConfig, mode: str, out: Path, teacher_path: Path) -> dict[str, Any]:
+    """One distillation stage into `out`, which must be a fresh folder: a stage whose folder already
+    holds metrics under the current key would be skipped, not trained."""
     global _timer
     _timer = LoopTimer()
     cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, mode=mode))
     builds_before = len(_build_seconds)
-    metrics = distill.train_stage(cfg, stage, out, teacher_path, ModelSpec(path=teacher_path), force=True)
+    if out.exists():
+        shutil.rmtree(out)
+    metrics = distill_stage.train_stage(cfg, stage, out, teacher_path, ModelSpec(path=str(teacher_path)))
     result = _timer.result() | {"val_loss": metrics["val_loss"], "teacher_forwards": metrics["teacher_forwards"],
                                 "train_seconds": metrics["train_seconds"]}
     if mode == "cached":
@@ -305,9 +318,9 @@ def check_loss(teacher: Any, student: Any, rows: list[dict[str, Any]], pad_id: i
         s_logits = student(input_ids=ids, attention_mask=mask).logits
         t_logits = teacher(input_ids=ids, attention_mask=mask).logits
         trl_loss = GKDTrainer.generalized_jsd_loss(s_logits[:, :-1], t_logits[:, :-1], labels[:, 1:], beta=0.0)
-        s_hidden = teacher_cache.decoder_hidden(student, ids, mask)
-        t_hidden = teacher_cache.decoder_hidden(teacher, ids, mask)
-        pos = teacher_cache.answer_positions(labels)
+        s_hidden = decoder_hidden(student, ids, mask)
+        t_hidden = decoder_hidden(teacher, ids, mask)
+        pos = answer_positions(labels)
         ours = chunked_distill_loss(
             s_hidden[:, :-1][pos], student.get_output_embeddings().weight, labels[:, 1:][pos],
             teacher_hidden=t_hidden[:, :-1][pos], teacher_lm_head_weight=teacher.get_output_embeddings().weight,
@@ -326,22 +339,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     hf_logging.set_verbosity_error()
     warnings.filterwarnings("ignore")
     _install_hooks()
-    import trl
     import transformers
+    import trl
 
     root = Path(tempfile.mkdtemp(prefix="pseudocot-distill-bench-"))
     try:
         cfg = make_config(args, root)
+        layout = RunLayout.of(cfg)
         log(f"torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
             f"trl {trl.__version__}; run folder {root}")
 
         # 1. Data and tokenizer.
         t0 = time.perf_counter()
         data_stage.main(cfg)
-        tok = load_spec_tokenizer(ModelSpec(preset=args.student_preset), cfg.run_dir)
+        tok = load_spec_tokenizer(ModelSpec(preset=args.student_preset), layout.tokenizer_dir)
         stage = stage_for(cfg, args)
-        examples = read_split(cfg.run_dir / "data" / "train.jsonl", "training data")
-        val_examples = read_split(cfg.run_dir / "data" / "val.jsonl", "validation data")
+        examples = read_split(layout.split("train"), "training data")
+        val_examples = read_split(layout.split("val"), "validation data")
         rows = tokenize_examples(examples, tok, cfg.distill.with_reasoning, cfg.distill.system_prompt, args.max_length)
         val_rows = tokenize_examples(val_examples, tok, cfg.distill.with_reasoning, cfg.distill.system_prompt,
                                      args.max_length)
@@ -363,11 +377,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if ratio < 4:
             raise SystemExit(f"the teacher has only {ratio:.2f}x the student's parameters; pick presets with >= 4x.")
         t0 = time.perf_counter()
-        tm = sft.main(cfg, role="teacher", force=True)
-        teacher_path = str(cfg.run_dir / "teacher")
+        clear(layout, "teacher")  # train from scratch
+        tm = finetune.main(cfg, role="teacher")
+        teacher_path = layout.teacher_dir
+        teacher_spec = ModelSpec(path=str(teacher_path))
         log(f"teacher trained: {tm['steps']} steps in {time.perf_counter() - t0:.1f}s, validation CE "
             f"{tm['val_loss']:.3f} per answer token (uniform would be {math.log(len(tok)):.3f})")
-        teacher = distill.load_teacher(teacher_path, ModelSpec(path=teacher_path), "cpu")
+        teacher = load_teacher(teacher_path, teacher_spec.dtype, teacher_spec.trust_remote_code, "cpu")
         gap = check_loss(teacher, build_model(stage.student, tok, "cpu", args.seed), rows, tok.pad_token_id,
                          cfg.distill.chunk_size)
         log(f"check: TRL generalized_jsd_loss(beta=0) vs pseudocot chunked fkl on one batch: |diff| = {gap:.2e}")
@@ -381,7 +397,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
         for rep in range(args.repeats):
             for mode in MODES:
-                out = cfg.run_dir / "bench" / f"{mode}-{rep}"
+                out = layout.root / "bench" / f"{mode}-{rep}"
                 gc.collect()
                 if mode == "trl":
                     r = run_trl(cfg, stage, out, teacher, tok, dataset, val_rows)
@@ -392,7 +408,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 log(f"  {mode:6s} #{rep}: {r['steps']} steps, {r['tokens']} tokens in {r['loop_seconds']:.2f}s = "
                     f"{r['tokens_per_s']:.0f} tok/s (median step {1000 * statistics.median(r['step_seconds']):.0f} ms), "
                     f"val CE {r['val_loss']:.4f}{extra}")
-                shutil.rmtree(out / "checkpoints", ignore_errors=True)
+                shutil.rmtree(checkpoints_dir(out), ignore_errors=True)
 
         tokens = {r["tokens"] for rs in runs.values() for r in rs}
         steps = {r["steps"] for rs in runs.values() for r in rs}

@@ -18,9 +18,14 @@ Needs a run folder whose base model, Tiny Thought Model and router are trained (
    inputs; since decoding is greedy and the TTM does not read the base model's answers, every
    policy's final answer is one of these (`pseudocot.router.policy`), so never, always, the router
    at its trained threshold, random routing and the digit/'=' heuristic at the router's call
-   rate, and the depth router, are all scored on the same questions. The router is also run live
-   (mode router) on the same questions as a check: `router_live_accuracy` must equal the
-   simulated one.
+   rate, and the depth router, are all scored on the same questions. Each answer is right or
+   wrong by the router task's `Task.is_correct` (`pseudocot.router.labels.outcomes`). The router
+   is also run live (mode router) on the same questions as a check: `router_live_accuracy` must
+   equal the simulated one.
+
+Questions are prompted as the router task prompts them (`task.prompts`, the router stage's and
+evaluation's prompts; for the arith task, the question text). Every path in the run folder comes
+from `pseudocot.layout.RunLayout`; the benchmark only reads the run folder.
 
 Timings take the best of `--repeats` runs (noise from other work only slows a run down), with
 `--threads` torch threads (default 1: on a shared 2-core machine two OpenMP threads wait on each
@@ -60,23 +65,25 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from pseudocot.chat import run_config
-    from pseudocot.data.chat import question_text
     from pseudocot.generate.base import GenerationParams
+    from pseudocot.layout import RunLayout, run_config
     from pseudocot.pipeline import Pipeline, load_pipeline
     from pseudocot.router import policy
-    from pseudocot.router.stage import is_correct, outcomes
-    from pseudocot.train.common import read_split
+    from pseudocot.router.labels import outcomes
+    from pseudocot.tasks import get_task
+    from pseudocot.train.rows import read_split
 
     cfg = run_config(args.run)
+    task_cfg = cfg.router_task()
+    task = get_task(task_cfg.name, **task_cfg.options)
     pipe = load_pipeline(cfg, mode="router")
     router = pipe.router
-    test = read_split(cfg.run_dir / "data" / "test.jsonl", "test questions")
-    out: dict = {"run": str(args.run), "threads": args.threads, "repeats": args.repeats}
+    test = read_split(RunLayout.of(cfg).split("test"), "test questions")
+    out: dict = {"run": str(args.run), "task": task.name, "threads": args.threads, "repeats": args.repeats}
 
     # 1. KV reuse on the base model's re-answers --------------------------------------------------
     speed = test[: args.speed_questions]
-    qs = [(e.id, question_text(e)) for e in speed]
+    qs = list(zip((e.id for e in speed), task.prompts(speed)))
     forced = dataclasses.replace(pipe.cfg, mode="always", max_thoughts=args.thoughts)
     traces = Pipeline(pipe.base, pipe.ttm, forced).run(qs)
     thoughts = [[t.text for t in tr.thoughts] for tr in traces]
@@ -120,14 +127,14 @@ def main(argv: list[str] | None = None) -> dict:
     # 3. Accuracy of every policy on the test questions -------------------------------------------
     n = len(test) if args.questions is None else min(args.questions, len(test))
     exs = test[:n]
-    qs = [(e.id, question_text(e)) for e in exs]
-    gold = {e.id: e.answer for e in exs}
+    qs = list(zip((e.id for e in exs), task.prompts(exs)))
+    by_id = {e.id: e for e in exs}
     M = router.info["max_thoughts"]
     collect = Pipeline(pipe.base, pipe.ttm, dataclasses.replace(pipe.cfg, mode="always", max_thoughts=M), router)
     t0 = time.perf_counter()
     forced_traces = collect.run(qs, collect=True)
     forced_seconds = time.perf_counter() - t0
-    correct, available = outcomes(forced_traces, gold, M)
+    correct, available = outcomes(forced_traces, exs, task, M)
     scores = np.full((n, M), -np.inf)
     for q, tr in enumerate(forced_traces):
         steps = tr.features[: available[q]]
@@ -149,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     live = pipe.run(qs)
     live_seconds = time.perf_counter() - t0
-    live_acc = float(np.mean([is_correct(t.final_answer, gold[t.id]) for t in live]))
+    live_acc = float(np.mean([task.is_correct(t.final_text, by_id[t.id]) for t in live]))
     live_calls = float(np.mean([t.thought_calls for t in live]))
     gain = always.accuracy - never.accuracy
     out.update(

@@ -18,7 +18,6 @@ from pseudocot.config import (
     ConfigError,
     DataConfig,
     SourceConfig,
-    config_hash,
     field_docs,
     from_dict,
     load_config,
@@ -27,6 +26,8 @@ from pseudocot.config import (
     to_yaml,
 )
 from pseudocot.files import atomic_open
+from pseudocot.freshness import digest
+from pseudocot.layout import RunLayout
 
 
 def write(path: Path, text: str) -> Path:
@@ -53,7 +54,7 @@ def test_demo_preset_values():
     # Keys the preset leaves out keep their defaults.
     assert cfg.train.lr == 3e-3
     assert cfg.run.out_dir == "runs"
-    assert cfg.run_dir == Path("runs") / "demo"
+    assert RunLayout.of(cfg).root == Path("runs") / "demo"
 
 
 def test_default_is_demo():
@@ -127,8 +128,8 @@ def test_override_list_index():
 
 
 def test_override_whole_list_and_mapping():
-    cfg = load_config("demo", ["data.arith.step_weights=[1, 2, 3, 4]", "data.sources.0.fields={question: prompt}"])
-    assert cfg.data.arith.step_weights == [1.0, 2.0, 3.0, 4.0]
+    cfg = load_config("demo", ["data.arith.step_weights=[1, 2, 3]", "data.sources.0.fields={question: prompt}"])
+    assert cfg.data.arith.step_weights == [1.0, 2.0, 3.0]
     assert cfg.data.sources[0].fields == {"question": "prompt"}
 
 
@@ -198,7 +199,7 @@ def test_unknown_top_level_section(tmp_path):
     assert "file.yaml:3:" in msg
     assert "'trainer'" in msg
     assert "at the top level" in msg
-    for key in ("run", "data", "tokenizer", "train", "generation"):
+    for key in ("run", "data", "tokenizer", "train", "pipeline", "eval"):
         assert key in msg
 
 
@@ -327,7 +328,7 @@ def _tricky_config() -> Config:
         "data.sources.0.fields={question: 'prompt: text', answer: '#label'}",
         "data.max_train=50",
     ])
-    cfg.generation.stop = ["\n\n", "Question:", "# end", "yes", "'quoted'", "ünïcode"]
+    cfg.pipeline.answer_stop = ["\n\n", "Question:", "# end", "yes", "'quoted'", "ünïcode"]
     return cfg
 
 
@@ -346,7 +347,7 @@ def test_to_yaml_has_docs_as_comments():
     assert "# Peak learning rate.\n  lr: 0.003\n" in text
     assert "#" not in to_yaml(load_config("demo"), comments=False)
     # every field written out, even defaults the preset does not mention
-    assert yaml.safe_load(text)["generation"]["max_new_tokens"] == 96
+    assert yaml.safe_load(text)["eval"]["batch_size"] == 32
 
 
 def _dataclasses_in(tp) -> list[type]:
@@ -373,7 +374,7 @@ def test_every_config_field_has_a_docstring():
     assert missing == []
     # the walk reached the nested sections, including the list item type
     assert {Config, DataConfig, SourceConfig, ArithConfig} <= seen
-    assert len(seen) == 18
+    assert len(seen) == 17
 
 
 def test_save_config_is_atomic_with_normal_permissions(tmp_path):
@@ -400,15 +401,15 @@ def test_save_config_is_atomic_with_normal_permissions(tmp_path):
     assert os.listdir(out.parent) == ["config.yaml"]
 
 
-def test_config_hash():
+def test_digest():
     a, b = load_config("demo"), load_config("demo")
-    h = config_hash(a)
+    h = digest(a)
     assert len(h) == 16 and all(c in "0123456789abcdef" for c in h)
-    assert h == config_hash(a) == config_hash(b)
-    assert config_hash(load_config("demo", ["train.lr=0.002"])) != h
-    assert config_hash(load_config("demo", ["data.sources.0.weight=2"])) != h
+    assert h == digest(a) == digest(b)
+    assert digest(load_config("demo", ["train.lr=0.002"])) != h
+    assert digest(load_config("demo", ["data.sources.0.weight=2"])) != h
     # hash of a section: changes only with that section
-    assert config_hash(a.data) == config_hash(load_config("demo", ["train.lr=0.002"]).data)
-    assert config_hash(a.data) != config_hash(load_config("demo", ["data.seed=1"]).data)
+    assert digest(a.data) == digest(load_config("demo", ["train.lr=0.002"]).data)
+    assert digest(a.data) != digest(load_config("demo", ["data.seed=1"]).data)
     # key order of plain dicts does not matter
-    assert config_hash({"x": 1, "y": 2}) == config_hash({"y": 2, "x": 1})
+    assert digest({"x": 1, "y": 2}) == digest({"y": 2, "x": 1})

@@ -1,7 +1,8 @@
-"""The `eval` stage (`pseudocot.evaluate.runner`): a tiny-model evaluation of never / always / router
-on arith with its results, report and figures; resuming a killed evaluation without answering a
-question twice; shards merged equal to one process; cache keys; the config-driven command with
-models loaded from folders (pipeline, and a base model with a LoRA adapter)."""
+"""The `eval` stage (`pseudocot.stages.eval`, over `pseudocot.evaluate.runner`): a tiny-model
+evaluation of never / always / router on arith with its results, report and figures; resuming a
+killed evaluation without answering a question twice; shards merged equal to one process; cache
+keys; the config-driven command with models loaded from folders (pipeline, and a base model with a
+LoRA adapter)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,17 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from eval_fakes import Killed, arith_data, check_png, eval_config, fake_entries, without_timings
 
+from eval_fakes import Killed, arith_data, check_png, eval_config, fake_entries, without_timings
 from pseudocot.cli import cli
 from pseudocot.config import ArithConfig, PipelineConfig, SystemConfig, load_config
 from pseudocot.data import arith
-from pseudocot.data.example import DataError
-from pseudocot.evaluate import runner
+from pseudocot.errors import ConfigError, DataError
 from pseudocot.evaluate.report import FIGURES
 from pseudocot.evaluate.systems import PipelineSystem, SystemEntry, system_entries
 from pseudocot.generate.hf import HFGenerator
 from pseudocot.pipeline import Pipeline, read_traces
+from pseudocot.stages import eval as eval_stage
 
 SYSTEM_KEYS = {"accuracy", "ci95", "bleu", "rougeL", "faithfulness", "thought_calls_per_question",
                "generated_tokens_per_question", "wall_seconds"}
@@ -56,7 +57,7 @@ def test_tiny_model_eval_never_always_router(trained_tiny, tmp_path):
                                            StepsRouter(examples) if mode == "router" else None))
         return SystemEntry(name=mode, key="tiny", build=build, info={"kind": "pipeline", "mode": mode})
 
-    res = runner.main(cfg, entries=[entry("never"), entry("always"), entry("router")])
+    res = eval_stage.main(cfg, entries=[entry("never"), entry("always"), entry("router")])
     out = tmp_path / "eval"
     saved = json.loads((out / "results.json").read_text())
     assert saved == json.loads(json.dumps(res))
@@ -97,18 +98,18 @@ def test_resume_after_a_kill_answers_only_what_is_missing(arith_tokenizer, tmp_p
     cfg = eval_config(tmp_path, data)  # chunks of 4 questions
     first = {m: [] for m in ("never", "always", "router")}
     with pytest.raises(Killed):  # the always system dies in its second chunk
-        runner.main(cfg, entries=fake_entries(examples, arith_tokenizer, asked=first, fail_after={"always": 6}))
+        eval_stage.main(cfg, entries=fake_entries(examples, arith_tokenizer, asked=first, fail_after={"always": 6}))
     assert not (tmp_path / "eval" / "results.json").exists()
     assert len(first["never"]) == 24 and first["always"] == [e.id for e in examples[:8]] and first["router"] == []
 
     again = {m: [] for m in ("never", "always", "router")}
-    res = runner.main(cfg, entries=fake_entries(examples, arith_tokenizer, asked=again))
+    res = eval_stage.main(cfg, entries=fake_entries(examples, arith_tokenizer, asked=again))
     assert again["never"] == []  # finished before the kill: nothing recomputed
     assert again["always"] == [e.id for e in examples[4:]]  # the killed chunk and the rest
     assert again["router"] == [e.id for e in examples]
 
     # the same numbers as an evaluation that was never interrupted
-    fresh = runner.main(eval_config(tmp_path / "fresh", data), entries=fake_entries(examples, arith_tokenizer))
+    fresh = eval_stage.main(eval_config(tmp_path / "fresh", data), entries=fake_entries(examples, arith_tokenizer))
     assert without_timings(res) == without_timings(fresh)
     assert res["systems"]["always"]["accuracy"] == 1.0 and res["systems"]["never"]["accuracy"] < 1.0
 
@@ -116,18 +117,18 @@ def test_resume_after_a_kill_answers_only_what_is_missing(arith_tokenizer, tmp_p
     def unbuildable():
         raise AssertionError("built a system with nothing to answer")
     entries = [SystemEntry(e.name, e.key, unbuildable, info=e.info) for e in fake_entries(examples, arith_tokenizer)]
-    assert without_timings(runner.main(cfg, entries=entries)) == without_timings(res)
+    assert without_timings(eval_stage.main(cfg, entries=entries)) == without_timings(res)
 
 
 def test_a_row_torn_by_a_kill_is_answered_again(arith_tokenizer, tmp_path):
     examples, data = arith_data(tmp_path, n=8)
     cfg = eval_config(tmp_path, data)
-    res = runner.main(cfg, entries=fake_entries(examples, arith_tokenizer))
+    res = eval_stage.main(cfg, entries=fake_entries(examples, arith_tokenizer))
     part = next((tmp_path / "eval" / "cache").glob("arith-*/always-*/seed-0/part-all.jsonl"))
     lines = part.read_text().splitlines(keepends=True)
     part.write_text("".join(lines[:-1]) + lines[-1][:40])  # killed while writing the last row
     asked = {m: [] for m in ("never", "always", "router")}
-    again = runner.main(cfg, entries=fake_entries(examples, arith_tokenizer, asked=asked))
+    again = eval_stage.main(cfg, entries=fake_entries(examples, arith_tokenizer, asked=asked))
     assert asked == {"never": [], "always": [examples[-1].id], "router": []}
     def content(text):
         return [(r["id"], r["text"], r["reasoning"]) for r in map(json.loads, text.splitlines(keepends=True))]
@@ -140,20 +141,20 @@ def test_shards_then_merge_equal_one_process(arith_tokenizer, tmp_path):
     cfg = eval_config(tmp_path, data)
     asked = {m: [] for m in ("never", "always", "router")}
     entries = fake_entries(examples, arith_tokenizer, asked=asked)
-    assert runner.main(cfg, shard="0/3", entries=entries) is None
+    assert eval_stage.main(cfg, shard="0/3", entries=entries) is None
     assert asked["never"] == [e.id for e in examples[:6]]  # a contiguous block
-    assert runner.main(cfg, shard="1/3", entries=entries) is None
+    assert eval_stage.main(cfg, shard="1/3", entries=entries) is None
     assert not (tmp_path / "eval" / "results.json").exists()
     with pytest.raises(DataError, match=r"incomplete \(arith/never/seed 0: 7 of 20 questions unanswered"):
-        runner.main(cfg, entries=entries, answer=False)
-    merged = runner.main(cfg, shard="2/3", entries=entries)  # the last shard merges
+        eval_stage.main(cfg, entries=entries, answer=False)
+    merged = eval_stage.main(cfg, shard="2/3", entries=entries)  # the last shard merges
     assert sorted(asked["router"]) == sorted(e.id for e in examples)  # every question once
-    single = runner.main(eval_config(tmp_path / "one", data), entries=fake_entries(examples, arith_tokenizer))
+    single = eval_stage.main(eval_config(tmp_path / "one", data), entries=fake_entries(examples, arith_tokenizer))
     assert without_timings(merged) == without_timings(single)
     assert merged["settings"]["shards"] == ["part-0-of-3.jsonl", "part-1-of-3.jsonl", "part-2-of-3.jsonl"]
-    assert without_timings(runner.main(cfg, entries=entries, answer=False)) == without_timings(single)
-    with pytest.raises(Exception, match="is not i/n"):
-        runner.main(cfg, shard="3/3", entries=entries)
+    assert without_timings(eval_stage.main(cfg, entries=entries, answer=False)) == without_timings(single)
+    with pytest.raises(ConfigError, match="shard must be i/n with 0 <= i < n.*got '3/3'"):
+        eval_stage.main(cfg, shard="3/3", entries=entries)
 
 
 def test_cache_keys_follow_settings_and_model_files(tmp_path):
@@ -173,10 +174,10 @@ def test_cache_keys_follow_settings_and_model_files(tmp_path):
     assert keys(load_config("demo", [f"pipeline.base={base}", "pipeline.batch_size=3"])) == before  # batching is not content
     (base / "model.safetensors").write_bytes(b"b" * 1000)  # retrained: same size, other weights
     assert keys(cfg)["never"] != before["never"]
-    with pytest.raises(Exception, match="kind hf needs `model`"):
-        system_entries(load_config("demo", ["eval.systems.0.kind=hf"]))
-    with pytest.raises(Exception, match="kind openai needs `base_url`"):
-        system_entries(load_config("demo", ["eval.systems.0.kind=openai"]))
+    with pytest.raises(ConfigError, match="key 'eval.systems.0.model' is needed for kind hf"):
+        load_config("demo", ["eval.systems.0.kind=hf"])  # the config refuses it before any system is built
+    with pytest.raises(ConfigError, match="key 'eval.systems.0.base_url' and `model` are needed for kind openai"):
+        load_config("demo", ["eval.systems.0.kind=openai"])
 
 
 # ------------------------------------------------------------------------------ from the config, through the CLI
@@ -262,9 +263,9 @@ def test_eval_command_user_errors(tmp_path):
                                      "run `pseudocot data` first or set eval.tasks.0.data.")
     arith_data(tmp_path, n=3)
     result = run("--shard", "2/2", f"eval.tasks.0.data={tmp_path / 'test.jsonl'}")
-    assert result.exit_code == 1 and "shard '2/2' is not i/n" in result.stderr
+    assert result.exit_code == 1 and "--shard must be i/n with 0 <= i < n" in result.stderr and "'2/2'" in result.stderr
     result = run("eval.systems.0.kind=hf", f"eval.tasks.0.data={tmp_path / 'test.jsonl'}")
-    assert result.exit_code == 1 and "eval.systems.0 ('never'): kind hf needs `model`" in result.stderr
+    assert result.exit_code == 1 and "key 'eval.systems.0.model' is needed for kind hf" in result.stderr
     result = run("stray")
     assert result.exit_code == 2 and "'stray' is neither a subcommand" in result.output
 
@@ -274,7 +275,7 @@ def test_sampled_systems_use_every_seed(arith_tokenizer, tmp_path):
     cfg = eval_config(tmp_path, data, seeds=[3, 4])
     entries = fake_entries(examples, arith_tokenizer)
     entries[0].sampled = True  # as a system with temperature > 0
-    res = runner.main(cfg, entries=entries, figures=False)
+    res = eval_stage.main(cfg, entries=entries, figures=False)
     assert res["systems"]["never"]["seeds"] == [3, 4] and res["systems"]["always"]["seeds"] == [3]
     rows = (tmp_path / "eval" / "predictions" / "arith" / "never.jsonl").read_text().splitlines()
     assert [json.loads(r)["seed"] for r in rows] == [3] * 6 + [4] * 6

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
-from pseudocot.config import ArithConfig, GenerationConfig
+from pseudocot.config import ArithConfig
 from pseudocot.data import arith
 from pseudocot.data.chat import messages_for, render
 from pseudocot.generate import Completion, GenerationParams, Generator
@@ -101,7 +99,9 @@ def test_length_limit_and_finish_reason(trained_tiny, prompts, singles):
         else:
             assert c.finish_reason == "length"
             assert c.completion_tokens == limit
-            assert ref.text.startswith(c.text) and len(c.text) < len(ref.text)
+            assert ref.text.startswith(c.text)
+            # Shorter, unless all the full answer had left was its end-of-sequence token (not in the text).
+            assert len(c.text) < len(ref.text) or ref.completion_tokens == limit + 1
     assert reasons == {"stop", "length"}
 
 
@@ -225,22 +225,6 @@ def test_is_a_generator(trained_tiny):
     g = _gen(trained_tiny)
     assert isinstance(g, Generator)
     assert not isinstance(object(), Generator)
-
-
-def test_params_from_config():
-    cfg = GenerationConfig(max_new_tokens=17, temperature=0.7, top_p=0.9, stop=["\n\n", "Q:"], batch_size=8)
-    p = GenerationParams.from_config(cfg)
-    assert (p.max_new_tokens, p.temperature, p.top_p, p.stop) == (17, 0.7, 0.9, ["\n\n", "Q:"])
-    assert p.seed is None and p.logprobs is False
-    p.stop.append("x")
-    assert cfg.stop == ["\n\n", "Q:"], "the params must hold a copy of the stop list"
-    q = GenerationParams.from_config(cfg, seed=5, logprobs=True, max_new_tokens=3)
-    assert (q.seed, q.logprobs, q.max_new_tokens, q.temperature) == (5, True, 3, 0.7)
-    d = GenerationParams.from_config(GenerationConfig())
-    defaults = GenerationParams()
-    assert dataclasses.asdict(d) == dataclasses.asdict(defaults)
-    with pytest.raises(TypeError, match="no field 'max_tokens'"):
-        GenerationParams.from_config(cfg, max_tokens=5)
 
 
 def test_empty_prompt_raises(trained_tiny, prompts):

@@ -21,10 +21,11 @@ from pseudocot.losses import (
     forward_kl,
     jsd,
     reverse_kl,
-    skew_kl,
-    skew_reverse_kl,
+    skew_fkl,
+    skew_rkl,
     topk_logprobs,
 )
+
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -117,11 +118,11 @@ def test_skew_kl_hand_computed_and_limits():
 
     skew_f = sum(kl(p, mix(p, q)) for p, q in zip(TEACHER_PROBS, STUDENT_PROBS)) / 2
     skew_r = sum(kl(q, mix(q, p)) for p, q in zip(TEACHER_PROBS, STUDENT_PROBS)) / 2
-    assert skew_kl(s, t, y, alpha=a).item() == pytest.approx(skew_f, rel=1e-12)
-    assert skew_reverse_kl(s, t, y, alpha=a).item() == pytest.approx(skew_r, rel=1e-12)
-    assert skew_kl(s, t, y, alpha=0.0).item() == pytest.approx(forward_kl(s, t, y).item(), rel=1e-12)
-    assert skew_reverse_kl(s, t, y, alpha=0.0).item() == pytest.approx(reverse_kl(s, t, y).item(), rel=1e-12)
-    assert skew_kl(s, t, y, alpha=1.0).item() == 0.0
+    assert skew_fkl(s, t, y, alpha=a).item() == pytest.approx(skew_f, rel=1e-12)
+    assert skew_rkl(s, t, y, alpha=a).item() == pytest.approx(skew_r, rel=1e-12)
+    assert skew_fkl(s, t, y, alpha=0.0).item() == pytest.approx(forward_kl(s, t, y).item(), rel=1e-12)
+    assert skew_rkl(s, t, y, alpha=0.0).item() == pytest.approx(reverse_kl(s, t, y).item(), rel=1e-12)
+    assert skew_fkl(s, t, y, alpha=1.0).item() == 0.0
 
 
 def test_jsd_hand_computed():
@@ -170,8 +171,8 @@ def test_extra_terms_add_up_in_distill_loss():
         + 0.2 * forward_kl(s, t, y, **kw)
         + 0.3 * reverse_kl(s, t, y, **kw)
         + 0.4 * jsd(s, t, y, beta=0.7, **kw)
-        + 0.5 * skew_kl(s, t, y, alpha=0.2, **kw)
-        + 0.6 * skew_reverse_kl(s, t, y, alpha=0.2, **kw)
+        + 0.5 * skew_fkl(s, t, y, alpha=0.2, **kw)
+        + 0.6 * skew_rkl(s, t, y, alpha=0.2, **kw)
     )
     torch.testing.assert_close(total, expected, rtol=1e-12, atol=0)
 
@@ -241,7 +242,7 @@ def test_teacher_zero_probabilities_count_as_zero():
     per_token = F.kl_div(log_q, F.softmax(t_pad, -1), reduction="none").sum(-1)
     mask = y != -100
     torch.testing.assert_close(forward_kl(s_pad, t_pad, y), per_token[mask].mean())
-    assert torch.isfinite(jsd(s_pad, t_pad, y, beta=0.5)) and torch.isfinite(skew_kl(s_pad, t_pad, y))
+    assert torch.isfinite(jsd(s_pad, t_pad, y, beta=0.5)) and torch.isfinite(skew_fkl(s_pad, t_pad, y))
 
 
 def test_bf16_inputs_give_float32_results():

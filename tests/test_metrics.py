@@ -9,9 +9,18 @@ import math
 import numpy as np
 import pytest
 
-from pseudocot.evaluate.metrics import (accuracy, answer_matches_last_value, arithmetic_statements, bleu,
-                                        bootstrap_means, faithfulness, mcnemar_exact, over_seeds,
-                                        paired_difference, rouge_l)
+from pseudocot.evaluate.metrics import (
+    accuracy,
+    answer_matches_last_value,
+    arithmetic_statements,
+    bleu,
+    bootstrap_means,
+    faithfulness,
+    mcnemar_exact,
+    over_seeds,
+    paired_difference,
+    rouge_l,
+)
 
 
 def loop_bootstrap(values, n_boot, seed):

@@ -10,9 +10,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pseudocot.data.chat import messages_for, render
+from pseudocot.errors import ConfigError, ModelError
 from pseudocot.generate import GenerationParams
 from pseudocot.generate.hf import HFGenerator
-from pseudocot.models.loading import ModelError, load_model, load_tokenizer, resolve_device, resolve_dtype
+from pseudocot.models.loading import load_model, load_tokenizer, resolve_device, resolve_dtype
 from pseudocot.models.tiny import PRESETS, build_tiny_model, count_parameters, tiny_config
 from pseudocot.models.tokenizer import BOS, EOS, PAD, SPECIAL_TOKENS, save_tokenizer, train_tokenizer
 
@@ -105,7 +106,7 @@ def test_tokenizer_save_load_roundtrip(arith_tokenizer, arith_examples, tmp_path
 def test_vocab_size_too_small_raises():
     texts = ["1 + 2 = 3", "The answer is 3."] * 20
     n_base = 256 + len(SPECIAL_TOKENS)
-    with pytest.raises(ValueError, match="vocab_size"):
+    with pytest.raises(ConfigError, match="vocab_size"):
         train_tokenizer(texts, vocab_size=n_base - 1)
     # The smallest allowed size works and has exactly the base alphabet and the special tokens.
     tok = train_tokenizer(texts, vocab_size=n_base)
@@ -150,9 +151,9 @@ def test_presets_grow():
 
 
 def test_unknown_preset_raises(arith_tokenizer):
-    with pytest.raises(ValueError, match="tiny-huge"):
+    with pytest.raises(ConfigError, match="tiny-huge"):
         tiny_config("tiny-huge", arith_tokenizer)
-    with pytest.raises(ValueError, match="tiny-xs"):
+    with pytest.raises(ConfigError, match="tiny-xs"):
         build_tiny_model("tiny-huge", arith_tokenizer)
 
 

@@ -14,8 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from pseudocot.config import SystemConfig
+from pseudocot.errors import EndpointError
 from pseudocot.generate.base import GenerationParams
-from pseudocot.generate.openai import EndpointError, OpenAIGenerator
+from pseudocot.generate.openai import OpenAIGenerator
 
 
 class FakeAPI:
@@ -171,8 +172,7 @@ def test_no_server_is_a_clear_error():
 
 def test_endpoint_system_greedy_and_sampled(tmp_path):
     from eval_fakes import arith_data, eval_config
-
-    from pseudocot.evaluate import runner
+    from pseudocot.stages import eval as eval_stage
 
     examples, data = arith_data(tmp_path, n=10)
     answers = {e.question: (e.answer, int(e.id.rsplit("/", 1)[1])) for e in examples}
@@ -182,7 +182,7 @@ def test_endpoint_system_greedy_and_sampled(tmp_path):
             SystemConfig(name="api", kind="openai", base_url=server.url, model="tiny", parameters=7_000_000_000),
             SystemConfig(name="api-sampled", kind="openai", base_url=server.url, model="tiny", chat=False,
                          temperature=0.7)])
-        res = runner.main(cfg, figures=False)
+        res = eval_stage.main(cfg, figures=False)
     finally:
         server.close()
     greedy, sampled = res["systems"]["api"], res["systems"]["api-sampled"]

@@ -11,6 +11,7 @@ import pytest
 from pseudocot.config import ArithConfig, PipelineConfig
 from pseudocot.data import arith
 from pseudocot.data.chat import final_answer, question_text
+from pseudocot.errors import ConfigError
 from pseudocot.generate import GenerationParams
 from pseudocot.generate.hf import HFGenerator
 from pseudocot.pipeline import Pipeline, Trace, read_traces, write_traces
@@ -173,16 +174,16 @@ def test_trace_contents_and_jsonl_round_trip(trained_tiny, questions, tmp_path):
 def test_bad_setups_raise(trained_tiny):
     model, tok = trained_tiny
     g = HFGenerator(model, tok)
-    with pytest.raises(ValueError, match="needs a router"):
+    with pytest.raises(ConfigError, match="needs a router"):
         Pipeline(g, g, PipelineConfig(mode="router"))
-    with pytest.raises(ValueError, match="Tiny Thought Model"):
+    with pytest.raises(ConfigError, match="Tiny Thought Model"):
         Pipeline(g, None, PipelineConfig(mode="always"))
-    with pytest.raises(ValueError, match="mode"):
+    with pytest.raises(ConfigError, match="mode"):
         Pipeline(g, g, dataclasses.replace(PipelineConfig(), mode="sometimes"))
 
 
 def test_bad_template_names_the_key(trained_tiny):
-    from pseudocot.data.example import DataError
+    from pseudocot.errors import DataError
 
     g = HFGenerator(*trained_tiny)
     pipe = Pipeline(g, g, PipelineConfig(mode="never", base_prompt="{question} {context}"))
@@ -191,7 +192,7 @@ def test_bad_template_names_the_key(trained_tiny):
 
 
 def test_trace_from_dict_rejects_other_rows(tmp_path):
-    from pseudocot.data.example import DataError
+    from pseudocot.errors import DataError
 
     path = tmp_path / "t.jsonl"
     path.write_text('{"id": "a", "question": "q", "mode": "never"}\n{"id": "b", "colour": 1}\n')

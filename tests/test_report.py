@@ -9,11 +9,11 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from eval_fakes import arith_data, check_png, eval_config, fake_entries
 
+from eval_fakes import arith_data, check_png, eval_config, fake_entries
 from pseudocot.cli import cli
-from pseudocot.evaluate import runner
 from pseudocot.evaluate.report import FIGURES, read_results, render_markdown, write_report
+from pseudocot.stages import eval as eval_stage
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def two_runs(arith_tokenizer, tmp_path_factory):
     out = []
     for name, n in (("a", 30), ("b", 20)):
         cfg = eval_config(root / name, data, name=name, max_questions=n)
-        runner.main(cfg, entries=fake_entries(examples, arith_tokenizer, parameters=params))
+        eval_stage.main(cfg, entries=fake_entries(examples, arith_tokenizer, parameters=params))
         out.append(root / name / "eval")
     return out
 

@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 
+from pseudocot.errors import ConfigError
 from pseudocot.router.policy import (
     Outcome,
     choose_threshold,
@@ -130,7 +131,7 @@ def test_curve_hand_example():
     pts = curve(CORRECT, AVAILABLE, SCORES)
     # thresholds: -inf, the 7 distinct finite scores (NaN pad dropped), +inf
     assert [t for t, _ in pts] == pytest.approx([row[0] for row in CURVE])
-    for (t, o), (_, _, acc, calls, rate) in zip(pts, CURVE):
+    for (_, o), (_, _, acc, calls, rate) in zip(pts, CURVE):
         _check(o, acc, calls, rate)
     # the ends are always and never
     _check(pts[0][1], 0.75, ALWAYS_CALLS, 1.0)
@@ -197,7 +198,7 @@ def test_choose_threshold_budget_below_every_point():
 
 
 def test_choose_threshold_rejects_unknown_objective():
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="router.objective"):
         choose_threshold([_pt(0.1, 0.5, 0.5)], "accuracy", 0.0, 0.0)
 
 

@@ -10,8 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from pseudocot.config import load_config
-from pseudocot.data import stage as data_stage
-from pseudocot.router import stage as router_stage
+from pseudocot.layout import RunLayout
+from pseudocot.stages import data as data_stage
+from pseudocot.stages import router as router_stage
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ router: {{train_questions: 60, val_questions: 30, max_epochs: 40, patience: 10, 
 """)
     cfg = load_config(cfg_file)
     data_stage.main(cfg)
-    for folder in (cfg.run_dir / "base", cfg.run_dir / "distill" / "stage-1"):
+    for folder in (RunLayout.of(cfg).base_dir, RunLayout.of(cfg).distill_dir / "stage-1"):
         model.save_pretrained(folder)
         tok.save_pretrained(folder)
     return cfg_file
@@ -42,7 +43,7 @@ router: {{train_questions: 60, val_questions: 30, max_epochs: 40, patience: 10, 
 def test_router_stage_trains_and_saves(run, monkeypatch):
     cfg = load_config(run)
     info = router_stage.main(cfg)
-    out = cfg.run_dir / "router"
+    out = RunLayout.of(cfg).root / "router"
     for name in ("router.json", "router.safetensors", "depth.safetensors", "traces/train-0000.jsonl", "traces/val-0000.jsonl"):
         assert (out / name).is_file(), name
     saved = json.loads((out / "router.json").read_text())
@@ -67,13 +68,13 @@ def test_router_stage_trains_and_saves(run, monkeypatch):
 
 def test_router_stage_resumes_collection_by_chunk(run, monkeypatch, tmp_path):
     cfg = load_config(run)
-    out = cfg.run_dir / "router"
+    out = RunLayout.of(cfg).root / "router"
     router_stage.main(cfg)
     (out / "router.json").unlink()  # as if killed after collecting
     (out / "traces" / "val-0000.jsonl").unlink()  # ... and half-way through validation
     calls = []
     real = router_stage._collect_chunk
-    monkeypatch.setattr(router_stage, "_collect_chunk", lambda pipe, exs, path: (calls.append(path.name), real(pipe, exs, path)))
+    monkeypatch.setattr(router_stage, "_collect_chunk", lambda pipe, prompts, exs, path: (calls.append(path.name), real(pipe, prompts, exs, path)))
     info = router_stage.main(cfg)
     assert calls == ["val-0000"]
     assert (out / "router.json").is_file() and info["validation"]["questions"] == 30
@@ -83,18 +84,19 @@ def test_pipeline_router_mode_matches_simulation(run):
     """The live router run ends where the policy simulation on forced traces says it will."""
     from pseudocot.data.chat import question_text
     from pseudocot.pipeline import load_pipeline
-    from pseudocot.router import policy
-    from pseudocot.train.common import read_split
+    from pseudocot.router import labels, policy
+    from pseudocot.tasks import get_task
+    from pseudocot.train.rows import read_split
 
     cfg = load_config(run)
     router_stage.main(cfg)
     pipe = load_pipeline(cfg)  # mode router by default
-    exs = read_split(cfg.run_dir / "data" / "test.jsonl", "test")
+    exs = read_split(RunLayout.of(cfg).split("test"), "test")
     qs = [(e.id, question_text(e)) for e in exs]
-    gold = {e.id: e.answer for e in exs}
     live = pipe.run(qs)
     forced = load_pipeline(cfg, mode="always").run(qs, collect=True)
-    correct, available = router_stage.outcomes(forced, gold, 2)
+    task = get_task(cfg.router_task().name, **cfg.router_task().options)
+    correct, available = labels.outcomes(forced, exs, task, 2)
     scores = np.full((len(qs), 2), -np.inf)
     for q, t in enumerate(forced):
         if available[q]:
@@ -113,7 +115,7 @@ def test_chat_over_the_run(run):
     cfg = load_config(run)
     router_stage.main(cfg)
     runner = CliRunner()
-    result = runner.invoke(cli, ["chat", "--run", str(cfg.run_dir)],
+    result = runner.invoke(cli, ["chat", "--run", str(RunLayout.of(cfg).root)],
                            input="Mia has 5 apples. She gets 3 more apples. How many apples does Mia have now?\n"
                                  "/mode always\nLeo has 9 coins. He loses 2 coins. How many coins are left?\n/quit\n")
     assert result.exit_code == 0, result.output

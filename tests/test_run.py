@@ -1,4 +1,4 @@
-"""`pseudocot run`'s bookkeeping (`pseudocot.run`) with the stage functions replaced by recorders:
+"""`pseudocot run`'s bookkeeping (`pseudocot.stages.run`) with the stage functions replaced by recorders:
 which stages run, which are skipped, which start from scratch and which resume."""
 
 from __future__ import annotations
@@ -7,25 +7,55 @@ import json
 
 import pytest
 
-from pseudocot import run as run_mod
 from pseudocot.config import load_config
+from pseudocot.freshness import stage_key
+from pseudocot.layout import RunLayout
+from pseudocot.stages import run as run_mod
+
+
+def _fake_outputs(cfg, name):
+    """What a stage writes, as a deterministic stage would: content that depends only on what it
+    reads (its key), so the stages that read it see a change exactly when it was made from other inputs."""
+    layout = RunLayout.of(cfg)
+    made = json.dumps({"made_from": stage_key(cfg, name)})
+    files = {"data": [layout.split(s) for s in ("train", "val", "test")] + [layout.tokenizer_dir / "tokenizer.json"],
+             "teacher": [layout.teacher_dir / "model.safetensors"],
+             "base": [layout.base_dir / "model.safetensors"],
+             "distill": [folder / "model.safetensors" for _, folder in layout.distill_stages()],
+             "router": [layout.router_file],
+             "eval": [layout.results]}[name]
+    for f in files:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(made)
 
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Every (stage, from_scratch) the run asks for; a stage named in `fail` raises instead."""
+    """Every (stage, from_scratch) the run asks for; a stage named in `fail` raises instead. Pass
+    `echo=calls.echo`: from_scratch is read from the run's log line for the stage ("start" or "resume")."""
     class Record(list):
         fail: set[str]
+        lines: list[str]
+        existed: dict[str, bool]
+
+        def echo(self, line: str) -> None:
+            self.lines.append(line)
+
+        def scratch(self, name: str) -> bool:
+            line = next(x for x in reversed(self.lines) if f"stage {name}: " in x and x.endswith(("start", "resume")))
+            return line.endswith("start")
 
     record = Record()
-    record.fail = set()
+    record.fail, record.lines, record.existed = set(), [], {}
     fail = record.fail
 
     def runner(name):
-        def go(cfg, force):
+        def go(cfg):
             if name in fail:
                 raise KeyboardInterrupt(f"killed during {name}")
-            record.append((name, force))
+            record.existed[name] = any(p.exists() for p in RunLayout.of(cfg).stage_outputs(name))
+            record.append((name, record.scratch(name)))
+            _fake_outputs(cfg, name)
             return {}
         return go
 
@@ -38,61 +68,82 @@ def _cfg(tmp_path, *overrides):
 
 
 def test_first_run_runs_every_stage_then_skips(tmp_path, calls):
-    state = run_mod.main(_cfg(tmp_path), echo=lambda s: None)
+    state = run_mod.main(_cfg(tmp_path), echo=calls.echo)
     assert calls == [(s, True) for s in run_mod.STAGES]
     assert all(state[s]["finished"] == state[s]["started"] for s in run_mod.STAGES)
     assert state["wall_seconds"] >= 0
     calls.clear()
-    run_mod.main(_cfg(tmp_path), echo=lambda s: None)
+    run_mod.main(_cfg(tmp_path), echo=calls.echo)
     assert calls == []
     log = (tmp_path / "smoke" / "run.log").read_text()
     assert "stage teacher (2/6): complete for this config, skipped" in log
 
 
 def test_changed_stage_reruns_it_and_what_reads_it(tmp_path, calls):
-    run_mod.main(_cfg(tmp_path), echo=lambda s: None)
+    run_mod.main(_cfg(tmp_path), echo=calls.echo)
     calls.clear()
-    run_mod.main(_cfg(tmp_path, "base.train.max_steps=41"), echo=lambda s: None)
+    run_mod.main(_cfg(tmp_path, "base.train.max_steps=41"), echo=calls.echo)
     assert calls == [("base", True), ("router", True), ("eval", True)]
     calls.clear()
-    run_mod.main(_cfg(tmp_path, "base.train.max_steps=41", "data.arith.n_train=601"), echo=lambda s: None)
+    run_mod.main(_cfg(tmp_path, "base.train.max_steps=41", "data.arith.n_train=601"), echo=calls.echo)
     assert [c[0] for c in calls] == list(run_mod.STAGES)
 
 
 def test_killed_stage_resumes_and_done_ones_are_not_rerun(tmp_path, calls):
     calls.fail.add("distill")
     with pytest.raises(KeyboardInterrupt):
-        run_mod.main(_cfg(tmp_path), echo=lambda s: None)
+        run_mod.main(_cfg(tmp_path), echo=calls.echo)
     assert calls == [("data", True), ("teacher", True)]
     state = json.loads((tmp_path / "smoke" / "run_state.json").read_text())
     assert state["distill"]["finished"] is None and state["distill"]["started"]
     calls.clear()
     calls.fail.clear()
-    run_mod.main(_cfg(tmp_path), echo=lambda s: None)
+    run_mod.main(_cfg(tmp_path), echo=calls.echo)
     # distill resumes from its own checkpoints (not from scratch); data and teacher are not re-run.
     assert calls == [("distill", False), ("base", True), ("router", True), ("eval", True)]
 
 
 def test_force_and_stage_selection(tmp_path, calls):
-    run_mod.main(_cfg(tmp_path), stages=("data", "teacher"), echo=lambda s: None)
+    run_mod.main(_cfg(tmp_path), stages=("data", "teacher"), echo=calls.echo)
     assert calls == [("data", True), ("teacher", True)]
     calls.clear()
-    run_mod.main(_cfg(tmp_path), force=True, stages=("teacher",), echo=lambda s: None)
+    run_mod.main(_cfg(tmp_path), force=True, stages=("teacher",), echo=calls.echo)
     assert calls == [("teacher", True)]
+    assert calls.existed["teacher"] is False  # --force removed the stage's outputs before it ran again
 
 
 def test_keys_chain_through_what_a_stage_reads(tmp_path):
-    a = run_mod.stage_keys(_cfg(tmp_path))
-    b = run_mod.stage_keys(_cfg(tmp_path, "teacher.train.max_steps=41"))
+    def keys(cfg):
+        return {name: stage_key(cfg, name) for name in run_mod.STAGES}
+
+    cfg = _cfg(tmp_path)
+    a = keys(cfg)
+    b = keys(_cfg(tmp_path, "teacher.train.max_steps=41"))
     assert a["data"] == b["data"] and a["base"] == b["base"]
-    assert a["teacher"] != b["teacher"] and a["distill"] != b["distill"] and a["router"] != b["router"]
-    c = run_mod.stage_keys(_cfg(tmp_path, "pipeline.base_prompt='Q: {question}'"))
-    assert c["teacher"] == a["teacher"] and c["base"] != a["base"] and c["router"] != a["router"]
+    assert a["teacher"] != b["teacher"]
+    # Later stages read the teacher's output, not its config: their keys change with its content.
+    assert a["distill"] == b["distill"]
+    teacher = RunLayout.of(cfg).teacher_dir
+    teacher.mkdir(parents=True)
+    (teacher / "model.safetensors").write_bytes(b"weights of another teacher")
+    t = keys(cfg)
+    assert t["teacher"] == a["teacher"] and t["distill"] != a["distill"] and t["base"] == a["base"]
+    c = keys(_cfg(tmp_path, "pipeline.base_prompt='Q: {question}'"))
+    assert c["teacher"] == t["teacher"] and c["base"] != t["base"] and c["router"] != t["router"]
+    # New data: every stage that trains or answers on it.
+    split = RunLayout.of(cfg).split("train")
+    split.parent.mkdir(parents=True)
+    split.write_text("{}\n")
+    d = keys(cfg)
+    assert d["data"] == t["data"] and all(d[s] != t[s] for s in ("teacher", "base", "distill", "router"))
 
 
 class FakeProc:
-    def __init__(self, record, scratch):
-        record.append(("base", scratch))
+    """The base model's process: records itself and writes its output at once."""
+
+    def __init__(self, record, cfg):
+        record.append(("base", record.scratch("base")))
+        _fake_outputs(cfg, "base")
 
     def wait(self):
         return 0
@@ -102,9 +153,9 @@ class FakeProc:
 
 
 def test_parallel_base_starts_with_the_first_teacher_stage_to_run(tmp_path, calls, monkeypatch):
-    monkeypatch.setattr(run_mod, "_subprocess", lambda cfg, name, force, log_dir: FakeProc(calls, force))
     cfg = _cfg(tmp_path, "run.parallel_stages=true")
-    run_mod.main(cfg, echo=lambda s: None)
+    monkeypatch.setattr(run_mod, "_subprocess", lambda layout, name: FakeProc(calls, layout.cfg))
+    run_mod.main(cfg, echo=calls.echo)
     assert calls == [("data", True), ("base", True), ("teacher", True), ("distill", True), ("router", True), ("eval", True)]
     # Killed during distillation: teacher is done, so the base starts again beside distill.
     state = json.loads((tmp_path / "smoke" / "run_state.json").read_text())
@@ -112,5 +163,5 @@ def test_parallel_base_starts_with_the_first_teacher_stage_to_run(tmp_path, call
         state[name]["finished"] = None
     (tmp_path / "smoke" / "run_state.json").write_text(json.dumps(state))
     calls.clear()
-    run_mod.main(cfg, echo=lambda s: None)
+    run_mod.main(cfg, echo=calls.echo)
     assert calls == [("base", False), ("distill", False), ("router", False), ("eval", False)]

@@ -15,13 +15,25 @@ import pytest
 from click.testing import CliRunner
 
 from pseudocot.cli import cli
-from pseudocot.config import ArithConfig, ConfigError
+from pseudocot.config import ArithConfig
 from pseudocot.data import arith as arith_data
 from pseudocot.data.chat import answer_text
-from pseudocot.data.example import DataError, Example
+from pseudocot.data.example import Example
+from pseudocot.errors import ConfigError, DataError
 from pseudocot.tasks import get_task, pick_choice
-from pseudocot.tasks.extract import (GSM8K_MATCH, INVALID, LETTER_MATCH, ExactMatch, answer_line, choice_letter,
-                                     flexible_number, gsm8k_cot_strict, gsm8k_strict, mmlu_first_line, regex_filter)
+from pseudocot.tasks.extract import (
+    GSM8K_MATCH,
+    INVALID,
+    LETTER_MATCH,
+    ExactMatch,
+    answer_line,
+    choice_letter,
+    flexible_number,
+    gsm8k_cot_strict,
+    gsm8k_strict,
+    mmlu_first_line,
+    regex_filter,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MMLU_DIR = FIXTURES / "mmlu"

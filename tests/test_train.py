@@ -26,14 +26,20 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pseudocot.cli import cli
 from pseudocot.config import load_config
-from pseudocot.data import stage as data_stage
 from pseudocot.data.chat import prompt_and_completion
-from pseudocot.data.example import DataError
-from pseudocot.models.loading import ModelError, load_tokenizer
+from pseudocot.errors import ConfigError, DataError, ModelError
+from pseudocot.layout import RunLayout
+from pseudocot.models.loading import load_tokenizer
 from pseudocot.models.tiny import build_tiny_model
 from pseudocot.models.tokenizer import save_tokenizer, train_tokenizer, vocabulary_mismatch
-from pseudocot.train import common, distill, sft, teacher_cache
-from pseudocot.train.common import IGNORE_INDEX, read_split, tokenize_examples
+from pseudocot.stages import data as data_stage
+from pseudocot.stages import distill as distill_stage
+from pseudocot.stages import finetune
+from pseudocot.stages import run as run_stage
+from pseudocot.train import checkpoints, teacher_cache
+from pseudocot.train import distill as distill_train
+from pseudocot.train.rows import IGNORE_INDEX, PadCollator, eval_ce, read_split, tokenize_examples
+from pseudocot.train.setup import training_args
 
 REPO = Path(__file__).resolve().parents[1]
 DDP_SCRIPT = Path(__file__).parent / "ddp" / "distill_writes.py"
@@ -112,8 +118,8 @@ def prepared(tmp_path_factory):
     out = tmp_path_factory.mktemp("prepared")
     cfg = small_config(out)
     data_stage.main(cfg)
-    metrics = sft.main(cfg, "teacher")
-    return SimpleNamespace(out_dir=out, cfg=cfg, run_dir=cfg.run_dir, teacher_metrics=metrics)
+    metrics = finetune.main(cfg, "teacher")
+    return SimpleNamespace(out_dir=out, cfg=cfg, run_dir=RunLayout.of(cfg).root, teacher_metrics=metrics)
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +143,7 @@ def test_finetune_teacher_full_writes_a_loadable_model(prepared, run_tokenizer):
     assert metrics["method"] == "full" and metrics["role"] == "teacher"
     assert metrics["resumed_from"] is None
     assert finite(metrics["val_loss"]) and finite(metrics["train_loss"])
-    assert {k: v for k, v in metrics.items() if k != "config_hash"} == prepared.teacher_metrics
+    assert {k: v for k, v in metrics.items() if k != "key"} == prepared.teacher_metrics
 
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
@@ -145,16 +151,16 @@ def test_finetune_teacher_full_writes_a_loadable_model(prepared, run_tokenizer):
     assert tok.chat_template
     # The saved weights are the trained ones: their validation loss is the one reported.
     val = tokenize_examples(read_split(prepared.run_dir / "data" / "val.jsonl", "val"), tok, True, None, MAX_LENGTH)
-    assert common.eval_ce(model, val, tok.pad_token_id, 8) == pytest.approx(metrics["val_loss"], abs=1e-4)
+    assert eval_ce(model, val, tok.pad_token_id, 8) == pytest.approx(metrics["val_loss"], abs=1e-4)
     # ... and not the untrained initialisation.
     fresh = build_tiny_model("tiny-xs", tok, seed=prepared.cfg.run.seed)
-    assert common.eval_ce(fresh, val, tok.pad_token_id, 8) > metrics["val_loss"] + 0.1
+    assert eval_ce(fresh, val, tok.pad_token_id, 8) > metrics["val_loss"] + 0.1
 
 
 def test_finetune_second_call_is_skipped(prepared):
     out = prepared.run_dir / "teacher"
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()}
-    again = sft.main(prepared.cfg, "teacher")
+    again = finetune.main(prepared.cfg, "teacher")
     assert again["skipped"] is True
     assert again["steps"] == TEACHER_STEPS
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()} == before
@@ -164,18 +170,22 @@ def test_finetune_changed_config_or_force_trains_from_scratch(prepared, tmp_path
     out_dir = copy_run(prepared, tmp_path)
     out = out_dir / prepared.run_dir.name / "teacher"
     original = weights(out)
-    original_hash = read_json(out / "metrics.json")["config_hash"]
+    original_key = read_json(out / "metrics.json")["key"]
 
-    changed = sft.main(small_config(out_dir, "teacher.train.lr=1e-2"), "teacher")
+    changed = finetune.main(small_config(out_dir, "teacher.train.lr=1e-2"), "teacher")
     assert "skipped" not in changed
     # A finished run of another config is no checkpoint to resume: the new config trains from step 0.
     assert changed["resumed_from"] is None
     assert changed["steps"] == TEACHER_STEPS
     retrained = weights(out)
     assert max_weight_diff(original, retrained) > 1e-4
-    assert read_json(out / "metrics.json")["config_hash"] != original_hash
+    assert read_json(out / "metrics.json")["key"] != original_key
 
-    forced = sft.main(small_config(out_dir, "teacher.train.lr=1e-2"), "teacher", force=True)
+    # --force: the stage's outputs are removed first, then it trains again.
+    cfg = small_config(out_dir, "teacher.train.lr=1e-2")
+    run_stage.clear(RunLayout.of(cfg), "teacher")
+    assert not out.exists()
+    forced = finetune.main(cfg, "teacher")
     assert "skipped" not in forced and forced["resumed_from"] is None and forced["steps"] == TEACHER_STEPS
     # Same config, same seed, from scratch: the same weights again.
     assert_same_weights(weights(out), retrained)
@@ -230,23 +240,22 @@ def test_last_checkpoint_passes_over_a_cut_off_checkpoint(tmp_path):
         if state is not None:  # 20: cut off before trainer_state.json, 30: while writing it
             (folder / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
     (folder / "checkpoint-x").mkdir()
-    assert common.last_checkpoint(tmp_path) == str(folder / "checkpoint-10")
-    assert common.last_checkpoint(tmp_path / "nothing") is None
+    assert checkpoints.last_checkpoint(tmp_path) == str(folder / "checkpoint-10")
+    assert checkpoints.last_checkpoint(tmp_path / "nothing") is None
 
 
 def test_resume_checkpoint_drops_checkpoints_of_another_config(tmp_path):
-    stage_a, stage_b = {"lr": 1}, {"lr": 2}
-    assert common.resume_checkpoint(tmp_path, stage_a) is None
+    key_a, key_b = "key-a", "key-b"
+    assert checkpoints.resume_checkpoint(tmp_path, key_a) is None
+    assert (tmp_path / "checkpoints" / "key.txt").read_text().strip() == key_a
     ck = tmp_path / "checkpoints" / "checkpoint-4"
     ck.mkdir()
     (ck / "trainer_state.json").write_text("{}")
-    assert common.resume_checkpoint(tmp_path, stage_a) == str(ck)  # same config: resume
-    assert common.resume_checkpoint(tmp_path, stage_a, force=True) is None  # force: start over
+    assert checkpoints.resume_checkpoint(tmp_path, key_a) == str(ck)  # same key: resume
+    assert ck.exists()
+    assert checkpoints.resume_checkpoint(tmp_path, key_b) is None  # another key: start over
     assert not ck.exists()
-    ck.mkdir()
-    (ck / "trainer_state.json").write_text("{}")
-    assert common.resume_checkpoint(tmp_path, stage_b) is None  # another config: start over
-    assert not ck.exists()
+    assert (tmp_path / "checkpoints" / "key.txt").read_text().strip() == key_b
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,8 +280,8 @@ def test_finetune_lora_adapter_and_merge(prepared, pretrained_folder, run_tokeni
     out_dir = copy_run(prepared, tmp_path, ("data", "tokenizer"))
     cfg = small_config(out_dir, f"base.model.path={pretrained_folder}", "base.method=lora",
                        "base.lora.target_modules=[q_proj,v_proj]", "base.merge=true", "base.train.max_steps=5")
-    metrics = sft.main(cfg, "base")
-    out = cfg.run_dir / "base"
+    metrics = finetune.main(cfg, "base")
+    out = RunLayout.of(cfg).base_dir
     assert metrics["method"] == "lora" and metrics["steps"] == 5 and finite(metrics["val_loss"])
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
     assert not (out / "model.safetensors").exists()
@@ -304,14 +313,14 @@ def test_finetune_lora_adapter_and_merge(prepared, pretrained_folder, run_tokeni
 
 def test_lora_with_a_preset_is_refused(prepared, tmp_path):
     out_dir = copy_run(prepared, tmp_path, ("data", "tokenizer"))
-    cfg = small_config(out_dir, "base.method=lora")
-    assert cfg.base.model.preset and not cfg.base.model.path
-    with pytest.raises(ModelError) as err:
-        sft.main(cfg, "base")
+    assert small_config(out_dir).base.model.preset and not small_config(out_dir).base.model.path
+    # The config refuses it when it is loaded, before any stage runs.
+    with pytest.raises(ConfigError) as err:
+        small_config(out_dir, "base.method=lora")
     msg = str(err.value)
     assert "\n" not in msg and msg.endswith(".") and ". " not in msg  # one sentence
-    assert "base.model.path" in msg and "full" in msg
-    assert not (cfg.run_dir / "base").exists()
+    assert "override 'base.method=lora'" in msg and "'base.method'" in msg and "model.path" in msg and "full" in msg
+    assert not (out_dir / prepared.run_dir.name / "base").exists()
 
 
 def test_lora_unknown_target_module_lists_the_linear_layers(prepared, pretrained_folder, tmp_path):
@@ -319,12 +328,12 @@ def test_lora_unknown_target_module_lists_the_linear_layers(prepared, pretrained
     cfg = small_config(out_dir, f"base.model.path={pretrained_folder}", "base.method=lora",
                        "base.lora.target_modules=[q_proj,qkv_proj]")
     with pytest.raises(ModelError) as err:
-        sft.main(cfg, "base")
+        finetune.main(cfg, "base")
     msg = str(err.value)
     assert "qkv_proj" in msg
     for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
         assert name in msg.split("linear layers", 1)[1], name
-    assert not (cfg.run_dir / "base" / "metrics.json").exists()
+    assert not (RunLayout.of(cfg).base_dir / "metrics.json").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
@@ -332,7 +341,7 @@ def test_qlora_on_cpu_needs_cuda(prepared, pretrained_folder, tmp_path):
     out_dir = copy_run(prepared, tmp_path, ("data", "tokenizer"))
     cfg = small_config(out_dir, f"base.model.path={pretrained_folder}", "base.method=qlora")
     with pytest.raises(ModelError, match="CUDA"):
-        sft.main(cfg, "base")
+        finetune.main(cfg, "base")
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,8 +429,8 @@ def test_finetune_resumes_after_sigkill_to_the_same_weights(prepared, tmp_path):
 def test_distill_chain_online(prepared, tmp_path):
     out_dir = copy_run(prepared, tmp_path)
     cfg = small_config(out_dir, "distill.ce_only_baseline=true", "distill.mode=online")
-    run = cfg.run_dir
-    summary = distill.main(cfg)
+    run = RunLayout.of(cfg).root
+    summary = distill_stage.main(cfg)
 
     root = run / "distill"
     for folder in (run / "teacher", root / "stage-1", root / "stage-2", root / "stage-2-ce-only"):
@@ -440,7 +449,8 @@ def test_distill_chain_online(prepared, tmp_path):
     assert s2["teacher"] == str(root / "stage-1")  # stage 2 learns from stage 1's student
     for s in (s1, s2):
         assert s["mode"] == "online" and s["steps"] == STAGE_STEPS and s["resumed_from"] is None
-        assert s["weights"] == {"ce": 0.5, "fkl": 0.5, "rkl": 0.0, "temperature": 1.0}
+        assert s["weights"] == {"ce": 0.5, "fkl": 0.5, "rkl": 0.0, "jsd": 0.0, "skew_fkl": 0.0, "skew_rkl": 0.0,
+                                "temperature": 1.0}
         # Exactly one teacher forward per micro-batch.
         assert s["teacher_forwards"] == s["steps"] * cfg.distill.stages[0].train.grad_accum_steps == STAGE_STEPS
         assert finite(s["val_loss"]) and s["tokens_seen"] > 0
@@ -454,7 +464,7 @@ def test_distill_chain_online(prepared, tmp_path):
 
     # Finished stages are skipped on a second call.
     mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("model.safetensors")}
-    again = distill.main(cfg)
+    again = distill_stage.main(cfg)
     assert [s.get("skipped") for s in again["stages"]] == [True, True]
     assert again["ce_only_baseline"].get("skipped") is True
     assert {p: p.stat().st_mtime_ns for p in root.rglob("model.safetensors")} == mtimes
@@ -469,9 +479,9 @@ def test_student_hidden_states_are_kept_only_inside_the_loss(prepared, run_token
     student = build_tiny_model("tiny-xs", tok, seed=0)
     teacher = build_tiny_model("tiny-xs", tok, seed=1).eval().requires_grad_(False)
     rows = tokenize_examples(read_split(prepared.run_dir / "data" / "train.jsonl", "test")[:4], tok, True, None, MAX_LENGTH)
-    collate = common.PadCollator(tok.pad_token_id, keep_index=True)
-    args = common.training_args(TrainConfig(max_steps=1, batch_size=2), tmp_path, 0, "cpu", has_eval=False)
-    trainer = distill._trainer_class()(model=student, args=args, train_dataset=rows, data_collator=collate,
+    collate = PadCollator(tok.pad_token_id, keep_index=True)
+    args = training_args(TrainConfig(max_steps=1, batch_size=2), tmp_path, 0, "cpu", has_eval=False)
+    trainer = distill_train.trainer_class()(model=student, args=args, train_dataset=rows, data_collator=collate,
                                        processing_class=tok, teacher=teacher, stage=DistillStageConfig(), chunk_size=None)
     batch = collate(rows[:2])
     with torch.no_grad():
@@ -480,7 +490,7 @@ def test_student_hidden_states_are_kept_only_inside_the_loss(prepared, run_token
     loss = trainer.compute_loss(student, batch)
     assert torch.isfinite(loss) and loss.requires_grad
     assert trainer._hidden == [] and trainer.teacher_forwards == 1
-    common.eval_ce(student, rows, tok.pad_token_id, batch_size=2)
+    eval_ce(student, rows, tok.pad_token_id, batch_size=2)
     assert trainer._hidden == []
 
 
@@ -488,16 +498,16 @@ def test_distill_online_teacher_forwards_with_grad_accum(prepared, tmp_path):
     out_dir = copy_run(prepared, tmp_path)
     cfg = small_config(out_dir, one_stage(3, grad_accum_steps=2), "distill.ce_only_baseline=false")
     calls = []
-    original = teacher_cache.decoder_hidden
+    original = distill_train.decoder_hidden  # what the online trainer runs the teacher with
 
     def counting(lm, *a, **kw):
         calls.append(lm)
         return original(lm, *a, **kw)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(teacher_cache, "decoder_hidden", counting)
+    mp.setattr(distill_train, "decoder_hidden", counting)
     try:
-        summary = distill.main(cfg)
+        summary = distill_stage.main(cfg)
     finally:
         mp.undo()
     (s,) = summary["stages"]
@@ -514,7 +524,7 @@ def test_distill_online_teacher_forwards_with_grad_accum(prepared, tmp_path):
 def test_distill_cached_teacher(prepared, run_tokenizer, tmp_path, monkeypatch):
     out_dir = copy_run(prepared, tmp_path)
     cfg = small_config(out_dir, "distill.mode=cached", "distill.top_k=8", one_stage(3), "distill.ce_only_baseline=false")
-    run = cfg.run_dir
+    run = RunLayout.of(cfg).root
     stage_dir = run / "distill" / "stage-1"
     cache_dir = stage_dir / "teacher_cache"
 
@@ -536,8 +546,9 @@ def test_distill_cached_teacher(prepared, run_tokenizer, tmp_path, monkeypatch):
         return real_hidden(*a, **kw)
 
     monkeypatch.setattr(teacher_cache, "build", counting_build)
-    monkeypatch.setattr(teacher_cache, "decoder_hidden", counting_hidden)
-    summary = distill.main(cfg)
+    monkeypatch.setattr(teacher_cache, "decoder_hidden", counting_hidden)  # the cache build's teacher forwards
+    monkeypatch.setattr(distill_train, "decoder_hidden", counting_hidden)  # the online trainer's (none here)
+    summary = distill_stage.main(cfg)
     (s,) = summary["stages"]
     assert builds == [8]
     assert s["mode"] == "cached" and s["teacher_forwards"] == 0 and s["steps"] == 3 and finite(s["val_loss"])
@@ -571,7 +582,8 @@ def test_distill_cached_teacher(prepared, run_tokenizer, tmp_path, monkeypatch):
     assert torch.allclose(full.gather(1, ids), lp, atol=1e-5)
     assert torch.all(lp[:, :-1] >= lp[:, 1:])  # sorted, most likely first
 
-    # A forced re-run reuses the cache: no rebuild, shards untouched.
+    # The stage trained again under another key (other training settings, the same rows and teacher)
+    # reuses the cache: no rebuild, shards untouched.
     mtimes = {p.name: p.stat().st_mtime_ns for p in cache_dir.iterdir()}
 
     def no_build(*a, **kw):
@@ -579,8 +591,10 @@ def test_distill_cached_teacher(prepared, run_tokenizer, tmp_path, monkeypatch):
 
     monkeypatch.setattr(teacher_cache, "build", no_build)
     monkeypatch.setattr(teacher_cache, "decoder_hidden", no_teacher_forward)
-    monkeypatch.setattr(distill, "load_teacher", no_teacher_forward)  # the teacher is not even loaded
-    again = distill.main(cfg, force=True)
+    monkeypatch.setattr(distill_train, "decoder_hidden", no_teacher_forward)
+    monkeypatch.setattr(distill_stage, "load_teacher", no_teacher_forward)  # the teacher is not even loaded
+    again = distill_stage.main(small_config(out_dir, "distill.mode=cached", "distill.top_k=8", one_stage(3, lr=0.002),
+                                            "distill.ce_only_baseline=false"))
     assert "skipped" not in again["stages"][0] and again["stages"][0]["teacher_forwards"] == 0
     assert {p.name: p.stat().st_mtime_ns for p in cache_dir.iterdir()} == mtimes
 
@@ -589,7 +603,7 @@ def test_distill_cached_teacher(prepared, run_tokenizer, tmp_path, monkeypatch):
     monkeypatch.setattr(teacher_cache, "build", counting_build)
     builds.clear()
     cfg4 = small_config(out_dir, "distill.mode=cached", "distill.top_k=4", one_stage(3), "distill.ce_only_baseline=false")
-    distill.main(cfg4)
+    distill_stage.main(cfg4)
     assert builds == [4]
     meta4 = read_json(cache_dir / "cache.json")
     assert meta4["k"] == 4 and meta4["key"] != meta["key"]
@@ -598,7 +612,7 @@ def test_distill_cached_teacher(prepared, run_tokenizer, tmp_path, monkeypatch):
     assert torch.allclose(lp4, lp[:, :4], atol=1e-5)
 
     builds.clear()
-    distill.main(small_config(out_dir, "distill.mode=cached", "distill.top_k=4", one_stage(3), "train.max_length=64",
+    distill_stage.main(small_config(out_dir, "distill.mode=cached", "distill.top_k=4", one_stage(3), "train.max_length=64",
                               "distill.ce_only_baseline=false"))
     assert builds == [4]  # other token rows (shorter max_length): rebuilt
     assert read_json(cache_dir / "cache.json")["key"] != meta4["key"]
@@ -624,16 +638,16 @@ def test_distill_stops_on_a_tokenizer_mismatch_before_loading_weights(prepared, 
     def forbidden(*a, **kw):
         raise AssertionError("weights loaded before the tokenizer check")
 
-    monkeypatch.setattr(distill, "load_teacher", forbidden)
-    monkeypatch.setattr(distill, "trainable_model", forbidden)
+    monkeypatch.setattr(distill_stage, "load_teacher", forbidden)
+    monkeypatch.setattr(distill_stage, "trainable_model", forbidden)
     cfg = small_config(out_dir, f"distill.teacher.path={foreign}", one_stage(2))
     with pytest.raises(ModelError) as err:
-        distill.main(cfg)
+        distill_stage.main(cfg)
     msg = str(err.value)
     assert str(foreign) in msg and "preset:tiny-xs" in msg
     assert f"{len(other)} vs {len(run_tokenizer)}" in msg
     assert "\n" not in msg
-    assert not (cfg.run_dir / "distill" / "stage-1" / "metrics.json").exists()
+    assert not (RunLayout.of(cfg).distill_dir / "stage-1" / "metrics.json").exists()
 
 
 def _swap_token_ids(tok, a: str, b: str):
@@ -744,7 +758,7 @@ def test_inherit_train(tmp_path):
     f.write_text(
         "train: {lr: 0.005, max_steps: 7, batch_size: 3, max_length: 77}\n"
         "teacher:\n  model: {preset: tiny-xs}\n  train: {max_steps: 11, lr: 0.001}\n"
-        "base:\n  model: {preset: tiny-xs}\n"
+        "base:\n  model: {preset: tiny-xs}\n  method: full\n"
         "distill:\n  stages:\n"
         "    - student: {preset: tiny-xs}\n      train: {batch_size: 5}\n"
         "    - student: {preset: tiny-xs}\n"
@@ -812,4 +826,4 @@ def test_cli_finetune_and_distill(prepared, tmp_path):
     # A user error is one line on stderr and exit code 1.
     result = runner.invoke(cli, ["finetune", *common_args, "base.method=lora"])
     assert result.exit_code == 1
-    assert result.output.strip().startswith("error: base.method=lora needs a pretrained base.model.path")
+    assert result.output.strip().startswith("error: override 'base.method=lora': key 'base.method' lora needs a pretrained model.path")

@@ -15,19 +15,9 @@ from typing import Any
 
 import click
 
-from pseudocot.config import load_config
-from pseudocot.data.example import DataError
-
-MODES = ("never", "always", "router", "depth")
-
-
-def run_config(run_dir: Path, overrides: tuple[str, ...] = ()) -> Any:
-    """The run's saved config, pointed at `run_dir` wherever the folder now is."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise DataError(f"{path}: no run config here; pass a run folder (runs/<name>) made by `pseudocot` stages.")
-    where = (f"run.out_dir={run_dir.resolve().parent}", f"run.name={run_dir.name}")
-    return load_config(path, (*where, *overrides))
+from pseudocot.errors import PseudocotError
+from pseudocot.layout import RunLayout, has_model, run_config
+from pseudocot.pipeline import MODES
 
 
 def _printer(echo: Callable[[str], None], threshold: float | None) -> Callable[[str, Any], None]:
@@ -46,21 +36,22 @@ def _printer(echo: Callable[[str], None], threshold: float | None) -> Callable[[
 
 def chat_loop(run_dir: Path, mode: str | None, overrides: tuple[str, ...] = (), read: Callable[[str], str] = input,
               echo: Callable[[str], None] = click.echo) -> None:
-    from pseudocot.pipeline import load_pipeline, run_models
+    from pseudocot.models.loading import set_threads
+    from pseudocot.pipeline import load_pipeline
 
     cfg = run_config(run_dir, overrides)
+    set_threads(cfg.run.threads)
+    layout = RunLayout.of(cfg)
     if mode is None:
-        mode = "router" if run_models(cfg).router is not None else "always"
+        mode = "router" if layout.router is not None else "always"
         if mode == "always":
-            echo(f"(no router in {run_dir / 'router'}: the TTM thinks {cfg.pipeline.max_thoughts} times; train one with `pseudocot router`)")
+            echo(f"(no router in {layout.router_dir}: the TTM thinks {cfg.pipeline.max_thoughts} times; train one with `pseudocot router`)")
     echo(f"loading {run_dir} ...")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one line per model is noise in a chat
-    where = run_models(cfg)
-    pipe = load_pipeline(cfg, mode=mode, need_router=mode in ("router", "depth") or where.router is not None,
-                         need_ttm=where.ttm is not None and any((where.ttm / f).is_file()
-                                                                for f in ("config.json", "adapter_config.json")))
+    pipe = load_pipeline(cfg, mode=mode, need_router=mode in ("router", "depth") or layout.router is not None,
+                         need_ttm=has_model(layout.ttm))
     echo(f"mode {mode}, at most {pipe.cfg.max_thoughts} thoughts. Ask a question; /mode MODE switches, /quit leaves.")
     for n in itertools.count():
         try:
@@ -92,10 +83,10 @@ def chat_loop(run_dir: Path, mode: str | None, overrides: tuple[str, ...] = (), 
         threshold = pipe.cfg.threshold if pipe.cfg.threshold is not None else getattr(pipe.router, "threshold", None)
         try:
             (trace,) = pipe.run([(f"chat-{n}", text)], on_event=_printer(echo, threshold))
-        except (ValueError, DataError) as e:  # e.g. a question longer than the model's context
+        except PseudocotError as e:  # e.g. a question longer than the model's context
             echo(f"error: {e}")
             continue
-        tokens = sum(a.tokens for a in trace.answers) + sum(t.tokens for t in trace.thoughts)
+        tokens = sum(trace.tokens.values())
         echo(click.style(f"= {trace.final_text.strip()}", bold=True)
              + click.style(f"   ({trace.thought_calls} thought{'' if trace.thought_calls == 1 else 's'}, {tokens} tokens, {trace.seconds:.2f} s, "
                            f"stopped: {trace.stop_reason})", dim=True))

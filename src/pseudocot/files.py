@@ -6,7 +6,6 @@ A killed process leaves either the old file or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -56,24 +55,3 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def folder_fingerprint(path: str | os.PathLike[str] | None) -> str | None:
-    """A content fingerprint of a model folder's top-level files: names, sizes, and the first and last
-    MiB of each (so a retrained model of the same shape is told apart without reading gigabytes)."""
-    if path is None:
-        return None
-    p = Path(path)
-    if not p.exists():
-        return f"missing:{p}"
-    h = hashlib.sha256()
-    files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
-    for f in files:
-        size = f.stat().st_size
-        h.update(f"{f.name}\0{size}\0".encode())
-        with f.open("rb") as fh:
-            h.update(fh.read(1 << 20))
-            if size > 2 << 20:
-                fh.seek(-(1 << 20), os.SEEK_END)
-                h.update(fh.read())
-    return h.hexdigest()[:16]

@@ -22,17 +22,37 @@ the chat and the report read.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from pseudocot.config import Config, PipelineConfig
-from pseudocot.data.example import DataError
+from pseudocot.config.schema import Config, Mode, PipelineConfig
 from pseudocot.data.chat import base_messages, final_answer, render, ttm_prompt
+from pseudocot.errors import ConfigError, DataError, ModelError
 from pseudocot.generate.base import Completion, GenerationParams, Generator, SessionGenerator
+from pseudocot.layout import RunLayout, has_model
 
-MODES = ("never", "always", "router", "depth")
+MODES = typing.get_args(Mode)
+"""never, always, router, depth (the config schema's choices)."""
+
+
+class RouterPolicy(Protocol):
+    """What the pipeline asks of a router (`pseudocot.router.model.Router` is one)."""
+
+    features: list[str]
+    """Which router inputs it reads (`router.features`): the pipeline asks the base for hidden states only if listed."""
+    threshold: float
+    """Continue while the score is at least this (`pipeline.threshold` overrides it)."""
+
+    def score(self, steps: Sequence[StepInput]) -> list[float]:
+        """Probability, per answer, that another thought turns it right."""
+        ...
+
+    def depth(self, prompts: Sequence[str], base: Generator, sessions: Sequence[Any] | None, max_thoughts: int) -> list[int]:
+        """Thoughts to write before the one answer, per question prompt (mode depth)."""
+        ...
 
 
 @dataclass
@@ -92,11 +112,16 @@ class Trace:
     def final_text(self) -> str:
         return self.answers[-1].text if self.answers else ""
 
+    @property
+    def tokens(self) -> dict[str, int]:
+        """Generated tokens per model: `base` (every answer) and `ttm` (every thought)."""
+        return {"base": sum(a.tokens for a in self.answers), "ttm": sum(t.tokens for t in self.thoughts)}
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("features")
         d["thought_calls"] = self.thought_calls
-        d["tokens"] = {"base": sum(a.tokens for a in self.answers), "ttm": sum(t.tokens for t in self.thoughts)}
+        d["tokens"] = self.tokens
         d["final_text"] = self.final_text
         return d
 
@@ -122,16 +147,12 @@ class StepInput:
 class Pipeline:
     """Base `Generator` + TTM `Generator` + router, answering batches of questions."""
 
-    def __init__(self, base: Generator, ttm: Generator | None, cfg: PipelineConfig, router: Any = None,
+    def __init__(self, base: Generator, ttm: Generator | None, cfg: PipelineConfig, router: RouterPolicy | None = None,
                  base_tokenizer: Any = None, ttm_tokenizer: Any = None) -> None:
-        if cfg.mode not in MODES:
-            raise ValueError(f"pipeline.mode must be one of {', '.join(MODES)}, got {cfg.mode!r}.")
         if cfg.mode != "never" and ttm is None:
-            raise ValueError(f"pipeline.mode={cfg.mode} needs a Tiny Thought Model.")
+            raise ConfigError(f"pipeline.mode={cfg.mode} needs a Tiny Thought Model; set pipeline.ttm or train one with `pseudocot distill`.")
         if cfg.mode in ("router", "depth") and router is None:
-            raise ValueError(f"pipeline.mode={cfg.mode} needs a router; train one with `pseudocot router`.")
-        if cfg.max_thoughts < 0:
-            raise ValueError("pipeline.max_thoughts must be at least 0.")
+            raise ConfigError(f"pipeline.mode={cfg.mode} needs a router; train one with `pseudocot router`.")
         self.base, self.ttm, self.cfg, self.router = base, ttm, cfg, router
         self._batches = 0  # numbers each batch's sessions
         self.base_tokenizer = base_tokenizer if base_tokenizer is not None else getattr(base, "tokenizer", None)
@@ -328,39 +349,12 @@ def read_traces(path: Any) -> list[Trace]:
     return out
 
 
-@dataclass
-class RunModels:
-    """Where a run's pipeline models live."""
-
-    base: Path
-    ttm: Path | None
-    router: Path | None
-
-
-def run_models(cfg: Config) -> RunModels:
-    """The run's base model (merged/ when written), its last distillation stage as TTM and its router,
-    or the folders `pipeline.base/ttm/router` name instead."""
-    run = cfg.run_dir
-    p = cfg.pipeline
-    if p.base:
-        base = Path(p.base)
-    else:
-        base = run / "base" / "merged" if (run / "base" / "merged" / "config.json").is_file() else run / "base"
-    ttm: Path | None = Path(p.ttm) if p.ttm else None
-    if ttm is None and cfg.distill.stages:
-        from pseudocot.train.distill import stage_names
-
-        ttm = run / "distill" / stage_names(cfg)[-1]
-    router = Path(p.router) if p.router else run / "router"
-    return RunModels(base, ttm, router if (router / "router.json").is_file() else None)
-
-
-def _local_generator(folder: Path, what: str, cfg: Config) -> Any:
+def _local_generator(folder: Path | None, what: str, cfg: Config) -> Any:
     from pseudocot.generate.hf import HFGenerator
-    from pseudocot.models.loading import ModelError, load_tokenizer
+    from pseudocot.models.loading import load_tokenizer
     from pseudocot.models.lora import load_trained
 
-    if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
+    if not has_model(folder):
         raise ModelError(f"{folder}: no {what} model here; train it first (see `pseudocot --help`) or set pipeline.{what}.")
     model = load_trained(folder, device=cfg.run.device)
     model.eval()
@@ -370,24 +364,25 @@ def _local_generator(folder: Path, what: str, cfg: Config) -> Any:
 
 def load_pipeline(cfg: Config, mode: str | None = None, need_router: bool | None = None,
                   need_ttm: bool | None = None) -> Pipeline:
-    """The run's Pseudo-CoT system in `mode` (default: `pipeline.mode`), built from local folders;
-    `need_ttm` / `need_router` load those even when the mode does not use them (to switch later)."""
+    """The run's Pseudo-CoT system in `mode` (default: `pipeline.mode`), built from local folders
+    (`RunLayout`: the run's own, or those `pipeline.base/ttm/router` name); `need_ttm` /
+    `need_router` load those even when the mode does not use them (to switch later)."""
     import dataclasses
 
+    from pseudocot.router.model import Router
+
     pcfg = dataclasses.replace(cfg.pipeline, mode=mode or cfg.pipeline.mode)
-    where = run_models(cfg)
-    base = _local_generator(where.base, "base", cfg)
+    layout = RunLayout.of(cfg)
+    base = _local_generator(layout.base, "base", cfg)
     ttm = None
     if pcfg.mode != "never" or need_router or need_ttm:
-        if where.ttm is None:
-            raise DataError("the config has no distillation stages, so there is no Tiny Thought Model; set pipeline.ttm.")
-        ttm = _local_generator(where.ttm, "ttm", cfg)
+        if layout.ttm is None:
+            raise ConfigError("the config has no distillation stages, so there is no Tiny Thought Model; set pipeline.ttm.")
+        ttm = _local_generator(layout.ttm, "ttm", cfg)
     router = None
     if pcfg.mode in ("router", "depth") or need_router:
-        from pseudocot.router.model import Router
-
-        if where.router is None:
-            raise DataError(f"{cfg.run_dir / 'router'}: no trained router; run `pseudocot router` first or set pipeline.router.")
-        router = Router.load(where.router)
+        if layout.router is None:
+            raise ModelError(f"{layout.router_dir}: no trained router; run `pseudocot router` first or set pipeline.router.")
+        router = Router.load(layout.router)
         pcfg = dataclasses.replace(pcfg, max_thoughts=router.info.get("max_thoughts", pcfg.max_thoughts))
     return Pipeline(base, ttm, pcfg, router)

@@ -83,7 +83,7 @@ def main() -> None:
     atexit.register(dump)
 
     from pseudocot.config import load_config
-    from pseudocot.train import distill
+    from pseudocot.stages import distill
 
     cfg = load_config(config_file, overrides)
     summary = distill.main(cfg)

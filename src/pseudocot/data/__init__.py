@@ -1,6 +1,6 @@
 """Data: the `Example` schema, JSONL I/O with FILE:LINE errors, loaders, the built-in `arith` task,
-chat rendering and stratified mixing. The `data` stage lives in `pseudocot.data.stage`."""
+chat rendering, stratified mixing and a run's splits. The `data` stage is `pseudocot.stages.data`."""
 
-from pseudocot.data.example import DataError, Example
+from pseudocot.data.example import Example
 
-__all__ = ["DataError", "Example"]
+__all__ = ["Example"]

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pseudocot.data.example import CHOICE_LETTERS, DataError, Example
+from pseudocot.data.example import CHOICE_LETTERS, Example
+from pseudocot.errors import DataError
 
 ANSWER_PREFIX = "The answer is"
 

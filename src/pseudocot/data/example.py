@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-
-class DataError(ValueError):
-    """A data problem the user can fix; the message starts with `FILE:LINE:` where there is one."""
+from pseudocot.errors import DataError
 
 
 @dataclass

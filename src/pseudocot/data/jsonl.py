@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pseudocot.data.example import DataError, Example
+from pseudocot.data.example import Example
+from pseudocot.errors import DataError
 from pseudocot.files import atomic_open
 
 

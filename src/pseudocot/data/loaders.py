@@ -17,8 +17,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pseudocot.data.example import CHOICE_LETTERS, DataError, Example
+from pseudocot.data.example import CHOICE_LETTERS, Example
 from pseudocot.data.jsonl import ReadResult, collect, iter_json_lines
+from pseudocot.errors import DataError
 
 _CALC_NOTE = re.compile(r"<<[^>]*>>")
 _GSM8K_GOLD = re.compile(r"^-?[0-9][0-9,]*(\.[0-9]+)?$")

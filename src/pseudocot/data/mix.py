@@ -13,7 +13,7 @@ import random
 from collections.abc import Sequence
 from typing import TypeVar
 
-from pseudocot.data.example import DataError
+from pseudocot.errors import DataError
 
 T = TypeVar("T")
 

@@ -4,9 +4,11 @@ faithfulness, cost) and a report.
 - `metrics`: the pure functions; `score`: scoring given predictions without a model;
 - `systems`: what answers questions (the pipeline in a mode, a local model with or without a LoRA
   adapter, an OpenAI-compatible endpoint); `cache`: their answers on disk, resumable and shardable;
-- `runner`: the `eval` stage and the results.json schema; `results`: metrics per system and the
-  paired comparisons; `report` and `figures`: report.md, CSV, JSON and PNG figures;
-- `cli`: the `pseudocot eval` commands.
+- `runner`: running an evaluation (answer, check, build results) and the results.json schema;
+  `results`: metrics per system and the paired comparisons; `report` and `figures`: report.md,
+  CSV, JSON and PNG figures.
+
+The `eval` stage is `pseudocot.stages.eval`; the `pseudocot eval` commands are `pseudocot.cli.eval`.
 
     pseudocot eval --config demo [--shard i/n]
     pseudocot eval merge --config demo

@@ -3,6 +3,8 @@
     <eval>/cache/<task>-<task key>/<system>-<system key>/seed-<s>/part-<i>-of-<n>.jsonl
     <eval>/cache/systems/<system>-<system key>.json       parameter counts, written when it was built
 
+(the folders are `layout.EvalLayout`'s `answers` and `system_meta`; this module owns the parts.)
+
 One JSONL row per answered question (`Response` fields plus `seed` and `wall_seconds`, the
 question's share of its chunk's wall time). A process appends a chunk's rows and fsyncs them before
 it starts the next chunk, so a killed evaluation loses at most the chunk it was in; a row cut off
@@ -17,18 +19,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pseudocot.data.example import DataError
+from pseudocot.errors import DataError
 from pseudocot.files import atomic_write_text
-
-
-def safe_name(name: str) -> str:
-    """A task or system name as a folder name (`mmlu:college_mathematics` -> `mmlu_college_mathematics`)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "x"
 
 
 def part_name(shard: tuple[int, int] | None) -> str:

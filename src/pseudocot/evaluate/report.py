@@ -23,8 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pseudocot.data.example import DataError
+from pseudocot.errors import DataError
 from pseudocot.files import atomic_write_text
+from pseudocot.layout import EvalLayout
 
 FIGURES = ("accuracy.png", "accuracy_vs_parameters.png", "thought_calls.png")
 
@@ -38,7 +39,7 @@ def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A results.json, checked enough that the report can read it."""
     path = Path(path)
     if path.is_dir():
-        path = path / "results.json"
+        path = EvalLayout(path).results
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -156,7 +157,8 @@ def _opening(results: Sequence[dict[str, Any]], rows: list[dict[str, Any]], comp
                 "seeds; the others decoded greedily, so one generation stands for every seed." if sampled else
                 "Every system decoded greedily, so one generation per system stands for every seed.")
     setup = "".join(r.get("setup", "") + " " for r in results[:1] if r.get("setup"))
-    text = (f"{setup}{'It compares ' if setup else ''}{len(systems)} systems ({', '.join(systems)}) on {task_text}. Accuracy is the share of questions whose "
+    text = (f"{setup}{'It compares ' if setup else ''}{len(systems)} systems ({', '.join(systems)}) on {task_text}. "
+            f"Accuracy is the share of questions whose "
             f"extracted answer equals the reference, with a 95% percentile bootstrap interval over questions "
             f"({n_boot:,} resamples). {decoding}")
     # The headline: the primary task of the first file, against its first system.
@@ -265,15 +267,15 @@ def write_report(results: Sequence[dict[str, Any]], out: str | os.PathLike[str],
     if figures:
         from pseudocot.evaluate.figures import draw_all
 
-        made = draw_all(rows, out / "figures")
-        written.update({f: out / "figures" / f for f in made})
+        made = draw_all(rows, EvalLayout(out).figures)
+        written.update({f: EvalLayout(out).figures / f for f in made})
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    written["report.csv"] = atomic_write_text(out / "report.csv", buf.getvalue())
+    written["report.csv"] = atomic_write_text(EvalLayout(out).report_file(".csv"), buf.getvalue())
     flat = [{k: v for k, v in r.items() if k in COLUMNS} for r in rows]
-    written["report.json"] = atomic_write_text(out / "report.json", json.dumps(
+    written["report.json"] = atomic_write_text(EvalLayout(out).report_file(".json"), json.dumps(
         {"sources": names, "rows": flat, "comparisons": comps}, indent=2) + "\n")
-    written["report.md"] = atomic_write_text(out / "report.md", render_markdown(results, names, made))
+    written["report.md"] = atomic_write_text(EvalLayout(out).report, render_markdown(results, names, made))
     return written

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from pseudocot.evaluate import metrics
 from pseudocot.data.example import Example
+from pseudocot.evaluate import metrics
 from pseudocot.tasks.task import Task
 
 

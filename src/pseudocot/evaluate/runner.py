@@ -1,5 +1,6 @@
-"""The `eval` stage: every system answers every task's questions, then results, predictions, traces
-and the report are written.
+"""Running an evaluation: every system answers every task's questions into the generation cache,
+then results, predictions, traces and the report are written. The `eval` stage
+(`pseudocot.stages.eval`) calls these in order.
 
     pseudocot eval --config demo [eval.max_questions=200] [--shard i/n]
     pseudocot eval merge --config demo            # results from the shards' caches
@@ -55,10 +56,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from pseudocot.config import Config, ConfigError, EvalConfig, config_hash
-from pseudocot.data.example import DataError, Example
-from pseudocot.evaluate.cache import GenerationCache, part_name, read_system_meta, safe_name, write_system_meta
-from pseudocot.evaluate.systems import SystemEntry, folder_fingerprint, system_entries
+from pseudocot.config import Config, EvalConfig
+from pseudocot.data.example import Example
+from pseudocot.errors import DataError
+from pseudocot.evaluate.cache import GenerationCache, part_name, read_system_meta, write_system_meta
+from pseudocot.evaluate.systems import SystemEntry
+from pseudocot.freshness import digest, file_fingerprint
+from pseudocot.layout import EvalLayout, RunLayout
 from pseudocot.tasks.task import Task
 
 SCHEMA = "pseudocot.eval/1"
@@ -74,39 +78,13 @@ class EvalTask:
     data: str
 
 
-def eval_dir(cfg: Config) -> Path:
-    return Path(cfg.eval.out) if cfg.eval.out else cfg.run_dir / "eval"
-
-
-def results_path(cfg: Config) -> Path:
-    return eval_dir(cfg) / "results.json"
-
-
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """`"1/4"` -> (1, 4); None -> None (every question)."""
-    if text is None or text == "":
-        return None
-    i, sep, n = str(text).partition("/")
-    try:
-        index, count = int(i), int(n)
-    except ValueError:
-        index, count = -1, 0
-    if not sep or count < 1 or not 0 <= index < count:
-        raise ConfigError(f"shard '{text}' is not i/n with 0 <= i < n (e.g. 0/4 for the first of four).")
-    return index, count
-
-
 def load_tasks(cfg: Config) -> list[EvalTask]:
     from pseudocot.tasks import get_task
 
-    if not cfg.eval.tasks:
-        raise ConfigError("eval.tasks is empty; name at least one task (e.g. {name: arith}).")
-    out, seen = [], set()
+    layout = RunLayout.of(cfg)
+    out = []
     for i, t in enumerate(cfg.eval.tasks):
-        if t.name in seen:
-            raise ConfigError(f"eval.tasks.{i}: task '{t.name}' appears twice; evaluate each task once.")
-        seen.add(t.name)
-        data = Path(t.data) if t.data else cfg.run_dir / "data" / "test.jsonl"
+        data = layout.eval_task_data(t.data)
         if not data.exists():
             hint = "run `pseudocot data` first or set" if not t.data else "check"
             raise DataError(f"{data}: no such data for task '{t.name}'; {hint} eval.tasks.{i}.data.")
@@ -116,24 +94,22 @@ def load_tasks(cfg: Config) -> list[EvalTask]:
             examples = examples[: cfg.eval.max_questions]
         if not examples:
             raise DataError(f"{data}: task '{t.name}' has no questions here; check eval.tasks.{i}.data.")
-        key = config_hash({"name": t.name, "options": t.options, "data": folder_fingerprint(data),
-                           "ids": [e.id for e in examples]})
+        key = digest({"name": t.name, "options": t.options, "data": file_fingerprint(data),
+                      "ids": [e.id for e in examples]})
         out.append(EvalTask(t.name, key, task, examples, str(data)))
     return out
 
 
 def _seeds(entry: SystemEntry, ecfg: EvalConfig) -> list[int]:
-    if not ecfg.seeds:
-        raise ConfigError("eval.seeds is empty; give at least one seed (e.g. [0]).")
     return list(ecfg.seeds) if entry.sampled else list(ecfg.seeds[:1])
 
 
 def _cache(out: Path, task: EvalTask, entry: SystemEntry, seed: int) -> GenerationCache:
-    return GenerationCache(out / "cache" / f"{safe_name(task.name)}-{task.key}" / f"{safe_name(entry.name)}-{entry.key}" / f"seed-{seed}")
+    return GenerationCache(EvalLayout(out).answers(task.name, task.key, entry.name, entry.key, seed))
 
 
 def _meta_path(out: Path, entry: SystemEntry) -> Path:
-    return out / "cache" / "systems" / f"{safe_name(entry.name)}-{entry.key}.json"
+    return EvalLayout(out).system_meta(entry.name, entry.key)
 
 
 def generate(out: Path, tasks: Sequence[EvalTask], entries: Sequence[SystemEntry], ecfg: EvalConfig,
@@ -197,12 +173,12 @@ def build_results(out: Path, tasks: Sequence[EvalTask], entries: Sequence[System
         for entry in entries:
             rows = {seed: _cache(out, task, entry, seed).rows() for seed in _seeds(entry, ecfg)}
             m, right, predictions = score_system(task.task, task.examples, rows, n_boot=ecfg.n_boot)
-            pred_path = Path("predictions") / safe_name(task.name) / f"{safe_name(entry.name)}.jsonl"
+            pred_path = EvalLayout.predictions(task.name, entry.name)
             write_jsonl(out / pred_path, predictions)
             files = {"predictions": str(pred_path)}
             first = rows[min(rows)]
             if all(first[e.id].get("trace") for e in task.examples):
-                trace_path = Path("traces") / safe_name(task.name) / f"{safe_name(entry.name)}.jsonl"
+                trace_path = EvalLayout.traces(task.name, entry.name)
                 with atomic_open(out / trace_path) as f:
                     for e in task.examples:
                         f.write(json.dumps(first[e.id]["trace"], ensure_ascii=False) + "\n")
@@ -231,9 +207,8 @@ def describe_run(cfg: Config, entries: Sequence[SystemEntry]) -> str:
     the run's own pipeline)."""
     if not any(e.info.get("kind") == "pipeline" for e in entries):
         return ""
-    from pseudocot.train.common import spec_name
-
-    name = lambda spec: spec.preset or Path(spec_name(spec)).name  # noqa: E731
+    def name(spec: Any) -> str:
+        return spec.preset or Path(spec.path or "").name
     parts = []
     if cfg.distill.stages:
         chain = " -> ".join(name(s.student) for s in cfg.distill.stages)
@@ -256,37 +231,6 @@ def write_results(results: dict[str, Any], out: Path, figures: bool = True) -> P
     from pseudocot.evaluate.report import write_report
     from pseudocot.files import atomic_write_text
 
-    path = atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    path = atomic_write_text(EvalLayout(out).results, json.dumps(results, indent=2) + "\n")
     write_report([results], out, names=[str(path)], figures=figures)
     return path
-
-
-def main(cfg: Config, shard: str | None = None, entries: Sequence[SystemEntry] | None = None,
-         answer: bool = True, figures: bool = True) -> dict[str, Any] | None:
-    """Run (or, with `answer=False`, only merge) the evaluation; returns the results, or None when
-    questions are still unanswered (another shard is running). `entries` replaces `eval.systems`
-    (tests and scripts that hold their models in memory)."""
-    ecfg = cfg.eval
-    out = eval_dir(cfg)
-    which = parse_shard(shard if shard is not None else ecfg.shard)
-    tasks = load_tasks(cfg)
-    from_config = entries is None  # the run's own systems: the report can say what the run trained
-    entries = list(entries) if entries is not None else system_entries(cfg)
-    if not entries:
-        raise ConfigError("eval.systems is empty; list at least one system to evaluate.")
-    names = [e.name for e in entries]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"two systems share a name among {', '.join(names)}; give each its own.")
-    if answer:
-        generate(out, tasks, entries, ecfg, which)
-    lacking = missing(out, tasks, entries, ecfg)
-    if lacking:
-        if not answer:
-            raise DataError(f"{out / 'cache'}: {len(lacking)} system/task caches are incomplete ({lacking[0]}); "
-                            "run the shards that have not finished, then merge.")
-        return None
-    results = build_results(out, tasks, entries, ecfg, cfg.run.name)
-    if from_config:
-        results["setup"] = describe_run(cfg, entries)
-    write_results(results, out, figures=figures)
-    return results

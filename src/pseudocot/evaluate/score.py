@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pseudocot.data.example import CHOICE_LETTERS, DataError, Example
+from pseudocot.data.example import CHOICE_LETTERS, Example
 from pseudocot.data.jsonl import iter_json_lines
+from pseudocot.errors import DataError
 from pseudocot.evaluate import metrics
 from pseudocot.tasks.task import Task, pick_choice
 

@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from pseudocot.files import folder_fingerprint
-from pseudocot.config import Config, ConfigError, SystemConfig, config_hash, to_dict
+from pseudocot.config import Config, SystemConfig, to_dict
 from pseudocot.data.example import Example
+from pseudocot.freshness import digest, model_fingerprint, pipeline_settings
 from pseudocot.generate.base import GenerationParams, Generator
+from pseudocot.layout import ROUTER_INFO, RunLayout
 from pseudocot.tasks.task import Task
 
 
@@ -82,7 +83,7 @@ class PipelineSystem:
         for t in traces:
             thoughts = [x.text for x in t.thoughts]
             out.append(Response(id=t.id, text=t.final_text, reasoning="\n".join(thoughts + [t.final_text]),
-                                tokens={"base": sum(a.tokens for a in t.answers), "ttm": sum(x.tokens for x in t.thoughts)},
+                                tokens=t.tokens,
                                 thought_calls=t.thought_calls, seconds=t.seconds, trace=t.to_dict()))
         return out
 
@@ -154,21 +155,6 @@ def _pipeline_cfg(cfg: Config, s: SystemConfig) -> Config:
     return dataclasses.replace(cfg, pipeline=pipeline)
 
 
-def _where(i: int, s: SystemConfig) -> str:
-    return f"eval.systems.{i} ('{s.name}')"
-
-
-def _check(i: int, s: SystemConfig) -> None:
-    if not s.name or "/" in s.name or s.name.startswith("."):
-        raise ConfigError(f"eval.systems.{i}: name '{s.name}' must be a non-empty name without '/'; give each system a plain name.")
-    if s.kind == "hf" and not (s.model or s.adapter):
-        raise ConfigError(f"{_where(i, s)}: kind hf needs `model` (a model folder) or `adapter` (a LoRA adapter folder).")
-    if s.kind == "openai" and not (s.base_url and s.model):
-        raise ConfigError(f"{_where(i, s)}: kind openai needs `base_url` (the endpoint) and `model` (its model name).")
-    if s.kind != "pipeline" and s.max_new_tokens < 1:
-        raise ConfigError(f"{_where(i, s)}: max_new_tokens must be at least 1.")
-
-
 def _generation_params(s: SystemConfig) -> GenerationParams:
     return GenerationParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, stop=list(s.stop))
 
@@ -199,7 +185,7 @@ def _build_hf(cfg: Config, s: SystemConfig) -> System:
     if tok_dir is None:  # an adapter without its own tokenizer: its base model's
         tok_dir = json.loads((Path(s.adapter) / "adapter_config.json").read_text())["base_model_name_or_path"]  # type: ignore[arg-type]
     tok = load_tokenizer(str(tok_dir))
-    return GeneratorSystem(HFGenerator(model, tok, batch_size=cfg.generation.batch_size), _generation_params(s),
+    return GeneratorSystem(HFGenerator(model, tok, batch_size=cfg.eval.batch_size), _generation_params(s),
                            chat=s.chat, tokenizer=tok if s.chat else None)
 
 
@@ -212,39 +198,33 @@ def _build_openai(cfg: Config, s: SystemConfig) -> System:
 
 
 def _router_curve(folder: Path | None) -> list[dict[str, Any]] | None:
-    meta = folder / "router.json" if folder else None
+    meta = folder / ROUTER_INFO if folder else None
     if meta is None or not meta.is_file():
         return None
     return json.loads(meta.read_text()).get("curve")
 
 
 def system_entries(cfg: Config) -> list[SystemEntry]:
-    """The configured systems, checked, keyed and ready to build (nothing is loaded here)."""
-    from pseudocot.pipeline import run_models
-
+    """The configured systems, keyed and ready to build (nothing is loaded here). A system's key
+    changes with its settings, the pipeline settings it answers with and its models' contents."""
     entries = []
-    seen: set[str] = set()
-    for i, s in enumerate(cfg.eval.systems):
-        _check(i, s)
-        if s.name in seen:
-            raise ConfigError(f"eval.systems.{i}: a second system named '{s.name}'; give every system its own name.")
-        seen.add(s.name)
+    for s in cfg.eval.systems:
         settings = {k: v for k, v in to_dict(s).items() if k not in ("name", "parameters", "concurrency", "api_key_env")}
         info: dict[str, Any] = {"kind": s.kind}
         if s.kind == "pipeline":
             pcfg = _pipeline_cfg(cfg, s)
-            where = run_models(pcfg)
+            where = RunLayout.of(pcfg)
             models = {"base": str(where.base), "ttm": str(where.ttm) if where.ttm and s.mode != "never" else None,
                       "router": str(where.router) if where.router and s.mode in ("router", "depth") else None}
             info.update(mode=s.mode, models={k: v for k, v in models.items() if v})
-            prompts = {k: v for k, v in to_dict(pcfg.pipeline).items() if k not in ("batch_size", "kv_reuse", "base", "ttm", "router")}
-            settings.update(pipeline=prompts, fingerprints={k: folder_fingerprint(v) for k, v in models.items()})
+            settings.update(pipeline=pipeline_settings(pcfg.pipeline, "eval"),
+                            fingerprints={k: model_fingerprint(v) for k, v in models.items()})
             if s.mode == "router":
                 info["router_curve"] = _router_curve(where.router)
             build: Callable[[], System] = lambda cfg=cfg, s=s: _build_pipeline(cfg, s)  # noqa: E731
         elif s.kind == "hf":
             info.update(models={k: v for k, v in (("model", s.model), ("adapter", s.adapter)) if v})
-            settings.update(fingerprints={"model": folder_fingerprint(s.model), "adapter": folder_fingerprint(s.adapter)})
+            settings.update(fingerprints={"model": model_fingerprint(s.model), "adapter": model_fingerprint(s.adapter)})
             build = lambda cfg=cfg, s=s: _build_hf(cfg, s)  # noqa: E731
         else:
             info.update(models={"model": s.model, "base_url": s.base_url})
@@ -252,5 +232,5 @@ def system_entries(cfg: Config) -> list[SystemEntry]:
         if s.parameters is not None:
             info["parameters"] = {"total": s.parameters}
         sampled = s.kind != "pipeline" and s.temperature > 0
-        entries.append(SystemEntry(name=s.name, key=config_hash(settings), build=build, sampled=sampled, info=info))
+        entries.append(SystemEntry(name=s.name, key=digest(settings), build=build, sampled=sampled, info=info))
     return entries

@@ -10,8 +10,6 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from pseudocot.config import GenerationConfig
-
 
 @dataclass
 class GenerationParams:
@@ -30,15 +28,6 @@ class GenerationParams:
     hidden: bool = False
     """Also return `Completion.features`: the model's final hidden state pooled over prompt and output
     (backends that can see hidden states only)."""
-
-    @classmethod
-    def from_config(cls, cfg: GenerationConfig, **overrides: object) -> GenerationParams:
-        params = cls(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, stop=list(cfg.stop))
-        for k, v in overrides.items():
-            if k not in cls.__dataclass_fields__:
-                raise TypeError(f"GenerationParams has no field '{k}'; fields: {', '.join(cls.__dataclass_fields__)}.")
-            setattr(params, k, v)
-        return params
 
 
 @dataclass

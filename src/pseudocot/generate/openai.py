@@ -23,15 +23,12 @@ from typing import Any
 
 import httpx
 
+from pseudocot.errors import EndpointError
 from pseudocot.generate.base import Completion, GenerationParams
 
 Prompt = str | list[dict[str, str]]
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
-
-
-class EndpointError(RuntimeError):
-    """The endpoint refused or failed a request in a way retrying does not fix; one sentence."""
 
 
 class OpenAIGenerator:

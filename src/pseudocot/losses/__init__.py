@@ -7,7 +7,12 @@ averaged over the tokens whose label is not `ignore_index`. Three forms of one l
 - `distill_loss_topk(student_logits, teacher_topk_logprobs, teacher_topk_ids, labels, ...)`: a
   teacher cached as its top-k log-probs (see `topk_logprobs`);
 - `chunked_distill_loss(student_hidden, lm_head_weight, labels, ...)`: the same value and gradients
-  without ever holding the (N, V) logits, for large vocabularies.
+  without ever holding the (N, V) logits, for large vocabularies; the head's bias, logit scaling
+  and soft-capping (`logit_scale`, `logit_softcap`, and the teacher's) are applied as the model does.
+
+The terms a distillation stage can weight: `ce`, `fkl` (`forward_kl`), `rkl` (`reverse_kl`), `jsd`
+(`jsd`, TRL's generalised JSD), `skew_fkl` (`skew_fkl`) and `skew_rkl` (`skew_rkl`); the config's
+`<term>_weight` fields name the same terms.
 
 Conventions (τ² scaling of the teacher terms, float32 softmax, KL directions) are in `terms`; the
 memory and speed of the chunked form are in BENCHMARKS.md (`python benchmarks/kd_loss.py`).
@@ -22,8 +27,8 @@ from pseudocot.losses.terms import (
     forward_kl,
     jsd,
     reverse_kl,
-    skew_kl,
-    skew_reverse_kl,
+    skew_fkl,
+    skew_rkl,
     token_losses,
     topk_logprobs,
 )
@@ -39,8 +44,8 @@ __all__ = [
     "forward_kl",
     "jsd",
     "reverse_kl",
-    "skew_kl",
-    "skew_reverse_kl",
+    "skew_fkl",
+    "skew_rkl",
     "token_losses",
     "topk_logprobs",
 ]

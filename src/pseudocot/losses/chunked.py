@@ -10,7 +10,8 @@ with respect to the chunk's hidden states and the head; then it drops the chunk.
 "fused linear" approach of Liger-Kernel's fused linear cross-entropy, written afresh here).
 
 The value and gradients are those of `distill_loss` (or `distill_loss_topk`) on
-`hidden @ weight.T` (+ bias), and the mean divides by the number of valid tokens in the whole batch,
+`hidden @ weight.T` (+ bias, then the head's logit scaling and soft-capping where the model has them:
+Cohere, Granite, Gemma 2/3), and the mean divides by the number of valid tokens in the whole batch,
 not per chunk. Ignored tokens are skipped before projecting, so padding costs nothing. A chunk's
 gradient with respect to its logits comes one of two ways, with the same numbers:
 
@@ -56,6 +57,39 @@ def default_chunk_size(vocab_size: int) -> int:
     return tokens - tokens % 8 if tokens >= 8 else tokens
 
 
+@dataclass(frozen=True)
+class _Head:
+    """What a model's head does after the projection: `softcap * tanh(scale * z / softcap)`
+    (Cohere and Granite scale, Gemma 2/3 soft-cap). The projection z itself is `hidden @ W.T + b`."""
+
+    scale: float = 1.0
+    softcap: float | None = None
+
+    @staticmethod
+    def of(scale: float, softcap: float | None) -> _Head | None:
+        """None for the plain head (no work, no extra memory)."""
+        if softcap is not None and softcap <= 0:
+            raise ValueError(f"a logit soft-cap must be positive, got {softcap}.")
+        return None if scale == 1.0 and softcap is None else _Head(float(scale), softcap)
+
+    def apply(self, z: Tensor, inplace: bool = True) -> Tensor:
+        """The model's logits from the projection (c, V); in place unless autograd must see it."""
+        if not inplace:
+            z = z * self.scale if self.scale != 1.0 else z
+            return torch.tanh(z / self.softcap) * self.softcap if self.softcap is not None else z
+        z = z.mul_(self.scale) if self.scale != 1.0 else z
+        if self.softcap is not None:
+            z = z.div_(self.softcap).tanh_().mul_(self.softcap)
+        return z
+
+    def grad_factor(self, logits: Tensor) -> Tensor | float:
+        """d logits / d z, elementwise, given the logits: scale, times 1 - tanh^2 under a soft-cap."""
+        if self.softcap is None:
+            return self.scale
+        t = logits / self.softcap  # (c, V): tanh of the capped argument
+        return t.mul_(t).neg_().add_(1.0).mul_(self.scale)
+
+
 @dataclass
 class _Teacher:
     """Where a chunk's teacher comes from: full logits, hidden states + head, or a top-k cache."""
@@ -68,6 +102,8 @@ class _Teacher:
     """(V, Ht) teacher output head."""
     bias: Tensor | None = None
     """(V,) teacher output bias, or None."""
+    head: _Head | None = None
+    """The teacher head's scaling and soft-capping (None: plain logits)."""
     topk_logprobs: Tensor | None = None
     """(N, k) cached teacher log-probs at temperature 1."""
     topk_ids: Tensor | None = None
@@ -83,7 +119,8 @@ class _Teacher:
         if self.logits is not None:
             return self.logits[rows]
         with torch.no_grad():
-            return F.linear(self.hidden[rows], self.weight, self.bias)
+            z = F.linear(self.hidden[rows], self.weight, self.bias)
+            return z if self.head is None else self.head.apply(z)
 
     def chunk(self, rows: slice | Tensor) -> dict[str, Tensor]:
         """The `token_losses` teacher arguments of the given rows."""
@@ -138,8 +175,20 @@ def _scratch_for(chunk_len: int, vocab: int, dtype: torch.dtype, device: torch.d
     return torch.empty(-(-chunk_len // 4), vocab, dtype=dtype, device=device)
 
 
+def _student_logits(h: Tensor, weight: Tensor, bias: Tensor | None, head: _Head | None, need_grad: bool
+                    ) -> tuple[Tensor, Tensor | float | None]:
+    """The student's logits of a chunk (c, V), in float32 at least, and d logits / d projection
+    (None for a plain head)."""
+    z = at_least_float32(F.linear(h, weight, bias))  # (c, V)
+    if head is None:
+        return z, None
+    z = head.apply(z)
+    return z, head.grad_factor(z) if need_grad else None
+
+
 def _chunk_closed_form(
-    h, weight, bias, labels, rows, teacher: _Teacher, mix: LossMix, need_grad: bool, scratch: Tensor | None
+    h, weight, bias, labels, rows, teacher: _Teacher, mix: LossMix, need_grad: bool, scratch: Tensor | None,
+    head: _Head | None = None,
 ):
     """CE + forward KL + reverse KL of one chunk with the gradient written out, mostly in place.
 
@@ -155,7 +204,7 @@ def _chunk_closed_form(
     idx = torch.arange(labels.shape[0], device=labels.device)  # (c,)
     # The teacher first, so that its logits are gone before the student's exist.
     log_p = teacher_logprobs(teacher.chunk_logits(rows), tau) if mix.needs_teacher else None  # (c, V)
-    z = at_least_float32(F.linear(h, weight, bias))  # (c, V), ours to overwrite
+    z, factor = _student_logits(h, weight, bias, head, need_grad)  # (c, V), ours to overwrite
     total = z.new_zeros(labels.shape[0])  # (c,)
     grad = None  # (c, V)
     # Cross-entropy at τ = 1 on its own, unless the τ = 1 student log-probs come for free below.
@@ -167,7 +216,7 @@ def _chunk_closed_form(
             grad[idx, labels] -= mix.ce
         del log_s
     if log_p is None:
-        return total.sum(), grad
+        return total.sum(), _through_head(grad, factor)
 
     log_q = F.log_softmax(z.div_(tau) if tau != 1 else z, dim=-1)  # (c, V)
     del z
@@ -195,7 +244,14 @@ def _chunk_closed_form(
         g += grad  # cross-entropy at τ != 1, one-hot included
     elif ce_on_q:
         g[idx, labels] -= ce_on_q
-    return total.sum(), g
+    return total.sum(), _through_head(g, factor)
+
+
+def _through_head(grad: Tensor | None, factor: Tensor | float | None) -> Tensor | None:
+    """d loss / d projection from d loss / d logits (chain rule through scaling and soft-capping)."""
+    if grad is None or factor is None:
+        return grad
+    return grad.mul_(factor)
 
 
 _NO_IGNORE = torch.iinfo(torch.int64).min
@@ -203,7 +259,8 @@ _NO_IGNORE = torch.iinfo(torch.int64).min
 
 
 def _chunk_autograd(
-    h, weight, bias, labels, rows, teacher: _Teacher, mix: LossMix, need_grad: bool, scratch: Tensor | None
+    h, weight, bias, labels, rows, teacher: _Teacher, mix: LossMix, need_grad: bool, scratch: Tensor | None,
+    head: _Head | None = None,
 ):
     """Any mix: `token_losses` on the chunk's logits, differentiated locally by autograd.
 
@@ -211,8 +268,10 @@ def _chunk_autograd(
     """
     z = at_least_float32(F.linear(h, weight, bias)).requires_grad_(need_grad)  # (c, V)
     with torch.enable_grad():
+        # The head's scaling and soft-capping out of place, so autograd sees them.
+        logits = z if head is None else head.apply(z, inplace=False)
         # Every label of a chunk is valid: an ignore_index below every id masks nothing.
-        chunk_sum = token_losses(z, labels, mix, ignore_index=_NO_IGNORE, **teacher.chunk(rows)).sum()
+        chunk_sum = token_losses(logits, labels, mix, ignore_index=_NO_IGNORE, **teacher.chunk(rows)).sum()
         (grad,) = torch.autograd.grad(chunk_sum, z) if need_grad else (None,)
     return chunk_sum.detach(), grad
 
@@ -227,11 +286,13 @@ def _loss_and_grads(
     ignore_index: int,
     chunk_size: int,
     need: tuple[bool, bool, bool],
+    head: _Head | None = None,
 ) -> tuple[Tensor, list[Tensor | None]]:
     """The mean loss and the gradients (d hidden, d weight, d bias) that `need` asks for.
 
-    hidden (N, H), weight (V, H), bias (V,) or None, labels (N,). Runs without autograd history
-    (inside `Function.forward` or under no_grad).
+    hidden (N, H), weight (V, H), bias (V,) or None, labels (N,); `head` the student's scaling and
+    soft-capping after the projection. Runs without autograd history (inside `Function.forward` or
+    under no_grad).
     """
     need_h, need_w, need_b = need
     # With every weight 0 the loss is a constant 0: the gradients stay zeros.
@@ -259,10 +320,10 @@ def _loss_and_grads(
         stop = min(start + chunk_size, n_valid)
         rows = slice(start, stop) if valid_rows is None else valid_rows[start:stop]
         h = hidden[rows]  # (c, H)
-        chunk_sum, grad_z = chunk_fn(h, weight, bias, labels[rows], rows, teacher, mix, need_any, scratch)
+        chunk_sum, grad_z = chunk_fn(h, weight, bias, labels[rows], rows, teacher, mix, need_any, scratch, head)
         loss_sum += chunk_sum
         if need_any:
-            # d(mean)/d logits: the chunk's sum scaled by the global count, in the matmul dtype.
+            # d(mean)/d projection: the chunk's sum scaled by the global count, in the matmul dtype.
             grad_logits = grad_z.mul_(inv_count).to(weight.dtype)  # (c, V)
             del grad_z  # with a 16-bit head, frees the float32 copy before the matmuls
             if need_h:
@@ -287,12 +348,13 @@ def _loss_and_grads(
 
 
 class _FusedLinearDistill(torch.autograd.Function):
-    """Loss of `hidden @ weight.T + bias`; gradients are computed in forward and scaled in backward."""
+    """Loss of `head(hidden @ weight.T + bias)`; gradients are computed in forward and scaled in backward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, teacher, mix, ignore_index, chunk_size):
+    def forward(ctx, hidden, weight, bias, labels, teacher, mix, ignore_index, chunk_size, head):
         need = tuple(ctx.needs_input_grad[:3])
-        loss, ctx.grads = _loss_and_grads(hidden, weight, bias, labels, teacher, mix, ignore_index, chunk_size, need)
+        loss, ctx.grads = _loss_and_grads(hidden, weight, bias, labels, teacher, mix, ignore_index, chunk_size, need,
+                                          head)
         return loss
 
     @staticmethod
@@ -306,7 +368,7 @@ class _FusedLinearDistill(torch.autograd.Function):
             )
         # In place: a (V, H) copy of the head's gradient is exactly the memory this form saves.
         grads = [None if g is None else g.mul_(grad_loss) for g in grads]
-        return (*grads, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None)
 
 
 def chunked_distill_loss(
@@ -332,8 +394,12 @@ def chunked_distill_loss(
     skew_fkl_weight: float = 0.0,
     skew_rkl_weight: float = 0.0,
     skew_alpha: float = 0.1,
+    logit_scale: float = 1.0,
+    logit_softcap: float | None = None,
+    teacher_logit_scale: float = 1.0,
+    teacher_logit_softcap: float | None = None,
 ) -> Tensor:
-    """`distill_loss` / `distill_loss_topk` of `student_hidden @ lm_head_weight.T`, chunk by chunk.
+    """`distill_loss` / `distill_loss_topk` of the logits `student_hidden @ lm_head_weight.T`, chunk by chunk.
 
     student_hidden: (N, H) or (B, T, H); lm_head_weight: (V, H); labels: (N,) or (B, T), aligned.
     Give the teacher as one of: `teacher_logits` (N, V) or (B, T, V); `teacher_hidden` (N, Ht) or
@@ -341,6 +407,11 @@ def chunked_distill_loss(
     teacher's full logits never exist either); or the top-k cache `teacher_topk_logprobs` +
     `teacher_topk_ids` (N, k) (the approximations of `distill_loss_topk`). No teacher is needed
     when every teacher weight is 0 (a memory-light cross-entropy).
+
+    The logits are the model's own when its head does more than project: `lm_head_bias`, then
+    `logit_scale` (Cohere, Granite), then `logit_softcap` c, `c * tanh(x / c)` (Gemma 2/3); the same
+    `teacher_*` arguments for a teacher given as hidden states (`pseudocot.train.heads` reads them off
+    a model).
 
     Gradients reach `student_hidden`, `lm_head_weight` and `lm_head_bias` where they require grad
     (a frozen head accumulates nothing). `chunk_size` is in tokens; None picks
@@ -383,16 +454,22 @@ def chunked_distill_loss(
         mix, n, vocab, teacher_logits, teacher_hidden, teacher_lm_head_weight, teacher_lm_head_bias,
         teacher_topk_logprobs, teacher_topk_ids,
     )  # fmt: skip
+    head = _Head.of(logit_scale, logit_softcap)
+    if teacher.hidden is not None:
+        teacher.head = _Head.of(teacher_logit_scale, teacher_logit_softcap)
+    elif teacher_logit_scale != 1.0 or teacher_logit_softcap is not None:
+        raise ValueError("teacher_logit_scale and teacher_logit_softcap apply to a teacher given as teacher_hidden; "
+                         "teacher_logits are already the model's logits.")
 
     wants_grad = any(t is not None and t.requires_grad for t in (hidden, lm_head_weight, lm_head_bias))
     if torch.is_grad_enabled() and wants_grad:
         return _FusedLinearDistill.apply(
-            hidden, lm_head_weight, lm_head_bias, flat_labels, teacher, mix, ignore_index, chunk_size
+            hidden, lm_head_weight, lm_head_bias, flat_labels, teacher, mix, ignore_index, chunk_size, head
         )
     with torch.no_grad():
         loss, _ = _loss_and_grads(
             hidden, lm_head_weight, lm_head_bias, flat_labels, teacher, mix, ignore_index, chunk_size,
-            (False, False, False),
+            (False, False, False), head,
         )  # fmt: skip
     return loss
 

@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
 TEACHER_TERMS = ("fkl", "rkl", "jsd", "skew_fkl", "skew_rkl")
 """Names of the `LossMix` weights of the terms that need a teacher."""
 
@@ -343,7 +342,7 @@ def jsd(
     return _one_term(student_logits, teacher_logits, labels, mix, ignore_index)
 
 
-def skew_kl(
+def skew_fkl(
     student_logits: Tensor,
     teacher_logits: Tensor,
     labels: Tensor,
@@ -360,7 +359,7 @@ def skew_kl(
     return _one_term(student_logits, teacher_logits, labels, mix, ignore_index)
 
 
-def skew_reverse_kl(
+def skew_rkl(
     student_logits: Tensor,
     teacher_logits: Tensor,
     labels: Tensor,

@@ -10,9 +10,13 @@ from typing import Any
 
 import torch
 
+from pseudocot.errors import ModelError
 
-class ModelError(ValueError):
-    """A model problem the user can fix (wrong path, unsafe weights, missing GPU)."""
+
+def set_threads(threads: int | None) -> None:
+    """Torch's CPU threads for this process (`run.threads`; None leaves torch's default)."""
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from pseudocot.config import LoraConfig
-from pseudocot.models.loading import ModelError, load_model
+from pseudocot.errors import ModelError
+from pseudocot.models.loading import load_model
 
 
 def attach_lora(model: Any, cfg: LoraConfig, quantized: bool = False, gradient_checkpointing: bool = False) -> Any:

@@ -6,10 +6,14 @@ They are ordinary `LlamaForCausalLM`s: `save_pretrained` writes safetensors, and
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
+
+from pseudocot.config.schema import TinyPreset
+from pseudocot.errors import ConfigError
 
 # name -> LlamaConfig size fields. Parameter counts are for a 384-token vocabulary.
 PRESETS: dict[str, dict[str, int]] = {
@@ -22,9 +26,12 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 
+assert set(PRESETS) == set(typing.get_args(TinyPreset)), "the config's model.preset choices are these presets"
+
+
 def tiny_config(preset: str, tokenizer: Any, max_position_embeddings: int = 1024) -> LlamaConfig:
     if preset not in PRESETS:
-        raise ValueError(f"unknown tiny model preset '{preset}'; use one of {', '.join(PRESETS)}.")
+        raise ConfigError(f"unknown tiny model preset '{preset}'; use one of {', '.join(PRESETS)}.")
     return LlamaConfig(
         vocab_size=len(tokenizer),
         max_position_embeddings=max_position_embeddings,

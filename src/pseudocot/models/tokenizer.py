@@ -15,10 +15,14 @@ from typing import Any
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from pseudocot.config.schema import MIN_TOKENIZER_VOCAB
+from pseudocot.errors import ConfigError
+
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 ROLES = ("system", "user", "assistant", "thought")
 ROLE_TOKENS = tuple(f"<|{r}|>" for r in ROLES)
 SPECIAL_TOKENS = (PAD, BOS, EOS, *ROLE_TOKENS)
+assert MIN_TOKENIZER_VOCAB == 256 + len(SPECIAL_TOKENS), "the config's tokenizer.vocab_size bound follows the special tokens"
 
 # Every turn is `<|role|>content<|eos|>`; the generation prompt opens an assistant turn, so a
 # model trained on rendered chats stops by emitting <|eos|>.
@@ -33,9 +37,9 @@ CHAT_TEMPLATE = (
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 384, min_frequency: int = 2) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on `texts`, with single-digit tokens and role tokens."""
-    n_base = len(pre_tokenizers.ByteLevel.alphabet()) + len(SPECIAL_TOKENS)
-    if vocab_size < n_base:
-        raise ValueError(f"tokenizer.vocab_size must be at least {n_base} (256 bytes + {len(SPECIAL_TOKENS)} special tokens), got {vocab_size}.")
+    if vocab_size < MIN_TOKENIZER_VOCAB:
+        raise ConfigError(f"tokenizer.vocab_size must be at least {MIN_TOKENIZER_VOCAB} (256 bytes + "
+                          f"{len(SPECIAL_TOKENS)} special tokens), got {vocab_size}.")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),

@@ -10,18 +10,17 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-FEATURES = ("hidden", "logprobs", "iteration", "changed")
+from pseudocot.config.schema import RouterFeature
+from pseudocot.errors import ModelError
 
-
-def check_features(names: Sequence[str]) -> None:
-    bad = [n for n in names if n not in FEATURES]
-    if bad or not names:
-        raise ValueError(f"router.features: {bad[0] if bad else 'empty list'} is not a router feature; use some of {', '.join(FEATURES)}.")
+FEATURES = typing.get_args(RouterFeature)
+"""The feature names `router.features` may list (the config schema's choices)."""
 
 
 def logprob_stats(logprobs: Sequence[float] | None) -> list[float]:
@@ -44,7 +43,7 @@ def assemble(parts: dict[str, torch.Tensor], names: Sequence[str], max_thoughts:
     for name in names:
         if name == "hidden":
             if "hidden" not in parts:
-                raise ValueError("the router uses the base model's hidden states, which this generator does not return; "
+                raise ModelError("the router uses the base model's hidden states, which this generator does not return; "
                                  "train it without 'hidden' in router.features.")
             out.append(parts["hidden"])
         elif name == "iteration":
@@ -61,5 +60,5 @@ def step_vector(step: Any, names: Sequence[str], max_thoughts: int) -> torch.Ten
 def question_vector(completion: Any) -> torch.Tensor:
     """Depth-router input: the pooled hidden state over the question prompt alone."""
     if completion.features is None:
-        raise ValueError("the depth router needs the base model's hidden states; use a local base model.")
+        raise ModelError("the depth router needs the base model's hidden states; use a local base model.")
     return completion.features.float()

@@ -16,7 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from pseudocot.errors import ConfigError, ModelError
 from pseudocot.files import atomic_path, atomic_write_text
+from pseudocot.layout import DEPTH_WEIGHTS, ROUTER_INFO, ROUTER_WEIGHTS
 from pseudocot.router.features import question_vector, step_vector
 
 
@@ -136,28 +138,28 @@ class Router:
 
     def depth(self, prompts: Sequence[str], base: Any, sessions: Sequence[Hashable] | None, max_thoughts: int) -> list[int]:
         if self.depth_router is None:
-            raise ValueError("this router has no depth model; train it with router.depth=true to use pipeline.mode=depth.")
+            raise ConfigError("this router has no depth model; train it with router.depth=true to use pipeline.mode=depth.")
         return self.depth_router.depth(prompts, base, sessions, max_thoughts)
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        _save(self.step.model, folder / "router.safetensors")
+        _save(self.step.model, folder / ROUTER_WEIGHTS)
         if self.depth_router is not None:
-            _save(self.depth_router.model, folder / "depth.safetensors")
-        atomic_write_text(folder / "router.json", json.dumps(self.info, indent=2) + "\n")
+            _save(self.depth_router.model, folder / DEPTH_WEIGHTS)
+        atomic_write_text(folder / ROUTER_INFO, json.dumps(self.info, indent=2) + "\n")
 
     @classmethod
     def load(cls, folder: str | Path) -> Router:
         folder = Path(folder)
-        meta = folder / "router.json"
+        meta = folder / ROUTER_INFO
         if not meta.is_file():
-            raise FileNotFoundError(f"{meta}: no router here; train one with `pseudocot router`.")
+            raise ModelError(f"{meta}: no router here; train one with `pseudocot router`.")
         info = json.loads(meta.read_text())
         s = info["step"]
-        step = StepRouter(_load(folder / "router.safetensors", s["input_dim"], s["hidden_size"], 1),
+        step = StepRouter(_load(folder / ROUTER_WEIGHTS, s["input_dim"], s["hidden_size"], 1),
                           info["features"], info["threshold"], info["max_thoughts"])
         depth = None
         if info.get("depth"):
             d = info["depth"]
-            depth = DepthRouter(_load(folder / "depth.safetensors", d["input_dim"], d["hidden_size"], d["classes"]))
+            depth = DepthRouter(_load(folder / DEPTH_WEIGHTS, d["input_dim"], d["hidden_size"], d["classes"]))
         return cls(step, depth, info)

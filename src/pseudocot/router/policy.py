@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pseudocot.errors import ConfigError
+
 
 @dataclass
 class Outcome:
@@ -72,7 +74,7 @@ def choose_threshold(points: list[tuple[float, Outcome]], objective: str, penalt
         ok = [p for p in points if p[1].call_rate <= target_call_rate + 1e-12] or [min(points, key=lambda p: p[1].call_rate)]
         return max(ok, key=lambda p: (p[1].accuracy, -p[1].call_rate))
     if objective != "penalty":
-        raise ValueError(f"router.objective must be penalty or call_rate, got {objective!r}.")
+        raise ConfigError(f"router.objective must be penalty or call_rate, got {objective!r}.")
     # Compare with a tolerance: accuracy - penalty x rate rounds unevenly (0.8 - 0.5 x 0.4 exceeds
     # 0.7 - 0.5 x 0.2 in floats), which would send exact ties to the point with more calls.
     def value(p: tuple[float, Outcome]) -> float:

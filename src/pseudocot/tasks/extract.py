@@ -1,6 +1,6 @@
 """Answer extraction and exact-match scoring: pure functions on text.
 
-Two of these restate lm-evaluation-harness rules (`../shared/data/SCORING.md`) so that a number
+Two of these restate lm-evaluation-harness rules (`lm_eval/filters/extraction.py`, `lm_eval/api/metrics.py`) so that a number
 reported here means what the harness would report:
 
 - `regex_filter`: the harness's `regex` filter: `re.findall`, match number `group_select` (0 the

@@ -1,4 +1,4 @@
-"""GSM8K as lm-evaluation-harness runs it: tasks `gsm8k` and `gsm8k_cot` (`../shared/data/SCORING.md`).
+"""GSM8K as lm-evaluation-harness runs it: tasks `gsm8k` and `gsm8k_cot` (`lm_eval/tasks/gsm8k/*.yaml`).
 
 - `gsm8k`: `Question: {question}\\nAnswer:`, 5 shots drawn by the seeded random sampler from the
   train file, each shot's target the full solution with its `<<...>>` notes and `#### N` line.
@@ -28,9 +28,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pseudocot.data.example import DataError, Example
+from pseudocot.data.example import Example
 from pseudocot.data.jsonl import collect, iter_json_lines, read_examples
 from pseudocot.data.loaders import load_gsm8k
+from pseudocot.errors import DataError
 from pseudocot.tasks.extract import GSM8K_MATCH, answer_line, flexible_number, gsm8k_cot_strict, gsm8k_strict
 from pseudocot.tasks.task import Task
 

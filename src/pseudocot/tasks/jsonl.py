@@ -20,12 +20,11 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from pseudocot.config import ConfigError
 from pseudocot.data.chat import answer_text
 from pseudocot.data.example import CHOICE_LETTERS, Example
 from pseudocot.data.loaders import load_csv, load_jsonl
-from pseudocot.tasks.extract import (GSM8K_MATCH, LETTER_MATCH, ExactMatch, answer_line, choice_letter,
-                                     first_line_or_answer, flexible_number)
+from pseudocot.errors import ConfigError
+from pseudocot.tasks.extract import GSM8K_MATCH, LETTER_MATCH, ExactMatch, answer_line, choice_letter, first_line_or_answer, flexible_number
 from pseudocot.tasks.mmlu import doc_to_text as choices_text
 from pseudocot.tasks.task import Task
 

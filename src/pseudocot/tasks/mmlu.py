@@ -1,6 +1,6 @@
 """MMLU as lm-evaluation-harness runs it: task `mmlu:<subject>` over the original CSV files.
 
-Prompt (`../shared/data/SCORING.md`): the subject line
+Prompt (lm-evaluation-harness, `lm_eval/tasks/mmlu/default/_default_template_yaml`): the subject line
 `The following are multiple choice questions (with answers) about {subject with spaces}.\\n\\n`, then
 0 shots (the harness default) or k shots from the subject's dev file in file order, each
 `{question}\\nA. ..\\nB. ..\\nC. ..\\nD. ..\\nAnswer: {letter}\\n\\n`, then the question ending `Answer:`.
@@ -23,8 +23,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from pseudocot.data.example import CHOICE_LETTERS, DataError, Example
+from pseudocot.data.example import CHOICE_LETTERS, Example
 from pseudocot.data.loaders import load_mmlu
+from pseudocot.errors import DataError
 from pseudocot.tasks.extract import LETTER_MATCH, choice_letter, mmlu_first_line
 from pseudocot.tasks.task import Task
 

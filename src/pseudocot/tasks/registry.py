@@ -8,12 +8,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
 
-from pseudocot.config import ConfigError
+from pseudocot.errors import ConfigError
 from pseudocot.tasks.arith import arith
 from pseudocot.tasks.gsm8k import gsm8k, gsm8k_cot
 from pseudocot.tasks.jsonl import jsonl
@@ -55,7 +56,20 @@ def _from_dotted(path: str, options: dict[str, Any]) -> Task:
 
 
 def get_task(name: str, **options: Any) -> Task:
-    """The task called `name`, built with `options` (num_fewshot, fewshot, ... as each task takes)."""
+    """The task called `name`, built with `options` (num_fewshot, fewshot, ... as each task takes).
+
+    Every task also takes `primary`: the extraction its accuracy, the router's labels and rewards
+    use (default: the task's own, e.g. `strict-match` for MMLU, `letter` to accept `The answer is (B)`)."""
+    primary = options.pop("primary", None)
+    task = _get_task(name, options)
+    if primary is not None:
+        if primary not in task.extractions:
+            raise ConfigError(f"task '{name}' has no extraction '{primary}' to make primary; it has {', '.join(task.extractions)}.")
+        task = dataclasses.replace(task, primary=primary)
+    return task
+
+
+def _get_task(name: str, options: dict[str, Any]) -> Task:
     if name in TASKS:
         return _build(name, TASKS[name], options)
     if name == "mmlu" or name.startswith("mmlu:"):

@@ -1,7 +1,7 @@
 """The `Task`: prompts (plain text or chat messages, 0/k-shot), answer extraction, scoring, reward.
 
 A task is data, not a subclass: each benchmark is a function that fills in a `Task` (`gsm8k.py`,
-`mmlu.py`, ...). Prompt assembly follows lm-evaluation-harness (`../shared/data/SCORING.md`):
+`mmlu.py`, ...). Prompt assembly follows lm-evaluation-harness (`lm_eval/api/task.py`):
 
     description + (doc_to_text(shot) + target_delimiter + doc_to_target(shot) + fewshot_delimiter) * k
                 + doc_to_text(question)
@@ -31,8 +31,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pseudocot.config import ConfigError
 from pseudocot.data.example import CHOICE_LETTERS, Example
+from pseudocot.errors import ConfigError
 from pseudocot.tasks.extract import ExactMatch
 
 Messages = list[dict[str, str]]
@@ -175,15 +175,27 @@ class Task:
 
     def score(self, text: str, example: Example) -> dict[str, bool]:
         """{extraction name: correct?} for one model output."""
-        gold = self.reference(example)
-        return {name: self.metric(answer, gold) for name, answer in self.extract(text).items()}
+        return {name: self.is_correct(text, example, name) for name in self.extractions}
 
-    def reward(self, text: str, example: Example, extraction: str | None = None) -> float:
-        """1.0 when the `extraction` (default: the primary one) of `text` is correct, else 0.0."""
+    def is_correct(self, text: str, example: Example, extraction: str | None = None) -> bool:
+        """Whether `text` answers `example` right by `extraction` (default: the primary one): THE
+        definition of correct. Evaluation's accuracy, the router's labels and training rewards all
+        call it, so they never disagree.
+
+        >>> from pseudocot.tasks import get_task
+        >>> ex = Example(id="q", question="Which?", answer="B", choices=["1", "2", "3", "4"])
+        >>> task = get_task("mmlu:x", primary="letter")
+        >>> task.is_correct("The answer is (B).", ex), task.is_correct("The answer is (B).", ex, "strict-match")
+        (True, False)
+        """
         name = extraction or self.primary
         if name not in self.extractions:
             raise ConfigError(f"task '{self.name}' has no extraction '{name}'; it has {', '.join(self.extractions)}.")
-        return float(self.metric(self.extractions[name](text), self.reference(example)))
+        return self.metric(self.extractions[name](text), self.reference(example))
+
+    def reward(self, text: str, example: Example, extraction: str | None = None) -> float:
+        """1.0 when `text` is correct (`is_correct`), else 0.0: training rewards what evaluation counts."""
+        return float(self.is_correct(text, example, extraction))
 
     # ------------------------------------------------------------------ multiple choice by log-likelihood
 

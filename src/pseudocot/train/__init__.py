@@ -1,2 +1,9 @@
-"""Training stages, thin over HF Trainer: supervised fine-tuning (`sft`) and the distillation chain
-(`distill`, with its teacher cache in `teacher_cache`). Shared pieces are in `common`."""
+"""Training, thin over HF Trainer: the pieces the training stages (`pseudocot.stages.finetune`,
+`pseudocot.stages.distill`) are built from.
+
+- `rows`: Example JSONL -> tokenized rows with the loss on the answer, the collator, validation CE;
+- `setup`: the model and tokenizer a spec names, LoRA, `TrainingArguments`;
+- `checkpoints`: resume under the stage's key, save the result, mark it complete;
+- `heads`: a model's final hidden states and its real output head (bias, scaling, soft-cap);
+- `distill`: one distillation stage's Trainer and loss; `teacher_cache`: the cached top-k teacher.
+"""

@@ -7,8 +7,9 @@ epochs (and re-runs) train from them without the teacher.
         logprobs (n_tokens, k) float32, ids (n_tokens, k) int32,
         offsets (n_rows + 1,) int64, index (n_rows,) int64
 
-The cache is reused only when its key (the token rows, the teacher's identity and k) matches, and
-rebuilt otherwise.
+The cache is reused only when its key (the token rows, the teacher's content fingerprint and k)
+matches, and rebuilt otherwise. The stored log-probabilities are of the logits the teacher really
+produces (`train.heads.LogitHead`: bias, logit scaling, soft-capping).
 """
 
 from __future__ import annotations
@@ -23,36 +24,19 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pseudocot.files import atomic_path, atomic_write_text
-from pseudocot.train.common import IGNORE_INDEX, PadCollator
+from pseudocot.train.heads import decoder_hidden, logit_head
+from pseudocot.train.rows import PadCollator, answer_positions
 
 ROWS_PER_SHARD = 1024
 
 
-def teacher_identity(folder_or_path: str | Path) -> dict[str, Any]:
-    """What identifies a teacher checkpoint cheaply: its path, config and weight files' sizes and times."""
-    p = Path(folder_or_path)
-    if not p.is_dir():
-        return {"path": str(folder_or_path)}
-    files = sorted(f for f in p.iterdir() if f.suffix in (".safetensors", ".json") and f.is_file())
-    return {"path": str(p.resolve()), "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
-
-
-def cache_key(rows: Sequence[dict[str, Any]], teacher: dict[str, Any], k: int) -> str:
+def cache_key(rows: Sequence[dict[str, Any]], teacher: str | None, k: int) -> str:
+    """Changes with the token rows, the teacher's content fingerprint and k."""
     h = hashlib.sha256()
     h.update(json.dumps({"teacher": teacher, "k": k}, sort_keys=True).encode())
     for r in rows:
         h.update(json.dumps([r["index"], r["input_ids"], r["labels"]]).encode())
     return h.hexdigest()[:24]
-
-
-def decoder_hidden(lm: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T, H) final hidden states of a causal LM, the input of its lm_head, without computing logits."""
-    return lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-
-def answer_positions(labels: torch.Tensor) -> torch.Tensor:
-    """(B, T) labels -> (B, T-1) bool: positions whose next token is an answer token (the distilled ones)."""
-    return labels[:, 1:] != IGNORE_INDEX
 
 
 class TeacherCache:
@@ -95,6 +79,7 @@ def build(folder: Path, key: str, rows: Sequence[dict[str, Any]], teacher: Any, 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "cache.json").unlink(missing_ok=True)  # an interrupted rebuild must not look complete
     device = next(teacher.parameters()).device
+    head = logit_head(teacher)  # the logits the teacher really produces (bias, scaling, soft-cap)
     collate = PadCollator(pad_id, keep_index=True)
     shards: list[str] = []
     buf: dict[str, list[torch.Tensor]] = {"logprobs": [], "ids": [], "counts": [], "index": []}
@@ -120,7 +105,6 @@ def build(folder: Path, key: str, rows: Sequence[dict[str, Any]], teacher: Any, 
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         hidden = decoder_hidden(teacher, ids, mask)[:, :-1]  # (B, T-1, H): logits only where needed
         pos = answer_positions(batch["labels"]).to(device)
-        head = teacher.get_output_embeddings()
         for r in range(ids.size(0)):
             lp = torch.log_softmax(head(hidden[r][pos[r]]).float(), dim=-1)  # (n_r, V)
             top = lp.topk(min(k, lp.size(-1)), dim=-1)

@@ -1,24 +1,20 @@
-"""The `data` stage: build `<run>/data/{train,val,test}.jsonl` and `stats.json` from the configured
-sources (and, for tiny models trained from scratch, `<run>/tokenizer/`).
-
-    pseudocot data --config demo data.arith.n_train=2000
+"""A run's train/val/test splits from the configured sources: each source's splits (a missing
+`val` carved out of `train`), the training splits mixed by weight, held-out questions removed from
+training, and per-split statistics. The `data` stage (`pseudocot.stages.data`) writes them.
 """
 
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
 from typing import Any
 
-from pseudocot.config import Config, SourceConfig, config_hash, save_config
+from pseudocot.config.schema import Config, SourceConfig
 from pseudocot.data import arith
-from pseudocot.data.chat import answer_text, question_text
-from pseudocot.data.example import DataError, Example
-from pseudocot.data.jsonl import Reject, write_examples, write_jsonl
+from pseudocot.data.example import Example
+from pseudocot.data.jsonl import Reject
 from pseudocot.data.loaders import load_file
 from pseudocot.data.mix import mix
-from pseudocot.files import atomic_write_text
+from pseudocot.errors import DataError
 
 SPLITS = ("train", "val", "test")
 
@@ -35,7 +31,9 @@ def load_source(src: SourceConfig, cfg: Config, rejects: list[Reject]) -> dict[s
             parts[split] = result.examples
             rejects += result.rejects
     if not parts:
-        raise DataError(f"data source '{src.name}' ({src.format}) names no train, val or test file; set data.sources.N.train.")
+        i = cfg.data.sources.index(src)
+        raise DataError(f"data source '{src.name}' ({src.format}) names no train, val or test file; give them, e.g. "
+                        f"data.sources.{i}.train=PATH data.sources.{i}.test=PATH.")
     if "train" in parts and "val" not in parts and cfg.data.val_fraction > 0:
         train = list(parts["train"])
         random.Random(cfg.data.seed).shuffle(train)
@@ -45,11 +43,6 @@ def load_source(src: SourceConfig, cfg: Config, rejects: list[Reject]) -> dict[s
 
 
 def build_splits(cfg: Config) -> tuple[dict[str, list[Example]], list[Reject], dict[str, Any]]:
-    names = [s.name for s in cfg.data.sources]
-    if len(set(names)) != len(names):
-        raise DataError(f"data.sources: the name '{next(n for n in names if names.count(n) > 1)}' is used twice; give each source its own name.")
-    if not names:
-        raise DataError("data.sources is empty; name at least one source.")
     rejects: list[Reject] = []
     per_split: dict[str, dict[str, list[Example]]] = {s: {} for s in SPLITS}
     for src in cfg.data.sources:
@@ -78,38 +71,3 @@ def split_stats(examples: list[Example]) -> dict[str, Any]:
     if arith_examples:
         out["arith"] = arith.stats(arith_examples)
     return out
-
-
-def train_run_tokenizer(cfg: Config, train: list[Example], folder: Path) -> Any:
-    from pseudocot.models.tokenizer import save_tokenizer, train_tokenizer  # heavy: only when asked
-
-    texts = (question_text(e) + "\n" + answer_text(e) for e in train)
-    tok = train_tokenizer(texts, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
-    save_tokenizer(tok, folder)
-    return tok
-
-
-def main(cfg: Config) -> dict[str, Any]:
-    """Build the run's data folder; returns the stats it wrote."""
-    run_dir = cfg.run_dir
-    out = run_dir / "data"
-    save_config(cfg, run_dir / "config.yaml")
-    splits, rejects, extra = build_splits(cfg)
-    if not splits["train"] and not splits["test"]:
-        raise DataError("the configured sources gave no training and no test examples; check data.sources.")
-    for split, examples in splits.items():
-        write_examples(out / f"{split}.jsonl", examples)
-    rejects_file = out / "rejects.jsonl"
-    if rejects:
-        write_jsonl(rejects_file, (r.to_dict() for r in rejects))
-    else:
-        rejects_file.unlink(missing_ok=True)
-    stats: dict[str, Any] = {split: split_stats(examples) for split, examples in splits.items()}
-    stats.update(extra, rejects=len(rejects))
-    if cfg.tokenizer.train:
-        tok = train_run_tokenizer(cfg, splits["train"], run_dir / "tokenizer")
-        stats["tokenizer"] = {"path": str(run_dir / "tokenizer"), "vocab_size": len(tok)}
-    # Written last: its config hash marks the folder complete for this data config.
-    stats["config_hash"] = config_hash({"data": cfg.data, "tokenizer": cfg.tokenizer})
-    atomic_write_text(out / "stats.json", json.dumps(stats, indent=2) + "\n")
-    return stats

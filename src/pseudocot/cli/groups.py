@@ -1,43 +1,27 @@
-"""The click pieces every command module shares: errors a user can cause printed as one line, the
-stage group (`pseudocot data [--config X] [k=v ...]` runs the stage, `pseudocot data arith` a
-subcommand), and the `--config` option with its overrides. `pseudocot.cli` builds the command on them.
+"""The click pieces every command module shares: errors a user can cause (`PseudocotError`) printed
+as one line, the stage group (`pseudocot data [--config X] [k=v ...]` runs the stage, `pseudocot
+data arith` a subcommand), and the `--config` option with its overrides. `pseudocot.cli` builds the
+command on them.
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
 
-from pseudocot.config import DEFAULT_PRESET, ConfigError
-from pseudocot.data.example import DataError
-
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError)
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    # ModelError lives beside torch and EndpointError beside httpx; name them only when a command has
-    # already imported their modules.
-    extra: list[type[Exception]] = []
-    if "pseudocot.models.loading" in sys.modules:
-        from pseudocot.models.loading import ModelError
-
-        extra.append(ModelError)
-    if "pseudocot.generate.openai" in sys.modules:
-        from pseudocot.generate.openai import EndpointError
-
-        extra.append(EndpointError)
-    return USER_ERRORS + tuple(extra)
+from pseudocot.config import DEFAULT_PRESET
+from pseudocot.errors import PseudocotError
 
 
 class PseudocotGroup(click.Group):
-    """Turns the errors a user can cause into one line on stderr and exit code 1, not a traceback."""
+    """Turns every error a user can cause (`PseudocotError`) into one line on stderr and exit code 1,
+    not a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except _user_errors() as e:  # type: ignore[misc]
+        except PseudocotError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(1)
 
@@ -91,3 +75,4 @@ def parse_fields(pairs: tuple[str, ...]) -> dict[str, str]:
             raise click.BadParameter(f"'{p}' is not FIELD=COLUMN (e.g. question=prompt).", param_hint="--field")
         out[k] = v
     return out
+

@@ -16,9 +16,11 @@ from typing import Any
 import click
 
 from pseudocot import __version__
-from pseudocot.cli_groups import PseudocotGroup, StageGroup, config_option, overrides_argument, parse_fields
+from pseudocot.cli.eval import eval_group
+from pseudocot.cli.groups import PseudocotGroup, StageGroup, config_option, overrides_argument, parse_fields
 from pseudocot.config import DEFAULT_PRESET, ArithConfig, Config, load_config, presets, to_yaml
-from pseudocot.evaluate.cli import eval_group
+from pseudocot.layout import RunLayout
+
 
 @click.group(cls=PseudocotGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="pseudocot")
@@ -48,10 +50,10 @@ def data(ctx: click.Context, config_name: str) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from pseudocot.data import stage
+    from pseudocot.stages import data as data_stage
 
     cfg = load_config(config_name, ctx.meta.get("overrides", []))
-    stats = stage.main(cfg)
+    stats = data_stage.main(cfg)
     _print_data_summary(cfg, stats)
 
 
@@ -60,7 +62,8 @@ def _print_data_summary(cfg: Config, stats: dict[str, Any]) -> None:
     from rich.table import Table
 
     console = Console()
-    table = Table(title=f"{cfg.run_dir / 'data'}")
+    layout = RunLayout.of(cfg)
+    table = Table(title=f"{layout.data_dir}")
     table.add_column("split")
     table.add_column("examples", justify="right")
     table.add_column("per source")
@@ -73,7 +76,7 @@ def _print_data_summary(cfg: Config, stats: dict[str, Any]) -> None:
     if stats.get("train_dropped_overlap"):
         console.print(f"dropped {stats['train_dropped_overlap']} training examples whose question is in val or test")
     if stats.get("rejects"):
-        console.print(f"[yellow]{stats['rejects']} bad rows skipped; see {cfg.run_dir / 'data' / 'rejects.jsonl'}[/]")
+        console.print(f"[yellow]{stats['rejects']} bad rows skipped; see {layout.data_rejects}[/]")
     if "tokenizer" in stats:
         console.print(f"tokenizer: {stats['tokenizer']['path']} ({stats['tokenizer']['vocab_size']} tokens)")
 
@@ -180,7 +183,7 @@ def config_presets() -> None:
 
 
 def _run(cfg: Config, force: bool, stages: tuple[str, ...]) -> dict[str, Any]:
-    from pseudocot import run as run_stage
+    from pseudocot.stages import run as run_stage
 
     bad = [s for s in stages if s not in run_stage.STAGES]
     if bad:
@@ -188,17 +191,21 @@ def _run(cfg: Config, force: bool, stages: tuple[str, ...]) -> dict[str, Any]:
     return run_stage.main(cfg, force=force, stages=stages or None, echo=click.echo)
 
 
+force_option = click.option("--force", is_flag=True, help="Remove the stage's outputs first and run it again from scratch.")
+
+
 @cli.command("run")
 @click.argument("config_name", metavar="CONFIG")
-@click.option("--force", is_flag=True, help="Run every stage again from scratch.")
+@click.option("--force", is_flag=True, help="Run every stage again from scratch (their outputs are removed first).")
 @click.option("--stage", "stages", multiple=True, help="Run only these stages (repeatable): data, teacher, distill, base, router, eval.")
 @overrides_argument
 def run_command(config_name: str, force: bool, stages: tuple[str, ...], overrides: tuple[str, ...]) -> None:
     """Run every configured stage in order into one run folder: data, teacher, distill, base,
-    router, eval. A stage complete for the same config is skipped; a changed config re-runs it and
-    the stages after it; a killed run started again continues where it stopped.
+    router, eval. A stage whose key (its config and the content of what it reads) is unchanged is
+    skipped; a changed one re-runs with the stages after it; a killed run started again continues
+    where it stopped.
     """
-    _run(_stage_config(config_name, overrides), force, stages)
+    _run(load_config(config_name, overrides), force, stages)
 
 
 @cli.command()
@@ -209,26 +216,26 @@ def demo(preset: str, force: bool, overrides: tuple[str, ...]) -> None:
     """Run the built-in demo: arith data, tokenizer, tiny models, router, evaluation, report."""
     if preset not in ("demo", "smoke"):
         raise click.BadParameter(f"'{preset}' is not a demo preset; use demo or smoke.", param_hint="--preset")
-    cfg = _stage_config(preset, overrides)
-    click.echo(f"pseudocot demo ({preset}) -> {cfg.run_dir}")
+    cfg = load_config(preset, overrides)
+    layout = RunLayout.of(cfg)
+    click.echo(f"pseudocot demo ({preset}) -> {layout.root}")
     _run(cfg, force, ())
-    report = cfg.run_dir / "eval" / "report.md"
-    if report.is_file():
-        intro = report.read_text().split("\n\n")
+    if layout.report.is_file():
+        intro = layout.report.read_text().split("\n\n")
         click.echo("\n" + "\n\n".join(intro[:3]))
-    click.echo(f"\nreport: {report}")
+    click.echo(f"\nreport: {layout.report}")
 
 
 # ------------------------------------------------------------------------------------ training
 
 
-def _stage_config(config_name: str, overrides: tuple[str, ...]) -> Config:
-    """The config of a stage command, with its CPU thread count applied."""
+def _stage_config(config_name: str, overrides: tuple[str, ...], force_stage: str | None) -> Config:
+    """A stage command's config; with `--force` (`force_stage`), that stage's outputs removed first."""
     cfg = load_config(config_name, overrides)
-    if cfg.run.threads:
-        import torch
+    if force_stage:
+        from pseudocot.stages.run import clear
 
-        torch.set_num_threads(cfg.run.threads)
+        clear(RunLayout.of(cfg), force_stage)
     return cfg
 
 
@@ -245,58 +252,61 @@ def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
 @config_option
 @click.option("--role", type=click.Choice(["base", "teacher"]), default="base", show_default=True,
               help="Which model to fine-tune: the base LLM (config section `base`) or the reasoning teacher (`teacher`).")
-@click.option("--force", is_flag=True, help="Train again even if the output is complete for this config.")
+@force_option
 @overrides_argument
 def finetune(config_name: str, role: str, force: bool, overrides: tuple[str, ...]) -> None:
     """LoRA/QLoRA (or full) supervised fine-tuning, loss on the answer only -> runs/<name>/<role>/.
 
-    A killed run started again resumes from its last checkpoint (train.save_every_steps).
+    Skipped when complete for the current config and data; a killed run started again resumes from
+    its last checkpoint (train.save_every_steps); changed data, config or seed trains from scratch.
     """
-    from pseudocot.train import sft
+    from pseudocot.stages import finetune as finetune_stage
 
-    cfg = _stage_config(config_name, overrides)
-    _print_metrics(f"finetune {role} -> {cfg.run_dir / role}", sft.main(cfg, role, force=force))
+    cfg = _stage_config(config_name, overrides, role if force else None)
+    out = RunLayout.of(cfg).finetune_dir(role)
+    _print_metrics(f"finetune {role} -> {out}", finetune_stage.main(cfg, role))
 
 
 @cli.command()
 @config_option
-@click.option("--force", is_flag=True, help="Train every stage again even if complete for this config.")
+@force_option
 @overrides_argument
 def distill(config_name: str, force: bool, overrides: tuple[str, ...]) -> None:
     """Distil the reasoning teacher in stages into the Tiny Thought Model -> runs/<name>/distill/.
 
-    Each stage mixes cross-entropy with forward/reverse KL to its teacher (the previous stage);
-    finished stages are skipped, a killed stage resumes from its last checkpoint.
+    Each stage mixes cross-entropy with forward/reverse KL (or JSD, skew KL) to its teacher (the
+    previous stage); finished stages are skipped, a killed stage resumes from its last checkpoint.
     """
-    from pseudocot.train import distill as distill_stage
+    from pseudocot.stages import distill as distill_stage
 
-    cfg = _stage_config(config_name, overrides)
-    summary = distill_stage.main(cfg, force=force)
+    cfg = _stage_config(config_name, overrides, "distill" if force else None)
+    summary = distill_stage.main(cfg)
     for m in summary["stages"]:
         _print_metrics(f"distill {m['stage']} ({m['student']})", m)
     if "ce_only_baseline" in summary:
         _print_metrics("CE-only baseline", summary["ce_only_baseline"])
-    click.echo(f"summary: {cfg.run_dir / 'distill' / 'summary.json'}")
+    click.echo(f"summary: {RunLayout.of(cfg).distill_summary}")
 
 
 @cli.command()
 @config_option
-@click.option("--force", is_flag=True, help="Collect traces and train again even if the router is complete for this config.")
+@force_option
 @overrides_argument
 def router(config_name: str, force: bool, overrides: tuple[str, ...]) -> None:
     """Train the router on the base model's traces -> runs/<name>/router/.
 
     Runs base + Tiny Thought Model with thoughts forced up to pipeline.max_thoughts on
     router.train_questions training and router.val_questions validation questions, labels every
-    answer by whether more thinking turns it right, trains the MLP with early stopping, and picks the
-    threshold on validation (router.objective). Collection resumes chunk by chunk if killed.
+    answer right or wrong by the router task's scoring (router.task, default the first eval task),
+    trains the MLP with early stopping, and picks the threshold on validation (router.objective).
+    Collection resumes chunk by chunk if killed.
     """
-    from pseudocot.router import stage
+    from pseudocot.stages import router as router_stage
 
-    cfg = _stage_config(config_name, overrides)
-    info = stage.main(cfg, force=force)
+    cfg = _stage_config(config_name, overrides, "router" if force else None)
+    info = router_stage.main(cfg)
     val = info["validation"]
-    click.echo(f"router -> {stage.router_dir(cfg)}: threshold={info['threshold']:.4g} on {val['questions']} validation questions")
+    click.echo(f"router -> {RunLayout.of(cfg).router_dir}: threshold={info['threshold']:.4g} on {val['questions']} validation questions")
     for name in ("never", "always", "router", "random_same_calls", "heuristic_same_calls", "depth", "oracle"):
         if name in val:
             v = val[name]

@@ -5,8 +5,8 @@
     pseudocot eval report A/results.json B/results.json --out compare/     # report from results files
     pseudocot eval score --task gsm8k --data test.jsonl --predictions predictions.jsonl
 
-`score` and `report` need no model. Errors a user can cause (DataError, ConfigError, ModelError,
-EndpointError) reach the group, which prints them as one line.
+`score` and `report` need no model. Errors a user can cause (`PseudocotError`) reach the group,
+which prints them as one line.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any
 
 import click
 
-from pseudocot.cli_groups import StageGroup, config_option, parse_fields
+from pseudocot.cli.groups import StageGroup, config_option, parse_fields
+from pseudocot.layout import EvalLayout, RunLayout
 
 
 def _summary(results: dict[str, Any], out: Path) -> None:
@@ -32,11 +33,7 @@ def _summary(results: dict[str, Any], out: Path) -> None:
     for key, c in results["comparisons"].items():
         click.echo(f"  {key:24s} delta={100 * c['delta']:+.1f} points [{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}]"
                    f"  McNemar p={c['p_value']:.3g}")
-    click.echo(f"report: {out / 'report.md'}")
-
-
-def _out(cfg: Any) -> Path:
-    return Path(cfg.eval.out) if cfg.eval.out else cfg.run_dir / "eval"
+    click.echo(f"report: {EvalLayout(out).report}")
 
 
 @click.group("eval", cls=StageGroup, invoke_without_command=True)
@@ -60,15 +57,15 @@ def eval_group(ctx: click.Context, config_name: str, shard: str | None) -> None:
     if ctx.invoked_subcommand is not None:
         return
     from pseudocot.config import load_config
-    from pseudocot.evaluate import runner
+    from pseudocot.stages import eval as eval_stage
 
     cfg = load_config(config_name, ctx.meta.get("overrides", []))
-    results = runner.main(cfg, shard=shard)
+    results = eval_stage.main(cfg, shard=shard)
     if results is None:
         click.echo(f"eval: shard {shard or cfg.eval.shard} answered; results are written when every shard is done "
                    f"(or run `pseudocot eval merge`).")
         return
-    _summary(results, _out(cfg))
+    _summary(results, RunLayout.of(cfg).eval_dir)
 
 
 @eval_group.command("merge")
@@ -77,12 +74,12 @@ def eval_group(ctx: click.Context, config_name: str, shard: str | None) -> None:
 def merge(config_name: str, overrides: tuple[str, ...]) -> None:
     """Write results and the report from the generation cache the shards filled (no model is run)."""
     from pseudocot.config import load_config
-    from pseudocot.evaluate import runner
+    from pseudocot.stages import eval as eval_stage
 
     cfg = load_config(config_name, overrides)
-    results = runner.main(cfg, answer=False)
+    results = eval_stage.main(cfg, answer=False)
     assert results is not None
-    _summary(results, _out(cfg))
+    _summary(results, RunLayout.of(cfg).eval_dir)
 
 
 @eval_group.command("report")

@@ -1,0 +1,550 @@
+"""The config schema: one typed dataclass per section, a docstring under every field, and the
+validation that a value can be given (types, `Literal` choices, bounds, cross-field rules).
+
+A YAML file is an instance of `Config` (`pseudocot.config.loader` reads it). Bounds are written in the
+type, `Annotated[int, Ge(1)]`; rules that span fields are a section's `validate()`. Both run when a
+section is built (`config.checks.Section`), from a file or in Python, and raise `FieldError`, which
+the loader turns into one line naming the file:line of the key.
+
+    pseudocot config show demo        # every field, its value and its docstring
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pseudocot.config.checks import FieldError, Ge, Gt, Le, Lt, NonEmpty, PlainName, Section, Unique
+
+Count = Annotated[int, Ge(0)]
+Positive = Annotated[int, Ge(1)]
+Fraction = Annotated[float, Ge(0), Le(1)]
+Weight = Annotated[float, Ge(0)]
+
+TinyPreset = Literal["tiny-3xs", "tiny-2xs", "tiny-xs", "tiny-s", "tiny-m", "tiny-l"]
+"""The tiny Llama sizes of `pseudocot.models.tiny` (its PRESETS table has exactly these keys)."""
+Dtype = Literal["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"]
+Mode = Literal["never", "always", "router", "depth"]
+RouterFeature = Literal["hidden", "logprobs", "iteration", "changed"]
+ArithOp = Literal["+", "-", "*", "/"]
+
+MIN_TOKENIZER_VOCAB = 256 + 7
+"""A trained tokenizer holds the 256 byte symbols and the 7 special tokens of `models.tokenizer`."""
+
+
+# --------------------------------------------------------------------------------------------
+# The sections.
+# --------------------------------------------------------------------------------------------
+@dataclass
+class RunConfig(Section):
+    name: Annotated[str, PlainName()] = "demo"
+    """Run name: stages write into `<out_dir>/<name>/`."""
+    out_dir: str = "runs"
+    """Folder that holds run folders."""
+    seed: int = 0
+    """Global random seed for data order, initialisation and sampling."""
+    device: str = "auto"
+    """Where models run: `auto` (CUDA if present, else CPU), `cpu`, `cuda`, `cuda:N` or `mps`."""
+    threads: Annotated[int, Ge(1)] | None = None
+    """Torch CPU threads per process (null: torch's default). On a small shared CPU, 1 per process is often fastest."""
+    parallel_stages: bool = False
+    """`pseudocot run`: train the base model in a second process beside the teacher and distillation chain."""
+
+
+@dataclass
+class ArithConfig(Section):
+    n_train: Count = 4000
+    """Number of training problems of the built-in arithmetic task."""
+    n_val: Count = 500
+    """Number of validation problems."""
+    n_test: Count = 1000
+    """Number of held-out test problems (disjoint from train and val by question text)."""
+    max_steps: Positive = 4
+    """Largest number of operations k in one problem; k is drawn from 1..max_steps."""
+    step_weights: list[Weight] | None = None
+    """Relative frequency of k = 1..max_steps (one weight per k); null means uniform."""
+    max_operand: Annotated[int, Ge(2)] = 12
+    """Largest operand of a step (operands are drawn from 1..max_operand; the start from 2..2*max_operand)."""
+    max_value: int = 99
+    """Largest value any intermediate or final result may take (all values stay non-negative); at least 2 * max_operand."""
+    operations: Annotated[list[ArithOp], NonEmpty()] = field(default_factory=lambda: ["+", "-", "*", "/"])
+    """Operations to draw from: any of `+`, `-`, `*`, `/` (division is always exact)."""
+    seed: int = 0
+    """Seed of the problem generator; the same seed gives byte-identical files."""
+
+    def validate(self) -> None:
+        if self.step_weights is not None and (len(self.step_weights) != self.max_steps or sum(self.step_weights) <= 0):
+            raise FieldError("step_weights", f"needs {self.max_steps} non-negative weights (one per k = 1..max_steps) "
+                                             "with a positive sum")
+        if self.max_value < 2 * self.max_operand:
+            raise FieldError("max_value", f"must be at least 2 * max_operand = {2 * self.max_operand}, got {self.max_value}")
+
+
+@dataclass
+class SourceConfig(Section):
+    name: Annotated[str, PlainName()] = "arith"
+    """Name of this source; it is written into each example's `source` field."""
+    format: Literal["arith", "gsm8k", "mmlu", "jsonl", "csv", "hf_disk"] = "arith"
+    """How to read it: the built-in task (`arith`, settings under `data.arith`), GSM8K JSONL, MMLU CSV, generic
+    JSONL or CSV, or a `datasets` folder saved with `save_to_disk`."""
+    train: str | None = None
+    """Training file (for `hf_disk`: `FOLDER` or `FOLDER:SPLIT`); null for a source used only for evaluation."""
+    val: str | None = None
+    """Validation file; null carves `data.val_fraction` out of the training file."""
+    test: str | None = None
+    """Test file; null means this source adds nothing to the test split."""
+    fields: dict[str, str] = field(default_factory=dict)
+    """Field mapping for `jsonl`, `csv` and `hf_disk`: Example field -> column name, e.g. `{question: prompt, answer: label}`."""
+    weight: Annotated[float, Gt(0)] = 1.0
+    """Relative share of this source in the mixed training split (paper section 4.1)."""
+
+
+@dataclass
+class DataConfig(Section):
+    sources: Annotated[list[SourceConfig], NonEmpty()] = field(default_factory=lambda: [SourceConfig()])
+    """Datasets to load; several are mixed so every shard holds the same share of each."""
+    arith: ArithConfig = field(default_factory=ArithConfig)
+    """Settings of the built-in arithmetic task (used by a source of format `arith`)."""
+    val_fraction: Annotated[float, Ge(0), Lt(1)] = 0.1
+    """Share of a source's training file held out as validation when it has no `val` file."""
+    max_train: Count | None = None
+    """Cap on the mixed training split (null: everything the sources give)."""
+    max_val: Count | None = None
+    """Cap on the validation split (null: no cap)."""
+    max_test: Count | None = None
+    """Cap on the test split (null: no cap)."""
+    skip_bad: bool = False
+    """Skip malformed rows (written with their reasons to `data/rejects.jsonl`) instead of stopping."""
+    seed: int = 0
+    """Seed for shuffling, the validation carve-out and mixing."""
+
+    def validate(self) -> None:
+        names = [s.name for s in self.sources]
+        twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if twice is not None:
+            raise FieldError("sources", f"uses the name '{twice}' twice; give each source its own name")
+
+
+@dataclass
+class TokenizerConfig(Section):
+    train: bool = False
+    """Train a BPE tokenizer on the run's training data into `<run>/tokenizer/` (for tiny models trained from scratch)."""
+    vocab_size: Annotated[int, Ge(MIN_TOKENIZER_VOCAB)] = 384
+    """Vocabulary size of a trained tokenizer (special tokens and the byte alphabet included: at least 263)."""
+    min_frequency: Positive = 2
+    """A merge must occur at least this often in the training text to be learned."""
+
+
+@dataclass
+class TrainConfig(Section):
+    lr: Annotated[float, Gt(0)] = 1e-3
+    """Peak learning rate."""
+    max_steps: Positive = 300
+    """Optimizer steps."""
+    batch_size: Positive = 32
+    """Examples per device per micro-batch."""
+    grad_accum_steps: Positive = 1
+    """Micro-batches accumulated per optimizer step."""
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    """Learning-rate schedule after warm-up."""
+    warmup_ratio: Fraction = 0.05
+    """Share of steps spent warming the learning rate up linearly."""
+    weight_decay: Weight = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: Weight = 1.0
+    """Gradient clipping norm (0 turns clipping off)."""
+    max_length: Annotated[int, Ge(2)] = 256
+    """Longest tokenized example; longer ones are cut at the end."""
+    save_every_steps: Positive = 100
+    """Write a resumable checkpoint every this many steps (a killed run restarts from the last one)."""
+    eval_every_steps: Count = 0
+    """Validation loss every this many steps during training (0: only at the end)."""
+    log_every_steps: Positive = 10
+    """Log the training loss every this many steps."""
+    bf16: bool | None = None
+    """bf16 mixed precision; null turns it on where a CUDA GPU supports it and off on CPU."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory on large models."""
+    group_by_length: bool = False
+    """Batch rows of similar length together: less padding, so faster steps, but less varied batches (on the demo it learnt far less per step)."""
+
+
+@dataclass
+class ModelSpec(Section):
+    path: str | None = None
+    """A pretrained checkpoint: local HF folder (or hub id when online). Null: build `preset` from scratch."""
+    preset: TinyPreset | None = None
+    """A tiny Llama preset (tiny-3xs, tiny-2xs, tiny-xs, tiny-s, tiny-m, tiny-l) initialised from scratch on the run's tokenizer."""
+    tokenizer: str | None = None
+    """Tokenizer folder; null: the checkpoint's own, or the run's trained tokenizer for a preset."""
+    dtype: Dtype = "auto"
+    """Weights dtype: auto (bf16 on a capable GPU, fp32 on CPU), float32, bfloat16, float16."""
+    trust_remote_code: bool = False
+    """Run the checkpoint's own Python code (only for checkpoints you trust)."""
+
+
+@dataclass
+class LoraConfig(Section):
+    r: Positive = 32
+    """LoRA rank."""
+    alpha: Positive = 64
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    dropout: Annotated[float, Ge(0), Lt(1)] = 0.05
+    """Dropout on the LoRA input."""
+    target_modules: Annotated[list[str], NonEmpty()] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"])
+    """Names of the linear layers that get adapters."""
+
+
+@dataclass
+class FinetuneConfig(Section):
+    model: ModelSpec = field(default_factory=ModelSpec)
+    """The model to fine-tune."""
+    method: Literal["full", "lora", "qlora"] = "lora"
+    """Full fine-tuning, LoRA, or QLoRA (4-bit base; needs CUDA and bitsandbytes)."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """Adapter settings for `lora` and `qlora`."""
+    with_reasoning: bool = True
+    """Train on the reference reasoning and the answer (true), or on the answer alone (false)."""
+    thoughts_in_context: bool = False
+    """Also train on each question with its first j gold reasoning lines as thoughts in the prompt (j = 1..k+1,
+    the answer line last), rendered as the pipeline renders them: the Pseudo-CoT base."""
+    system_prompt: str | None = None
+    """A system message put before every question (null: none)."""
+    train_file: str | None = None
+    """Training data (Example JSONL); null: the run's `data/train.jsonl`."""
+    val_file: str | None = None
+    """Validation data; null: the run's `data/val.jsonl`."""
+    merge: bool = False
+    """With LoRA, also save the merged full model in `<out>/merged/`."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation settings (keys not given here come from the top-level `train`)."""
+
+    def validate(self) -> None:
+        if self.method != "full" and self.model.preset and not self.model.path:
+            raise FieldError("method", f"{self.method} needs a pretrained model.path; a tiny preset is trained from "
+                                       "scratch, so use method: full")
+
+
+@dataclass
+class DistillStageConfig(Section):
+    name: Annotated[str, PlainName()] | None = None
+    """Folder name under `<run>/distill/`; null: `stage-<i>`."""
+    student: ModelSpec = field(default_factory=ModelSpec)
+    """The student of this stage (it becomes the next stage's teacher)."""
+    method: Literal["full", "lora", "qlora"] = "full"
+    """Train the student fully, with LoRA, or with QLoRA."""
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(target_modules=["q_proj", "k_proj"]))
+    """Adapter settings for `lora` and `qlora` (the paper adapts q and k only)."""
+    ce_weight: Weight = 0.5
+    """Weight of cross-entropy on the data."""
+    fkl_weight: Weight = 0.5
+    """Weight of forward KL(teacher || student)."""
+    rkl_weight: Weight = 0.0
+    """Weight of reverse KL(student || teacher)."""
+    jsd_weight: Weight = 0.0
+    """Weight of the generalised Jensen-Shannon divergence (TRL's GKD loss) between teacher and student."""
+    jsd_beta: Fraction = 0.5
+    """JSD interpolation: 0 is forward KL, 1 is reverse KL (TRL's convention)."""
+    skew_fkl_weight: Weight = 0.0
+    """Weight of skew forward KL(teacher || skew_alpha * teacher + (1 - skew_alpha) * student)."""
+    skew_rkl_weight: Weight = 0.0
+    """Weight of skew reverse KL(student || skew_alpha * student + (1 - skew_alpha) * teacher)."""
+    skew_alpha: Fraction = 0.1
+    """Skew of the skew KL terms: 0 gives the plain KL."""
+    temperature: Annotated[float, Gt(0)] = 1.0
+    """Softening temperature of both distributions in the teacher terms (KL, JSD, skew KL)."""
+    train_file: str | None = None
+    """Training data of this stage; null: the run's `data/train.jsonl`."""
+    val_file: str | None = None
+    """Validation data; null: the run's `data/val.jsonl`."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation settings (keys not given here come from the top-level `train`)."""
+
+    def teacher_weight(self) -> float:
+        """The total weight of the terms that need the teacher (0: the stage is cross-entropy only)."""
+        return self.fkl_weight + self.rkl_weight + self.jsd_weight + self.skew_fkl_weight + self.skew_rkl_weight
+
+    def validate(self) -> None:
+        if self.ce_weight + self.teacher_weight() <= 0:
+            raise FieldError("ce_weight", "and every teacher weight are 0, so the loss is 0; give a term a positive weight")
+        if self.method != "full" and self.student.preset and not self.student.path:
+            raise FieldError("method", f"{self.method} needs a pretrained student.path; a tiny preset is trained from "
+                                       "scratch, so use method: full")
+
+
+@dataclass
+class DistillConfig(Section):
+    teacher: ModelSpec = field(default_factory=ModelSpec)
+    """Stage 1's teacher: a trained model folder (`path`); empty: the run's fine-tuned reasoning teacher (`<run>/teacher/`)."""
+    stages: list[DistillStageConfig] = field(default_factory=list)
+    """The chain: stage i's teacher is stage i-1's student; the last student is the Tiny Thought Model."""
+    mode: Literal["online", "cached"] = "online"
+    """`online`: one teacher forward per batch; `cached`: the teacher runs once and its top-k log-probabilities are stored."""
+    top_k: Positive = 64
+    """How many teacher log-probabilities per token the cache keeps."""
+    chunk_size: Positive | None = None
+    """Tokens per chunk of the loss, so full-vocabulary logits never exist at once; null: about 32 M logits per
+    chunk (256 tokens at a 128k vocabulary)."""
+    with_reasoning: bool = True
+    """Distil on reasoning + answer (true) or the answer alone (false)."""
+    system_prompt: str | None = None
+    """A system message put before every question (null: none)."""
+    ce_only_baseline: bool = False
+    """Also train the last stage's student with cross-entropy only, same data and steps, and report it beside."""
+
+    def stage_names(self) -> list[str]:
+        """The folder name of each stage under `<run>/distill/`, in order."""
+        return [s.name or f"stage-{i + 1}" for i, s in enumerate(self.stages)]
+
+    def validate(self) -> None:
+        if self.teacher.preset:
+            raise FieldError("teacher.preset", "cannot be set: the teacher must be a trained model (teacher.path), "
+                                               "or leave it empty to use the run's teacher")
+        names = self.stage_names()
+        twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if twice is not None:
+            raise FieldError("stages", f"has two stages named '{twice}'; give each its own name")
+        if self.ce_only_baseline and self.stages and f"{names[-1]}-ce-only" in names:
+            raise FieldError("stages", f"already has a stage named '{names[-1]}-ce-only', the CE-only baseline's folder; rename it")
+
+
+@dataclass
+class PipelineConfig(Section):
+    mode: Mode = "router"
+    """never: the base alone; always: max_thoughts thoughts; router: the router decides after each answer; depth:
+    the depth router picks the number of thoughts from the question."""
+    max_thoughts: Count = 4
+    """Most thoughts the Tiny Thought Model writes per question."""
+    base_prompt: str = "{question}"
+    """The base model's user turn before any thought ({question})."""
+    base_prompt_with_thoughts: str = "{question}\nThoughts:\n{thoughts}"
+    """The base model's user turn once there are thoughts ({question}; {thoughts}: one per line)."""
+    system_prompt: str | None = None
+    """A system message for the base model (null: none)."""
+    ttm_prompt: str = "{question}"
+    """The TTM's user turn ({question}; {answer}: the base model's last answer; {thoughts})."""
+    ttm_continues_thoughts: bool = True
+    """Open the TTM's own turn with the thoughts so far, one per line, so it writes the next line (how a
+    reasoning model trained on step-by-step answers continues)."""
+    ttm_system_prompt: str | None = None
+    """A system message for the TTM (null: none)."""
+    thought_stop: list[str] = field(default_factory=lambda: ["\n"])
+    """A thought ends at the first of these strings (or at the TTM's end of turn, after which it writes no more)."""
+    thought_max_new_tokens: Positive = 64
+    """Most tokens per thought."""
+    answer_stop: list[str] = field(default_factory=list)
+    """Stop strings for the base model's answers."""
+    answer_max_new_tokens: Positive = 48
+    """Most tokens per base answer."""
+    batch_size: Positive = 32
+    """Questions answered together; the batch shrinks as questions finish."""
+    kv_reuse: bool = True
+    """Local models reuse the keys/values of the context they have already encoded."""
+    threshold: float | None = None
+    """Override the router's threshold: continue while its score is at least this (null: the trained one)."""
+    base: str | None = None
+    """Base model folder (null: the run's base/, merged/ if there)."""
+    ttm: str | None = None
+    """Tiny Thought Model folder (null: the run's last distillation stage)."""
+    router: str | None = None
+    """Router folder (null: the run's router/)."""
+
+
+@dataclass
+class EvalTaskConfig(Section):
+    name: str = "arith"
+    """Task name: arith, gsm8k, gsm8k_cot, mmlu:<subject>, jsonl, or package.module:attribute."""
+    data: str | None = None
+    """The task's data (a file, or for MMLU the folder of CSVs); null: the run's data/test.jsonl."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Options of the task (num_fewshot, fewshot, fields, extraction, primary, ...), as `pseudocot.tasks.get_task` takes them."""
+
+
+@dataclass
+class RouterConfig(Section):
+    task: EvalTaskConfig | None = None
+    """The task whose scoring labels the router's traces right or wrong (name and options; its data is the run's
+    train/val split). Null: the run's first eval task, so the router learns exactly what evaluation counts as
+    correct."""
+    train_questions: Positive = 1000
+    """Training questions whose base-model traces (thoughts forced to max_thoughts) label the router."""
+    val_questions: Positive = 300
+    """Validation questions: early stopping, the threshold and the cost-accuracy curve."""
+    features: Annotated[list[RouterFeature], NonEmpty(), Unique()] = field(default_factory=lambda: ["hidden", "logprobs", "iteration", "changed"])
+    """Router inputs: hidden (the base model's final hidden state, pooled), logprobs (answer token log-
+    probability statistics), iteration, changed (the answer differs from the previous one)."""
+    hidden_size: Positive = 64
+    """Width of the MLP's hidden layer."""
+    dropout: Annotated[float, Ge(0), Lt(1)] = 0.1
+    """Dropout in the MLP."""
+    lr: Annotated[float, Gt(0)] = 1e-3
+    """AdamW learning rate."""
+    weight_decay: Weight = 1e-4
+    """AdamW weight decay."""
+    batch_size: Positive = 256
+    """Router training rows per step."""
+    max_epochs: Positive = 300
+    """Most passes over the training rows."""
+    patience: Positive = 25
+    """Stop after this many epochs without a better validation loss (the best epoch is kept)."""
+    objective: Literal["penalty", "call_rate"] = "penalty"
+    """How the threshold is chosen on validation: maximise accuracy - penalty x call rate, or the best accuracy at most target_call_rate."""
+    penalty: Weight = 0.05
+    """Accuracy given up per unit of call rate (call rate 1 = as many thoughts as always)."""
+    target_call_rate: Fraction = 0.5
+    """Call-rate budget (relative to always) for objective call_rate."""
+    depth: bool = True
+    """Also train the depth router (question only -> number of thoughts) for mode depth."""
+    seed: int = 0
+    """Seed of the MLP's initialisation and batches."""
+
+
+@dataclass
+class SystemConfig(Section):
+    name: Annotated[str, PlainName()]
+    """Name of the system in results, tables and figures (never, always, router, ...)."""
+    kind: Literal["pipeline", "hf", "openai"] = "pipeline"
+    """pipeline: the run's base + TTM + router in `mode`; hf: one local model (with `adapter`: a LoRA adapter
+    merged in); openai: an OpenAI-compatible endpoint."""
+    mode: Mode = "router"
+    """Pipeline mode (kind pipeline)."""
+    model: str | None = None
+    """hf: the model folder; openai: the endpoint's model name; pipeline: the base model folder (null: pipeline.base, else the run's)."""
+    adapter: str | None = None
+    """hf: a LoRA adapter folder merged into `model` (null `model`: the base the adapter names)."""
+    ttm: str | None = None
+    """pipeline: the Tiny Thought Model folder (null: pipeline.ttm, else the run's last distillation stage)."""
+    router: str | None = None
+    """pipeline: the router folder (null: pipeline.router, else the run's router/)."""
+    threshold: float | None = None
+    """pipeline, mode router: override the router's threshold (null: pipeline.threshold, else the trained one)."""
+    max_thoughts: Count | None = None
+    """pipeline: most thoughts per question (null: pipeline.max_thoughts; a trained router's own for router/depth)."""
+    base_url: str | None = None
+    """openai: the endpoint, e.g. http://localhost:8000/v1."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """openai: the environment variable that holds the API key (keys never go into configs or results)."""
+    chat: bool = True
+    """hf/openai: chat messages (the tokenizer's chat template, or /chat/completions) rather than plain text (/completions)."""
+    max_new_tokens: Positive = 256
+    """hf/openai: most tokens generated per answer."""
+    temperature: Weight = 0.0
+    """hf/openai: sampling temperature; 0 is greedy, and then one generation stands for every seed."""
+    top_p: Annotated[float, Gt(0), Le(1)] = 1.0
+    """hf/openai: nucleus sampling mass (temperature > 0)."""
+    stop: list[str] = field(default_factory=list)
+    """hf/openai: stop strings, added to the task's own."""
+    concurrency: Positive = 8
+    """openai: requests in flight at once."""
+    parameters: Positive | None = None
+    """Parameter count for the accuracy-against-size figure; null: counted from the local models (endpoints: left out)."""
+
+    def validate(self) -> None:
+        if self.kind == "hf" and not (self.model or self.adapter):
+            raise FieldError("model", "is needed for kind hf: a model folder (or set `adapter`, a LoRA adapter folder)")
+        if self.kind == "openai" and not (self.base_url and self.model):
+            raise FieldError("base_url", "and `model` are needed for kind openai: the endpoint and its model name")
+
+
+@dataclass
+class EvalConfig(Section):
+    tasks: Annotated[list[EvalTaskConfig], NonEmpty()] = field(default_factory=lambda: [EvalTaskConfig()])
+    """Tasks to evaluate on; the first is the primary one (the top-level view of results.json)."""
+    systems: Annotated[list[SystemConfig], NonEmpty()] = field(default_factory=lambda: [
+        SystemConfig(name="never", mode="never"), SystemConfig(name="always", mode="always"),
+        SystemConfig(name="router", mode="router")])
+    """Systems to evaluate; each pair of them is compared on the same questions."""
+    seeds: Annotated[list[int], NonEmpty()] = field(default_factory=lambda: [0])
+    """Sampling seeds: a system with temperature > 0 generates once per seed and its numbers are averaged; greedy systems generate once."""
+    max_questions: Positive | None = None
+    """Evaluate the first this many questions of each task (null: all)."""
+    n_boot: Positive = 10000
+    """Bootstrap resamples of every interval."""
+    chunk_questions: Positive = 64
+    """Questions generated between two writes of the generation cache (a killed evaluation loses at most one chunk)."""
+    batch_size: Positive = 32
+    """Prompts a local model of kind hf generates together."""
+    shard: str | None = None
+    """This process's share of the questions, `i/n` (0 <= i < n; contiguous blocks); null: all. Results are
+    written once every shard is done (or by `pseudocot eval merge`)."""
+    out: str | None = None
+    """Output folder; null: the run's eval/."""
+
+    def validate(self) -> None:
+        for what, names in (("tasks", [t.name for t in self.tasks]), ("systems", [s.name for s in self.systems])):
+            twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+            if twice is not None:
+                raise FieldError(what, f"names '{twice}' twice; give each its own name")
+        if self.shard is not None:
+            parse_shard(self.shard)
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """`"1/4"` -> (1, 4); None or "" -> None (every question)."""
+    if text is None or text == "":
+        return None
+    i, sep, n = str(text).partition("/")
+    try:
+        index, count = int(i), int(n)
+    except ValueError:
+        index, count = -1, 0
+    if not sep or count < 1 or not 0 <= index < count:
+        raise FieldError("shard", f"must be i/n with 0 <= i < n (e.g. 0/4 for the first of four), got {text!r}")
+    return index, count
+
+
+@dataclass
+class Config(Section):
+    run: RunConfig = field(default_factory=RunConfig)
+    """Run name, output folder, seed, device."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Which data, how it is split and mixed."""
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """Tokenizer of the tiny models (ignored when real checkpoints bring their own)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Defaults for every training stage: a stage's own `train` keys override these."""
+    teacher: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(method="full", with_reasoning=True))
+    """The reasoning teacher, fine-tuned on step-by-step data (`pseudocot finetune --role teacher`)."""
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    """The distillation chain that makes the Tiny Thought Model (`pseudocot distill`)."""
+    base: FinetuneConfig = field(default_factory=FinetuneConfig)
+    """The base LLM, fine-tuned on task data (`pseudocot finetune`)."""
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    """The Pseudo-CoT loop: base answers, router decides, TTM thinks (`pseudocot chat`, evaluation)."""
+    router: RouterConfig = field(default_factory=RouterConfig)
+    """The router, trained on the base model's traces (`pseudocot router`)."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Systems x tasks -> results.json, report.md, figures (`pseudocot eval`)."""
+
+    def router_task(self) -> EvalTaskConfig:
+        """The task that labels the router's traces: `router.task`, else the first eval task."""
+        return self.router.task or self.eval.tasks[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Field docstrings (read from the source, so the docs live in one place).
+# --------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Return {field name: docstring} for a dataclass whose fields carry a string literal below."""
+    try:
+        tree = ast.parse(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs

@@ -1,0 +1,234 @@
+"""Stage freshness: one key per stage, the only way any command decides whether a stage's output
+is current, may be resumed, or must be made again.
+
+A stage's key is the hash of (a) the config it reads (its own section, `run.seed` where it trains,
+and the pipeline settings that shape what it sees, `pipeline_settings`) and (b) a content fingerprint
+of every input it reads: data files, upstream model folders, the tokenizer. Not modification times:
+a file rewritten with the same bytes keeps its key, and a changed file changes it.
+
+    stage     reads
+    data      data, tokenizer sections; the source files
+    teacher   teacher section, run.seed; train/val files, tokenizer, pretrained weights
+    base      base section, run.seed, the base prompts (with thoughts_in_context); the same inputs
+    distill   distill section, run.seed; stage 1's teacher, train/val files, tokenizer, students
+    router    router section, router task, pipeline (traces); train/val files, base and TTM models
+    eval      eval section, pipeline (eval); the tasks' data, base, TTM and router
+
+`pseudocot run` records the keys in `run_state.json` and skips a stage finished with its current key.
+The stages themselves (and so `pseudocot finetune`, `distill`, `router`, `eval` run alone) write the
+same key into what they make: `metrics.json` (done) and `checkpoints/key.txt` (may resume) of a
+training stage, `router.json` and `traces/key.txt` of the router. A stage whose output carries
+another key starts from scratch: after new data or a new `run.seed`, `pseudocot finetune` trains again
+instead of skipping or resuming old checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pseudocot.config.loader import to_dict
+from pseudocot.config.schema import Config, DistillStageConfig, ModelSpec, PipelineConfig
+from pseudocot.layout import METRICS, RunLayout
+
+STAGES = ("data", "teacher", "distill", "base", "router", "eval")
+"""Every stage `pseudocot run` knows, in the order it runs them."""
+
+_MIB = 1 << 20
+
+
+def digest(value: Any) -> str:
+    """A short stable hash of plain data (dataclasses included)."""
+    blob = json.dumps(to_dict(value), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# Content fingerprints.
+# --------------------------------------------------------------------------------------------
+
+
+def _hash_file(h: Any, path: Path, whole: bool) -> None:
+    size = path.stat().st_size
+    h.update(f"{path.name}\0{size}\0".encode())
+    with path.open("rb") as f:
+        if whole or size <= 4 * _MIB:
+            for block in iter(lambda: f.read(_MIB), b""):
+                h.update(block)
+            return
+        # Weights of gigabytes: the head (the safetensors header and the first tensors) and the tail
+        # tell a retrained model of the same shape apart without reading all of it.
+        h.update(f.read(_MIB))
+        f.seek(-_MIB, os.SEEK_END)
+        h.update(f.read())
+
+
+def _fingerprint(path: str | os.PathLike[str] | None, model: bool) -> str | None:
+    """None for no path, `missing:<path>` for a path that does not exist (a hub id, say), else the
+    hash of the files that make it what it is (see the two functions below)."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.exists():
+        return f"missing:{p}"
+    h = hashlib.sha256()
+    if p.is_file():
+        files = [p]
+    elif model:  # the top level only: checkpoints/ and merged/ are not the model
+        files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".") and f.name != METRICS)
+    else:
+        files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+    for f in files:
+        h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
+        _hash_file(h, f, whole=not model)
+    adapter = p / "adapter_config.json"
+    if model and adapter.is_file():
+        base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+        if base and Path(base).resolve() != p.resolve():
+            h.update(str(model_fingerprint(base)).encode())
+    return h.hexdigest()[:16]
+
+
+def file_fingerprint(path: str | os.PathLike[str] | None) -> str | None:
+    """A fingerprint of a data file's whole content (every file under it, for a folder)."""
+    return _fingerprint(path, model=False)
+
+
+def model_fingerprint(folder: str | os.PathLike[str] | None) -> str | None:
+    """A fingerprint of a model folder: its top-level files (weights by head and tail, the rest whole),
+    not `metrics.json` (timings) nor subfolders (checkpoints); an adapter adds its base model's."""
+    return _fingerprint(folder, model=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Which pipeline settings a reader depends on: the one list.
+# --------------------------------------------------------------------------------------------
+
+_BASE_PROMPTS = ("base_prompt", "base_prompt_with_thoughts", "system_prompt")
+_RUNTIME = ("mode", "threshold", "batch_size", "kv_reuse", "base", "ttm", "router")
+"""Settings that never change a forced trace: how questions are batched (greedy batches equal one
+question at a time), and which folders (their contents are fingerprinted instead)."""
+
+
+def pipeline_settings(p: PipelineConfig, reader: str) -> dict[str, Any]:
+    """The pipeline settings that shape what `reader` trains on or measures:
+
+    - `base`: the base model trained with thoughts in its context (the prompts it is rendered with);
+    - `traces`: forced traces (the router's training data): every setting but the runtime ones;
+    - `eval`: answers in a chosen mode: the traces' settings plus the mode and threshold.
+    """
+    d = to_dict(p)
+    if reader == "base":
+        return {k: d[k] for k in _BASE_PROMPTS}
+    if reader == "traces":
+        return {k: v for k, v in d.items() if k not in _RUNTIME}
+    if reader == "eval":
+        return {k: v for k, v in d.items() if k not in _RUNTIME or k in ("mode", "threshold")}
+    raise ValueError(f"unknown pipeline reader {reader!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# The keys.
+# --------------------------------------------------------------------------------------------
+
+
+def _tokenizer_input(spec: ModelSpec, layout: RunLayout) -> str | None:
+    """The tokenizer a model spec trains with: its own folder, the checkpoint's (covered by the
+    checkpoint's fingerprint), or the run's trained one for a preset."""
+    if spec.tokenizer:
+        return model_fingerprint(spec.tokenizer)
+    if spec.path:
+        return None
+    return model_fingerprint(layout.tokenizer_dir)
+
+
+def _data_inputs(layout: RunLayout, train_file: str | None, val_file: str | None) -> list[str | None]:
+    return [file_fingerprint(train_file or layout.split("train")), file_fingerprint(val_file or layout.split("val"))]
+
+
+def _source_files(cfg: Config) -> list[Any]:
+    out: list[Any] = []
+    for s in cfg.data.sources:
+        for split in ("train", "val", "test"):
+            path = getattr(s, split)
+            if path:
+                out.append(file_fingerprint(path.split(":", 1)[0] if s.format == "hf_disk" else path))
+    return out
+
+
+def finetune_key(cfg: Config, role: str) -> str:
+    """The key of `pseudocot finetune --role <role>` (the teacher and base stages)."""
+    layout = RunLayout.of(cfg)
+    f = cfg.teacher if role == "teacher" else cfg.base
+    return digest({
+        "stage": role, "own": f, "seed": cfg.run.seed,
+        "prompts": pipeline_settings(cfg.pipeline, "base") if f.thoughts_in_context else None,
+        "data": _data_inputs(layout, f.train_file, f.val_file),
+        "tokenizer": _tokenizer_input(f.model, layout), "weights": model_fingerprint(f.model.path),
+    })
+
+
+def distill_stage_key(cfg: Config, stage: DistillStageConfig, teacher: str | os.PathLike[str]) -> str:
+    """The key of one distillation stage, given the folder of its teacher (stage i-1's student)."""
+    layout = RunLayout.of(cfg)
+    common = {k: v for k, v in to_dict(cfg.distill).items() if k not in ("teacher", "stages", "ce_only_baseline")}
+    return digest({
+        "stage": "distill", "own": stage, "distill": common, "seed": cfg.run.seed,
+        "teacher": model_fingerprint(teacher), "data": _data_inputs(layout, stage.train_file, stage.val_file),
+        "tokenizer": _tokenizer_input(stage.student, layout), "weights": model_fingerprint(stage.student.path),
+    })
+
+
+def stage_key(cfg: Config, stage: str) -> str:
+    """The key of `stage` (one of `STAGES`) as its inputs are now."""
+    layout = RunLayout.of(cfg)
+    if stage == "data":
+        return digest({"stage": stage, "data": cfg.data, "tokenizer": cfg.tokenizer, "sources": _source_files(cfg)})
+    if stage in ("teacher", "base"):
+        return finetune_key(cfg, stage)
+    if stage == "distill":
+        # The chain's own config and its first teacher; each stage's key adds the stage before it.
+        return digest({"stage": stage, "distill": cfg.distill, "seed": cfg.run.seed,
+                       "teacher": model_fingerprint(layout.distill_teacher),
+                       "data": [_data_inputs(layout, s.train_file, s.val_file) for s in cfg.distill.stages],
+                       "tokenizer": [_tokenizer_input(s.student, layout) for s in cfg.distill.stages],
+                       "weights": [model_fingerprint(s.student.path) for s in cfg.distill.stages]})
+    if stage == "router":
+        return digest({"stage": stage, "router": cfg.router, "task": cfg.router_task(),
+                       "pipeline": pipeline_settings(cfg.pipeline, "traces"), "chunk": router_chunk(cfg),
+                       "data": _data_inputs(layout, None, None),
+                       "models": [model_fingerprint(layout.base), model_fingerprint(layout.ttm)]})
+    if stage == "eval":
+        systems = [[model_fingerprint(getattr(s, k)) for k in ("model", "adapter", "ttm", "router")]
+                   for s in cfg.eval.systems if s.kind != "openai"]
+        return digest({"stage": stage, "eval": cfg.eval, "pipeline": pipeline_settings(cfg.pipeline, "eval"),
+                       "tasks": [file_fingerprint(layout.eval_task_data(t.data)) for t in cfg.eval.tasks],
+                       "models": [model_fingerprint(layout.base), model_fingerprint(layout.ttm),
+                                  model_fingerprint(layout.router)], "systems": systems})
+    raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+
+
+ROUTER_CHUNK = 128
+"""Questions per chunk of the router's trace collection (at least one pipeline batch)."""
+
+
+def router_chunk(cfg: Config) -> int:
+    """Questions per chunk of router traces: a killed collection loses at most one chunk."""
+    return max(ROUTER_CHUNK, cfg.pipeline.batch_size)
+
+
+def read_key(path: Path) -> str | None:
+    """A key written by `write_key` (None when there is none)."""
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def write_key(path: Path, key: str) -> None:
+    from pseudocot.files import atomic_write_text
+
+    atomic_write_text(path, key + "\n")

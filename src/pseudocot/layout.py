@@ -1,0 +1,309 @@
+"""`RunLayout`: every path of a run folder, in one place.
+
+    runs/<name>/
+      config.yaml  run.log  run_state.json  logs/<stage>.log
+      data/        train.jsonl val.jsonl test.jsonl stats.json [rejects.jsonl]
+      tokenizer/   the trained tokenizer (tiny models trained from scratch)
+      synth/       candidates.jsonl kept.jsonl rejects.jsonl stats.json
+      teacher/     the reasoning teacher            } a trained-model folder: the model or adapter,
+      distill/     <stage>/ per stage, summary.json } its tokenizer, metrics.json, checkpoints/,
+      base/        the base model                   } [merged/], [teacher_cache/]
+      grpo/        the RL-tuned TTM (or base)
+      router/      router.json *.safetensors traces/
+      eval/        results.json report.md/.csv/.json figures/ predictions/ traces/ cache/
+
+Stages, evaluation, the chat, the router and the benchmarks ask a `RunLayout` for a path; no other
+module spells one. Where the config points a reader elsewhere (`pipeline.base/ttm/router`,
+`distill.teacher.path`, `eval.out`), the layout's answer follows it.
+
+    layout = RunLayout.of(cfg)
+    layout.split("train"), layout.ttm, layout.results
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pseudocot.config.schema import Config
+from pseudocot.errors import DataError
+
+# Inside any trained-model folder (a stage's output).
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.json"
+MERGED = "merged"
+TEACHER_CACHE = "teacher_cache"
+# Inside a router folder (`router.model.Router.save` writes it).
+ROUTER_INFO = "router.json"
+ROUTER_WEIGHTS = "router.safetensors"
+DEPTH_WEIGHTS = "depth.safetensors"
+
+
+def safe_name(name: str) -> str:
+    """A task or system name as a folder name (`mmlu:college_mathematics` -> `mmlu_college_mathematics`)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "x"
+
+
+def checkpoints_dir(model_dir: Path) -> Path:
+    """Where a training stage writes its resumable HF Trainer checkpoints."""
+    return Path(model_dir) / CHECKPOINTS
+
+
+def metrics_file(model_dir: Path) -> Path:
+    """A training stage's `metrics.json`, written last: its key marks the folder complete."""
+    return Path(model_dir) / METRICS
+
+
+def merged_dir(model_dir: Path) -> Path:
+    """The LoRA adapter merged into its base, when the stage was asked to (`merge: true`)."""
+    return Path(model_dir) / MERGED
+
+
+def teacher_cache_dir(stage_dir: Path) -> Path:
+    """A distillation stage's cached top-k teacher log-probabilities (`distill.mode: cached`)."""
+    return Path(stage_dir) / TEACHER_CACHE
+
+
+def has_model(folder: Path | None) -> bool:
+    """A saved model or adapter is in `folder`."""
+    return folder is not None and any((Path(folder) / f).is_file() for f in ("config.json", "adapter_config.json"))
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The paths of one run folder, as the config `cfg` places and points them."""
+
+    cfg: Config
+
+    @classmethod
+    def of(cls, cfg: Config) -> RunLayout:
+        return cls(cfg)
+
+    # ---------------------------------------------------------------- the run itself
+
+    @property
+    def root(self) -> Path:
+        return Path(self.cfg.run.out_dir) / self.cfg.run.name
+
+    @property
+    def config_file(self) -> Path:
+        """The resolved config every stage of the run reads (`pseudocot run` saves it first)."""
+        return self.root / "config.yaml"
+
+    @property
+    def run_log(self) -> Path:
+        return self.root / "run.log"
+
+    @property
+    def state_file(self) -> Path:
+        """`run_state.json`: per stage, the key it was started and finished with, and its seconds."""
+        return self.root / "run_state.json"
+
+    def stage_log(self, stage: str) -> Path:
+        """The log of a stage that runs in its own process."""
+        return self.root / "logs" / f"{stage}.log"
+
+    # ---------------------------------------------------------------- data
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    def split(self, name: str) -> Path:
+        """`data/<train|val|test>.jsonl`."""
+        return self.data_dir / f"{name}.jsonl"
+
+    @property
+    def data_stats(self) -> Path:
+        return self.data_dir / "stats.json"
+
+    @property
+    def data_rejects(self) -> Path:
+        return self.data_dir / "rejects.jsonl"
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def synth_dir(self) -> Path:
+        return self.root / "synth"
+
+    # ---------------------------------------------------------------- models
+
+    def finetune_dir(self, role: str) -> Path:
+        """Where `pseudocot finetune --role <role>` writes: `teacher/` or `base/`."""
+        if role not in ("teacher", "base"):
+            raise ValueError(f"role must be teacher or base, got {role!r}")
+        return self.root / role
+
+    @property
+    def teacher_dir(self) -> Path:
+        return self.finetune_dir("teacher")
+
+    @property
+    def base_dir(self) -> Path:
+        return self.finetune_dir("base")
+
+    @property
+    def distill_dir(self) -> Path:
+        return self.root / "distill"
+
+    def distill_stages(self) -> list[tuple[str, Path]]:
+        """(name, folder) of every distillation stage, in order; the last one's student is the TTM."""
+        return [(name, self.distill_dir / name) for name in self.cfg.distill.stage_names()]
+
+    def ce_only_dir(self) -> Path:
+        """The CE-only baseline beside the last stage (`distill.ce_only_baseline`)."""
+        return self.distill_dir / f"{self.cfg.distill.stage_names()[-1]}-ce-only"
+
+    @property
+    def distill_summary(self) -> Path:
+        return self.distill_dir / "summary.json"
+
+    @property
+    def distill_teacher(self) -> Path:
+        """Stage 1's teacher: `distill.teacher.path`, else the run's fine-tuned teacher."""
+        path = self.cfg.distill.teacher.path
+        return Path(path) if path else self.teacher_dir
+
+    @property
+    def grpo_dir(self) -> Path:
+        return self.root / "grpo"
+
+    # ---------------------------------------------------------------- what the pipeline reads
+
+    @property
+    def base(self) -> Path:
+        """The base model the pipeline loads: `pipeline.base`, else the run's base (its merged/ when written)."""
+        if self.cfg.pipeline.base:
+            return Path(self.cfg.pipeline.base)
+        merged = merged_dir(self.base_dir)
+        return merged if (merged / "config.json").is_file() else self.base_dir
+
+    @property
+    def ttm(self) -> Path | None:
+        """The Tiny Thought Model: `pipeline.ttm`, else the last distillation stage (None without stages)."""
+        if self.cfg.pipeline.ttm:
+            return Path(self.cfg.pipeline.ttm)
+        stages = self.distill_stages()
+        return stages[-1][1] if stages else None
+
+    @property
+    def router_dir(self) -> Path:
+        """Where the router is written and read: `pipeline.router`, else the run's router/."""
+        return Path(self.cfg.pipeline.router) if self.cfg.pipeline.router else self.root / "router"
+
+    @property
+    def router_file(self) -> Path:
+        return self.router_dir / ROUTER_INFO
+
+    @property
+    def router(self) -> Path | None:
+        """The trained router's folder, None when there is none yet."""
+        return self.router_dir if self.router_file.is_file() else None
+
+    @property
+    def router_traces_dir(self) -> Path:
+        return self.router_dir / "traces"
+
+    # ---------------------------------------------------------------- evaluation
+
+    @property
+    def eval_dir(self) -> Path:
+        """`eval.out`, else the run's eval/."""
+        return Path(self.cfg.eval.out) if self.cfg.eval.out else self.root / "eval"
+
+    @property
+    def eval(self) -> EvalLayout:
+        return EvalLayout(self.eval_dir)
+
+    @property
+    def results(self) -> Path:
+        return self.eval.results
+
+    @property
+    def report(self) -> Path:
+        return self.eval.report
+
+    def eval_task_data(self, data: str | None) -> Path:
+        """An eval task's data: its own `data`, else the run's test split."""
+        return Path(data) if data else self.split("test")
+
+    # ---------------------------------------------------------------- stages
+
+    def stage_outputs(self, stage: str) -> list[Path]:
+        """What `--force` removes before a stage runs again from scratch."""
+        outputs: dict[str, Sequence[Path]] = {
+            "data": (self.data_dir, self.tokenizer_dir), "synth": (self.synth_dir,),
+            "teacher": (self.teacher_dir,), "base": (self.base_dir,), "distill": (self.distill_dir,),
+            "grpo": (self.grpo_dir,), "router": (self.router_dir,), "eval": (self.eval_dir,),
+        }
+        if stage not in outputs:
+            raise ValueError(f"unknown stage {stage!r}")
+        return list(outputs[stage])
+
+
+@dataclass(frozen=True)
+class EvalLayout:
+    """An evaluation folder (a run's eval/, `eval.out`, or `pseudocot eval report --out`):
+
+        results.json  report.md  report.csv  report.json  figures/*.png
+        predictions/<task>/<system>.jsonl  traces/<task>/<system>.jsonl
+        cache/<task>-<key>/<system>-<key>/seed-<s>/part-*.jsonl  cache/systems/<system>-<key>.json
+    """
+
+    root: Path
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.md"
+
+    def report_file(self, suffix: str) -> Path:
+        """`report.md`, `report.csv`, `report.json`."""
+        return self.root / f"report{suffix}"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    def answers(self, task: str, task_key: str, system: str, system_key: str, seed: int) -> Path:
+        """The generation cache of one system on one task with one seed."""
+        return self.cache / f"{safe_name(task)}-{task_key}" / f"{safe_name(system)}-{system_key}" / f"seed-{seed}"
+
+    def system_meta(self, system: str, system_key: str) -> Path:
+        """What a system was when it was built (its parameter counts)."""
+        return self.cache / "systems" / f"{safe_name(system)}-{system_key}.json"
+
+    @staticmethod
+    def predictions(task: str, system: str) -> Path:
+        """Per-question predictions, relative to the folder (results.json stores it so)."""
+        return Path("predictions") / safe_name(task) / f"{safe_name(system)}.jsonl"
+
+    @staticmethod
+    def traces(task: str, system: str) -> Path:
+        """Pipeline traces, relative to the folder."""
+        return Path("traces") / safe_name(task) / f"{safe_name(system)}.jsonl"
+
+
+def run_config(run_dir: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
+    """A run folder's saved config, pointed at `run_dir` wherever the folder now is."""
+    from pseudocot.config.loader import load_config
+
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise DataError(f"{path}: no run config here; pass a run folder (runs/<name>) made by `pseudocot` stages.")
+    where = (f"run.out_dir={run_dir.resolve().parent}", f"run.name={run_dir.name}")
+    return load_config(path, (*where, *overrides))

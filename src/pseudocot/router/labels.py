@@ -1,0 +1,65 @@
+"""From forced traces to the arrays the router trains and is judged on.
+
+Every answer of a trace is right or wrong by the task's own scoring (`Task.is_correct`: the task's
+primary extraction and metric), the one definition of correct that evaluation also counts, so the
+router learns to stop exactly where evaluation would call the answer right.
+
+    correct, available = outcomes(traces, examples, task, max_thoughts)    # see `policy`
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from pseudocot.data.example import Example
+from pseudocot.errors import DataError
+from pseudocot.router.features import assemble
+from pseudocot.tasks.task import Task
+
+
+def outcomes(traces: Sequence[Any], examples: Sequence[Example], task: Task, max_thoughts: int
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """`correct` (N, M+1) and `available` (N,) of forced traces, answer by answer (see `policy`).
+    `traces[i]` answers `examples[i]`; each answer's text is scored by `task`."""
+    by_id = {e.id: e for e in examples}
+    correct = np.zeros((len(traces), max_thoughts + 1), dtype=bool)
+    available = np.zeros(len(traces), dtype=int)
+    for q, t in enumerate(traces):
+        ex = by_id.get(t.id)
+        if ex is None:
+            raise DataError(f"router trace '{t.id}' answers no question of the data; delete the router's traces/ folder.")
+        marks = [task.is_correct(a.text, ex) for a in t.answers]
+        available[q] = len(marks) - 1
+        correct[q, : len(marks)] = marks
+        correct[q, len(marks):] = marks[-1]  # no later answer: the last one stands
+    return correct, available
+
+
+def step_matrix(parts: dict[str, torch.Tensor], names: list[str], max_thoughts: int) -> torch.Tensor:
+    """(rows, D) router inputs, one row per answer, from the collected per-answer parts."""
+    n = len(parts["iteration"])
+    return torch.stack([assemble({k: v[i] for k, v in parts.items() if k != "question"}, names, max_thoughts)
+                        for i in range(n)])
+
+
+def rows_of(traces: Sequence[Any], available: np.ndarray) -> list[int]:
+    """Index into the step rows (one per answer) of every answer that could be followed by a thought."""
+    out, start = [], 0
+    for t, m in zip(traces, available):
+        out += [start + i for i in range(m)]
+        start += len(t.answers)
+    return out
+
+
+def score_matrix(probs: np.ndarray, traces: Sequence[Any], available: np.ndarray, max_thoughts: int) -> np.ndarray:
+    """(N, M) router scores after each answer that could be followed by a thought (-inf elsewhere)."""
+    scores = np.full((len(traces), max_thoughts), -np.inf)
+    k = 0
+    for q, m in enumerate(available):
+        scores[q, :m] = probs[k:k + m]
+        k += m
+    return scores

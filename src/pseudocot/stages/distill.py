@@ -1,0 +1,117 @@
+"""The `distill` stage: a chain of distillation stages that makes the Tiny Thought Model.
+
+Stage i's teacher is stage i-1's student (stage 1's is `distill.teacher.path`, by default the run's
+fine-tuned reasoning teacher). Each stage checks, before any weights load, that teacher and student
+share one vocabulary; then that both output heads are reproduced exactly (bias, logit scaling,
+soft-capping); then trains (`train.distill`). A stage complete under its key (its config, `run.seed`,
+its teacher's content, the data, the tokenizer) is skipped; checkpoints of another key are discarded.
+
+    pseudocot distill --config demo      -> runs/<name>/distill/stage-1/, stage-2/, ..., summary.json
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pseudocot.config import Config, DistillStageConfig, ModelSpec
+from pseudocot.errors import ModelError
+from pseudocot.files import atomic_write_text
+from pseudocot.freshness import distill_stage_key, model_fingerprint
+from pseudocot.layout import RunLayout, has_model, metrics_file, teacher_cache_dir
+from pseudocot.models.loading import load_tokenizer
+from pseudocot.models.tokenizer import vocabulary_mismatch
+from pseudocot.stages import prepare
+from pseudocot.train import teacher_cache
+from pseudocot.train.checkpoints import finished_metrics, is_main_process, train_and_save
+from pseudocot.train.distill import check_heads, collator, load_teacher, trainer_class
+from pseudocot.train.rows import read_split, tokenize_examples
+from pseudocot.train.setup import load_spec_tokenizer, spec_name, trainable_model, training_args
+
+
+def train_stage(cfg: Config, stage: DistillStageConfig, out: Path, teacher_path: Path, teacher_spec: ModelSpec) -> dict[str, Any]:
+    """One stage: check tokenizers and heads, load teacher and student, train, save, report validation loss."""
+    layout = RunLayout.of(cfg)
+    key = distill_stage_key(cfg, stage, teacher_path)
+    done = finished_metrics(out, key)
+    if done is not None:
+        return done
+    # Tokenizers first: a mismatch must stop the stage before gigabytes of weights load.
+    t_tok = load_tokenizer(str(teacher_path), teacher_spec.trust_remote_code)
+    s_tok = load_spec_tokenizer(stage.student, layout.tokenizer_dir)
+    problem = vocabulary_mismatch(t_tok, s_tok, str(teacher_path), spec_name(stage.student))
+    if problem:
+        raise ModelError(problem[0].upper() + problem[1:-1]
+                         + "; distillation needs one shared vocabulary, so pick a student of the teacher's family.")
+
+    t, d = stage.train, cfg.distill
+
+    def rows_of(file: str | None, split: str) -> list[dict[str, Any]]:
+        examples = read_split(file or layout.split(split), f"distillation {split} data")
+        return tokenize_examples(examples, s_tok, d.with_reasoning, d.system_prompt, t.max_length)
+
+    rows, val_rows = rows_of(stage.train_file, "train"), rows_of(stage.val_file, "val")
+    args = training_args(t, out, cfg.run.seed, cfg.run.device, has_eval=False)
+    teacher, cache = None, None
+    if stage.teacher_weight() and d.mode == "cached":
+        cache_key = teacher_cache.cache_key(rows, model_fingerprint(teacher_path), d.top_k)
+        with args.main_process_first(desc="teacher cache"):
+            cache = teacher_cache.TeacherCache.load(teacher_cache_dir(out), cache_key)
+            if cache is None:
+                teacher = load_teacher(teacher_path, teacher_spec.dtype, teacher_spec.trust_remote_code, cfg.run.device)
+                check_heads(rows, teacher, str(teacher_path))
+                cache = teacher_cache.build(teacher_cache_dir(out), cache_key, rows, teacher, d.top_k,
+                                            t_tok.pad_token_id, batch_size=t.batch_size)
+                teacher = None  # training reads the cache; free the teacher
+    elif stage.teacher_weight():
+        teacher = load_teacher(teacher_path, teacher_spec.dtype, teacher_spec.trust_remote_code, cfg.run.device)
+
+    student = trainable_model(stage.student, s_tok, stage.method, stage.lora, cfg.run.device, cfg.run.seed,
+                              t.gradient_checkpointing)
+    check_heads(rows, student, spec_name(stage.student), teacher, str(teacher_path))
+    trainer = trainer_class()(
+        model=student, args=args, train_dataset=rows, data_collator=collator(s_tok.pad_token_id),
+        processing_class=s_tok, teacher=teacher, cache=cache, stage=stage, chunk_size=d.chunk_size)
+    metrics = {
+        "stage": out.name, "teacher": str(teacher_path), "student": spec_name(stage.student), "mode": d.mode,
+        "weights": {"ce": stage.ce_weight, "fkl": stage.fkl_weight, "rkl": stage.rkl_weight, "jsd": stage.jsd_weight,
+                    "skew_fkl": stage.skew_fkl_weight, "skew_rkl": stage.skew_rkl_weight,
+                    "temperature": stage.temperature},
+        "student_parameters": sum(p.numel() for p in student.parameters()),
+    }
+    return train_and_save(trainer, out, key, s_tok, val_rows, t.batch_size, metrics,
+                          after=lambda: {"teacher_forwards": trainer.teacher_forwards})
+
+
+def main(cfg: Config) -> dict[str, Any]:
+    """Run every stage of the chain (skipping finished ones) and write `distill/summary.json`."""
+    prepare(cfg)
+    layout = RunLayout.of(cfg)
+    if not cfg.distill.stages:
+        raise ModelError("distill.stages is empty; list at least one stage with its student.")
+    teacher_path = layout.distill_teacher
+    if not has_model(teacher_path):
+        raise ModelError(f"no teacher at {teacher_path}; run `pseudocot finetune --role teacher` first or set distill.teacher.path.")
+    spec = cfg.distill.teacher
+    teacher_spec = ModelSpec(path=str(teacher_path), dtype=spec.dtype, trust_remote_code=spec.trust_remote_code)
+    summary: dict[str, Any] = {"teacher": str(teacher_path), "stages": []}
+    last_teacher = (teacher_path, teacher_spec)
+    for stage, (_, out) in zip(cfg.distill.stages, layout.distill_stages()):
+        last_teacher = (teacher_path, teacher_spec)
+        summary["stages"].append(train_stage(cfg, stage, out, teacher_path, teacher_spec))
+        teacher_path = out
+        teacher_spec = ModelSpec(path=str(out), dtype=stage.student.dtype, trust_remote_code=stage.student.trust_remote_code)
+    if cfg.distill.ce_only_baseline:
+        last = cfg.distill.stages[-1]
+        baseline = DistillStageConfig(name=layout.ce_only_dir().name, student=last.student, method=last.method, lora=last.lora,
+                                      ce_weight=1.0, fkl_weight=0.0, rkl_weight=0.0, temperature=1.0,
+                                      train_file=last.train_file, val_file=last.val_file, train=last.train)
+        # Same student, data, seed and steps as the last stage: only the loss differs (no teacher is run).
+        summary["ce_only_baseline"] = train_stage(cfg, baseline, layout.ce_only_dir(), *last_teacher)
+    if is_main_process():
+        teacher_metrics = metrics_file(layout.teacher_dir)
+        if teacher_metrics.is_file():
+            summary["teacher_val_loss"] = json.loads(teacher_metrics.read_text()).get("val_loss")
+        atomic_write_text(layout.distill_summary, json.dumps(summary, indent=2) + "\n")
+    return summary

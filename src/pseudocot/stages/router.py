@@ -1,0 +1,157 @@
+"""The `router` stage: collect the base model's traces with thoughts forced, label every answer by
+the router task's own scoring, train the router, choose its threshold on validation, and compare it
+with random and heuristic routing.
+
+    pseudocot router --config demo        -> runs/<name>/router/{router.json, router.safetensors, ...}
+
+Questions are the run's train/val splits, prompted as evaluation prompts them (`router.task`, by
+default the first eval task). Collection is the slow part; it runs in chunks written atomically
+under `router/traces/`, so a killed stage started again continues with the next chunk. The stage key
+(`freshness`) covers the router and pipeline settings, the task, the data and the base and TTM
+models: a router or traces of another key are made again.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pseudocot.config import Config
+from pseudocot.data.example import Example
+from pseudocot.errors import DataError
+from pseudocot.freshness import read_key, router_chunk, stage_key, write_key
+from pseudocot.layout import RunLayout
+from pseudocot.pipeline import Pipeline, load_pipeline, read_traces, write_traces
+from pseudocot.router import labels, policy
+from pseudocot.router.features import step_parts
+from pseudocot.router.model import DepthRouter, Router, StepRouter, fit, question_completions
+from pseudocot.stages import prepare
+from pseudocot.tasks import Task, get_task
+from pseudocot.train.rows import read_split
+
+KEY_FILE = "key.txt"
+
+
+def _collect_chunk(pipe: Pipeline, prompts: list[str], examples: list[Example], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from pseudocot.files import atomic_path
+
+    base_prompts = [pipe.base_prompt(p, []) for p in prompts]
+    questions = torch.stack([c.features for c in question_completions(pipe.base, base_prompts, None)])
+    traces = pipe.run([(e.id, p) for e, p in zip(examples, prompts)], collect=True)
+    steps = [step_parts(s.completion, s.iteration, s.changed) for t in traces for s in t.features]
+    tensors = {name: torch.stack([s[name] for s in steps]) for name in steps[0]}
+    tensors["question"] = questions
+    write_traces(traces, path.with_suffix(".jsonl"))
+    with atomic_path(path.with_suffix(".safetensors")) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+
+
+def collect(pipe: Pipeline, task: Task, examples: list[Example], folder: Path, split: str, chunk: int
+            ) -> tuple[list[Any], dict[str, torch.Tensor]]:
+    """Forced traces of `examples` and their router inputs, chunk by chunk (finished chunks are kept)."""
+    from safetensors.torch import load_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    prompts = task.prompts(examples)  # as evaluation prompts them
+    chunks = [range(i, min(i + chunk, len(examples))) for i in range(0, len(examples), chunk)]
+    traces: list[Any] = []
+    parts: dict[str, list[torch.Tensor]] = {}
+    for k, rows in enumerate(tqdm(chunks, desc=f"router: {split} traces", unit="chunk")):
+        path = folder / f"{split}-{k:04d}"
+        if not (path.with_suffix(".safetensors").is_file() and path.with_suffix(".jsonl").is_file()):
+            _collect_chunk(pipe, [prompts[i] for i in rows], [examples[i] for i in rows], path)
+        traces += read_traces(path.with_suffix(".jsonl"))
+        for name, t in load_file(str(path.with_suffix(".safetensors"))).items():
+            parts.setdefault(name, []).append(t)
+    return traces, {name: torch.cat(ts) for name, ts in parts.items()}
+
+
+def main(cfg: Config) -> dict[str, Any]:
+    """Train the router into `<run>/router/` (or `pipeline.router`); returns `router.json`'s content."""
+    prepare(cfg)
+    layout = RunLayout.of(cfg)
+    rcfg, max_thoughts = cfg.router, cfg.pipeline.max_thoughts
+    out = layout.router_dir
+    key = stage_key(cfg, "router")
+    if layout.router_file.is_file():
+        info = json.loads(layout.router_file.read_text())
+        if info.get("key") == key:
+            return info
+    traces_dir = layout.router_traces_dir
+    if read_key(traces_dir / KEY_FILE) != key:
+        shutil.rmtree(traces_dir, ignore_errors=True)  # traces of other inputs: collect anew
+    traces_dir.mkdir(parents=True, exist_ok=True)
+    write_key(traces_dir / KEY_FILE, key)
+
+    t = cfg.router_task()
+    task = get_task(t.name, **t.options)
+    train_ex = read_split(layout.split("train"), "router training questions")[: rcfg.train_questions]
+    val_ex = read_split(layout.split("val"), "router validation questions")[: rcfg.val_questions]
+    if not train_ex or not val_ex:
+        raise DataError(f"the router needs training and validation questions; {layout.data_dir} gave {len(train_ex)} and "
+                        f"{len(val_ex)} (router.train_questions={rcfg.train_questions}, router.val_questions={rcfg.val_questions}).")
+    pipe = load_pipeline(cfg, mode="always")
+    chunk = router_chunk(cfg)
+    tr_traces, tr_parts = collect(pipe, task, train_ex, traces_dir, "train", chunk)
+    va_traces, va_parts = collect(pipe, task, val_ex, traces_dir, "val", chunk)
+
+    tr_correct, tr_avail = labels.outcomes(tr_traces, train_ex, task, max_thoughts)
+    va_correct, va_avail = labels.outcomes(va_traces, val_ex, task, max_thoughts)
+    tr_rows, tr_helps, tr_hurts = policy.step_labels(tr_correct, tr_avail)
+    va_rows, va_helps, _ = policy.step_labels(va_correct, va_avail)
+    if not tr_rows or not va_rows:
+        raise DataError("no answer in the router's traces could be followed by a thought (the TTM wrote none); "
+                        "check the TTM and pipeline.ttm_prompt, or raise pipeline.max_thoughts.")
+    names = list(rcfg.features)
+    x_tr = labels.step_matrix(tr_parts, names, max_thoughts)[labels.rows_of(tr_traces, tr_avail)]
+    x_va = labels.step_matrix(va_parts, names, max_thoughts)[labels.rows_of(va_traces, va_avail)]
+    mlp, fit_info = fit(x_tr, torch.tensor(tr_helps), x_va, torch.tensor(va_helps), 1, rcfg)
+    step = StepRouter(mlp, names, 0.0, max_thoughts)
+    with torch.no_grad():
+        probs = torch.sigmoid(mlp(x_va).squeeze(-1)).numpy()
+    scores = labels.score_matrix(probs, va_traces, va_avail, max_thoughts)
+    points = policy.curve(va_correct, va_avail, scores)
+    threshold, chosen = policy.choose_threshold(points, rcfg.objective, rcfg.penalty, rcfg.target_call_rate)
+    step.threshold = policy.finite_threshold(threshold, points)
+
+    questions = task.prompts(val_ex)
+    never = policy.outcome_at_depth(va_correct, va_avail, np.zeros(len(val_ex), dtype=int))
+    always = policy.outcome_at_depth(va_correct, va_avail, va_avail)
+    val = {
+        "questions": len(val_ex),
+        "never": never.as_dict(), "always": always.as_dict(), "router": chosen.as_dict(),
+        "random_same_calls": policy.random_at_rate(va_correct, va_avail, chosen.calls_per_question).as_dict(),
+        "heuristic_same_calls": policy.heuristic_at_rate(va_correct, va_avail, questions, chosen.calls_per_question).as_dict(),
+        "oracle": policy.outcome_at_depth(va_correct, va_avail, policy.depth_labels(va_correct, va_avail)).as_dict(),
+    }
+    info: dict[str, Any] = {
+        "features": names, "max_thoughts": max_thoughts, "threshold": step.threshold, "task": task.name,
+        "extraction": task.primary, "objective": rcfg.objective, "penalty": rcfg.penalty,
+        "target_call_rate": rcfg.target_call_rate,
+        "step": {"input_dim": int(x_tr.shape[1]), "hidden_size": rcfg.hidden_size, **fit_info},
+        "train": {"questions": len(train_ex), "rows": len(tr_rows), "helps": int(tr_helps.sum()), "hurts": int(tr_hurts.sum())},
+        "validation": val,
+        "curve": [{"threshold": policy.finite_threshold(t, points), **o.as_dict()} for t, o in points],
+        "key": key,
+    }
+    depth = None
+    if rcfg.depth:
+        q_tr, q_va = tr_parts["question"], va_parts["question"]
+        d_tr = torch.tensor(policy.depth_labels(tr_correct, tr_avail))
+        d_va = torch.tensor(policy.depth_labels(va_correct, va_avail))
+        dmodel, dinfo = fit(q_tr, d_tr, q_va, d_va, max_thoughts + 1, rcfg)
+        depth = DepthRouter(dmodel)
+        with torch.no_grad():
+            chosen_depth = dmodel(q_va).argmax(-1).numpy()
+        val["depth"] = policy.outcome_at_depth(va_correct, va_avail, chosen_depth).as_dict()
+        info["depth"] = {"input_dim": int(q_tr.shape[1]), "hidden_size": rcfg.hidden_size, "classes": max_thoughts + 1, **dinfo}
+    Router(step, depth, info).save(out)
+    return info

@@ -1,0 +1,117 @@
+"""Training rows: Example JSONL -> tokenized prompt/completion rows with the loss on the completion
+only, the padding collator, which positions are answer tokens, and validation cross-entropy.
+
+    rows = tokenize_examples(read_split(path, "base training data"), tokenizer, with_reasoning=False,
+                             system_prompt=None, max_length=128)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pseudocot.data.chat import prompt_and_completion
+from pseudocot.data.example import Example
+from pseudocot.data.jsonl import read_examples
+from pseudocot.errors import DataError
+
+IGNORE_INDEX = -100
+logger = logging.getLogger(__name__)
+
+
+def read_split(path: str | Path, what: str) -> list[Example]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file for the {what}; run `pseudocot data` first or set the file in the config.")
+    return read_examples(path).examples
+
+
+def thought_pairs(tokenizer: Any, ex: Example, prompts: Any) -> list[tuple[str, str]]:
+    """(prompt, answer) with the first j gold thoughts in the base model's context, j = 0..k+1, rendered
+    exactly as the pipeline renders them (`prompts` is a `PipelineConfig`)."""
+    from pseudocot.data.chat import answer_text, base_messages, question_text, split_last_turn, thought_lines
+
+    answer = {"role": "assistant", "content": answer_text(ex, with_reasoning=False)}
+    thoughts = thought_lines(ex)
+    return [split_last_turn(tokenizer, base_messages(question_text(ex), thoughts[:j], prompts) + [answer])
+            for j in range(len(thoughts) + 1)]
+
+
+def tokenize_examples(examples: Sequence[Example], tokenizer: Any, with_reasoning: bool, system_prompt: str | None,
+                      max_length: int, thoughts: Any = None) -> list[dict[str, Any]]:
+    """Rows of `input_ids` and `labels` (prompt tokens masked with -100): the loss is on the answer only.
+    With `thoughts` (a `PipelineConfig`), each example gives one row per number of gold thoughts in
+    its context (`thought_pairs`)."""
+    rows, cut = [], 0
+    pairs = [(i, pair) for i, ex in enumerate(examples)
+             for pair in (thought_pairs(tokenizer, ex, thoughts) if thoughts is not None
+                          else [prompt_and_completion(tokenizer, ex, with_reasoning, system_prompt)])]
+    # One batched call per side: the fast tokenizer encodes a list far quicker than one text at a time.
+    p_all = tokenizer([p for _, (p, _) in pairs], add_special_tokens=False)["input_ids"] if pairs else []
+    c_all = tokenizer([c for _, (_, c) in pairs], add_special_tokens=False)["input_ids"] if pairs else []
+    for (i, _), p_ids, c_ids in zip(pairs, p_all, c_all):
+        cut += len(p_ids) + len(c_ids) > max_length
+        ids = (p_ids + c_ids)[:max_length]
+        labels = ([IGNORE_INDEX] * len(p_ids) + c_ids)[:max_length]
+        if all(t == IGNORE_INDEX for t in labels[1:]):
+            continue  # the prompt alone fills max_length: nothing to learn from this row
+        rows.append({"input_ids": ids, "labels": labels, "index": i})
+    if not rows:
+        raise DataError(f"no example fits in train.max_length={max_length} tokens with room for its answer; raise max_length.")
+    if cut:
+        logger.warning("%d of %d examples are longer than train.max_length=%d tokens and were cut at the end "
+                       "(their final answer may be lost); raise max_length to keep them whole.", cut, len(examples), max_length)
+    return rows
+
+
+class PadCollator:
+    """Right-pads a list of rows into (B, T) tensors: input_ids, attention_mask, labels (and index)."""
+
+    def __init__(self, pad_id: int, keep_index: bool = False) -> None:
+        self.pad_id = pad_id
+        self.keep_index = keep_index  # the row's position in the dataset, for looking up a teacher cache
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[i, :n] = torch.tensor(r["input_ids"])
+            labels[i, :n] = torch.tensor(r["labels"])
+            mask[i, :n] = 1
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if self.keep_index:
+            batch["index"] = torch.tensor([r["index"] for r in rows], dtype=torch.long)
+        return batch
+
+
+@torch.no_grad()
+def eval_ce(model: Any, rows: Sequence[dict[str, Any]], pad_id: int, batch_size: int = 32) -> float:
+    """Mean cross-entropy per answer token over `rows` (the model's validation loss)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    collate = PadCollator(pad_id)
+    total, count = 0.0, 0
+    for start in range(0, len(rows), batch_size):
+        batch = collate(list(rows[start : start + batch_size]))
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        # position t predicts token t+1: (B, T-1, V) against (B, T-1)
+        logits, labels = logits[:, :-1].float(), batch["labels"][:, 1:].to(device)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
+                                                 ignore_index=IGNORE_INDEX, reduction="sum")
+        total += loss.item()
+        count += int((labels != IGNORE_INDEX).sum())
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def answer_positions(labels: torch.Tensor) -> torch.Tensor:
+    """(B, T) labels -> (B, T-1) bool: positions whose next token is an answer token (the trained ones)."""
+    return labels[:, 1:] != IGNORE_INDEX

@@ -1,0 +1,105 @@
+"""Setting a training stage up: the model and tokenizer a `ModelSpec` names (a checkpoint, or a tiny
+preset on the run's tokenizer), LoRA/QLoRA adapters, and HF `TrainingArguments` from a `TrainConfig`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pseudocot.config.schema import ModelSpec, TrainConfig
+from pseudocot.errors import ModelError
+from pseudocot.layout import checkpoints_dir
+from pseudocot.models.loading import load_model, load_tokenizer, resolve_device
+
+
+def spec_name(spec: ModelSpec) -> str:
+    return spec.path or f"preset:{spec.preset}"
+
+
+def load_spec_tokenizer(spec: ModelSpec, run_tokenizer: Path) -> Any:
+    """The tokenizer a spec names: its own `tokenizer`, the checkpoint's, or the run's trained one
+    (`run_tokenizer`, the folder the data stage writes)."""
+    if spec.tokenizer:
+        return load_tokenizer(spec.tokenizer, spec.trust_remote_code)
+    if spec.path:
+        return load_tokenizer(spec.path, spec.trust_remote_code)
+    folder = Path(run_tokenizer)
+    if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
+        raise ModelError(f"model preset '{spec.preset}' needs the run's tokenizer at {folder}; run `pseudocot data` "
+                         "with tokenizer.train=true first, or set the model's tokenizer path.")
+    return load_tokenizer(str(folder))
+
+
+def build_model(spec: ModelSpec, tokenizer: Any, device: str, seed: int, load_in_4bit: bool = False) -> Any:
+    """A pretrained checkpoint (`path`) or a tiny preset initialised from `seed`."""
+    if spec.path:
+        return load_model(spec.path, device=device, dtype=spec.dtype, trust_remote_code=spec.trust_remote_code,
+                          load_in_4bit=load_in_4bit)
+    if not spec.preset:
+        raise ModelError("a model needs either `path` (a checkpoint) or `preset` (a tiny model from scratch).")
+    from pseudocot.models.loading import resolve_dtype
+    from pseudocot.models.tiny import build_tiny_model
+
+    dev = resolve_device(device)
+    return build_tiny_model(spec.preset, tokenizer, seed=seed).to(dev, resolve_dtype(spec.dtype, dev))
+
+
+def on_cpu(device: str) -> bool:
+    return resolve_device(device).type == "cpu"
+
+
+def training_args(train: TrainConfig, out_dir: Path, seed: int, device: str, has_eval: bool, **extra: Any) -> Any:
+    """HF TrainingArguments for a stage; checkpoints go to `<out_dir>/checkpoints/`."""
+    from transformers import TrainingArguments
+
+    cpu = on_cpu(device)
+    bf16 = train.bf16 if train.bf16 is not None else (not cpu and torch.cuda.is_bf16_supported())
+    if bf16 and cpu:
+        raise ModelError("train.bf16=true needs a GPU here; set it to false or null on CPU.")
+    eval_steps = train.eval_every_steps if has_eval and train.eval_every_steps > 0 else None
+    return TrainingArguments(
+        output_dir=str(checkpoints_dir(out_dir)),
+        max_steps=train.max_steps,
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.grad_accum_steps,
+        learning_rate=train.lr,
+        lr_scheduler_type=train.lr_scheduler,
+        warmup_steps=math.ceil(train.warmup_ratio * train.max_steps),
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        logging_steps=train.log_every_steps,
+        save_strategy="steps",
+        save_steps=train.save_every_steps,
+        save_total_limit=2,
+        eval_strategy="steps" if eval_steps else "no",
+        eval_steps=eval_steps,
+        seed=seed,
+        data_seed=seed,
+        use_cpu=cpu,
+        bf16=bf16,
+        activation_checkpointing=train.gradient_checkpointing,
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        include_num_input_tokens_seen="non_padding",
+        train_sampling_strategy="group_by_length" if train.group_by_length else "random",
+        **extra,
+    )
+
+
+def trainable_model(spec: ModelSpec, tokenizer: Any, method: str, lora: Any, device: str, seed: int,
+                    gradient_checkpointing: bool) -> Any:
+    """The model a stage trains: built or loaded (4-bit for qlora), with LoRA adapters for lora/qlora."""
+    model = build_model(spec, tokenizer, device, seed, load_in_4bit=method == "qlora")
+    if method in ("lora", "qlora"):
+        from pseudocot.models.lora import attach_lora
+
+        model = attach_lora(model, lora, quantized=method == "qlora", gradient_checkpointing=gradient_checkpointing)
+    return model
+
+
