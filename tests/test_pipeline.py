@@ -182,13 +182,12 @@ def test_bad_setups_raise(trained_tiny):
         Pipeline(g, g, dataclasses.replace(PipelineConfig(), mode="sometimes"))
 
 
-def test_bad_template_names_the_key(trained_tiny):
-    from pseudocot.errors import DataError
+def test_bad_template_names_the_key():
+    from pseudocot.errors import ConfigError
 
-    g = HFGenerator(*trained_tiny)
-    pipe = Pipeline(g, g, PipelineConfig(mode="never", base_prompt="{question} {context}"))
-    with pytest.raises(DataError, match="pipeline.base_prompt"):
-        pipe.base_prompt("2 + 2?", [])
+    # Refused when the config is built (at load, with its file:line), not when the first prompt is made.
+    with pytest.raises(ConfigError, match="'base_prompt' cannot be filled.*context"):
+        PipelineConfig(mode="never", base_prompt="{question} {context}")
 
 
 def test_trace_from_dict_rejects_other_rows(tmp_path):

@@ -64,6 +64,21 @@ def test_router_stage_trains_and_saves(run, monkeypatch):
     # Done for this config: a second call neither collects nor trains.
     monkeypatch.setattr(router_stage, "collect", lambda *a, **k: pytest.fail("collected again"))
     assert router_stage.main(cfg) == info
+    monkeypatch.undo()
+
+
+def test_router_settings_retrain_on_the_same_traces(run, monkeypatch):
+    """A change to the router's own training (penalty, width, seed) keeps the forced traces, the slow
+    part; a change to what the traces are (the eval task's data file, say) does not touch them either
+    unless the task's name or options change."""
+    cfg = load_config(run)
+    first = router_stage.main(cfg)
+    traces = RunLayout.of(cfg).router_traces_dir
+    made = {p.name: p.stat().st_mtime_ns for p in traces.iterdir()}
+    changed = load_config(run, ["router.penalty=0.2", "router.hidden_size=8", "eval.tasks.0.data=elsewhere.jsonl"])
+    second = router_stage.main(changed)
+    assert second["key"] != first["key"] and second["step"]["hidden_size"] == 8
+    assert {p.name: p.stat().st_mtime_ns for p in traces.iterdir()} == made  # not one chunk collected again
 
 
 def test_router_stage_resumes_collection_by_chunk(run, monkeypatch, tmp_path):
@@ -74,7 +89,8 @@ def test_router_stage_resumes_collection_by_chunk(run, monkeypatch, tmp_path):
     (out / "traces" / "val-0000.jsonl").unlink()  # ... and half-way through validation
     calls = []
     real = router_stage._collect_chunk
-    monkeypatch.setattr(router_stage, "_collect_chunk", lambda pipe, prompts, exs, path: (calls.append(path.name), real(pipe, prompts, exs, path)))
+    monkeypatch.setattr(router_stage, "_collect_chunk",
+                        lambda pipe, prompts, exs, files: (calls.append(files[0].stem), real(pipe, prompts, exs, files)))
     info = router_stage.main(cfg)
     assert calls == ["val-0000"]
     assert (out / "router.json").is_file() and info["validation"]["questions"] == 30

@@ -165,3 +165,42 @@ def test_parallel_base_starts_with_the_first_teacher_stage_to_run(tmp_path, call
     calls.clear()
     run_mod.main(cfg, echo=calls.echo)
     assert calls == [("base", False), ("distill", False), ("router", False), ("eval", False)]
+
+
+class LateProc:
+    """The base model's process, whose new weights exist only once it has finished (at `wait`)."""
+
+    def __init__(self, record, cfg):
+        record.append(("base", record.scratch("base")))
+        self.cfg = cfg
+
+    def wait(self):
+        _fake_outputs(self.cfg, "base")
+        return 0
+
+    def poll(self):
+        return 0
+
+
+def test_router_and_eval_wait_for_the_base_before_their_keys(tmp_path, calls, monkeypatch):
+    """The router's and evaluation's keys read the base model: with the base training beside the
+    teacher chain, they are computed after it has finished, so a new base is never judged by the
+    old one's fingerprint (here the chain runs again but leaves the TTM as it was)."""
+    cfg = _cfg(tmp_path, "run.parallel_stages=true")
+    monkeypatch.setattr(run_mod, "_subprocess", lambda layout, name: LateProc(calls, layout.cfg))
+    run_mod.main(cfg, echo=calls.echo)
+    calls.clear()
+    ttm = RunLayout.of(cfg).ttm / "model.safetensors"
+    before = ttm.read_bytes()
+    # A new base config, and a distill change that retrains but gives the same TTM (the fake distill
+    # writes content from its key: put the old bytes back as it finishes).
+    real = run_mod._runner
+
+    def runner(name):
+        go = real(name)
+        return (lambda c: (go(c), ttm.write_bytes(before))) if name == "distill" else go
+
+    monkeypatch.setattr(run_mod, "_runner", runner)
+    run_mod.main(_cfg(tmp_path, "run.parallel_stages=true", "base.train.max_steps=41", "distill.ce_only_baseline=true"),
+                 echo=calls.echo)
+    assert [c[0] for c in calls] == ["base", "distill", "router", "eval"]

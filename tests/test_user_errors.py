@@ -149,3 +149,14 @@ def test_bounds_are_checked_in_python_too():
         PipelineConfig(max_thoughts=-1)
     with pytest.raises(ConfigError, match="max_value"):
         ArithConfig(max_operand=10, max_value=12)
+
+
+def test_mistakes_found_before_anything_trains(tmp_path):
+    """A misspelt task, a device that does not exist and a template field that does not exist stop
+    the run at once, naming the key, instead of after the training stages."""
+    one_line_error(["run", "smoke", f"run.out_dir={tmp_path}", "eval.tasks=[{name: arithh}]"],
+                   "eval.tasks.0", "unknown task 'arithh'")
+    one_line_error(["run", "smoke", f"run.out_dir={tmp_path}", "run.device=gpu"], "run.device", "cuda:N")
+    one_line_error(["run", "smoke", f"run.out_dir={tmp_path}", "pipeline.base_prompt='Q: {questoin}'"],
+                   "pipeline.base_prompt", "questoin", "{question}")
+    assert not (tmp_path / "smoke" / "data").exists()

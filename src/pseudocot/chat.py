@@ -83,7 +83,7 @@ def chat_loop(run_dir: Path, mode: str | None, overrides: tuple[str, ...] = (), 
         threshold = pipe.cfg.threshold if pipe.cfg.threshold is not None else getattr(pipe.router, "threshold", None)
         try:
             (trace,) = pipe.run([(f"chat-{n}", text)], on_event=_printer(echo, threshold))
-        except PseudocotError as e:  # e.g. a question longer than the model's context
+        except PseudocotError as e:  # a problem the user can fix: say it and keep the chat going
             echo(f"error: {e}")
             continue
         tokens = sum(trace.tokens.values())

@@ -11,15 +11,16 @@ a file rewritten with the same bytes keeps its key, and a changed file changes i
     teacher   teacher section, run.seed; train/val files, tokenizer, pretrained weights
     base      base section, run.seed, the base prompts (with thoughts_in_context); the same inputs
     distill   distill section, run.seed; stage 1's teacher, train/val files, tokenizer, students
-    router    router section, router task, pipeline (traces); train/val files, base and TTM models
-    eval      eval section, pipeline (eval); the tasks' data, base, TTM and router
+    router    router section; its traces' key: router task, pipeline (traces); train/val files, base, TTM
+    eval      eval section; each task's key (data, options) and each system's key (settings, pipeline
+              (eval), the content of its base, TTM and router)
 
 `pseudocot run` records the keys in `run_state.json` and skips a stage finished with its current key.
-The stages themselves (and so `pseudocot finetune`, `distill`, `router`, `eval` run alone) write the
-same key into what they make: `metrics.json` (done) and `checkpoints/key.txt` (may resume) of a
-training stage, `router.json` and `traces/key.txt` of the router. A stage whose output carries
-another key starts from scratch: after new data or a new `run.seed`, `pseudocot finetune` trains again
-instead of skipping or resuming old checkpoints.
+The stages themselves (and so `pseudocot finetune`, `distill`, `router`, `eval` run alone) use the
+same keys: a training stage writes its key into `metrics.json` (done) and `checkpoints/key.txt` (may
+resume), the router into `router.json` and, for its traces, `traces/key.txt`, and evaluation keeps
+its answers per task key and system key. What carries another key is made again: after new data or
+a new `run.seed`, `pseudocot finetune` trains again instead of skipping or resuming old checkpoints.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pseudocot.config.loader import to_dict
-from pseudocot.config.schema import Config, DistillStageConfig, ModelSpec, PipelineConfig
+from pseudocot.config.schema import Config, DistillStageConfig, EvalTaskConfig, ModelSpec, PipelineConfig, SystemConfig
 from pseudocot.layout import METRICS, RunLayout
 
 STAGES = ("data", "teacher", "distill", "base", "router", "eval")
@@ -177,9 +178,45 @@ def distill_stage_key(cfg: Config, stage: DistillStageConfig, teacher: str | os.
     common = {k: v for k, v in to_dict(cfg.distill).items() if k not in ("teacher", "stages", "ce_only_baseline")}
     return digest({
         "stage": "distill", "own": stage, "distill": common, "seed": cfg.run.seed,
-        "teacher": model_fingerprint(teacher), "data": _data_inputs(layout, stage.train_file, stage.val_file),
+        "teacher": model_fingerprint(teacher) if stage.teacher_weight() else None,
+        "data": _data_inputs(layout, stage.train_file, stage.val_file),
         "tokenizer": _tokenizer_input(stage.student, layout), "weights": model_fingerprint(stage.student.path),
     })
+
+
+def router_traces_key(cfg: Config) -> str:
+    """The key of the router's forced traces (the slow part of the router stage): the questions, how
+    they are prompted and scored, the pipeline settings that shape a trace, the base model and TTM.
+    The router's own training settings are not in it: changing them retrains the MLP on the same traces."""
+    layout = RunLayout.of(cfg)
+    task = cfg.router_task()
+    return digest({"stage": "router-traces", "task": {"name": task.name, "options": task.options},
+                   "pipeline": pipeline_settings(cfg.pipeline, "traces"), "chunk": router_chunk(cfg),
+                   "questions": [cfg.router.train_questions, cfg.router.val_questions],
+                   "data": _data_inputs(layout, None, None),
+                   "models": [model_fingerprint(layout.base), model_fingerprint(layout.ttm)]})
+
+
+def eval_task_key(task: EvalTaskConfig, data: str | os.PathLike[str], max_questions: int | None) -> str:
+    """The key of an eval task's questions: its name, options, data and how many are asked."""
+    return digest({"name": task.name, "options": task.options, "data": file_fingerprint(data),
+                   "max_questions": max_questions})
+
+
+def eval_system_key(cfg: Config, system: SystemConfig) -> str:
+    """The key of a system's answers: its settings, the pipeline settings it answers with, and the
+    content of its models (the generation cache is kept per this key)."""
+    settings = {k: v for k, v in to_dict(system).items() if k not in ("name", "parameters", "concurrency", "api_key_env")}
+    if system.kind == "pipeline":
+        scfg = cfg.for_system(system)
+        where = RunLayout.of(scfg)
+        models = {"base": where.base, "ttm": where.ttm if system.mode != "never" else None,
+                  "router": where.router if system.mode in ("router", "depth") else None}
+        settings.update(pipeline=pipeline_settings(scfg.pipeline, "eval"),
+                        fingerprints={k: model_fingerprint(v) for k, v in models.items()})
+    elif system.kind == "hf":
+        settings.update(fingerprints={"model": model_fingerprint(system.model), "adapter": model_fingerprint(system.adapter)})
+    return digest(settings)
 
 
 def stage_key(cfg: Config, stage: str) -> str:
@@ -197,17 +234,13 @@ def stage_key(cfg: Config, stage: str) -> str:
                        "tokenizer": [_tokenizer_input(s.student, layout) for s in cfg.distill.stages],
                        "weights": [model_fingerprint(s.student.path) for s in cfg.distill.stages]})
     if stage == "router":
-        return digest({"stage": stage, "router": cfg.router, "task": cfg.router_task(),
-                       "pipeline": pipeline_settings(cfg.pipeline, "traces"), "chunk": router_chunk(cfg),
-                       "data": _data_inputs(layout, None, None),
-                       "models": [model_fingerprint(layout.base), model_fingerprint(layout.ttm)]})
+        return digest({"stage": stage, "traces": router_traces_key(cfg),
+                       "router": {k: v for k, v in to_dict(cfg.router).items() if k != "task"}})
     if stage == "eval":
-        systems = [[model_fingerprint(getattr(s, k)) for k in ("model", "adapter", "ttm", "router")]
-                   for s in cfg.eval.systems if s.kind != "openai"]
-        return digest({"stage": stage, "eval": cfg.eval, "pipeline": pipeline_settings(cfg.pipeline, "eval"),
-                       "tasks": [file_fingerprint(layout.eval_task_data(t.data)) for t in cfg.eval.tasks],
-                       "models": [model_fingerprint(layout.base), model_fingerprint(layout.ttm),
-                                  model_fingerprint(layout.router)], "systems": systems})
+        own = {k: v for k, v in to_dict(cfg.eval).items() if k not in ("tasks", "systems", "shard", "out")}
+        return digest({"stage": stage, "eval": own,
+                       "tasks": [eval_task_key(t, layout.eval_task_data(t.data), cfg.eval.max_questions) for t in cfg.eval.tasks],
+                       "systems": [eval_system_key(cfg, s) for s in cfg.eval.systems]})
     raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
 
 

@@ -36,6 +36,8 @@ CHECKPOINTS = "checkpoints"
 METRICS = "metrics.json"
 MERGED = "merged"
 TEACHER_CACHE = "teacher_cache"
+KEY_FILE = "key.txt"
+"""Beside what a stage may resume (checkpoints/, router traces/): the stage key it was written under."""
 # Inside a router folder (`router.model.Router.save` writes it).
 ROUTER_INFO = "router.json"
 ROUTER_WEIGHTS = "router.safetensors"
@@ -210,6 +212,11 @@ class RunLayout:
     def router_traces_dir(self) -> Path:
         return self.router_dir / "traces"
 
+    def router_traces_chunk(self, split: str, index: int) -> tuple[Path, Path]:
+        """(traces JSONL, router inputs safetensors) of one chunk of the router's forced traces."""
+        stem = self.router_traces_dir / f"{split}-{index:04d}"
+        return stem.with_suffix(".jsonl"), stem.with_suffix(".safetensors")
+
     # ---------------------------------------------------------------- evaluation
 
     @property
@@ -236,15 +243,22 @@ class RunLayout:
     # ---------------------------------------------------------------- stages
 
     def stage_outputs(self, stage: str) -> list[Path]:
-        """What `--force` removes before a stage runs again from scratch."""
+        """What `--force` removes before a stage runs again from scratch. A folder the config points
+        outside the run (`pipeline.router`, `eval.out`) is not removed whole: only what marks the
+        stage's work there as done or resumable (router.json and traces/, results.json and cache/)."""
         outputs: dict[str, Sequence[Path]] = {
             "data": (self.data_dir, self.tokenizer_dir), "synth": (self.synth_dir,),
             "teacher": (self.teacher_dir,), "base": (self.base_dir,), "distill": (self.distill_dir,),
-            "grpo": (self.grpo_dir,), "router": (self.router_dir,), "eval": (self.eval_dir,),
+            "grpo": (self.grpo_dir,),
+            "router": (self.router_dir,) if self._inside(self.router_dir) else (self.router_file, self.router_traces_dir),
+            "eval": (self.eval_dir,) if self._inside(self.eval_dir) else (self.eval.results, self.eval.cache),
         }
         if stage not in outputs:
             raise ValueError(f"unknown stage {stage!r}")
         return list(outputs[stage])
+
+    def _inside(self, path: Path) -> bool:
+        return path.resolve().is_relative_to(self.root.resolve())
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,10 @@ the loader turns into one line naming the file:line of the key.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import inspect
+import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -52,6 +54,10 @@ class RunConfig(Section):
     """Torch CPU threads per process (null: torch's default). On a small shared CPU, 1 per process is often fastest."""
     parallel_stages: bool = False
     """`pseudocot run`: train the base model in a second process beside the teacher and distillation chain."""
+
+    def validate(self) -> None:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise FieldError("device", f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
 
 
 @dataclass
@@ -352,6 +358,17 @@ class PipelineConfig(Section):
     router: str | None = None
     """Router folder (null: the run's router/)."""
 
+    def validate(self) -> None:
+        fields = {"base_prompt": ("question",), "base_prompt_with_thoughts": ("question", "thoughts"),
+                  "ttm_prompt": ("question", "answer", "thoughts")}
+        for name, allowed in fields.items():
+            template = getattr(self, name)
+            try:
+                template.format(**{k: "" for k in allowed})
+            except (KeyError, IndexError, ValueError) as e:
+                raise FieldError(name, f"cannot be filled ({type(e).__name__}: {e}); use only "
+                                       f"{', '.join('{' + k + '}' for k in allowed)} and write literal braces as {{{{ }}}}") from None
+
 
 @dataclass
 class EvalTaskConfig(Section):
@@ -522,6 +539,16 @@ class Config(Section):
     def router_task(self) -> EvalTaskConfig:
         """The task that labels the router's traces: `router.task`, else the first eval task."""
         return self.router.task or self.eval.tasks[0]
+
+    def for_system(self, s: SystemConfig) -> Config:
+        """This config as a pipeline system of `eval.systems` runs: its mode, and its own model folders,
+        threshold and number of thoughts where it sets them."""
+        p = self.pipeline
+        pipeline = dataclasses.replace(
+            p, mode=s.mode, base=s.model or p.base, ttm=s.ttm or p.ttm, router=s.router or p.router,
+            threshold=s.threshold if s.threshold is not None else p.threshold,
+            max_thoughts=s.max_thoughts if s.max_thoughts is not None else p.max_thoughts)
+        return dataclasses.replace(self, pipeline=pipeline)
 
 
 # --------------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ from pseudocot.data.example import Example
 from pseudocot.errors import DataError
 from pseudocot.evaluate.cache import GenerationCache, part_name, read_system_meta, write_system_meta
 from pseudocot.evaluate.systems import SystemEntry
-from pseudocot.freshness import digest, file_fingerprint
+from pseudocot.freshness import eval_task_key
 from pseudocot.layout import EvalLayout, RunLayout
 from pseudocot.tasks.task import Task
 
@@ -94,8 +94,7 @@ def load_tasks(cfg: Config) -> list[EvalTask]:
             examples = examples[: cfg.eval.max_questions]
         if not examples:
             raise DataError(f"{data}: task '{t.name}' has no questions here; check eval.tasks.{i}.data.")
-        key = digest({"name": t.name, "options": t.options, "data": file_fingerprint(data),
-                      "ids": [e.id for e in examples]})
+        key = eval_task_key(t, data, cfg.eval.max_questions)
         out.append(EvalTask(t.name, key, task, examples, str(data)))
     return out
 

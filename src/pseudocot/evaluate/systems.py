@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from pseudocot.config import Config, SystemConfig, to_dict
+from pseudocot.config import Config, SystemConfig
 from pseudocot.data.example import Example
-from pseudocot.freshness import digest, model_fingerprint, pipeline_settings
+from pseudocot.freshness import eval_system_key
 from pseudocot.generate.base import GenerationParams, Generator
 from pseudocot.layout import ROUTER_INFO, RunLayout
 from pseudocot.tasks.task import Task
@@ -147,14 +147,6 @@ class SystemEntry:
     """What results.json says about the system: kind, mode, models, parameters from the config, router curve."""
 
 
-def _pipeline_cfg(cfg: Config, s: SystemConfig) -> Config:
-    p = cfg.pipeline
-    pipeline = dataclasses.replace(p, mode=s.mode, base=s.model or p.base, ttm=s.ttm or p.ttm, router=s.router or p.router,
-                                   threshold=s.threshold if s.threshold is not None else p.threshold,
-                                   max_thoughts=s.max_thoughts if s.max_thoughts is not None else p.max_thoughts)
-    return dataclasses.replace(cfg, pipeline=pipeline)
-
-
 def _generation_params(s: SystemConfig) -> GenerationParams:
     return GenerationParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, stop=list(s.stop))
 
@@ -162,8 +154,7 @@ def _generation_params(s: SystemConfig) -> GenerationParams:
 def _build_pipeline(cfg: Config, s: SystemConfig) -> System:
     from pseudocot.pipeline import load_pipeline
 
-    pcfg = _pipeline_cfg(cfg, s)
-    pipe = load_pipeline(pcfg, s.mode)
+    pipe = load_pipeline(cfg.for_system(s), s.mode)
     if s.max_thoughts is not None:
         pipe.cfg = dataclasses.replace(pipe.cfg, max_thoughts=s.max_thoughts)
     return PipelineSystem(pipe)
@@ -205,26 +196,21 @@ def _router_curve(folder: Path | None) -> list[dict[str, Any]] | None:
 
 
 def system_entries(cfg: Config) -> list[SystemEntry]:
-    """The configured systems, keyed and ready to build (nothing is loaded here). A system's key
-    changes with its settings, the pipeline settings it answers with and its models' contents."""
+    """The configured systems, keyed (`freshness.eval_system_key`: their settings, the pipeline
+    settings they answer with and their models' contents) and ready to build; nothing is loaded here."""
     entries = []
     for s in cfg.eval.systems:
-        settings = {k: v for k, v in to_dict(s).items() if k not in ("name", "parameters", "concurrency", "api_key_env")}
         info: dict[str, Any] = {"kind": s.kind}
         if s.kind == "pipeline":
-            pcfg = _pipeline_cfg(cfg, s)
-            where = RunLayout.of(pcfg)
+            where = RunLayout.of(cfg.for_system(s))
             models = {"base": str(where.base), "ttm": str(where.ttm) if where.ttm and s.mode != "never" else None,
                       "router": str(where.router) if where.router and s.mode in ("router", "depth") else None}
             info.update(mode=s.mode, models={k: v for k, v in models.items() if v})
-            settings.update(pipeline=pipeline_settings(pcfg.pipeline, "eval"),
-                            fingerprints={k: model_fingerprint(v) for k, v in models.items()})
             if s.mode == "router":
                 info["router_curve"] = _router_curve(where.router)
             build: Callable[[], System] = lambda cfg=cfg, s=s: _build_pipeline(cfg, s)  # noqa: E731
         elif s.kind == "hf":
             info.update(models={k: v for k, v in (("model", s.model), ("adapter", s.adapter)) if v})
-            settings.update(fingerprints={"model": model_fingerprint(s.model), "adapter": model_fingerprint(s.adapter)})
             build = lambda cfg=cfg, s=s: _build_hf(cfg, s)  # noqa: E731
         else:
             info.update(models={"model": s.model, "base_url": s.base_url})
@@ -232,5 +218,5 @@ def system_entries(cfg: Config) -> list[SystemEntry]:
         if s.parameters is not None:
             info["parameters"] = {"total": s.parameters}
         sampled = s.kind != "pipeline" and s.temperature > 0
-        entries.append(SystemEntry(name=s.name, key=digest(settings), build=build, sampled=sampled, info=info))
+        entries.append(SystemEntry(name=s.name, key=eval_system_key(cfg, s), build=build, sampled=sampled, info=info))
     return entries

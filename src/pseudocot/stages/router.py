@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 from pseudocot.config import Config
 from pseudocot.data.example import Example
 from pseudocot.errors import DataError
-from pseudocot.freshness import read_key, router_chunk, stage_key, write_key
-from pseudocot.layout import RunLayout
+from pseudocot.freshness import read_key, router_chunk, router_traces_key, stage_key, write_key
+from pseudocot.layout import KEY_FILE, RunLayout
 from pseudocot.pipeline import Pipeline, load_pipeline, read_traces, write_traces
 from pseudocot.router import labels, policy
 from pseudocot.router.features import step_parts
@@ -35,10 +35,8 @@ from pseudocot.stages import prepare
 from pseudocot.tasks import Task, get_task
 from pseudocot.train.rows import read_split
 
-KEY_FILE = "key.txt"
 
-
-def _collect_chunk(pipe: Pipeline, prompts: list[str], examples: list[Example], path: Path) -> None:
+def _collect_chunk(pipe: Pipeline, prompts: list[str], examples: list[Example], files: tuple[Path, Path]) -> None:
     from safetensors.torch import save_file
 
     from pseudocot.files import atomic_path
@@ -49,27 +47,27 @@ def _collect_chunk(pipe: Pipeline, prompts: list[str], examples: list[Example], 
     steps = [step_parts(s.completion, s.iteration, s.changed) for t in traces for s in t.features]
     tensors = {name: torch.stack([s[name] for s in steps]) for name in steps[0]}
     tensors["question"] = questions
-    write_traces(traces, path.with_suffix(".jsonl"))
-    with atomic_path(path.with_suffix(".safetensors")) as tmp:
+    write_traces(traces, files[0])
+    with atomic_path(files[1]) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
 
 
-def collect(pipe: Pipeline, task: Task, examples: list[Example], folder: Path, split: str, chunk: int
+def collect(pipe: Pipeline, task: Task, examples: list[Example], layout: RunLayout, split: str, chunk: int
             ) -> tuple[list[Any], dict[str, torch.Tensor]]:
     """Forced traces of `examples` and their router inputs, chunk by chunk (finished chunks are kept)."""
     from safetensors.torch import load_file
 
-    folder.mkdir(parents=True, exist_ok=True)
+    layout.router_traces_dir.mkdir(parents=True, exist_ok=True)
     prompts = task.prompts(examples)  # as evaluation prompts them
     chunks = [range(i, min(i + chunk, len(examples))) for i in range(0, len(examples), chunk)]
     traces: list[Any] = []
     parts: dict[str, list[torch.Tensor]] = {}
     for k, rows in enumerate(tqdm(chunks, desc=f"router: {split} traces", unit="chunk")):
-        path = folder / f"{split}-{k:04d}"
-        if not (path.with_suffix(".safetensors").is_file() and path.with_suffix(".jsonl").is_file()):
-            _collect_chunk(pipe, [prompts[i] for i in rows], [examples[i] for i in rows], path)
-        traces += read_traces(path.with_suffix(".jsonl"))
-        for name, t in load_file(str(path.with_suffix(".safetensors"))).items():
+        files = layout.router_traces_chunk(split, k)
+        if not all(f.is_file() for f in files):
+            _collect_chunk(pipe, [prompts[i] for i in rows], [examples[i] for i in rows], files)
+        traces += read_traces(files[0])
+        for name, t in load_file(str(files[1])).items():
             parts.setdefault(name, []).append(t)
     return traces, {name: torch.cat(ts) for name, ts in parts.items()}
 
@@ -85,11 +83,11 @@ def main(cfg: Config) -> dict[str, Any]:
         info = json.loads(layout.router_file.read_text())
         if info.get("key") == key:
             return info
-    traces_dir = layout.router_traces_dir
-    if read_key(traces_dir / KEY_FILE) != key:
+    traces_dir, traces_key = layout.router_traces_dir, router_traces_key(cfg)
+    if read_key(traces_dir / KEY_FILE) != traces_key:
         shutil.rmtree(traces_dir, ignore_errors=True)  # traces of other inputs: collect anew
-    traces_dir.mkdir(parents=True, exist_ok=True)
-    write_key(traces_dir / KEY_FILE, key)
+        traces_dir.mkdir(parents=True)
+        write_key(traces_dir / KEY_FILE, traces_key)
 
     t = cfg.router_task()
     task = get_task(t.name, **t.options)
@@ -100,8 +98,8 @@ def main(cfg: Config) -> dict[str, Any]:
                         f"{len(val_ex)} (router.train_questions={rcfg.train_questions}, router.val_questions={rcfg.val_questions}).")
     pipe = load_pipeline(cfg, mode="always")
     chunk = router_chunk(cfg)
-    tr_traces, tr_parts = collect(pipe, task, train_ex, traces_dir, "train", chunk)
-    va_traces, va_parts = collect(pipe, task, val_ex, traces_dir, "val", chunk)
+    tr_traces, tr_parts = collect(pipe, task, train_ex, layout, "train", chunk)
+    va_traces, va_parts = collect(pipe, task, val_ex, layout, "val", chunk)
 
     tr_correct, tr_avail = labels.outcomes(tr_traces, train_ex, task, max_thoughts)
     va_correct, va_avail = labels.outcomes(va_traces, val_ex, task, max_thoughts)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from pseudocot.config import Config, save_config
-from pseudocot.errors import StageError
+from pseudocot.errors import ConfigError, StageError
 from pseudocot.files import atomic_write_text
 from pseudocot.freshness import STAGES, stage_key
 from pseudocot.layout import RunLayout
@@ -129,17 +129,35 @@ def _stamp_results(layout: RunLayout, state: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(results, indent=2) + "\n")
 
 
+def check_tasks(cfg: Config) -> None:
+    """Build every task the run will use (names and options; no data is read), so a misspelt task
+    stops the run before hours of training rather than at the router or evaluation."""
+    from pseudocot.tasks import get_task
+
+    named = [(f"eval.tasks.{i}", t) for i, t in enumerate(cfg.eval.tasks)]
+    if cfg.router.task is not None:
+        named.append(("router.task", cfg.router.task))
+    for key, t in named:
+        try:
+            get_task(t.name, **t.options)
+        except ConfigError as e:
+            raise ConfigError(f"{key}: {e}") from None
+
+
 def clear(layout: RunLayout, name: str) -> None:
     """`--force`: remove what the stage made, so it starts from scratch."""
     for path in layout.stage_outputs(name):
         if path.is_dir():
             shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def main(cfg: Config, force: bool = False, stages: tuple[str, ...] | None = None,
          echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the stages (all, or `stages`) in order; returns `run_state.json`'s content."""
     prepare(cfg)
+    check_tasks(cfg)
     layout = RunLayout.of(cfg)
     layout.root.mkdir(parents=True, exist_ok=True)
     save_config(cfg, layout.config_file)
@@ -153,13 +171,11 @@ def main(cfg: Config, force: bool = False, stages: tuple[str, ...] | None = None
     def save() -> None:
         atomic_write_text(layout.state_file, json.dumps(state, indent=2) + "\n")
 
-    def current(name: str) -> str | None:
-        """The stage's key if it is finished with it (so it is skipped), else None."""
-        key = stage_key(cfg, name)
-        return key if not force and state.get(name, {}).get("finished") == key else None
+    def done(name: str, key: str) -> bool:
+        """Finished with this key already (so it is skipped)."""
+        return not force and state.get(name, {}).get("finished") == key
 
-    def start(name: str) -> None:
-        key = stage_key(cfg, name)
+    def start(name: str, key: str) -> None:
         resumed = state.get(name, {}).get("started") == key and not force
         if force:
             clear(layout, name)
@@ -177,19 +193,21 @@ def main(cfg: Config, force: bool = False, stages: tuple[str, ...] | None = None
         for i, name in enumerate(wanted):
             if name == "base" and side:
                 continue  # already training beside the teacher chain
-            if current(name):
+            if name in ("router", "eval") and side:
+                _join(side, layout, finish)  # they read the base model: its key needs the finished one
+            key = stage_key(cfg, name)  # now: the stages it reads are done
+            if done(name, key):
                 log(f"stage {name} ({i + 1}/{len(wanted)}): complete for this config, skipped")
                 continue
             # The base model reads only the data: train it beside the teacher chain.
-            if name in ("teacher", "distill") and not side and cfg.run.parallel_stages and "base" in wanted \
-                    and not current("base"):
-                start("base")
-                side.append((_subprocess(layout, "base"), time.perf_counter()))
-                log(f"stage base: training in a second process (log: {layout.stage_log('base')})")
-            if name in ("router", "eval") and side:
-                _join(side, layout, finish)
+            if name in ("teacher", "distill") and not side and cfg.run.parallel_stages and "base" in wanted:
+                base_key = stage_key(cfg, "base")
+                if not done("base", base_key):
+                    start("base", base_key)
+                    side.append((_subprocess(layout, "base"), time.perf_counter()))
+                    log(f"stage base: training in a second process (log: {layout.stage_log('base')})")
             log(f"stage {name} ({i + 1}/{len(wanted)})")
-            start(name)
+            start(name, key)
             t0 = time.perf_counter()
             _runner(name)(cfg)
             finish(name, time.perf_counter() - t0)

@@ -21,10 +21,8 @@ import torch
 
 from pseudocot.files import atomic_write_text
 from pseudocot.freshness import read_key, write_key
-from pseudocot.layout import checkpoints_dir, merged_dir, metrics_file
+from pseudocot.layout import KEY_FILE, checkpoints_dir, merged_dir, metrics_file
 from pseudocot.train.rows import eval_ce
-
-KEY_FILE = "key.txt"
 
 
 def _complete_checkpoint(folder: Path) -> bool:
