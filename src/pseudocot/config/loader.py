@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import keyword
 import os
 import types
 import typing
@@ -282,15 +283,21 @@ def _unannotated(tp: Any) -> Any:
     return typing.get_args(tp)[0] if typing.get_origin(tp) is Annotated else tp
 
 
+def yaml_key(name: str) -> str:
+    """A field's key in YAML: a Python keyword is a field with a trailing underscore (`from_` is `from`)."""
+    return name[:-1] if name.endswith("_") and keyword.iskeyword(name[:-1]) else name
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str, src: _Src) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = _hints(cls)
     kwargs: dict[str, Any] = {}
     for k, v in data.items():
         key = f"{prefix}.{k}" if prefix else str(k)
+        k = f"{k}_" if keyword.iskeyword(str(k)) else k
         if k not in fields:
             where = f"under '{prefix}'" if prefix else "at the top level"
-            raise ConfigError(f"{src.where(key)}: unknown key '{key}'; valid keys {where}: {', '.join(fields)}.")
+            raise ConfigError(f"{src.where(key)}: unknown key '{key}'; valid keys {where}: {', '.join(map(yaml_key, fields))}.")
         f = fields[k]
         tp = _unannotated(hints[k])
         if isinstance(v, dict) and dataclasses.is_dataclass(tp) and f.default_factory is not dataclasses.MISSING:
@@ -307,7 +314,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str, src: _Src) -> Any:
     try:
         return cls(**kwargs)
     except FieldError as e:
-        key = f"{prefix}.{e.key}" if prefix else e.key
+        key = f"{prefix}.{yaml_key(e.key)}" if prefix else yaml_key(e.key)
         raise ConfigError(f"{src.where(key)}: key '{key}' {e.message}.") from None
 
 
@@ -392,19 +399,20 @@ def to_yaml(cfg: Any, comments: bool = True, indent: int = 0) -> str:
     docs = field_docs(type(cfg))
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
+        name = yaml_key(f.name)
         if comments and docs.get(f.name):
             lines.append(f"{pad}# {docs[f.name]}")
         if dataclasses.is_dataclass(value):
-            lines.append(f"{pad}{f.name}:")
+            lines.append(f"{pad}{name}:")
             lines.append(to_yaml(value, comments, indent + 2).rstrip("\n"))
         elif isinstance(value, list) and value and all(dataclasses.is_dataclass(v) for v in value):
             # A list of sections as a block sequence: "- " opens each item's mapping.
-            lines.append(f"{pad}{f.name}:")
+            lines.append(f"{pad}{name}:")
             for item in value:
                 body = to_yaml(item, False, indent + 4).rstrip("\n")
                 lines.append(f"{pad}  - " + body[indent + 4 :])
         else:
-            lines.append(f"{pad}{f.name}: {_scalar(to_dict(value) if not isinstance(value, list) else [to_dict(v) for v in value])}")
+            lines.append(f"{pad}{name}: {_scalar(to_dict(value) if not isinstance(value, list) else [to_dict(v) for v in value])}")
     return "\n".join(lines) + "\n"
 
 

@@ -168,10 +168,14 @@ class TrainConfig(Section):
     """Write a resumable checkpoint every this many steps (a killed run restarts from the last one)."""
     eval_every_steps: Count = 0
     """Validation loss every this many steps during training (0: only at the end)."""
+    val_examples: Positive | None = 256
+    """Validation uses at most the first this many examples of the split, during and after training (null: all);
+    a few hundred suit tiny models, a real model wants fewer (64)."""
     log_every_steps: Positive = 10
     """Log the training loss every this many steps."""
     bf16: bool | None = None
-    """bf16 mixed precision; null turns it on where a CUDA GPU supports it and off on CPU."""
+    """bf16 autocast over fp32 weights; null turns it on where it pays: a CUDA GPU with bf16, or a CPU with AVX512-BF16
+    or AMX (probed once; elsewhere bf16 is several to a hundred times slower, so true is refused there)."""
     gradient_checkpointing: bool = False
     """Trade compute for memory on large models."""
     group_by_length: bool = False
@@ -190,6 +194,26 @@ class ModelSpec(Section):
     """Weights dtype: auto (bf16 on a capable GPU, fp32 on CPU), float32, bfloat16, float16."""
     trust_remote_code: bool = False
     """Run the checkpoint's own Python code (only for checkpoints you trust)."""
+    from_: str | None = None
+    """(YAML key `from`) A distillation student cut from a model: `teacher` (this stage's teacher) or a model
+    folder, keeping `num_layers` or `keep_layers` of its decoder layers (the DistilBERT / Minitron initialisation)."""
+    num_layers: Positive | None = None
+    """With `from`: keep this many decoder layers, evenly spaced, the first and last kept."""
+    keep_layers: Annotated[list[Annotated[int, Ge(0)]], NonEmpty(), Unique()] | None = None
+    """With `from`: keep exactly these decoder layers (0-based, increasing)."""
+
+    def validate(self) -> None:
+        if self.from_ is None:
+            if self.num_layers is not None or self.keep_layers is not None:
+                raise FieldError("num_layers" if self.num_layers is not None else "keep_layers",
+                                 "needs `from` (teacher or a model folder): the model whose layers are kept")
+            return
+        if self.path or self.preset:
+            raise FieldError("from", "cannot be set with `path` or `preset`: a student is cut from a model, loaded, or built")
+        if (self.num_layers is None) == (self.keep_layers is None):
+            raise FieldError("from", "needs exactly one of `num_layers` (evenly spaced) or `keep_layers` (a list of layer indices)")
+        if self.keep_layers is not None and sorted(self.keep_layers) != self.keep_layers:
+            raise FieldError("keep_layers", f"must be increasing, got {self.keep_layers}")
 
 
 @dataclass
@@ -229,6 +253,8 @@ class FinetuneConfig(Section):
     """Optimisation settings (keys not given here come from the top-level `train`)."""
 
     def validate(self) -> None:
+        if self.model.from_:
+            raise FieldError("model.from", "is for distillation students (distill.stages[i].student); give a fine-tuned model a `path`")
         if self.method != "full" and self.model.preset and not self.model.path:
             raise FieldError("method", f"{self.method} needs a pretrained model.path; a tiny preset is trained from "
                                        "scratch, so use method: full")
@@ -375,9 +401,13 @@ class EvalTaskConfig(Section):
     name: str = "arith"
     """Task name: arith, gsm8k, gsm8k_cot, mmlu:<subject>, jsonl, or package.module:attribute."""
     data: str | None = None
-    """The task's data (a file, or for MMLU the folder of CSVs); null: the run's data/test.jsonl."""
+    """The task's data (a file, or for MMLU the folder of CSVs; `builtin:gsm8k/test_first100.jsonl` or `builtin:mmlu`: the
+    small public subsets shipped with pseudocot); null: the run's data/test.jsonl."""
     options: dict[str, Any] = field(default_factory=dict)
     """Options of the task (num_fewshot, fewshot, fields, extraction, primary, ...), as `pseudocot.tasks.get_task` takes them."""
+    loglikelihood: bool = False
+    """Multiple-choice tasks: the answer is the option letter the (base) model finds most likely after its final
+    prompt, thoughts included (lm-evaluation-harness's MMLU number); the letter in the generated text is reported beside."""
 
 
 @dataclass

@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from pseudocot.data.example import Example
+from pseudocot.data.example import CHOICE_LETTERS, Example
 from pseudocot.evaluate import metrics
-from pseudocot.tasks.task import Task
+from pseudocot.tasks.task import Task, pick_choice
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -42,7 +42,10 @@ def score_system(task: Task, examples: Sequence[Example], rows_per_seed: dict[in
     `rows_per_seed[seed][question id]` is a cached answer (`Response` fields); every example must have one.
     """
     seeds = sorted(rows_per_seed)
-    names = list(task.extractions)
+    # Options scored by log-likelihood (`eval.tasks[i].loglikelihood`) are the headline; the letter in the text is beside.
+    by_ll = all(rows_per_seed[s][e.id].get("loglikelihoods") is not None for s in seeds for e in examples)
+    names = list(task.extractions) + (["loglikelihood"] if by_ll else [])
+    headline = "loglikelihood" if by_ll else task.primary
     correct = {name: np.zeros((len(seeds), len(examples)), dtype=bool) for name in names}
     predictions: list[dict[str, Any]] = []
     faithful: list[float] = []
@@ -58,10 +61,13 @@ def score_system(task: Task, examples: Sequence[Example], rows_per_seed: dict[in
             row = rows[ex.id]
             extracted = task.extract(row["text"])
             verdict = task.score(row["text"], ex)
+            if by_ll:
+                extracted["loglikelihood"] = CHOICE_LETTERS[pick_choice(row["loglikelihoods"])]
+                verdict["loglikelihood"] = task.score_loglikelihoods(row["loglikelihoods"], ex)["acc"]
             for name in names:
                 correct[name][s, i] = verdict[name]
             f = metrics.faithfulness(row["reasoning"])
-            m = metrics.answer_matches_last_value(row["reasoning"], extracted[task.primary])
+            m = metrics.answer_matches_last_value(row["reasoning"], extracted[headline])
             if f is not None:
                 faithful.append(f)
                 follows.append(bool(m))
@@ -82,7 +88,7 @@ def score_system(task: Task, examples: Sequence[Example], rows_per_seed: dict[in
             bleus.append(metrics.bleu(hyps, refs))
             rouges.append(metrics.rouge_l(hyps, refs))
 
-    primary = correct[task.primary]
+    primary = correct[headline]
     per_question = primary.mean(axis=0)  # (N,) share of seeds right
     acc = metrics.accuracy(per_question, n_boot=n_boot, seed=boot_seed)
     spread = metrics.over_seeds(primary.mean(axis=1).tolist())
@@ -90,7 +96,7 @@ def score_system(task: Task, examples: Sequence[Example], rows_per_seed: dict[in
         "n": len(examples), "seeds": seeds,
         "accuracy": acc["accuracy"], "ci95": acc["ci95"],
         "accuracy_per_seed": spread["per_seed"], "accuracy_std": spread["std"],
-        "extraction": task.primary,
+        "extraction": headline,
         "accuracy_by_extraction": {},
         "bleu": _mean(bleus), "rougeL": _mean(rouges), "reasoning_n": len(has_ref),
         "faithfulness": _mean(faithful), "faithfulness_n": len(faithful),

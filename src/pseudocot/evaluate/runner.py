@@ -58,7 +58,7 @@ from tqdm.auto import tqdm
 
 from pseudocot.config import Config, EvalConfig
 from pseudocot.data.example import Example
-from pseudocot.errors import DataError
+from pseudocot.errors import ConfigError, DataError
 from pseudocot.evaluate.cache import GenerationCache, part_name, read_system_meta, write_system_meta
 from pseudocot.evaluate.systems import SystemEntry
 from pseudocot.freshness import eval_task_key
@@ -76,6 +76,8 @@ class EvalTask:
     task: Task
     examples: list[Example]
     data: str
+    loglikelihood: bool = False
+    """Multiple choice scored by the options' log-likelihoods (`eval.tasks[i].loglikelihood`)."""
 
 
 def load_tasks(cfg: Config) -> list[EvalTask]:
@@ -89,13 +91,15 @@ def load_tasks(cfg: Config) -> list[EvalTask]:
             hint = "run `pseudocot data` first or set" if not t.data else "check"
             raise DataError(f"{data}: no such data for task '{t.name}'; {hint} eval.tasks.{i}.data.")
         task = get_task(t.name, **t.options)
+        if t.loglikelihood and not task.n_choices:
+            raise ConfigError(f"eval.tasks.{i}.loglikelihood is true but task '{t.name}' is not multiple choice; set it to false.")
         examples = task.load(data)
         if cfg.eval.max_questions is not None:
             examples = examples[: cfg.eval.max_questions]
         if not examples:
             raise DataError(f"{data}: task '{t.name}' has no questions here; check eval.tasks.{i}.data.")
         key = eval_task_key(t, data, cfg.eval.max_questions)
-        out.append(EvalTask(t.name, key, task, examples, str(data)))
+        out.append(EvalTask(t.name, key, task, examples, str(data), t.loglikelihood))
     return out
 
 
@@ -136,7 +140,7 @@ def generate(out: Path, tasks: Sequence[EvalTask], entries: Sequence[SystemEntry
                 for chunk in tqdm(chunks, desc=f"eval {task.name} {entry.name} seed {seed}", unit="chunk",
                                   disable=len(chunks) < 2):
                     t0 = time.perf_counter()
-                    responses = system.answer(task.task, chunk, seed)
+                    responses = system.answer(task.task, chunk, seed, loglikelihood=task.loglikelihood)
                     share = (time.perf_counter() - t0) / len(chunk)
                     cache.append(part, [{**asdict(r), "seed": seed, "wall_seconds": share} for r in responses])
         del system
@@ -188,7 +192,8 @@ def build_results(out: Path, tasks: Sequence[EvalTask], entries: Sequence[System
                                    "parameters": entry.info.get("parameters") or total_parameters(counted), **files}
             correct[entry.name] = right
             wall += m["wall_seconds"]
-        per_task[task.name] = {"data": task.data, "n_questions": len(task.examples), "extraction": task.task.primary,
+        per_task[task.name] = {"data": task.data, "n_questions": len(task.examples),
+                               "extraction": "loglikelihood" if task.loglikelihood else task.task.primary,
                                "systems": systems, "comparisons": comparisons(correct, n_boot=ecfg.n_boot)}
     primary = tasks[0].name
     return {

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from pseudocot.config import Config, SystemConfig
 from pseudocot.data.example import Example
+from pseudocot.errors import DataError
 from pseudocot.freshness import eval_system_key
 from pseudocot.generate.base import GenerationParams, Generator
 from pseudocot.layout import ROUTER_INFO, RunLayout
@@ -47,11 +48,29 @@ class Response:
     """This question's share of the generation calls' wall time."""
     trace: dict[str, Any] | None = None
     """The pipeline's trace (`Trace.to_dict()`), for pipeline systems."""
+    loglikelihoods: list[float] | None = None
+    """Multiple-choice tasks scored by log-likelihood: one value per option, in letter order."""
+
+
+def option_loglikelihoods(gen: Any, task: Task, examples: Sequence[Example], contexts: Sequence[str]) -> list[list[float]]:
+    """Per example, the log-likelihood of each option's continuation (`task.loglikelihood_requests`) after
+    `contexts[i]`, by a local model (`HFGenerator.loglikelihoods`)."""
+    if not callable(getattr(gen, "loglikelihoods", None)):
+        raise DataError(f"task '{task.name}' is scored by log-likelihood, which needs a local model; "
+                        "an endpoint gives none: set loglikelihood: false for this task.")
+    requests = [task.loglikelihood_requests(ex, ctx) for ex, ctx in zip(examples, contexts)]
+    flat = gen.loglikelihoods([r for rs in requests for r in rs])
+    out, at = [], 0
+    for rs in requests:
+        out.append(flat[at : at + len(rs)])
+        at += len(rs)
+    return out
 
 
 class System(Protocol):
-    def answer(self, task: Task, examples: Sequence[Example], seed: int) -> list[Response]:
-        """One response per example, in order; `seed` seeds sampling (ignored when greedy)."""
+    def answer(self, task: Task, examples: Sequence[Example], seed: int, loglikelihood: bool = False) -> list[Response]:
+        """One response per example, in order; `seed` seeds sampling (ignored when greedy); with
+        `loglikelihood`, each response also scores the task's options after the final prompt."""
         ...
 
     def parameters(self) -> dict[str, int] | None:
@@ -77,14 +96,19 @@ class PipelineSystem:
     def __init__(self, pipeline: Any) -> None:
         self.pipeline = pipeline
 
-    def answer(self, task: Task, examples: Sequence[Example], seed: int) -> list[Response]:
-        traces = self.pipeline.run(list(zip([e.id for e in examples], task.prompts(examples))))
+    def answer(self, task: Task, examples: Sequence[Example], seed: int, loglikelihood: bool = False) -> list[Response]:
+        questions = task.prompts(examples)
+        traces = self.pipeline.run(list(zip([e.id for e in examples], questions)))
+        lls: list[list[float] | None] = [None] * len(examples)
+        if loglikelihood:  # the base model's final prompt: the question and every thought the system wrote
+            contexts = [self.pipeline.base_prompt(q, [x.text for x in t.thoughts]) for q, t in zip(questions, traces)]
+            lls = list(option_loglikelihoods(self.pipeline.base, task, examples, contexts))
         out = []
-        for t in traces:
+        for t, ll in zip(traces, lls):
             thoughts = [x.text for x in t.thoughts]
             out.append(Response(id=t.id, text=t.final_text, reasoning="\n".join(thoughts + [t.final_text]),
-                                tokens=t.tokens,
-                                thought_calls=t.thought_calls, seconds=t.seconds, trace=t.to_dict()))
+                                tokens=t.tokens, thought_calls=t.thought_calls, seconds=t.seconds, trace=t.to_dict(),
+                                loglikelihoods=ll))
         return out
 
     def parameters(self) -> dict[str, int] | None:
@@ -115,12 +139,19 @@ class GeneratorSystem:
             return task.chat_prompts(self.tokenizer, examples)
         return task.messages(examples)
 
-    def answer(self, task: Task, examples: Sequence[Example], seed: int) -> list[Response]:
+    def answer(self, task: Task, examples: Sequence[Example], seed: int, loglikelihood: bool = False) -> list[Response]:
         params = dataclasses.replace(self.params, seed=seed, stop=list(dict.fromkeys([*self.params.stop, *task.stop])))
-        outs = self.generator.generate(self.prompts(task, examples), params)
+        prompts = self.prompts(task, examples)
+        outs = self.generator.generate(prompts, params)
+        lls: list[list[float] | None] = [None] * len(examples)
+        if loglikelihood:
+            if not all(isinstance(p, str) for p in prompts):
+                raise DataError(f"task '{task.name}' is scored by log-likelihood, which needs a local model; "
+                                "an endpoint gives none: set loglikelihood: false for this task.")
+            lls = list(option_loglikelihoods(self.generator, task, examples, prompts))
         return [Response(id=e.id, text=c.text, reasoning="\n".join(p for p in (c.reasoning, c.text) if p),
-                         tokens={"model": c.completion_tokens}, seconds=c.seconds)
-                for e, c in zip(examples, outs)]
+                         tokens={"model": c.completion_tokens}, seconds=c.seconds, loglikelihoods=ll)
+                for e, c, ll in zip(examples, outs, lls)]
 
     def parameters(self) -> dict[str, int] | None:
         if self.parameter_count is not None:

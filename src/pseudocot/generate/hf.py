@@ -108,6 +108,34 @@ class HFGenerator:
         bar.close()
         return [r for r in results if r is not None]
 
+    @torch.inference_mode()
+    def loglikelihoods(self, requests: Sequence[tuple[str, str]]) -> list[float]:
+        """log P(continuation | context) per (context, continuation) pair, summed over the continuation's
+        tokens (lm-evaluation-harness's `loglikelihood`). Context and continuation are encoded apart, so
+        the continuation's tokens are exactly its own. Right padding, batches sorted by length."""
+        pairs = [(self.tokenizer(c, add_special_tokens=False)["input_ids"], self.tokenizer(x, add_special_tokens=False)["input_ids"])
+                 for c, x in requests]
+        if any(not ctx or not cont for ctx, cont in pairs):
+            raise ValueError("log-likelihood requests need a non-empty context and continuation.")
+        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+        out = [0.0] * len(pairs)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            rows = [pairs[i][0] + pairs[i][1] for i in idx]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, row in enumerate(rows):
+                ids[r, : len(row)] = torch.tensor(row)
+                mask[r, : len(row)] = 1
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits  # (B, T, V)
+            for r, i in enumerate(idx):
+                n_ctx, cont = len(pairs[i][0]), pairs[i][1]
+                # positions n_ctx-1 .. n_ctx+len(cont)-2 predict the continuation's tokens: (C, V)
+                logp = torch.log_softmax(logits[r, n_ctx - 1 : n_ctx - 1 + len(cont)].float(), dim=-1)
+                out[i] = float(logp.gather(-1, torch.tensor(cont, device=logp.device).unsqueeze(-1)).sum())
+        return out
+
     def end_sessions(self, sessions: Sequence[Hashable]) -> None:
         self.prefixes.drop(sessions)
 

@@ -27,7 +27,7 @@ from pseudocot.train import teacher_cache
 from pseudocot.train.checkpoints import finished_metrics, is_main_process, train_and_save
 from pseudocot.train.distill import check_heads, collator, load_teacher, trainer_class
 from pseudocot.train.rows import read_split, tokenize_examples
-from pseudocot.train.setup import load_spec_tokenizer, spec_name, trainable_model, training_args
+from pseudocot.train.setup import cut_source, cut_student, load_spec_tokenizer, spec_name, trainable_model, training_args
 
 
 def train_stage(cfg: Config, stage: DistillStageConfig, out: Path, teacher_path: Path, teacher_spec: ModelSpec) -> dict[str, Any]:
@@ -39,7 +39,8 @@ def train_stage(cfg: Config, stage: DistillStageConfig, out: Path, teacher_path:
         return done
     # Tokenizers first: a mismatch must stop the stage before gigabytes of weights load.
     t_tok = load_tokenizer(str(teacher_path), teacher_spec.trust_remote_code)
-    s_tok = load_spec_tokenizer(stage.student, layout.tokenizer_dir)
+    source = cut_source(stage.student, teacher_path)  # a student cut from a model (`student.from`)
+    s_tok = load_tokenizer(str(source), stage.student.trust_remote_code) if source else load_spec_tokenizer(stage.student, layout.tokenizer_dir)
     problem = vocabulary_mismatch(t_tok, s_tok, str(teacher_path), spec_name(stage.student))
     if problem:
         raise ModelError(problem[0].upper() + problem[1:-1]
@@ -48,7 +49,7 @@ def train_stage(cfg: Config, stage: DistillStageConfig, out: Path, teacher_path:
     t, d = stage.train, cfg.distill
 
     def rows_of(file: str | None, split: str) -> list[dict[str, Any]]:
-        examples = read_split(file or layout.split(split), f"distillation {split} data")
+        examples = read_split(file or layout.split(split), f"distillation {split} data", t.val_examples if split == "val" else None)
         return tokenize_examples(examples, s_tok, d.with_reasoning, d.system_prompt, t.max_length)
 
     rows, val_rows = rows_of(stage.train_file, "train"), rows_of(stage.val_file, "val")
@@ -67,7 +68,8 @@ def train_stage(cfg: Config, stage: DistillStageConfig, out: Path, teacher_path:
     elif stage.teacher_weight():
         teacher = load_teacher(teacher_path, teacher_spec.dtype, teacher_spec.trust_remote_code, cfg.run.device)
 
-    student = trainable_model(stage.student, s_tok, stage.method, stage.lora, cfg.run.device, cfg.run.seed,
+    student_spec = cut_student(stage.student, source, out, key) if source else stage.student
+    student = trainable_model(student_spec, s_tok, stage.method, stage.lora, cfg.run.device, cfg.run.seed,
                               t.gradient_checkpointing)
     check_heads(rows, student, spec_name(stage.student), teacher, str(teacher_path))
     trainer = trainer_class()(

@@ -41,7 +41,7 @@ def main(cfg: Config, role: str = "base") -> dict[str, Any]:
     thoughts = cfg.pipeline if fcfg.thoughts_in_context else None  # rendered as the pipeline renders them
 
     def rows_of(file: str | None, split: str) -> list[dict[str, Any]]:
-        examples = read_split(file or layout.split(split), f"{role} {split} data")
+        examples = read_split(file or layout.split(split), f"{role} {split} data", t.val_examples if split == "val" else None)
         return tokenize_examples(examples, tokenizer, fcfg.with_reasoning, fcfg.system_prompt, t.max_length, thoughts)
 
     train_rows, val_rows = rows_of(fcfg.train_file, "train"), rows_of(fcfg.val_file, "val")

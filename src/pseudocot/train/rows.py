@@ -23,11 +23,12 @@ IGNORE_INDEX = -100
 logger = logging.getLogger(__name__)
 
 
-def read_split(path: str | Path, what: str) -> list[Example]:
+def read_split(path: str | Path, what: str, first: int | None = None) -> list[Example]:
+    """The examples of a split file; with `first`, only the first that many (`train.val_examples`)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file for the {what}; run `pseudocot data` first or set the file in the config.")
-    return read_examples(path).examples
+    return read_examples(path).examples[:first]
 
 
 def thought_pairs(tokenizer: Any, ex: Example, prompts: Any) -> list[tuple[str, str]]:
@@ -91,16 +92,37 @@ class PadCollator:
         return batch
 
 
+EVAL_LOGITS = 32 * 2**20
+"""Most logits (batch x length x vocabulary floats) one validation batch may hold: 128 MiB in fp32."""
+
+
+def eval_batches(rows: Sequence[dict[str, Any]], batch_size: int, vocab_size: int,
+                 max_logits: int = EVAL_LOGITS) -> list[list[dict[str, Any]]]:
+    """`rows` sorted by length, longest first (a batch too large for memory fails at once), in
+    batches of at most `batch_size` rows whose (B, T, V) logits stay under `max_logits` (one row at least)."""
+    ordered = sorted(rows, key=lambda r: len(r["input_ids"]), reverse=True)
+    batches, start = [], 0
+    while start < len(ordered):
+        width = len(ordered[start]["input_ids"])  # the longest row of the batch sets its width
+        n = max(1, min(batch_size, max_logits // max(width * vocab_size, 1)))
+        batches.append(ordered[start : start + n])
+        start += n
+    return batches
+
+
 @torch.no_grad()
-def eval_ce(model: Any, rows: Sequence[dict[str, Any]], pad_id: int, batch_size: int = 32) -> float:
-    """Mean cross-entropy per answer token over `rows` (the model's validation loss)."""
+def eval_ce(model: Any, rows: Sequence[dict[str, Any]], pad_id: int, batch_size: int = 32, max_logits: int = EVAL_LOGITS) -> float:
+    """Mean cross-entropy per answer token over `rows` (the model's validation loss). Rows go in
+    length-sorted batches (little padding), small enough that their logits stay under `max_logits`."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     collate = PadCollator(pad_id)
+    head = model.get_output_embeddings()
+    vocab_size = head.weight.shape[0] if head is not None else model.config.vocab_size
     total, count = 0.0, 0
-    for start in range(0, len(rows), batch_size):
-        batch = collate(list(rows[start : start + batch_size]))
+    for chunk in eval_batches(rows, batch_size, vocab_size, max_logits):
+        batch = collate(chunk)
         logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
         # position t predicts token t+1: (B, T-1, V) against (B, T-1)
         logits, labels = logits[:, :-1].float(), batch["labels"][:, 1:].to(device)

@@ -4,6 +4,8 @@ preset on the run's tokenizer), LoRA/QLoRA adapters, and HF `TrainingArguments` 
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -12,12 +14,50 @@ import torch
 
 from pseudocot.config.schema import ModelSpec, TrainConfig
 from pseudocot.errors import ModelError
-from pseudocot.layout import checkpoints_dir
-from pseudocot.models.loading import load_model, load_tokenizer, resolve_device
+from pseudocot.layout import KEY_FILE, checkpoints_dir, has_model, student_init_dir
+from pseudocot.models.loading import cpu_bf16_fast, load_model, load_tokenizer, resolve_device
+
+logger = logging.getLogger(__name__)
 
 
 def spec_name(spec: ModelSpec) -> str:
+    if spec.from_:
+        kept = f"{spec.num_layers} layers" if spec.num_layers else f"layers {spec.keep_layers}"
+        return f"{spec.from_}, cut to {kept}"
     return spec.path or f"preset:{spec.preset}"
+
+
+def cut_source(spec: ModelSpec, teacher: Path) -> Path | None:
+    """The model a student is cut from (`student.from`: the stage's teacher or a folder); None if it is not cut."""
+    if not spec.from_:
+        return None
+    source = Path(teacher) if spec.from_ == "teacher" else Path(spec.from_)
+    if not has_model(source):
+        raise ModelError(f"student.from is {spec.from_!r} but {source} holds no model; give a trained model folder or `teacher`.")
+    return source
+
+
+def cut_student(spec: ModelSpec, source: Path, stage_dir: Path, key: str) -> ModelSpec:
+    """A cut student made concrete: `source` (an adapter is merged first) with only the kept decoder
+    layers, saved with its tokenizer to `<stage>/student-init/` once per stage key; returns a spec
+    that loads it."""
+    from pseudocot.files import atomic_dir
+    from pseudocot.freshness import read_key, write_key
+    from pseudocot.models.cut import cut_layers
+    from pseudocot.models.lora import load_trained
+    from pseudocot.train.checkpoints import is_main_process, wait_for_everyone
+
+    folder = student_init_dir(stage_dir)
+    if is_main_process() and not (has_model(folder) and read_key(folder / KEY_FILE) == key):
+        source_model = load_trained(source, device="cpu", dtype=spec.dtype, trust_remote_code=spec.trust_remote_code)
+        student = cut_layers(source_model, num_layers=spec.num_layers, keep_layers=spec.keep_layers)
+        del source_model
+        with atomic_dir(folder) as tmp:  # a killed cut leaves no half-written folder
+            student.save_pretrained(tmp)
+            load_tokenizer(str(source), spec.trust_remote_code).save_pretrained(tmp)
+            write_key(Path(tmp) / KEY_FILE, key)
+    wait_for_everyone()
+    return dataclasses.replace(spec, path=str(folder), from_=None, num_layers=None, keep_layers=None)
 
 
 def load_spec_tokenizer(spec: ModelSpec, run_tokenizer: Path) -> Any:
@@ -52,14 +92,30 @@ def on_cpu(device: str) -> bool:
     return resolve_device(device).type == "cpu"
 
 
+def use_bf16(setting: bool | None, cpu: bool) -> bool:
+    """Whether training runs under bf16 autocast (`train.bf16`: true, false, or null to decide here);
+    the choice and its reason are logged in one line. On a CPU bf16 pays only with bf16 matrix
+    instructions (`cpu_bf16_fast`); without them it is refused, since it would be several to a hundred times slower."""
+    given = {None: "null", True: "true", False: "false"}[setting]  # as the YAML spells it
+    if not cpu:
+        bf16 = setting if setting is not None else torch.cuda.is_bf16_supported()
+        logger.info("training precision: %s (train.bf16=%s, not on a CPU)", "bf16 autocast" if bf16 else "fp32", given)
+        return bf16
+    fast, why = cpu_bf16_fast()
+    if setting and not fast:
+        raise ModelError(f"train.bf16=true on this CPU ({why}) would train several to a hundred times slower than fp32; "
+                         "set train.bf16 to null (bf16 where it pays) or false.")
+    bf16 = fast if setting is None else setting
+    logger.info("training precision: %s on CPU (train.bf16=%s; %s)", "bf16 autocast" if bf16 else "fp32", given, why)
+    return bf16
+
+
 def training_args(train: TrainConfig, out_dir: Path, seed: int, device: str, has_eval: bool, **extra: Any) -> Any:
     """HF TrainingArguments for a stage; checkpoints go to `<out_dir>/checkpoints/`."""
     from transformers import TrainingArguments
 
     cpu = on_cpu(device)
-    bf16 = train.bf16 if train.bf16 is not None else (not cpu and torch.cuda.is_bf16_supported())
-    if bf16 and cpu:
-        raise ModelError("train.bf16=true needs a GPU here; set it to false or null on CPU.")
+    bf16 = use_bf16(train.bf16, cpu)
     eval_steps = train.eval_every_steps if has_eval and train.eval_every_steps > 0 else None
     return TrainingArguments(
         output_dir=str(checkpoints_dir(out_dir)),
