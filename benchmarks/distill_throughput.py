@@ -46,9 +46,11 @@ counts are equal (checked). `cached_vs_trl` compares training throughput alone;
 rows, writing and re-reading the shards) to the cached run: tokens / (loop + build seconds).
 
 Memory (CPU): the resident set of each run's process, from the kernel (`/proc/self/status`), not
-sampled. `peak_rss_mib`: the process's high-water mark (VmHWM) up to the end of the training loop,
-model loading, the optimizer and (cached) the cache build included. `loop_start_rss_mib`: the
-resident set at `on_train_begin`, with both models loaded and the trainer built. There the
+sampled. `peak_rss_mib`: the process's high-water mark (VmHWM) up to the end of the training loop
+(the last step's end, before the Trainer saves its final checkpoint), model loading, the optimizer
+and (cached) the cache build included. `loop_start_rss_mib`: the resident set at `on_train_begin`,
+with both models loaded, every weight read once (`make_resident`: transformers maps safetensors
+weights from the file, so a weight counts only once read) and the trainer built. There the
 high-water mark is reset (`/proc/self/clear_refs` 5), so `loop_increment_mib` = the loop's own
 high-water mark minus that start: what training adds on top of the weights (activations, logits,
 loss, gradients, AdamW's state), which is what a chunked loss saves. The memory ratios are of the
@@ -187,6 +189,17 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def make_resident(*models: Any) -> None:
+    """Read every weight once. transformers maps safetensors weights from the file, so they become
+    resident (and count in RSS) only when first read; reading them before the loop keeps the loading
+    out of the loop's memory increment, for every trainer alike."""
+    with torch.no_grad():
+        for model in models:
+            if model is not None:
+                for t in [*model.parameters(), *model.buffers()]:
+                    t.sum()
+
+
 class LoopTimer(TrainerCallback):
     """Wall time and non-padding tokens from `on_train_begin` to the last `on_step_end`, step by step,
     and the process's resident memory: at the loop's start, and its peak before and during the loop."""
@@ -205,8 +218,7 @@ class LoopTimer(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.marks.append((time.perf_counter(), state.global_step, int(state.num_input_tokens_seen)))
-
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # Read at every step's end, so the Trainer's final checkpoint save (after the last step) is left out.
         self.memory["loop_peak_kib"] = proc_status_kib("VmHWM")
 
     def result(self) -> dict[str, Any]:
@@ -241,6 +253,7 @@ def _install_hooks() -> None:
             def __init__(self, *args: Any, **kwargs: Any) -> None:
                 super().__init__(*args, **kwargs)
                 assert _timer is not None
+                make_resident(self.model, self.teacher)
                 self.add_callback(_timer)
 
         return TimedDistillTrainer
@@ -366,6 +379,7 @@ def run_trl(cfg: Config, stage: DistillStageConfig, out: Path, teacher: Any, tok
     global _timer
     _timer = LoopTimer()
     student = build_model(stage.student, tokenizer, "cpu", cfg.run.seed)
+    make_resident(student, teacher)
     trainer = GKDTrainer(model=student, teacher_model=teacher, args=trl_config(cfg, stage, out),
                          train_dataset=dataset, processing_class=tokenizer, callbacks=[_timer])
     t0 = time.perf_counter()
@@ -454,7 +468,7 @@ def check_loss(teacher: Any, student: Any, rows: list[dict[str, Any]], pad_id: i
 # --------------------------------------------------------------------------------------------
 
 
-def prepare_models(args: argparse.Namespace, cfg: Config, tok: Any) -> tuple[dict[str, Any], float | None]:
+def prepare_models(args: argparse.Namespace, cfg: Config, tok: Any, root: Path) -> tuple[dict[str, Any], float | None]:
     """The teacher (trained here for tiny presets) and, with --student-layers, the cut student; their sizes."""
     layout = RunLayout.of(cfg)
     if args.teacher is None:
@@ -473,7 +487,7 @@ def prepare_models(args: argparse.Namespace, cfg: Config, tok: Any) -> tuple[dic
         return {"teacher_params": teacher_params, "student_params": student_params,
                 "teacher_preset": args.teacher_preset, "student_preset": args.student_preset}, tm["val_loss"]
     teacher = load_teacher(args.teacher, "auto", False, "cpu")
-    spec = student_spec(args, layout.root)
+    spec = student_spec(args, root)
     if args.student_layers is not None:
         from pseudocot.models.cut import cut_layers
 
@@ -523,7 +537,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log("check: TRL's DataCollatorForChatML gives pseudocot's input ids and labels for every row")
 
         # 2. Teacher and student (not timed), and the loss check.
-        sizes, teacher_val = prepare_models(args, cfg, tok)
+        sizes, teacher_val = prepare_models(args, cfg, tok, root)
         stage = stage_for(cfg, args, root)
         teacher_path = teacher_folder(args, layout)
         teacher = load_teacher(teacher_path, "auto", False, "cpu")
@@ -595,6 +609,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "val_loss_cached": round(best["cached"]["val_loss"], 4),
             "val_loss_trl": round(best["trl"]["val_loss"], 4),
             "teacher_val_loss": round(teacher_val, 4),
+            "loss_check_abs_diff": gap,
             **sizes,
             "steps": steps.pop(),
             "batch_size": args.batch_size,

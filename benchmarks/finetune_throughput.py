@@ -15,7 +15,7 @@ lora, ...) `--repeats` times and the best of each is reported. Tokens per second
 time and the memory figures are measured exactly as in `benchmarks/distill_throughput.py` (its
 `LoopTimer`): non-padding tokens over the seconds from `on_train_begin` to the last `on_step_end`;
 `peak_rss_mib` is the process's resident high-water mark up to the end of the loop (weights
-included), `loop_start_rss_mib` the resident set when training starts, `loop_increment_mib` what
+included), `loop_start_rss_mib` the resident set when training starts (every weight read once), `loop_increment_mib` what
 the loop adds on top (activations, gradients, AdamW's state).
 
     HF_HUB_OFFLINE=1 python benchmarks/finetune_throughput.py --model /tmp/smol --steps 8 --batch-size 4
@@ -43,7 +43,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from distill_throughput import LoopTimer  # noqa: E402  (benchmarks/ is the script's own folder)
+from distill_throughput import LoopTimer, make_resident  # noqa: E402  (benchmarks/ is the script's own folder)
 
 METHODS = ("full", "lora")
 
@@ -77,6 +77,7 @@ def measure_one(args: argparse.Namespace) -> dict[str, Any]:
     import dataclasses
 
     from transformers import Trainer
+    from transformers.trainer_utils import SaveStrategy
     from transformers.utils import logging as hf_logging
 
     from pseudocot.config.schema import FinetuneConfig, ModelSpec, TrainConfig
@@ -92,10 +93,13 @@ def measure_one(args: argparse.Namespace) -> dict[str, Any]:
     tokenizer = load_tokenizer(str(args.model))
     rows = rows_for(args, tokenizer, fcfg)
     model = trainable_model(fcfg.model, tokenizer, fcfg.method, fcfg.lora, "cpu", args.seed, False)
+    make_resident(model)
     timer = LoopTimer()
     out = Path(tempfile.mkdtemp(prefix=f"pseudocot-ft-bench-{args.only}-"))
     try:
-        trainer = Trainer(model=model, args=training_args(fcfg.train, out, args.seed, "cpu", has_eval=False),
+        targs = training_args(fcfg.train, out, args.seed, "cpu", has_eval=False)
+        targs.save_strategy = SaveStrategy.NO  # the stage's final checkpoint is not part of the measured loop
+        trainer = Trainer(model=model, args=targs,
                           train_dataset=rows, data_collator=PadCollator(tokenizer.pad_token_id), processing_class=tokenizer,
                           callbacks=[timer])
         result = trainer.train()

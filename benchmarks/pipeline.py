@@ -22,8 +22,9 @@ contexts with reuse on and off, and the benchmark checks that those answers are 
    (after 1, 2, 3 thoughts) are timed: the same decoding loop with reuse off (every call encodes
    the whole context) / with reuse on (a call encodes only what its session has not seen). HF
    `generate` on the same prompts is timed too (`kv_reuse_speedup_vs_hf_generate`). The three
-   modes take turns (reuse, no reuse, HF, reuse, ...); each mode's re-answers (text, token count,
-   finish reason) must be the same with reuse on and off (`reuse_outputs_identical`). With
+   modes take turns (reuse, no reuse, HF, reuse, ...). Greedy re-answers must not depend on reuse:
+   their text, token count and finish reason are compared (`reuse_outputs_identical`, and how many
+   differ from reuse off and from HF `generate`). With
    `--prefill-breakdown` the same calls are also timed with one new token each (the context's
    encoding and one step), which splits the time into prefill and decoding.
 2. `batch_speedup`: the same 32 questions through the whole loop (mode always, 3 thoughts), one

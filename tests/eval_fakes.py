@@ -119,9 +119,9 @@ class Asked:
     def __init__(self, inner, log: list):
         self.inner, self.log = inner, log
 
-    def answer(self, task, examples, seed):
+    def answer(self, task, examples, seed, loglikelihood=False):
         self.log.extend(e.id for e in examples)
-        return self.inner.answer(task, examples, seed)
+        return self.inner.answer(task, examples, seed, loglikelihood)
 
     def parameters(self):
         return self.inner.parameters()

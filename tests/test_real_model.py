@@ -193,7 +193,8 @@ def test_loglikelihoods_equal_a_direct_forward(smol):
     gen = HFGenerator(model, tok, batch_size=3)
     context = tok.apply_chat_template([{"role": "user", "content": "2 + 2 = ?\nA. 3\nB. 4\nAnswer:"}], tokenize=False,
                                       add_generation_prompt=True)
-    requests = [(context, " A"), (context, " B"), ("Paris is the capital of", " France")]
+    # one-token letters share a pass; a longer continuation gets its own
+    requests = [(context, " A"), (context, " B"), ("Paris is the capital of", " France"), (context, " The answer is B.")]
     got = gen.loglikelihoods(requests)
     for (ctx, cont), value in zip(requests, got):
         c_ids, x_ids = tok(ctx)["input_ids"], tok(cont)["input_ids"]

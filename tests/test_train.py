@@ -827,3 +827,19 @@ def test_cli_finetune_and_distill(prepared, tmp_path):
     result = runner.invoke(cli, ["finetune", *common_args, "base.method=lora"])
     assert result.exit_code == 1
     assert result.output.strip().startswith("error: override 'base.method=lora': key 'base.method' lora needs a pretrained model.path")
+
+
+def test_lora_adapters_follow_the_seed(pretrained_folder, run_tokenizer):
+    """The adapters' random init is drawn from `run.seed`, not from whatever the global RNG holds."""
+    from pseudocot.config.schema import LoraConfig, ModelSpec
+    from pseudocot.train.setup import trainable_model
+
+    def adapters(seed):
+        torch.manual_seed(seed + 1000)  # a different global state each time: it must not matter
+        model = trainable_model(ModelSpec(path=str(pretrained_folder)), run_tokenizer, "lora", LoraConfig(r=4, alpha=8),
+                                "cpu", seed, False)
+        return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n}
+
+    a, b, c = adapters(0), adapters(0), adapters(1)
+    assert a and all(torch.equal(a[n], b[n]) for n in a)
+    assert not all(torch.equal(a[n], c[n]) for n in a)

@@ -212,6 +212,9 @@ def describe_run(cfg: Config, entries: Sequence[SystemEntry]) -> str:
     if not any(e.info.get("kind") == "pipeline" for e in entries):
         return ""
     def name(spec: Any) -> str:
+        if spec.from_:
+            kept = f"{spec.num_layers}" if spec.num_layers else f"{len(spec.keep_layers)}"
+            return f"{kept} layers of {'its teacher' if spec.from_ == 'teacher' else Path(spec.from_).name}"
         return spec.preset or Path(spec.path or "").name
     parts = []
     if cfg.distill.stages:

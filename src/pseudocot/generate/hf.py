@@ -112,28 +112,40 @@ class HFGenerator:
     def loglikelihoods(self, requests: Sequence[tuple[str, str]]) -> list[float]:
         """log P(continuation | context) per (context, continuation) pair, summed over the continuation's
         tokens (lm-evaluation-harness's `loglikelihood`). Context and continuation are encoded apart, so
-        the continuation's tokens are exactly its own. Right padding, batches sorted by length."""
-        pairs = [(self.tokenizer(c, add_special_tokens=False)["input_ids"], self.tokenizer(x, add_special_tokens=False)["input_ids"])
-                 for c, x in requests]
-        if any(not ctx or not cont for ctx, cont in pairs):
+        the continuation's tokens are exactly its own. One-token continuations of one context (the option
+        letters of a question) are read off a single forward pass over the context; longer ones get a
+        pass each. Right padding, batches sorted by length."""
+        enc = {}
+        for text in {t for pair in requests for t in pair}:
+            enc[text] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if any(not enc[c] or not enc[x] for c, x in requests):
             raise ValueError("log-likelihood requests need a non-empty context and continuation.")
-        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
-        out = [0.0] * len(pairs)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            rows = [pairs[i][0] + pairs[i][1] for i in idx]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for r, row in enumerate(rows):
+        # One row per context with every one-token continuation read off its last position; one row per
+        # longer continuation.
+        rows: list[tuple[list[int], int, list[tuple[int, list[int]]]]] = []  # (ids, context length, [(request, tokens)])
+        single: dict[str, list[tuple[int, list[int]]]] = {}
+        for i, (c, x) in enumerate(requests):
+            if len(enc[x]) == 1:
+                single.setdefault(c, []).append((i, enc[x]))
+            else:
+                rows.append((enc[c] + enc[x], len(enc[c]), [(i, enc[x])]))
+        rows += [(enc[c], len(enc[c]), reqs) for c, reqs in single.items()]
+        rows.sort(key=lambda r: -len(r[0]))
+        out = [0.0] * len(requests)
+        for start in range(0, len(rows), self.batch_size):
+            batch = rows[start : start + self.batch_size]
+            width = max(len(r[0]) for r in batch)
+            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for r, (row, _, _) in enumerate(batch):
                 ids[r, : len(row)] = torch.tensor(row)
                 mask[r, : len(row)] = 1
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits  # (B, T, V)
-            for r, i in enumerate(idx):
-                n_ctx, cont = len(pairs[i][0]), pairs[i][1]
-                # positions n_ctx-1 .. n_ctx+len(cont)-2 predict the continuation's tokens: (C, V)
-                logp = torch.log_softmax(logits[r, n_ctx - 1 : n_ctx - 1 + len(cont)].float(), dim=-1)
-                out[i] = float(logp.gather(-1, torch.tensor(cont, device=logp.device).unsqueeze(-1)).sum())
+            for r, (_, n_ctx, reqs) in enumerate(batch):
+                for i, cont in reqs:
+                    # positions n_ctx-1 .. n_ctx+len(cont)-2 predict the continuation's tokens: (C, V)
+                    logp = torch.log_softmax(logits[r, n_ctx - 1 : n_ctx - 1 + len(cont)].float(), dim=-1)
+                    out[i] = float(logp.gather(-1, torch.tensor(cont, device=logp.device).unsqueeze(-1)).sum())
         return out
 
     def end_sessions(self, sessions: Sequence[Hashable]) -> None:

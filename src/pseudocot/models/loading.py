@@ -107,7 +107,8 @@ def _check_local(path: str, weights: bool = True) -> None:
             raise ModelError(f"{path}: weights are pickle files (.bin/.pt), which pseudocot does not load; "
                              "convert them to safetensors (model.save_pretrained(..., safe_serialization=True)).")
     elif os.environ.get("HF_HUB_OFFLINE") == "1" or path.startswith((".", "/", "~")):
-        raise ModelError(f"{path}: no such model folder; check the path (the hub is not used offline).")
+        raise ModelError(f"{path}: no such model folder; check the path (the hub is not used offline), or import a GGUF "
+                         f"checkpoint there with `pseudocot models import SRC --out {path}` (SRC: a .gguf file, or smollm2).")
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:

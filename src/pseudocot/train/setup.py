@@ -155,7 +155,11 @@ def trainable_model(spec: ModelSpec, tokenizer: Any, method: str, lora: Any, dev
     if method in ("lora", "qlora"):
         from pseudocot.models.lora import attach_lora
 
-        model = attach_lora(model, lora, quantized=method == "qlora", gradient_checkpointing=gradient_checkpointing)
+        # The adapters' random init follows `seed` (the Trainer seeds only after the model exists), so one
+        # config and seed give one run.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = attach_lora(model, lora, quantized=method == "qlora", gradient_checkpointing=gradient_checkpointing)
     return model
 
 
