@@ -101,3 +101,12 @@ def test_bad_students_name_the_key(student, key):
 def test_only_distillation_students_are_cut():
     with pytest.raises(ConfigError, match=r"base\.model\.from"):
         from_dict({"base": {"model": {"from": "teacher", "num_layers": 2}}})
+
+
+def test_the_report_names_cut_students():
+    from pseudocot.evaluate.runner import describe_run
+    from pseudocot.evaluate.systems import system_entries
+
+    cfg = load_config("smol")
+    said = describe_run(cfg, system_entries(cfg))
+    assert "(16 layers of its teacher -> 8 layers of its teacher)" in said
