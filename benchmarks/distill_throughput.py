@@ -171,7 +171,7 @@ def log(msg: str) -> None:
 
 
 def proc_status_kib(field: str) -> int:
-    """A `VmXXX:` line of /proc/self/status in KiB (VmRSS: resident now; VmHWM: its high-water mark)."""
+    """A memory line of /proc/self/status in KiB, by its field name (`VmRSS`: resident now; `VmHWM`: its high-water mark)."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):

@@ -97,3 +97,13 @@ def smollm2_dir():
     if not (folder / "config.json").is_file():  # the import renames a finished folder into place
         import_gguf("smollm2", folder, force=True)
     return folder
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny-tensor tests (`pytestmark = pytest.mark.usefixtures("one_thread")`):
+    a second intra-op thread only adds OpenMP hand-offs on a small CPU, and one keeps runs deterministic."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

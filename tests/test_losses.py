@@ -26,14 +26,7 @@ from pseudocot.losses import (
     topk_logprobs,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tensors here are tiny: a second intra-op thread only adds OpenMP hand-offs (4x slower on 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # Two tokens over a 2-word vocabulary, as probabilities, so every term has a closed form.

@@ -102,13 +102,7 @@ def copy_run(prepared, dest: Path, parts: tuple[str, ...] | None = None) -> Path
     return dest
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads; one keeps the runs deterministic and the CPU free."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

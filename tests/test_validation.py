@@ -72,12 +72,7 @@ SMALL = ["data.arith.n_train=60", "data.arith.n_val=20", "data.arith.n_test=10",
          "distill.stages=[{student: {preset: tiny-3xs}, train: {max_steps: 1, val_examples: 3}}]"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_val_examples_caps_finetune_and_distill_validation(tmp_path):

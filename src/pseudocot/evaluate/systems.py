@@ -144,10 +144,7 @@ class GeneratorSystem:
         prompts = self.prompts(task, examples)
         outs = self.generator.generate(prompts, params)
         lls: list[list[float] | None] = [None] * len(examples)
-        if loglikelihood:
-            if not all(isinstance(p, str) for p in prompts):
-                raise DataError(f"task '{task.name}' is scored by log-likelihood, which needs a local model; "
-                                "an endpoint gives none: set loglikelihood: false for this task.")
+        if loglikelihood:  # a local model (its prompts are text); an endpoint is refused inside
             lls = list(option_loglikelihoods(self.generator, task, examples, prompts))
         return [Response(id=e.id, text=c.text, reasoning="\n".join(p for p in (c.reasoning, c.text) if p),
                          tokens={"model": c.completion_tokens}, seconds=c.seconds, loglikelihoods=ll)

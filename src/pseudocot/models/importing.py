@@ -108,6 +108,8 @@ def import_gguf(source: str | os.PathLike[str], out: str | os.PathLike[str], dty
             tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
             model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
                                                          quantization_config=GgufConfig(dequantize=True))
+        # transformers raises these for a file it cannot read: not GGUF (OSError, ValueError), a missing
+        # tensor (KeyError), or an architecture its GGUF reader does not map (NotImplementedError).
         except (OSError, ValueError, KeyError, NotImplementedError) as e:
             raise ModelError(f"{path}: cannot import this GGUF ({str(e).splitlines()[0] if str(e) else type(e).__name__}).") from None
         model = model.to(DTYPES[dtype])

@@ -68,7 +68,7 @@ def train_stage(cfg: Config, stage: DistillStageConfig, out: Path, teacher_path:
     elif stage.teacher_weight():
         teacher = load_teacher(teacher_path, teacher_spec.dtype, teacher_spec.trust_remote_code, cfg.run.device)
 
-    student_spec = cut_student(stage.student, source, out, key) if source else stage.student
+    student_spec = cut_student(stage.student, source, s_tok, out, key) if source else stage.student
     student = trainable_model(student_spec, s_tok, stage.method, stage.lora, cfg.run.device, cfg.run.seed,
                               t.gradient_checkpointing)
     check_heads(rows, student, spec_name(stage.student), teacher, str(teacher_path))

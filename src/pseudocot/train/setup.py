@@ -37,9 +37,9 @@ def cut_source(spec: ModelSpec, teacher: Path) -> Path | None:
     return source
 
 
-def cut_student(spec: ModelSpec, source: Path, stage_dir: Path, key: str) -> ModelSpec:
+def cut_student(spec: ModelSpec, source: Path, tokenizer: Any, stage_dir: Path, key: str) -> ModelSpec:
     """A cut student made concrete: `source` (an adapter is merged first) with only the kept decoder
-    layers, saved with its tokenizer to `<stage>/student-init/` once per stage key; returns a spec
+    layers, saved with `tokenizer` (the source's) to `<stage>/student-init/` once per stage key; returns a spec
     that loads it."""
     from pseudocot.files import atomic_dir
     from pseudocot.freshness import read_key, write_key
@@ -54,7 +54,7 @@ def cut_student(spec: ModelSpec, source: Path, stage_dir: Path, key: str) -> Mod
         del source_model
         with atomic_dir(folder) as tmp:  # a killed cut leaves no half-written folder
             student.save_pretrained(tmp)
-            load_tokenizer(str(source), spec.trust_remote_code).save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
             write_key(Path(tmp) / KEY_FILE, key)
     wait_for_everyone()
     return dataclasses.replace(spec, path=str(folder), from_=None, num_layers=None, keep_layers=None)
