@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo lint test clean
+.PHONY: install demo lint browser test clean
 
 $(BIN)/pseudocot: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,14 @@ demo: install
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 
+# The chat page's test drives Debian's chromium through its chromedriver (installed once, as root or via sudo).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; }
+
 # Lint first (the suite fails on lint errors), then every test and the doctests of pseudocot.tasks.
-test: lint
+test: lint browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 clean:

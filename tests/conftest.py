@@ -107,3 +107,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def serve_run(tmp_path_factory, trained_tiny):
+    """A run folder for the server's tests: the `trained_tiny` model as base and TTM, and a router (with its
+    depth model) trained on it."""
+    from serve_helpers import make_run
+
+    model, tok = trained_tiny
+    return make_run(tmp_path_factory.mktemp("serve"), model, tok)
+
+
+@pytest.fixture(scope="session")
+def live_server(serve_run):
+    """`pseudocot serve` on `serve_run` in a thread of this process, with the API key `test-key`."""
+    from serve_helpers import start_server
+
+    server = start_server(serve_run)
+    yield server
+    server.stop()

@@ -35,3 +35,16 @@ class EndpointError(PseudocotError, RuntimeError):
 
 class StageError(PseudocotError, RuntimeError):
     """A stage run in its own process (`run.parallel_stages`) failed; the message points at its log."""
+
+
+class RequestError(PseudocotError, ValueError):
+    """An HTTP request to `pseudocot serve` is wrong: answered with `status` and the OpenAI error object
+    (`message`, `type`, `param`: the field at fault, `code`)."""
+
+    def __init__(self, message: str, status: int = 400, param: str | None = None, code: str | None = None,
+                 type: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.param, self.code, self.type, self.headers = status, param, code, type, headers or {}
+
+    def body(self) -> dict[str, dict[str, str | None]]:
+        return {"error": {"message": str(self), "type": self.type, "param": self.param, "code": self.code}}

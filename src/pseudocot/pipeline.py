@@ -73,6 +73,8 @@ class Answer:
     """Mean log-probability of its tokens (when the router asked for them)."""
     router_score: float | None = None
     """The router's probability that another thought helps (router mode)."""
+    finish_reason: str = ""
+    """`stop` (end of turn or a stop string) or `length` (answer_max_new_tokens reached)."""
 
 
 @dataclass
@@ -83,6 +85,22 @@ class Thought:
     """Tokens generated."""
     seconds: float
     """Wall time of the call, shared among its batch."""
+    prompt_tokens: int = 0
+    """Tokens in its context."""
+    cached_tokens: int = 0
+    """Context tokens reused from the previous call instead of encoded again."""
+
+
+@dataclass
+class Sampling:
+    """How both models pick tokens (the server sets it per request batch; evaluation keeps greedy)."""
+
+    temperature: float = 0.0
+    """0 means greedy decoding."""
+    top_p: float = 1.0
+    """Nucleus sampling mass, used when temperature > 0."""
+    seed: int | None = None
+    """The same seed and questions give the same samples."""
 
 
 @dataclass
@@ -96,13 +114,16 @@ class Trace:
     final_answer: str = ""
     """The last answer's committed value."""
     stop_reason: str = ""
-    """never, router, max_thoughts, ttm_done (the TTM ended its reasoning) or depth."""
+    """never, router, max_thoughts, ttm_done (the TTM ended its reasoning), depth, or cancelled (the caller
+    dropped the question, e.g. a server client that went away)."""
     depth: int | None = None
     """Thoughts the depth router chose (depth mode)."""
     seconds: float = 0.0
     """Sum of this question's shares of every call."""
     features: list[Any] = field(default_factory=list, repr=False)
     """Router inputs of each answer (not serialised)."""
+    history: list[dict[str, str]] = field(default_factory=list, repr=False)
+    """Earlier turns of a conversation, put before the question in the base model's context (not serialised)."""
 
     @property
     def thought_calls(self) -> int:
@@ -120,6 +141,7 @@ class Trace:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("features")
+        d.pop("history")
         d["thought_calls"] = self.thought_calls
         d["tokens"] = self.tokens
         d["final_text"] = self.final_text
@@ -148,20 +170,21 @@ class Pipeline:
     """Base `Generator` + TTM `Generator` + router, answering batches of questions."""
 
     def __init__(self, base: Generator, ttm: Generator | None, cfg: PipelineConfig, router: RouterPolicy | None = None,
-                 base_tokenizer: Any = None, ttm_tokenizer: Any = None) -> None:
+                 base_tokenizer: Any = None, ttm_tokenizer: Any = None, sampling: Sampling | None = None) -> None:
         if cfg.mode != "never" and ttm is None:
             raise ConfigError(f"pipeline.mode={cfg.mode} needs a Tiny Thought Model; set pipeline.ttm or train one with `pseudocot distill`.")
         if cfg.mode in ("router", "depth") and router is None:
             raise ConfigError(f"pipeline.mode={cfg.mode} needs a router; train one with `pseudocot router`.")
         self.base, self.ttm, self.cfg, self.router = base, ttm, cfg, router
+        self.sampling = sampling or Sampling()
         self._batches = 0  # numbers each batch's sessions
         self.base_tokenizer = base_tokenizer if base_tokenizer is not None else getattr(base, "tokenizer", None)
         self.ttm_tokenizer = ttm_tokenizer if ttm_tokenizer is not None else getattr(ttm, "tokenizer", None)
 
     # -- prompts ---------------------------------------------------------------------------
 
-    def base_prompt(self, question: str, thoughts: list[str]) -> str:
-        return render(self.base_tokenizer, base_messages(question, thoughts, self.cfg), add_generation_prompt=True)
+    def base_prompt(self, question: str, thoughts: list[str], history: Sequence[dict[str, str]] = ()) -> str:
+        return render(self.base_tokenizer, base_messages(question, thoughts, self.cfg, history), add_generation_prompt=True)
 
     def ttm_prompt(self, question: str, thoughts: list[str], last_answer: str) -> str:
         return ttm_prompt(self.ttm_tokenizer, question, thoughts, last_answer, self.cfg)
@@ -179,57 +202,92 @@ class Pipeline:
     def answer_params(self, collect: bool) -> GenerationParams:
         feats = self._needs_features(collect)
         needs_hidden = feats and (collect or "hidden" in getattr(self.router, "features", ()))
+        s = self.sampling
         return GenerationParams(max_new_tokens=self.cfg.answer_max_new_tokens, stop=list(self.cfg.answer_stop),
-                                logprobs=feats, hidden=needs_hidden)
+                                logprobs=feats, hidden=needs_hidden, temperature=s.temperature, top_p=s.top_p, seed=s.seed)
 
     def thought_params(self) -> GenerationParams:
-        return GenerationParams(max_new_tokens=self.cfg.thought_max_new_tokens, stop=list(self.cfg.thought_stop))
+        s = self.sampling
+        return GenerationParams(max_new_tokens=self.cfg.thought_max_new_tokens, stop=list(self.cfg.thought_stop),
+                                temperature=s.temperature, top_p=s.top_p, seed=s.seed)
 
     # -- the loop --------------------------------------------------------------------------
 
     def run(self, questions: Sequence[tuple[str, str]], collect: bool = False,
-            on_event: Callable[[str, Trace], None] | None = None) -> list[Trace]:
+            on_event: Callable[[str, Trace], None] | None = None,
+            histories: Sequence[Sequence[dict[str, str]]] | None = None,
+            keep: Callable[[Trace], bool] | None = None) -> list[Trace]:
         """Answer `(id, question)` pairs; returns one trace per question, in order.
 
         `collect` forces thoughts up to `max_thoughts` whatever the mode says and keeps every answer's
         router features (router training). `on_event(kind, trace)` is called after each answer
-        (`answer`), router decision (`decision`) and thought (`thought`), for live display.
+        (`answer`), router decision (`decision`) and thought (`thought`), and once when a question is
+        finished (`done`, its final answer set), for live display. `histories[i]` are earlier chat turns
+        put before question i in the base model's context. A question for which `keep(trace)` turns false
+        is dropped before the next model call (stop reason `cancelled`).
         """
+        if histories is not None and len(histories) != len(questions):
+            raise ValueError(f"got {len(histories)} histories for {len(questions)} questions.")
         out: list[Trace] = []
         size = max(1, self.cfg.batch_size)
         for start in range(0, len(questions), size):
-            out += self._run_batch(list(questions[start:start + size]), collect, on_event)
+            traces = [Trace(id=qid, question=q, mode="always" if collect else self.cfg.mode,
+                            history=list(histories[start + j]) if histories is not None else [])
+                      for j, (qid, q) in enumerate(questions[start:start + size])]
+            out += self._run_batch(traces, collect, on_event, keep)
         return out
 
-    def _run_batch(self, batch: list[tuple[str, str]], collect: bool,
-                   on_event: Callable[[str, Trace], None] | None) -> list[Trace]:
-        cfg = self.cfg
-        mode = "always" if collect else cfg.mode
-        traces = [Trace(id=qid, question=q, mode=mode) for qid, q in batch]
-        thoughts: list[list[str]] = [[] for _ in batch]
+    def _run_batch(self, traces: list[Trace], collect: bool, on_event: Callable[[str, Trace], None] | None,
+                   keep: Callable[[Trace], bool] | None = None) -> list[Trace]:
+        mode = traces[0].mode
+        thoughts: list[list[str]] = [[] for _ in traces]
         self._batches += 1
-        keys = [("pcot", self._batches, i) for i in range(len(batch))]
-        active = list(range(len(batch)))
+        keys = [("pcot", self._batches, i) for i in range(len(traces))]
+        active = list(range(len(traces)))
+        finished: set[int] = set()
+
+        def done(ids: Iterable[int]) -> None:
+            for i in ids:
+                if i not in finished:
+                    finished.add(i)
+                    traces[i].final_answer = traces[i].answers[-1].final if traces[i].answers else ""
+                    if on_event:
+                        on_event("done", traces[i])
+
+        def kept(ids: list[int]) -> list[int]:
+            if keep is None:
+                return ids
+            gone = [i for i in ids if not keep(traces[i])]
+            for i in gone:
+                traces[i].stop_reason = "cancelled"
+            done(gone)
+            return [i for i in ids if i not in gone]
+
         try:
             if mode == "depth":
+                active = kept(active)
                 sessions = ([keys[i] + ("base",) for i in active]
                             if self.cfg.kv_reuse and isinstance(self.base, SessionGenerator) else None)
-                depth = self.router.depth([self.base_prompt(t.question, []) for t in traces], self.base, sessions,
-                                          self.cfg.max_thoughts)
-                for i, d in enumerate(depth):
+                depth = self.router.depth([self.base_prompt(traces[i].question, [], traces[i].history) for i in active],
+                                          self.base, sessions, self.cfg.max_thoughts) if active else []
+                for i, d in zip(active, depth):
                     traces[i].depth = d
                 for round_ in range(max(depth, default=0)):
-                    active = [i for i in active if round_ < traces[i].depth and not self._ttm_done(traces[i])]
-                    self._think(active, traces, thoughts, keys, on_event)
-                self._answer(list(range(len(batch))), traces, thoughts, keys, collect, on_event)
-                for t in traces:
-                    t.stop_reason = "depth"
+                    self._think(kept([i for i in active if round_ < traces[i].depth and not self._ttm_done(traces[i])]),
+                                traces, thoughts, keys, on_event)
+                active = kept(active)
+                for i in active:
+                    traces[i].stop_reason = "depth"
+                self._answer(active, traces, thoughts, keys, collect, on_event)
+                done(active)
             else:
+                active = kept(active)
                 self._answer(active, traces, thoughts, keys, collect, on_event)
                 iteration = 0
                 while active:
                     go = self._decide(active, traces, mode, iteration, on_event)
-                    active = [i for i in active if go[i]]
+                    done(i for i in active if not go[i])
+                    active = kept([i for i in active if go[i]])
                     if not active:
                         break
                     self._think(active, traces, thoughts, keys, on_event)
@@ -237,15 +295,16 @@ class Pipeline:
                     wrote = [i for i in active if len(traces[i].thoughts) == iteration + 1]
                     for i in set(active) - set(wrote):
                         traces[i].stop_reason = "ttm_done"
-                    active = wrote
+                    done(sorted(set(active) - set(wrote)))
+                    active = kept(wrote)
                     self._answer(active, traces, thoughts, keys, collect, on_event)
                     iteration += 1
+                done(active)
         finally:
             for gen, role in ((self.base, "base"), (self.ttm, "ttm")):
                 if isinstance(gen, SessionGenerator):
                     gen.end_sessions([k + (role,) for k in keys])
-        for t in traces:
-            t.final_answer = t.answers[-1].final if t.answers else ""
+        done(range(len(traces)))
         return traces
 
     def _ttm_done(self, trace: Trace) -> bool:
@@ -296,7 +355,8 @@ class Pipeline:
             ended = c.finish_reason == "stop" and c.stop_string is None
             if text:
                 thoughts[i].append(text)
-                traces[i].thoughts.append(Thought(text=text, tokens=c.completion_tokens, seconds=c.seconds))
+                traces[i].thoughts.append(Thought(text=text, tokens=c.completion_tokens, seconds=c.seconds,
+                                                  prompt_tokens=c.prompt_tokens, cached_tokens=c.cached_tokens))
                 traces[i].seconds += c.seconds
                 if on_event:
                     on_event("thought", traces[i])
@@ -307,7 +367,7 @@ class Pipeline:
                 on_event: Callable[[str, Trace], None] | None) -> None:
         if not active:
             return
-        prompts = [self.base_prompt(traces[i].question, thoughts[i]) for i in active]
+        prompts = [self.base_prompt(traces[i].question, thoughts[i], traces[i].history) for i in active]
         outs = self._call(self.base, prompts, self.answer_params(collect), [keys[i] + ("base",) for i in active])
         for i, c in zip(active, outs):
             t = traces[i]
@@ -315,7 +375,7 @@ class Pipeline:
             lp = c.token_logprobs
             t.answers.append(Answer(text=c.text, final=final, tokens=c.completion_tokens, prompt_tokens=c.prompt_tokens,
                                     cached_tokens=c.cached_tokens, seconds=c.seconds,
-                                    logprob_mean=sum(lp) / len(lp) if lp else None))
+                                    logprob_mean=sum(lp) / len(lp) if lp else None, finish_reason=c.finish_reason))
             t.seconds += c.seconds
             if self._needs_features(collect):
                 changed = len(t.answers) > 1 and t.answers[-2].final != final

@@ -354,12 +354,41 @@ def chat(run_dir: Path, mode: str | None, overrides: tuple[str, ...]) -> None:
     chat_loop(run_dir, mode, overrides)
 
 
+@cli.command()
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="A run folder (runs/<name>): its config and trained models. Without it, --config and pipeline.base/ttm/router.")
+@config_option
+@click.option("--host", default=None, help="Address to bind (serve.host; default 127.0.0.1). Other addresses need an API key.")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="TCP port (serve.port; default 8000).")
+@click.option("--api-key-env", default=None, metavar="VAR",
+              help="Environment variable with the API key (serve.api_key_env; default PSEUDOCOT_API_KEY).")
+@overrides_argument
+def serve(run_dir: Path | None, config_name: str, host: str | None, port: int | None, api_key_env: str | None,
+          overrides: tuple[str, ...]) -> None:
+    """Serve the pipeline as an OpenAI-compatible API (/v1/chat/completions, /v1/models) with a chat page at /.
+
+    \b
+    pseudocot serve --run runs/demo
+    PSEUDOCOT_API_KEY=secret pseudocot serve --run runs/smol --host 0.0.0.0 --port 8000
+    pseudocot serve pipeline.base=models/base pipeline.ttm=models/ttm pipeline.mode=always
+
+    The model id picks the mode (pseudocot, pseudocot-router, -always, -never, -depth); thoughts come
+    back as reasoning_content. Concurrent requests are answered together (serve.max_batch,
+    serve.batch_wait_ms). SIGTERM drains: new requests get 503, accepted ones finish.
+    """
+    from pseudocot.layout import run_config
+    from pseudocot.serve.server import serve as run_server
+
+    flags = [f"serve.{k}={v}" for k, v in (("host", host), ("port", port), ("api_key_env", api_key_env)) if v is not None]
+    cfg = run_config(run_dir, (*overrides, *flags)) if run_dir is not None else load_config(config_name, (*overrides, *flags))
+    run_server(cfg, echo=click.echo)
+
+
 # ------------------------------------------------------------------------------------ stages still to come
 
 _LATER = {
     "synth": ("Write step-by-step reasoning data with a teacher model or an OpenAI-compatible endpoint.", "synthetic data"),
     "grpo": ("GRPO reinforcement learning with rewards for correct and faithful reasoning.", "GRPO"),
-    "serve": ("Serve a run as an OpenAI-compatible API with a chat page.", "serving"),
 }
 
 

@@ -544,6 +544,34 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 
 
 @dataclass
+class ServeConfig(Section):
+    host: str = "127.0.0.1"
+    """Address the server binds (`--host`); anything but loopback needs an API key."""
+    port: Annotated[int, Ge(0), Le(65535)] = 8000
+    """TCP port (`--port`; 0 picks a free one)."""
+    api_key_env: Annotated[str, NonEmpty()] = "PSEUDOCOT_API_KEY"
+    """Environment variable holding the API key (`--api-key-env`); when it is set, `/v1/*` needs `Authorization: Bearer KEY`."""
+    max_batch: Positive = 16
+    """Most requests answered together in one pipeline batch."""
+    batch_wait_ms: Annotated[float, Ge(0)] = 20.0
+    """How long the first waiting request waits for others to join its batch."""
+    max_queue: Positive = 64
+    """Requests waiting for a batch; one more is answered 429 with Retry-After."""
+    max_body_bytes: Positive = 1_000_000
+    """Largest request body; a bigger one is answered 413."""
+    max_tokens: Positive = 512
+    """Largest `max_tokens` a request may ask for (tokens per base answer)."""
+    max_thoughts: Positive = 16
+    """Largest `pseudocot.max_thoughts` a request may ask for."""
+    shutdown_grace_seconds: Annotated[float, Ge(0)] = 30.0
+    """On SIGTERM, how long requests already accepted may take to finish."""
+
+    def validate(self) -> None:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
+            raise FieldError("api_key_env", f"must be an environment variable name, got {self.api_key_env!r}")
+
+
+@dataclass
 class Config(Section):
     run: RunConfig = field(default_factory=RunConfig)
     """Run name, output folder, seed, device."""
@@ -565,6 +593,8 @@ class Config(Section):
     """The router, trained on the base model's traces (`pseudocot router`)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Systems x tasks -> results.json, report.md, figures (`pseudocot eval`)."""
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    """The OpenAI-compatible server over the pipeline (`pseudocot serve`)."""
 
     def router_task(self) -> EvalTaskConfig:
         """The task that labels the router's traces: `router.task`, else the first eval task."""

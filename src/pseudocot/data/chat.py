@@ -6,6 +6,7 @@ assistant's part only; generation uses the prompt alone.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pseudocot.data.example import CHOICE_LETTERS, Example
@@ -76,16 +77,20 @@ def _fill(template: str, key: str, **values: str) -> str:
                         f"use only the fields {', '.join('{' + k + '}' for k in values)} and write literal braces as {{{{ }}}}.") from e
 
 
-def base_messages(question: str, thoughts: list[str], prompts: Any) -> list[dict[str, str]]:
-    """The base model's conversation: its user turn carries the question and, once there are any,
-    the thoughts, one per line (`prompts` is a `PipelineConfig`)."""
+def base_messages(question: str, thoughts: list[str], prompts: Any,
+                  history: Sequence[dict[str, str]] = ()) -> list[dict[str, str]]:
+    """The base model's conversation: earlier turns (`history`, from a chat client), then its user turn
+    carrying the question and, once there are any, the thoughts, one per line (`prompts` is a
+    `PipelineConfig`). A system message in `history` replaces `prompts.system_prompt`."""
     if thoughts:
         user = _fill(prompts.base_prompt_with_thoughts, "base_prompt_with_thoughts", question=question,
                      thoughts="\n".join(thoughts))
     else:
         user = _fill(prompts.base_prompt, "base_prompt", question=question)
     system = [{"role": "system", "content": prompts.system_prompt}] if prompts.system_prompt else []
-    return system + [{"role": "user", "content": user}]
+    if any(m["role"] == "system" for m in history):
+        system = []
+    return system + list(history) + [{"role": "user", "content": user}]
 
 
 def ttm_prompt(tokenizer: Any, question: str, thoughts: list[str], last_answer: str, prompts: Any) -> str:
