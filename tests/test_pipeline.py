@@ -205,3 +205,68 @@ def test_sessions_are_freed_after_each_batch(trained_tiny, questions):
     pipe.run(questions)
     pipe.run(questions[:3], collect=True)
     assert len(pipe.base.prefixes) == 0 and len(pipe.ttm.prefixes) == 0
+
+
+@pytest.mark.parametrize("mode", ["router", "depth"])
+def test_done_events_come_once_per_question_as_it_stops(trained_tiny, questions, mode):
+    """The server streams a question's answer when it stops, not when its whole batch does."""
+    ids = [q for _, q in questions]
+    seen = []
+
+    def on_event(kind, trace):
+        seen.append((kind, trace.id, trace.final_answer, len(trace.answers)))
+
+    traces = _pipe(trained_tiny, mode, router=FixedRouter(ids, limit=3), max_thoughts=3).run(questions, on_event=on_event)
+    done = [s for s in seen if s[0] == "done"]
+    assert sorted(d[1] for d in done) == sorted(t.id for t in traces)
+    by_id = {t.id: t for t in traces}
+    for _, qid, final, n_answers in done:
+        assert final == by_id[qid].final_answer and n_answers == len(by_id[qid].answers)
+        # Nothing happens to a question after its done event.
+        assert not any(s[1] == qid for s in seen[seen.index(("done", qid, final, n_answers)) + 1:])
+    if mode == "router":  # odd questions stop after answer 0, long before the batch ends
+        first_done = seen.index(done[0])
+        assert len(by_id[done[0][1]].answers) == 1 and first_done < len(seen) - len(done)
+
+
+def test_keep_drops_a_question_before_the_next_call(trained_tiny, questions):
+    gone = questions[0][0]
+    full = _pipe(trained_tiny, "always", max_thoughts=2).run(questions)
+    cut = _pipe(trained_tiny, "always", max_thoughts=2).run(questions, keep=lambda t: t.id != gone or not t.answers)
+    assert cut[0].stop_reason == "cancelled" and len(cut[0].answers) == 1 and cut[0].thoughts == []
+    assert cut[0].final_answer == full[0].answers[0].final
+    assert _texts(cut[1:]) == _texts(full[1:])
+
+
+def test_history_comes_before_the_question_and_a_system_turn_replaces_the_default(trained_tiny):
+    model, tok = trained_tiny
+    pipe = Pipeline(HFGenerator(model, tok), None, PipelineConfig(mode="never", system_prompt="Be exact."))
+    history = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "The answer is 4."}]
+    prompt = pipe.base_prompt("What is 3 + 3?", [], history)
+    assert prompt.index("Be exact.") < prompt.index("2 + 2") < prompt.index("The answer is 4.") < prompt.index("3 + 3")
+    own = pipe.base_prompt("What is 3 + 3?", [], [{"role": "system", "content": "Be brief."}])
+    assert "Be brief." in own and "Be exact." not in own
+    (t,) = pipe.run([("q", "What is 3 + 3?")], histories=[history])
+    assert t.answers[0].prompt_tokens == len(tok(prompt, add_special_tokens=False)["input_ids"])
+    assert "history" not in t.to_dict()
+
+
+@pytest.mark.parametrize("mode", ["always", "router"])
+def test_admitted_questions_join_a_running_batch_and_answer_as_alone(trained_tiny, questions, mode):
+    ids = [q for _, q in questions]
+    first, later = questions[:4], questions[4:]
+    waiting = list(later)
+    asked = []
+
+    def admit(free):
+        asked.append(free)
+        n = min(free, 2)
+        out, waiting[:] = waiting[:n], waiting[n:]
+        return [(qid, q, []) for qid, q in out]
+
+    pipe = _pipe(trained_tiny, mode, router=FixedRouter(ids, limit=3), max_thoughts=3, batch_size=5)
+    traces = pipe.run(first, admit=admit)
+    assert not waiting and [t.id for t in traces] == [q[0] for q in questions]
+    assert asked[0] == 1 and all(0 <= f <= 5 for f in asked)  # 4 of 5 places taken at the start
+    alone = _pipe(trained_tiny, mode, router=FixedRouter(ids, limit=3), max_thoughts=3).run(questions)
+    assert _texts(traces) == _texts(alone)

@@ -163,7 +163,9 @@ def test_concurrent_requests_share_batches_and_answer_as_alone(live_server, clie
         together = list(pool.map(lambda q: client.chat.completions.create(model="pseudocot-always", messages=_user(q)), QUESTIONS))
     after = live_server.batcher.stats
     assert after["requests"] - before["requests"] == len(QUESTIONS)
-    assert after["batches"] - before["batches"] < len(QUESTIONS) and after["largest_batch"] > 1
+    # Fewer batches than requests: they started together or joined a running batch.
+    assert after["batches"] - before["batches"] < len(QUESTIONS)
+    assert after["largest_batch"] > 1 or after["admitted"] > before["admitted"]
     assert [r.choices[0].message.content for r in together] == [m.content for m in alone]
     assert [r.choices[0].message.model_extra["reasoning_content"] for r in together] == [m.model_extra["reasoning_content"] for m in alone]
     assert max(r.model_extra["pseudocot"]["batch_size"] for r in together) > 1

@@ -216,7 +216,8 @@ class Pipeline:
     def run(self, questions: Sequence[tuple[str, str]], collect: bool = False,
             on_event: Callable[[str, Trace], None] | None = None,
             histories: Sequence[Sequence[dict[str, str]]] | None = None,
-            keep: Callable[[Trace], bool] | None = None) -> list[Trace]:
+            keep: Callable[[Trace], bool] | None = None,
+            admit: Callable[[int], Sequence[tuple[str, str, Sequence[dict[str, str]]]]] | None = None) -> list[Trace]:
         """Answer `(id, question)` pairs; returns one trace per question, in order.
 
         `collect` forces thoughts up to `max_thoughts` whatever the mode says and keeps every answer's
@@ -225,6 +226,11 @@ class Pipeline:
         finished (`done`, its final answer set), for live display. `histories[i]` are earlier chat turns
         put before question i in the base model's context. A question for which `keep(trace)` turns false
         is dropped before the next model call (stop reason `cancelled`).
+
+        `admit(free)` lets new questions join a running batch (continuous batching, modes never, always and
+        router): before each base-model call it is asked for at most `free` more `(id, question, history)`,
+        with `free` = `batch_size` minus the questions still going; they get their first answer in that same
+        call and continue with the rest. Their traces are returned after the others.
         """
         if histories is not None and len(histories) != len(questions):
             raise ValueError(f"got {len(histories)} histories for {len(questions)} questions.")
@@ -234,11 +240,13 @@ class Pipeline:
             traces = [Trace(id=qid, question=q, mode="always" if collect else self.cfg.mode,
                             history=list(histories[start + j]) if histories is not None else [])
                       for j, (qid, q) in enumerate(questions[start:start + size])]
-            out += self._run_batch(traces, collect, on_event, keep)
+            last = start + size >= len(questions)
+            out += self._run_batch(traces, collect, on_event, keep, admit if last else None)
         return out
 
     def _run_batch(self, traces: list[Trace], collect: bool, on_event: Callable[[str, Trace], None] | None,
-                   keep: Callable[[Trace], bool] | None = None) -> list[Trace]:
+                   keep: Callable[[Trace], bool] | None = None,
+                   admit: Callable[[int], Sequence[tuple[str, str, Sequence[dict[str, str]]]]] | None = None) -> list[Trace]:
         mode = traces[0].mode
         thoughts: list[list[str]] = [[] for _ in traces]
         self._batches += 1
@@ -263,6 +271,18 @@ class Pipeline:
             done(gone)
             return [i for i in ids if i not in gone]
 
+        def admitted(going: int) -> list[int]:
+            """New questions joining the batch (their traces, thoughts and session keys appended)."""
+            free = max(0, self.cfg.batch_size - going)
+            if admit is None or not free:
+                return []
+            new = list(admit(free))[:free]
+            for qid, q, history in new:
+                traces.append(Trace(id=qid, question=q, mode=mode, history=list(history)))
+                thoughts.append([])
+                keys.append(("pcot", self._batches, len(keys)))
+            return list(range(len(traces) - len(new), len(traces)))
+
         try:
             if mode == "depth":
                 active = kept(active)
@@ -282,23 +302,24 @@ class Pipeline:
                 done(active)
             else:
                 active = kept(active)
+                active += admitted(len(active))
                 self._answer(active, traces, thoughts, keys, collect, on_event)
-                iteration = 0
                 while active:
-                    go = self._decide(active, traces, mode, iteration, on_event)
+                    go = self._decide(active, traces, mode, on_event)
                     done(i for i in active if not go[i])
                     active = kept([i for i in active if go[i]])
-                    if not active:
-                        break
-                    self._think(active, traces, thoughts, keys, on_event)
-                    # A TTM that wrote nothing has nothing more to say; skip the re-answer.
-                    wrote = [i for i in active if len(traces[i].thoughts) == iteration + 1]
-                    for i in set(active) - set(wrote):
-                        traces[i].stop_reason = "ttm_done"
-                    done(sorted(set(active) - set(wrote)))
-                    active = kept(wrote)
-                    self._answer(active, traces, thoughts, keys, collect, on_event)
-                    iteration += 1
+                    if active:
+                        before = {i: len(traces[i].thoughts) for i in active}
+                        self._think(active, traces, thoughts, keys, on_event)
+                        # A TTM that wrote nothing has nothing more to say; skip the re-answer.
+                        wrote = [i for i in active if len(traces[i].thoughts) > before[i]]
+                        for i in set(active) - set(wrote):
+                            traces[i].stop_reason = "ttm_done"
+                        done(sorted(set(active) - set(wrote)))
+                        active = kept(wrote)
+                    new = admitted(len(active))
+                    self._answer(active + new, traces, thoughts, keys, collect, on_event)
+                    active += new
                 done(active)
         finally:
             for gen, role in ((self.base, "base"), (self.ttm, "ttm")):
@@ -310,15 +331,15 @@ class Pipeline:
     def _ttm_done(self, trace: Trace) -> bool:
         return trace.stop_reason == "ttm_done"
 
-    def _decide(self, active: list[int], traces: list[Trace], mode: str, iteration: int,
+    def _decide(self, active: list[int], traces: list[Trace], mode: str,
                 on_event: Callable[[str, Trace], None] | None = None) -> dict[int, bool]:
-        """Whether each active question gets another thought after answer `iteration`."""
+        """Whether each active question gets another thought after its last answer."""
         go: dict[int, bool] = {}
         for i in active:
             t = traces[i]
             if mode == "never":
                 t.stop_reason = "never"
-            elif iteration >= self.cfg.max_thoughts:
+            elif len(t.thoughts) >= self.cfg.max_thoughts:
                 t.stop_reason = "max_thoughts"
             elif self._ttm_done(t):
                 pass

@@ -3,10 +3,13 @@
 A request becomes a `Job` on a bounded queue (full: 429 with Retry-After; shutting down: 503). The
 worker takes the oldest job, waits up to `serve.batch_wait_ms` (from that job's arrival) for others
 with the same settings (mode, max_thoughts, threshold, max_tokens, stop, sampling) to join, up to
-`serve.max_batch`, and runs them as one `Pipeline.run` batch, which shrinks as questions stop. Each
-job receives its own events (answers, router decisions, thoughts, done) as its question advances, so
-a stream sends its deltas without waiting for the batch. A job whose client went away is dropped
-before the pipeline's next model call.
+`serve.max_batch`, and runs them as one `Pipeline.run` batch, which shrinks as questions stop. While
+it runs, jobs with the same settings that arrive later take the places of finished questions at its
+next base-model call (continuous batching; modes never, always, router), unless a job with other
+settings is first in line, which then gets the next batch. Each job receives its own events
+(answers, router decisions, thoughts, done) as its question advances, so a stream sends its deltas
+without waiting for the batch. A job whose client went away is dropped before the pipeline's next
+model call.
 """
 
 from __future__ import annotations
@@ -70,7 +73,8 @@ class Batcher:
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._main, name="pseudocot-batcher", daemon=True)
         self._batch_seconds = 1.0  # running mean of a batch's wall time, for Retry-After
-        self.stats = {"batches": 0, "requests": 0, "largest_batch": 0}
+        self.stats = {"batches": 0, "requests": 0, "largest_batch": 0, "admitted": 0}
+        """batches run, requests answered, the most a batch started with, requests that joined a running batch."""
 
     # -- called from the server --------------------------------------------------------------
 
@@ -186,7 +190,8 @@ class Batcher:
         pipe = self.pipeline
         assert pipe is not None
         r = batch[0].request
-        pipe.cfg = dataclasses.replace(self._settings(r), batch_size=len(batch))
+        pipe.cfg = dataclasses.replace(self._settings(r), batch_size=self.limits.max_batch)
+        key = r.batch_key()
         pipe.sampling = Sampling(temperature=r.temperature, top_p=r.top_p, seed=r.seed)
         threshold = pipe.cfg.threshold if pipe.cfg.threshold is not None else getattr(pipe.router, "threshold", None)
         started = time.perf_counter()
@@ -210,14 +215,30 @@ class Batcher:
             elif kind == "done":
                 job.emit("done", trace)
 
+        def admit(free: int) -> list[tuple[str, str, list[dict[str, str]]]]:
+            with self._cond:
+                if not self._queue or self._queue[0].request.batch_key() != key:
+                    return []  # nothing to add, or a job with other settings is first in line: let this batch end
+                new = [j for j in self._queue if j.request.batch_key() == key][:free]
+                self._queue = [j for j in self._queue if j not in new]
+                self._running = self._running + new
+                self.stats["requests"] += len(new)
+                self.stats["admitted"] += len(new)
+            joined = time.perf_counter()
+            for j in new:
+                j.started, j.batch_size = joined, self.limits.max_batch - free + len(new)
+                by_id[j.id] = j
+            return [(j.id, j.request.question, j.request.history_messages()) for j in new]
+
         try:
             pipe.run([(j.id, j.request.question) for j in batch], on_event=on_event,
-                     histories=[j.request.history_messages() for j in batch], keep=lambda t: not by_id[t.id].cancelled)
+                     histories=[j.request.history_messages() for j in batch], keep=lambda t: not by_id[t.id].cancelled,
+                     admit=admit)
         except PseudocotError as e:
-            self._fail(batch, RequestError(str(e), status=400))
+            self._fail(list(by_id.values()), RequestError(str(e), status=400))
         except Exception:
             log.exception("a batch of %d requests failed", len(batch))
-            self._fail(batch, RequestError("the server failed to answer this request; its log has the details.", status=500,
+            self._fail(list(by_id.values()), RequestError("the server failed to answer this request; its log has the details.", status=500,
                                            type="server_error", code="internal_error"))
         finally:
             seconds = time.perf_counter() - started
@@ -227,7 +248,7 @@ class Batcher:
                 self.stats["batches"] += 1
                 self.stats["requests"] += len(batch)
                 self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
-            log.info("batch of %d (%s) answered in %.2f s", len(batch), r.mode, seconds)
+            log.info("batch of %d (%s, %d joined while it ran) answered in %.2f s", len(batch), r.mode, len(by_id) - len(batch), seconds)
 
     @staticmethod
     def _fail(jobs: list[Job], error: RequestError) -> None:

@@ -99,6 +99,11 @@ def serve(cfg: Config, echo: Any = print) -> None:
 
     key = api_key_from_env(cfg)
     set_threads(cfg.run.threads)
+    if not log.handlers:  # uvicorn configures its own loggers only: say what each batch did beside them
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
     service = build(cfg)
     app = create_app(service.batcher, service.modes, service.default_mode, cfg.serve, key)
     config = uvicorn.Config(app, host=cfg.serve.host, port=cfg.serve.port, log_level="info", access_log=False,
