@@ -227,7 +227,14 @@ def test_unknown_preset():
 # ------------------------------------------------------------------------------ stages
 
 
-@pytest.mark.parametrize("stage", ["serve", "synth", "grpo"])
+def test_serve_without_a_trained_base_fails_in_one_line(tmp_path):
+    result = invoke("serve", f"run.out_dir={tmp_path}")
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "no base model here" in lines[0]
+
+
+@pytest.mark.parametrize("stage", ["synth", "grpo"])
 def test_later_stages_are_not_built_yet(stage):
     result = invoke(stage)
     assert result.exit_code != 0

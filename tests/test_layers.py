@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     "pseudocot.generate": 4, "pseudocot.train": 4,
     "pseudocot.router": 5,
     "pseudocot.pipeline": 6,
-    "pseudocot.evaluate": 7, "pseudocot.chat": 7,
+    "pseudocot.evaluate": 7, "pseudocot.chat": 7, "pseudocot.serve": 7,
     # entry points: stages, then the command line
     "pseudocot.stages": 8,
     "pseudocot.cli": 9, "pseudocot.__main__": 10,

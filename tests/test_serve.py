@@ -235,6 +235,13 @@ def test_limits_keys_and_routes_are_json_errors_and_the_server_survives(live_ser
         huge = {**GOOD, "messages": _user("x" * 1_100_000)}
         assert _check_error(http.post("/v1/chat/completions", json=huge), 413)["code"] == "body_too_large"
         assert _check_error(http.get("/v1/nothing"), 404)["code"] == "not_found"
+        plain = http.post("/v1/chat/completions", content=json.dumps(GOOD), headers={"Content-Type": "text/plain"})
+        assert _check_error(plain, 415)["code"] == "unsupported_media_type"
+        for name, body in (("NaN", b'{"model": "pseudocot-never", "messages": [{"role": "user", "content": "1 + 2"}], "temperature": NaN}'),
+                           ("deep", b"[" * 100_000), ("huge int", b'{"max_tokens": 1' + b"0" * 5000 + b"}")):
+            assert _check_error(http.post("/v1/chat/completions", content=body, headers={"Content-Type": "application/json"}), 400), name
+        long = {**GOOD, "messages": _user("7 + 1 = 8. " * 2000)}  # far past the tiny model's 1,024 positions
+        assert _check_error(http.post("/v1/chat/completions", json=long), 400)["code"] == "context_length_exceeded"
         _check_error(http.get("/v1/chat/completions"), 405)
     with httpx.Client(base_url=live_server.url, timeout=60) as anon:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "test-key"}):
@@ -299,7 +306,7 @@ def test_health_and_requests_wait_for_loading():
 
     batcher = Batcher(load, ServeConfig())
     app = create_app(batcher, ["never"], "never", ServeConfig(), None)
-    with TestClient(app) as http:
+    with TestClient(app, base_url="http://127.0.0.1") as http:
         assert http.get("/health").status_code == 503
         err = _check_error(http.post("/v1/chat/completions", json=GOOD), 503)
         assert err["code"] == "loading"
@@ -307,6 +314,8 @@ def test_health_and_requests_wait_for_loading():
         batcher.join(10)
         assert http.get("/health").json()["status"] == "failed"
         assert "no base model" in _check_error(http.post("/v1/chat/completions", json=GOOD), 503)["message"]
+    with TestClient(app, base_url="http://rebound.example") as http:  # no key: only loopback names are served
+        assert _check_error(http.get("/v1/models"), 403)["code"] == "host_not_allowed"
 
 
 def _free_port():

@@ -259,6 +259,9 @@ class Pipeline:
                 if i not in finished:
                     finished.add(i)
                     traces[i].final_answer = traces[i].answers[-1].final if traces[i].answers else ""
+                    for gen, role in ((self.base, "base"), (self.ttm, "ttm")):  # its cached context is no longer needed
+                        if isinstance(gen, SessionGenerator):
+                            gen.end_sessions([keys[i] + (role,)])
                     if on_event:
                         on_event("done", traces[i])
 

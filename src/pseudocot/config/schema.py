@@ -559,8 +559,13 @@ class ServeConfig(Section):
     """Requests waiting for a batch; one more is answered 429 with Retry-After."""
     max_body_bytes: Positive = 1_000_000
     """Largest request body; a bigger one is answered 413."""
-    max_tokens: Positive = 512
-    """Largest `max_tokens` a request may ask for (tokens per base answer)."""
+    max_tokens: Positive = 2048
+    """Largest `max_tokens` a request may ask for (tokens per base answer; a larger one is a 400)."""
+    max_prompt_tokens: Positive | None = None
+    """Longest base-model prompt a request may make, in tokens (null: the base model's max_position_embeddings
+    minus the answer's max_tokens); a longer one is a 400 `context_length_exceeded`."""
+    max_admitted: Count = 256
+    """Requests that may join one running batch (continuous batching) before it must end (0: none join)."""
     max_thoughts: Positive = 16
     """Largest `pseudocot.max_thoughts` a request may ask for."""
     shutdown_grace_seconds: Annotated[float, Ge(0)] = 30.0

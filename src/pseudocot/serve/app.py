@@ -30,6 +30,8 @@ from pseudocot.serve.batcher import Batcher, Job
 
 log = logging.getLogger("pseudocot.serve")
 
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
 POLL_SECONDS = 0.5
 """How often a non-streaming request checks that its client is still there."""
 
@@ -61,8 +63,10 @@ def create_app(batcher: Batcher, modes: Sequence[str], default_mode: str, limits
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         batcher.start()
         yield
+        # uvicorn has already waited (up to the grace time) for the open requests; the worker is then
+        # idle or answering requests nobody waits for any more, so only a short wait here.
         batcher.drain()
-        await asyncio.to_thread(batcher.join, limits.shutdown_grace_seconds if grace_seconds is None else grace_seconds)
+        await asyncio.to_thread(batcher.join, min(5.0, limits.shutdown_grace_seconds) if grace_seconds is None else grace_seconds)
 
     app = FastAPI(title="pseudocot", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
 
@@ -84,6 +88,12 @@ def create_app(batcher: Batcher, modes: Sequence[str], default_mode: str, limits
 
     def authorize(request: Request) -> None:
         if api_key is None:
+            # No key: only this machine may call. A Host that is not loopback means a web page reached here
+            # through a DNS name it controls (DNS rebinding), so it is refused.
+            if request.url.hostname not in LOOPBACK_NAMES:
+                raise RequestError(f"without an API key this server answers only requests to localhost, not to "
+                                   f"'{request.url.hostname}'; set an API key to serve other names.", status=403, code="host_not_allowed",
+                                   type="permission_error")
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
@@ -116,6 +126,10 @@ def create_app(batcher: Batcher, modes: Sequence[str], default_mode: str, limits
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
         authorize(request)
+        # JSON only: a web page can send text/plain across origins without asking first, never application/json.
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            raise RequestError("send the request body as JSON with the header 'Content-Type: application/json'.", status=415,
+                               code="unsupported_media_type")
         raw = await _read_body(request, limits.max_body_bytes)
         req = protocol.parse_chat_request(protocol.parse_json(raw), modes, default_mode, limits)
         job = Job(req, protocol.new_id(), asyncio.get_running_loop(), asyncio.Queue())

@@ -149,12 +149,22 @@ class Batcher:
         self._defaults = self.pipeline.cfg
         with self._cond:
             self.state = "ready"
-        while True:
-            batch = self._next_batch()
-            if batch is None:
-                break
-            if batch:  # empty when the job that opened it was cancelled while it waited
-                self._run(batch)
+        try:
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    break
+                batch = self._admissible(batch)
+                if batch:  # empty when every job that opened it was cancelled or refused
+                    self._run(batch)
+        except Exception as e:  # a bug: say so to everyone waiting rather than leave them hanging
+            log.exception("the batcher stopped")
+            with self._cond:
+                self.state, self.error = "failed", f"{type(e).__name__}: {e}"
+                self._fail(self._queue + self._running, RequestError("the server failed to answer this request; its log has the details.",
+                                                                     status=500, type="server_error", code="internal_error"))
+                self._queue, self._running = [], []
+            return
         with self._cond:
             self.state = "stopped"
 
@@ -179,6 +189,42 @@ class Batcher:
             self._running = batch
             return batch
 
+    def _admissible(self, jobs: list[Job]) -> list[Job]:
+        """The jobs whose conversation the base model can take; the others get a 400 and leave."""
+        ok = []
+        for j in jobs:
+            error = self._check(j.request)
+            if error is None:
+                ok.append(j)
+            else:
+                j.emit("error", error)
+        if len(ok) < len(jobs):
+            with self._cond:
+                self._running = [j for j in self._running if j in ok or j not in jobs]
+        return ok
+
+    def _check(self, r: ChatRequest) -> RequestError | None:
+        pipe = self.pipeline
+        assert pipe is not None
+        try:
+            prompt = pipe.base_prompt(r.question, [], r.history_messages())
+        except Exception as e:  # e.g. a template that wants user and assistant turns to alternate
+            return RequestError(f"the base model's chat template cannot render these messages ({type(e).__name__}: {e}).",
+                                param="messages", code="invalid_messages")
+        tokenizer = pipe.base_tokenizer
+        config = getattr(getattr(pipe.base, "model", None), "config", None)
+        limit = self.limits.max_prompt_tokens
+        if limit is None and config is not None and getattr(config, "max_position_embeddings", None):
+            limit = config.max_position_embeddings - (r.max_tokens or self._defaults.answer_max_new_tokens)
+        if limit is None or tokenizer is None:
+            return None
+        n = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        if n > limit:
+            return RequestError(f"the conversation is {n} tokens in the base model's prompt; this server takes at most {limit} "
+                                "(serve.max_prompt_tokens, or the model's length less max_tokens); send a shorter one.",
+                                param="messages", code="context_length_exceeded")
+        return None
+
     def _settings(self, r: ChatRequest) -> Any:
         d = self._defaults
         return dataclasses.replace(
@@ -195,6 +241,10 @@ class Batcher:
         pipe.sampling = Sampling(temperature=r.temperature, top_p=r.top_p, seed=r.seed)
         threshold = pipe.cfg.threshold if pipe.cfg.threshold is not None else getattr(pipe.router, "threshold", None)
         started = time.perf_counter()
+        with self._cond:  # counted before any answer goes out, so a client that reads them sees its request
+            self.stats["batches"] += 1
+            self.stats["requests"] += len(batch)
+            self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
         by_id = {}
         for j in batch:
             j.started, j.batch_size = started, len(batch)
@@ -214,16 +264,27 @@ class Batcher:
                 job.emit("thought", {"event": "thought", "index": len(trace.thoughts) - 1, "text": t.text, "tokens": t.tokens})
             elif kind == "done":
                 job.emit("done", trace)
+                del by_id[trace.id]
+                with self._cond:  # its place is free: /health stops counting it
+                    self._running = [j for j in self._running if j is not job]
+
+        admitted = 0
 
         def admit(free: int) -> list[tuple[str, str, list[dict[str, str]]]]:
+            nonlocal admitted
             with self._cond:
-                if not self._queue or self._queue[0].request.batch_key() != key:
-                    return []  # nothing to add, or a job with other settings is first in line: let this batch end
+                free = min(free, self.limits.max_admitted - admitted)
+                if free <= 0 or not self._queue or self._queue[0].request.batch_key() != key:
+                    # Nothing to add, this batch has taken its share (it must end some time, so that its
+                    # finished questions' traces are freed), or a job with other settings is first in line.
+                    return []
                 new = [j for j in self._queue if j.request.batch_key() == key][:free]
                 self._queue = [j for j in self._queue if j not in new]
                 self._running = self._running + new
                 self.stats["requests"] += len(new)
                 self.stats["admitted"] += len(new)
+                admitted += len(new)
+            new = self._admissible(new)
             joined = time.perf_counter()
             for j in new:
                 j.started, j.batch_size = joined, self.limits.max_batch - free + len(new)
@@ -234,8 +295,12 @@ class Batcher:
             pipe.run([(j.id, j.request.question) for j in batch], on_event=on_event,
                      histories=[j.request.history_messages() for j in batch], keep=lambda t: not by_id[t.id].cancelled,
                      admit=admit)
-        except PseudocotError as e:
-            self._fail(list(by_id.values()), RequestError(str(e), status=400))
+        except RequestError as e:
+            self._fail(list(by_id.values()), e)
+        except PseudocotError as e:  # the server's set-up, not the request (e.g. a model without a chat template)
+            log.error("a batch of %d requests failed: %s", len(batch), e)
+            self._fail(list(by_id.values()), RequestError(f"the server cannot answer: {e}", status=500, type="server_error",
+                                                          code="server_setup"))
         except Exception:
             log.exception("a batch of %d requests failed", len(batch))
             self._fail(list(by_id.values()), RequestError("the server failed to answer this request; its log has the details.", status=500,
@@ -245,9 +310,6 @@ class Batcher:
             with self._cond:
                 self._running = []
                 self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
-                self.stats["batches"] += 1
-                self.stats["requests"] += len(batch)
-                self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
             log.info("batch of %d (%s, %d joined while it ran) answered in %.2f s", len(batch), r.mode, len(by_id) - len(batch), seconds)
 
     @staticmethod

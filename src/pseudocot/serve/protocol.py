@@ -9,6 +9,7 @@ The thoughts are the reasoning: `message.reasoning_content` (DeepSeek's name) an
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -26,6 +27,10 @@ ROLES = ("system", "developer", "user", "assistant")
 IGNORED_FIELDS = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls", "stream_options",
                             "reasoning_effort", "modalities", "prediction", "web_search_options", "audio"})
 """Fields accepted and not acted on (what OpenAI clients send that changes nothing here)."""
+
+
+MAX_STOP_CHARS = 200
+"""Longest stop string (each is searched for after every generated token)."""
 
 
 def model_id(mode: str) -> str:
@@ -84,8 +89,8 @@ def _number(body: Mapping[str, Any], key: str, lo: float, hi: float, default: fl
     param = param or key
     if v is None:
         return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise _bad(f"'{param}' must be a number, got {_type_name(v)}.", param)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise _bad(f"'{param}' must be a finite number, got {_type_name(v) if not isinstance(v, float) else v}.", param)
     if v > hi or v < lo or (low_open and v == lo):
         raise _bad(f"'{param}' must be {'above' if low_open else 'at least'} {lo:g} and at most {hi:g}, got {v}.", param)
     return float(v)
@@ -150,8 +155,8 @@ def _stop(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
     stops = [value] if isinstance(value, str) else value
-    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > 4:
-        raise _bad("'stop' must be a non-empty string or an array of at most 4 non-empty strings.", "stop")
+    if not isinstance(stops, list) or not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in stops) or len(stops) > 4:
+        raise _bad(f"'stop' must be a string or an array of at most 4 strings, each 1 to {MAX_STOP_CHARS} characters.", "stop")
     return tuple(stops)
 
 
@@ -234,11 +239,17 @@ def parse_chat_request(body: Any, modes: Sequence[str], default_mode: str, limit
         max_thoughts=max_thoughts, threshold=threshold)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def parse_json(raw: bytes) -> Any:
+    """The body as JSON; anything that is not (bad bytes, NaN, nesting too deep, huge integers) is a 400."""
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _bad(f"the request body is not valid JSON ({e}); send a JSON object.", None) from None
+        return json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        why = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:200]
+        raise _bad(f"the request body is not valid JSON ({why}); send a JSON object.", None) from None
 
 
 # --------------------------------------------------------------------------------------------

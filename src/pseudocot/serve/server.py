@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from types import FrameType
@@ -107,7 +108,7 @@ def serve(cfg: Config, echo: Any = print) -> None:
     service = build(cfg)
     app = create_app(service.batcher, service.modes, service.default_mode, cfg.serve, key)
     config = uvicorn.Config(app, host=cfg.serve.host, port=cfg.serve.port, log_level="info", access_log=False,
-                            timeout_graceful_shutdown=int(cfg.serve.shutdown_grace_seconds) or None)
+                            timeout_graceful_shutdown=math.ceil(cfg.serve.shutdown_grace_seconds))
     server = DrainingServer(config, service.batcher)
     ids = ", ".join(["pseudocot"] + [f"pseudocot-{m}" for m in service.modes])
     echo(f"serving {RunLayout.of(cfg).root} on http://{cfg.serve.host}:{cfg.serve.port} (chat page at /, API at /v1)")
