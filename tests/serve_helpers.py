@@ -14,39 +14,17 @@ from typing import Any
 
 import httpx
 
-RUN_YAML = """
-extends: smoke
-run: {{name: serve, out_dir: {root}, device: cpu, threads: 1}}
-data:
-  arith: {{n_train: 60, n_val: 30, n_test: 20, max_steps: 2, step_weights: null}}
-tokenizer: {{train: false}}
-distill:
-  stages:
-    - student: {{preset: tiny-xs}}
-pipeline: {{max_thoughts: 2, answer_max_new_tokens: 24, thought_max_new_tokens: 24}}
-router: {{train_questions: 60, val_questions: 30, max_epochs: 40, patience: 10, hidden_size: 16, depth: true}}
-"""
-
 
 def make_run(root: Path, model: Any, tokenizer: Any) -> Path:
-    """A run folder whose base model and TTM are `model`, with a router (and depth router) trained on it."""
+    """A tiny run folder (`tiny_run.write_tiny_run`) with a router (and depth router) trained on it."""
     from pseudocot.config import load_config
     from pseudocot.layout import RunLayout
-    from pseudocot.stages import data as data_stage
     from pseudocot.stages import router as router_stage
+    from tiny_run import write_tiny_run
 
-    cfg_file = root / "cfg.yaml"
-    cfg_file.write_text(RUN_YAML.format(root=root))
-    cfg = load_config(cfg_file)
-    data_stage.main(cfg)
-    layout = RunLayout.of(cfg)
-    for folder in (layout.base_dir, layout.distill_dir / "stage-1"):
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-    # The config the server reads from the run folder (as `pseudocot run` leaves it).
-    (layout.root / "config.yaml").write_text(cfg_file.read_text())
+    cfg = load_config(write_tiny_run(root, model, tokenizer, name="serve"))
     router_stage.main(cfg)
-    return layout.root
+    return RunLayout.of(cfg).root
 
 
 @dataclass

@@ -11,33 +11,13 @@ from click.testing import CliRunner
 
 from pseudocot.config import load_config
 from pseudocot.layout import RunLayout
-from pseudocot.stages import data as data_stage
 from pseudocot.stages import router as router_stage
+from tiny_run import write_tiny_run
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, trained_tiny):
-    model, tok = trained_tiny
-    root = tmp_path_factory.mktemp("runs")
-    cfg_file = root / "cfg.yaml"
-    cfg_file.write_text(f"""
-extends: smoke
-run: {{name: r, out_dir: {root}, device: cpu}}
-data:
-  arith: {{n_train: 60, n_val: 30, n_test: 20, max_steps: 2, step_weights: null}}
-tokenizer: {{train: false}}
-distill:
-  stages:
-    - student: {{preset: tiny-xs}}
-pipeline: {{max_thoughts: 2, answer_max_new_tokens: 24, thought_max_new_tokens: 24}}
-router: {{train_questions: 60, val_questions: 30, max_epochs: 40, patience: 10, hidden_size: 16}}
-""")
-    cfg = load_config(cfg_file)
-    data_stage.main(cfg)
-    for folder in (RunLayout.of(cfg).base_dir, RunLayout.of(cfg).distill_dir / "stage-1"):
-        model.save_pretrained(folder)
-        tok.save_pretrained(folder)
-    return cfg_file
+    return write_tiny_run(tmp_path_factory.mktemp("runs"), *trained_tiny, name="r")
 
 
 def test_router_stage_trains_and_saves(run, monkeypatch):

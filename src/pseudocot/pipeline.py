@@ -259,9 +259,7 @@ class Pipeline:
                 if i not in finished:
                     finished.add(i)
                     traces[i].final_answer = traces[i].answers[-1].final if traces[i].answers else ""
-                    for gen, role in ((self.base, "base"), (self.ttm, "ttm")):  # its cached context is no longer needed
-                        if isinstance(gen, SessionGenerator):
-                            gen.end_sessions([keys[i] + (role,)])
+                    self._end_sessions([keys[i]])  # its cached context is no longer needed
                     if on_event:
                         on_event("done", traces[i])
 
@@ -325,11 +323,15 @@ class Pipeline:
                     active += new
                 done(active)
         finally:
-            for gen, role in ((self.base, "base"), (self.ttm, "ttm")):
-                if isinstance(gen, SessionGenerator):
-                    gen.end_sessions([k + (role,) for k in keys])
+            self._end_sessions(keys)
         done(range(len(traces)))
         return traces
+
+    def _end_sessions(self, keys: Sequence[Any]) -> None:
+        """Forget what both models encoded for these questions."""
+        for gen, role in ((self.base, "base"), (self.ttm, "ttm")):
+            if isinstance(gen, SessionGenerator):
+                gen.end_sessions([k + (role,) for k in keys])
 
     def _ttm_done(self, trace: Trace) -> bool:
         return trace.stop_reason == "ttm_done"

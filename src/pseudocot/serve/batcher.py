@@ -216,7 +216,9 @@ class Batcher:
         limit = self.limits.max_prompt_tokens
         if limit is None and config is not None and getattr(config, "max_position_embeddings", None):
             limit = config.max_position_embeddings - (r.max_tokens or self._defaults.answer_max_new_tokens)
-        if limit is None or tokenizer is None:
+        # Every token covers at least one byte of the text, so a prompt no longer in bytes than the limit
+        # needs no tokenizing here (the pipeline tokenizes it anyway).
+        if limit is None or tokenizer is None or len(prompt.encode()) <= limit:
             return None
         n = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
         if n > limit:

@@ -265,14 +265,21 @@ def reasoning_text(trace: Trace) -> str:
     return "".join(t.text + "\n" for t in trace.thoughts)
 
 
+def model_tokens(trace: Trace) -> dict[str, dict[str, int]]:
+    """Prompt, completion and cached prompt tokens of every call, per model (`base`: answers, `ttm`: thoughts)."""
+    return {model: {"prompt": sum(c.prompt_tokens for c in calls), "completion": trace.tokens[model],
+                    "cached": sum(c.cached_tokens for c in calls)}
+            for model, calls in (("base", trace.answers), ("ttm", trace.thoughts))}
+
+
 def usage(trace: Trace) -> dict[str, Any]:
-    """Prompt and completion tokens of every call to both models; the thoughts count as reasoning tokens."""
-    calls = [*trace.answers, *trace.thoughts]
-    prompt = sum(c.prompt_tokens for c in calls)
-    completion = sum(trace.tokens.values())
+    """OpenAI's usage: both models' calls summed; the thoughts count as reasoning tokens."""
+    t = model_tokens(trace)
+    prompt = t["base"]["prompt"] + t["ttm"]["prompt"]
+    completion = t["base"]["completion"] + t["ttm"]["completion"]
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": sum(c.cached_tokens for c in calls)},
-            "completion_tokens_details": {"reasoning_tokens": trace.tokens["ttm"]}}
+            "prompt_tokens_details": {"cached_tokens": t["base"]["cached"] + t["ttm"]["cached"]},
+            "completion_tokens_details": {"reasoning_tokens": t["ttm"]["completion"]}}
 
 
 def summary(trace: Trace, queue_seconds: float, batch_size: int) -> dict[str, Any]:
@@ -280,13 +287,7 @@ def summary(trace: Trace, queue_seconds: float, batch_size: int) -> dict[str, An
     return {
         "mode": trace.mode, "thought_calls": trace.thought_calls, "stop_reason": trace.stop_reason,
         "router_scores": [a.router_score for a in trace.answers], "answers": [a.text for a in trace.answers],
-        "depth": trace.depth,
-        "tokens": {
-            "base": {"prompt": sum(a.prompt_tokens for a in trace.answers), "completion": trace.tokens["base"],
-                     "cached": sum(a.cached_tokens for a in trace.answers)},
-            "ttm": {"prompt": sum(t.prompt_tokens for t in trace.thoughts), "completion": trace.tokens["ttm"],
-                    "cached": sum(t.cached_tokens for t in trace.thoughts)},
-        },
+        "depth": trace.depth, "tokens": model_tokens(trace),
         "seconds": round(trace.seconds, 4), "queue_seconds": round(queue_seconds, 4), "batch_size": batch_size,
     }
 
