@@ -234,7 +234,14 @@ def test_serve_without_a_trained_base_fails_in_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "no base model here" in lines[0]
 
 
-@pytest.mark.parametrize("stage", ["synth", "grpo"])
+def test_synth_without_a_teacher_fails_in_one_line():
+    result = invoke("synth")
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: synth.teacher is not set")
+
+
+@pytest.mark.parametrize("stage", ["grpo"])
 def test_later_stages_are_not_built_yet(stage):
     result = invoke(stage)
     assert result.exit_code != 0

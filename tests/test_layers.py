@@ -20,7 +20,7 @@ LAYERS: dict[str, int] = {
     "pseudocot.layout": 2, "pseudocot.data": 2,
     "pseudocot.freshness": 3, "pseudocot.tasks": 3, "pseudocot.models": 3,
     "pseudocot.generate": 4, "pseudocot.train": 4,
-    "pseudocot.router": 5,
+    "pseudocot.router": 5, "pseudocot.synth": 5,
     "pseudocot.pipeline": 6,
     "pseudocot.evaluate": 7, "pseudocot.chat": 7, "pseudocot.serve": 7,
     # entry points: stages, then the command line

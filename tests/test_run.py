@@ -19,6 +19,7 @@ def _fake_outputs(cfg, name):
     layout = RunLayout.of(cfg)
     made = json.dumps({"made_from": stage_key(cfg, name)})
     files = {"data": [layout.split(s) for s in ("train", "val", "test")] + [layout.tokenizer_dir / "tokenizer.json"],
+             "synth": [layout.synth_file("kept.jsonl")],
              "teacher": [layout.teacher_dir / "model.safetensors"],
              "base": [layout.base_dir / "model.safetensors"],
              "distill": [folder / "model.safetensors" for _, folder in layout.distill_stages()],
@@ -67,10 +68,14 @@ def _cfg(tmp_path, *overrides):
     return load_config("smoke", (f"run.out_dir={tmp_path}", "run.parallel_stages=false", *overrides))
 
 
+DEFAULT_STAGES = [s for s in run_mod.STAGES if s != "synth"]
+"""Every stage but synth, which runs only with synth.enabled."""
+
+
 def test_first_run_runs_every_stage_then_skips(tmp_path, calls):
     state = run_mod.main(_cfg(tmp_path), echo=calls.echo)
-    assert calls == [(s, True) for s in run_mod.STAGES]
-    assert all(state[s]["finished"] == state[s]["started"] for s in run_mod.STAGES)
+    assert calls == [(s, True) for s in DEFAULT_STAGES]
+    assert all(state[s]["finished"] == state[s]["started"] for s in DEFAULT_STAGES)
     assert state["wall_seconds"] >= 0
     calls.clear()
     run_mod.main(_cfg(tmp_path), echo=calls.echo)
@@ -86,7 +91,17 @@ def test_changed_stage_reruns_it_and_what_reads_it(tmp_path, calls):
     assert calls == [("base", True), ("router", True), ("eval", True)]
     calls.clear()
     run_mod.main(_cfg(tmp_path, "base.train.max_steps=41", "data.arith.n_train=601"), echo=calls.echo)
-    assert [c[0] for c in calls] == list(run_mod.STAGES)
+    assert [c[0] for c in calls] == DEFAULT_STAGES
+
+
+def test_synth_runs_after_data_when_enabled_and_the_teacher_chain_reads_it(tmp_path, calls):
+    synth = ("synth.enabled=true", f"synth.teacher.path={tmp_path / 'big-teacher'}")
+    run_mod.main(_cfg(tmp_path, *synth), echo=calls.echo)
+    assert [c[0] for c in calls] == ["data", "synth", "teacher", "distill", "base", "router", "eval"]
+    calls.clear()
+    # another kept file (synth made from other settings): the teacher and the chain train again, the base does not
+    run_mod.main(_cfg(tmp_path, *synth, "synth.samples=8"), echo=calls.echo)
+    assert [c[0] for c in calls] == ["synth", "teacher", "distill", "router", "eval"]
 
 
 def test_killed_stage_resumes_and_done_ones_are_not_rerun(tmp_path, calls):

@@ -1,16 +1,20 @@
 """Atomic file writes: write to a temp file in the same folder, then rename over the target.
-
 A killed process leaves either the old file or the new one, never half of one.
+
+Durable streams: `append_jsonl` appends rows and fsyncs them before it returns; a row a kill cut
+short (a last line without its newline) is cut off the next time the file is appended to, and
+`complete_lines` never reads it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 @contextlib.contextmanager
@@ -74,3 +78,46 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[str]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def cut_torn_tail(path: Path) -> None:
+    """Cut a last line without its newline (a write the process was killed in)."""
+    with path.open("r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        # Walk back to the last newline; everything after it is the torn row.
+        pos = size
+        while pos > 0:
+            step = min(65536, pos)
+            f.seek(pos - step)
+            block = f.read(step)
+            nl = block.rfind(b"\n")
+            if nl >= 0:
+                f.truncate(pos - step + nl + 1)
+                return
+            pos -= step
+        f.truncate(0)
+
+
+def append_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> None:
+    """Append rows as JSON lines and make them durable (fsync) before returning."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        cut_torn_tail(path)
+    blob = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+    with path.open("ab") as f:
+        f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def complete_lines(path: str | os.PathLike[str]) -> list[tuple[int, bytes]]:
+    """(line number, bytes) of every non-blank line that ends with a newline: a row torn by a kill is left out."""
+    lines = Path(path).read_bytes().split(b"\n")
+    # lines[-1] is what follows the last newline: empty, or a row torn by a kill
+    return [(i, raw) for i, raw in enumerate(lines[:-1], start=1) if raw.strip()]

@@ -8,7 +8,10 @@ a file rewritten with the same bytes keeps its key, and a changed file changes i
 
     stage     reads
     data      data, tokenizer sections; the source files
-    teacher   teacher section, run.seed; train/val files, tokenizer, pretrained weights
+    synth     synth section, its task; the questions file, a local teacher's and judge's weights (its
+              candidates are kept per `synth_generation_key`: changing a check re-filters, it does not re-ask)
+    teacher   teacher section, run.seed; train/val files (train: synth's kept solutions when enabled), tokenizer,
+              pretrained weights
     base      base section, run.seed, the base prompts (with thoughts_in_context); the same inputs
     distill   distill section, run.seed; stage 1's teacher, train/val files, tokenizer, students
     router    router section; its traces' key: router task, pipeline (traces); train/val files, base, TTM
@@ -35,7 +38,7 @@ from pseudocot.config.loader import to_dict
 from pseudocot.config.schema import Config, DistillStageConfig, EvalTaskConfig, ModelSpec, PipelineConfig, SystemConfig
 from pseudocot.layout import METRICS, RunLayout
 
-STAGES = ("data", "teacher", "distill", "base", "router", "eval")
+STAGES = ("data", "synth", "teacher", "distill", "base", "router", "eval")
 """Every stage `pseudocot run` knows, in the order it runs them."""
 
 _MIB = 1 << 20
@@ -146,8 +149,11 @@ def _tokenizer_input(spec: ModelSpec, layout: RunLayout) -> str | None:
     return model_fingerprint(layout.tokenizer_dir)
 
 
-def _data_inputs(layout: RunLayout, train_file: str | None, val_file: str | None) -> list[str | None]:
-    return [file_fingerprint(train_file or layout.split("train")), file_fingerprint(val_file or layout.split("val"))]
+def _data_inputs(layout: RunLayout, train_file: str | None, val_file: str | None, reasoning: bool = False) -> list[str | None]:
+    """The train and val files a training stage reads; `reasoning`: the teacher or a distillation stage, whose
+    training data is the synth stage's kept solutions when it is enabled."""
+    train = layout.reasoning_train(train_file) if reasoning else (train_file or layout.split("train"))
+    return [file_fingerprint(train), file_fingerprint(val_file or layout.split("val"))]
 
 
 def _source_files(cfg: Config) -> list[Any]:
@@ -167,7 +173,7 @@ def finetune_key(cfg: Config, role: str) -> str:
     return digest({
         "stage": role, "own": f, "seed": cfg.run.seed,
         "prompts": pipeline_settings(cfg.pipeline, "base") if f.thoughts_in_context else None,
-        "data": _data_inputs(layout, f.train_file, f.val_file),
+        "data": _data_inputs(layout, f.train_file, f.val_file, reasoning=role == "teacher"),
         "tokenizer": _tokenizer_input(f.model, layout), "weights": model_fingerprint(f.model.path),
     })
 
@@ -179,10 +185,24 @@ def distill_stage_key(cfg: Config, stage: DistillStageConfig, teacher: str | os.
     return digest({
         "stage": "distill", "own": stage, "distill": common, "seed": cfg.run.seed,
         "teacher": model_fingerprint(teacher) if stage.teacher_weight() or stage.student.from_ == "teacher" else None,
-        "data": _data_inputs(layout, stage.train_file, stage.val_file),
+        "data": _data_inputs(layout, stage.train_file, stage.val_file, reasoning=True),
         "tokenizer": _tokenizer_input(stage.student, layout),
         "weights": model_fingerprint(stage.student.path if stage.student.from_ in (None, "teacher") else stage.student.from_),
     })
+
+
+def synth_generation_key(cfg: Config) -> str:
+    """The key of the synth stage's candidates: who writes them (a local teacher's weights, an endpoint's
+    URL and model), the prompts and the sampling. How requests are sent (concurrency, retries, timeout)
+    is not in it, nor are the questions (rows are matched to questions by id and text), nor the checks."""
+    s, t = cfg.synth, cfg.synth.teacher
+    teacher = None
+    if t is not None:
+        runtime = ("concurrency", "max_retries", "timeout_seconds", "api_key_env") + (() if t.path else ("batch_size",))
+        teacher = {k: v for k, v in to_dict(t).items() if k not in runtime}
+    return digest({"stage": "synth-candidates", "teacher": teacher, "weights": model_fingerprint(t.path) if t and t.path else None,
+                   "prompt": [s.prompt, s.system_prompt], "sampling": [s.temperature, s.top_p, s.max_new_tokens, s.stop, s.seed],
+                   "chunk": s.chunk_questions if t and t.path else None})
 
 
 def router_traces_key(cfg: Config) -> str:
@@ -225,13 +245,20 @@ def stage_key(cfg: Config, stage: str) -> str:
     layout = RunLayout.of(cfg)
     if stage == "data":
         return digest({"stage": stage, "data": cfg.data, "tokenizer": cfg.tokenizer, "sources": _source_files(cfg)})
+    if stage == "synth":
+        task = cfg.synth_task()
+        own = {k: v for k, v in to_dict(cfg.synth).items() if k not in ("shard", "teacher")}
+        judge = cfg.synth.judge
+        return digest({"stage": stage, "own": own, "candidates": synth_generation_key(cfg),
+                       "task": {"name": task.name, "options": task.options}, "questions": file_fingerprint(layout.synth_questions),
+                       "judge": model_fingerprint(judge.path) if judge and judge.path else None})
     if stage in ("teacher", "base"):
         return finetune_key(cfg, stage)
     if stage == "distill":
         # The chain's own config and its first teacher; each stage's key adds the stage before it.
         return digest({"stage": stage, "distill": cfg.distill, "seed": cfg.run.seed,
                        "teacher": model_fingerprint(layout.distill_teacher),
-                       "data": [_data_inputs(layout, s.train_file, s.val_file) for s in cfg.distill.stages],
+                       "data": [_data_inputs(layout, s.train_file, s.val_file, reasoning=True) for s in cfg.distill.stages],
                        "tokenizer": [_tokenizer_input(s.student, layout) for s in cfg.distill.stages],
                        "weights": [model_fingerprint(s.student.path) for s in cfg.distill.stages]})
     if stage == "router":

@@ -142,6 +142,27 @@ class RunLayout:
     def synth_dir(self) -> Path:
         return self.root / "synth"
 
+    def synth_work(self, shard: tuple[int, int] | None = None) -> Path:
+        """Where generation appends candidates: synth/, or synth/shards/<i>-of-<n>/ for one shard."""
+        return self.synth_dir if shard is None else self.synth_dir / "shards" / f"{shard[0]}-of-{shard[1]}"
+
+    def synth_file(self, name: str, shard: tuple[int, int] | None = None) -> Path:
+        """`candidates.jsonl`, `kept.jsonl`, `rejects.jsonl`, `stats.json`, `judge.jsonl` (the judge's cache) or
+        `key.txt` (the generation key the candidates were written under) of the synth stage or one shard."""
+        return self.synth_work(shard) / name
+
+    @property
+    def synth_questions(self) -> Path:
+        """The questions the synth stage solves: `synth.questions`, else the run's train split."""
+        return Path(self.cfg.synth.questions) if self.cfg.synth.questions else self.split("train")
+
+    def reasoning_train(self, train_file: str | None) -> Path:
+        """The training data of the teacher and the distillation chain: their `train_file`, else the synth
+        stage's kept solutions when `synth.enabled`, else the run's train split."""
+        if train_file:
+            return Path(train_file)
+        return self.synth_file("kept.jsonl") if self.cfg.synth.enabled else self.split("train")
+
     # ---------------------------------------------------------------- models
 
     def finetune_dir(self, role: str) -> Path:

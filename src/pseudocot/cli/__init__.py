@@ -18,6 +18,7 @@ import click
 from pseudocot import __version__
 from pseudocot.cli.eval import eval_group
 from pseudocot.cli.groups import PseudocotGroup, StageGroup, config_option, overrides_argument, parse_fields
+from pseudocot.cli.synth import synth_group
 from pseudocot.config import DEFAULT_PRESET, ArithConfig, Config, load_config, presets, to_yaml
 from pseudocot.layout import RunLayout
 
@@ -387,7 +388,6 @@ def serve(run_dir: Path | None, config_name: str, host: str | None, port: int | 
 # ------------------------------------------------------------------------------------ stages still to come
 
 _LATER = {
-    "synth": ("Write step-by-step reasoning data with a teacher model or an OpenAI-compatible endpoint.", "synthetic data"),
     "grpo": ("GRPO reinforcement learning with rewards for correct and faithful reasoning.", "GRPO"),
 }
 
@@ -409,6 +409,7 @@ def _later_stage(name: str, summary: str, issue: str) -> click.Command:
 for _name, (_summary, _issue) in _LATER.items():
     cli.add_command(_later_stage(_name, _summary, _issue))
 cli.add_command(eval_group)
+cli.add_command(synth_group)
 
 
 def main() -> None:

@@ -36,7 +36,9 @@ from pseudocot.config.schema import (
     RunConfig,
     ServeConfig,
     SourceConfig,
+    SynthConfig,
     SystemConfig,
+    TeacherEndpointConfig,
     TokenizerConfig,
     TrainConfig,
     field_docs,
@@ -47,7 +49,8 @@ from pseudocot.errors import ConfigError
 __all__ = [
     "DEFAULT_PRESET", "PRESET_DIR", "ArithConfig", "Config", "ConfigError", "DataConfig", "DistillConfig",
     "DistillStageConfig", "EvalConfig", "EvalTaskConfig", "FieldError", "FinetuneConfig", "LoraConfig", "ModelSpec",
-    "PipelineConfig", "RouterConfig", "RunConfig", "ServeConfig", "SourceConfig", "SystemConfig", "TokenizerConfig", "TrainConfig",
+    "PipelineConfig", "RouterConfig", "RunConfig", "ServeConfig", "SourceConfig", "SynthConfig", "SystemConfig",
+    "TeacherEndpointConfig", "TokenizerConfig", "TrainConfig",
     "field_docs", "from_dict", "load_config", "parse_override", "parse_shard", "presets",
     "resolve_config_path", "save_config", "to_dict", "to_yaml",
 ]

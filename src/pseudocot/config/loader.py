@@ -152,6 +152,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         parsed = yaml.safe_load(value) if value != "" else ""
     except yaml.YAMLError:
         parsed = value
+    if isinstance(parsed, dict) and ":" not in value:
+        parsed = value  # `{question}` is a prompt template, not a YAML mapping of null values
     return key.split("."), parsed
 
 

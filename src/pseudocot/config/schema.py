@@ -576,6 +576,134 @@ class ServeConfig(Section):
             raise FieldError("api_key_env", f"must be an environment variable name, got {self.api_key_env!r}")
 
 
+SYNTH_PROMPT = ("Solve the following problem step by step. Write one step per line, each a short sentence with its "
+                "calculation written out (like `48 / 2 = 24`). End with a last line `Final answer: <answer>` and "
+                "nothing after it.\n\nProblem: {question}")
+"""`synth.prompt`'s default: one step per line and a final answer line, for an instruction-following teacher."""
+
+JUDGE_PROMPT = ("You check worked solutions. Read the problem and the solution below. Answer 1 if every step is "
+                "logically and arithmetically correct and the final answer follows from the steps; answer 0 if any "
+                "step is wrong, unjustified or does not lead to the answer. Reply with the single digit 0 or 1.\n\n"
+                "Problem: {question}\n\nSolution:\n{solution}")
+"""`synth.judge_prompt`'s default: a logical-correctness rubric with a 0/1 verdict."""
+
+SYNTH_CHECKS = ("format", "answer", "arithmetic", "follows", "consistency", "judge")
+"""The faithfulness checks of `pseudocot.synth.filter`, in the order they run (`judge` last: it costs calls)."""
+
+
+@dataclass
+class TeacherEndpointConfig(Section):
+    path: str | None = None
+    """A local model folder (HF save_pretrained) that writes the solutions through the batched generator."""
+    tokenizer: str | None = None
+    """Local model: tokenizer folder (null: the model's own)."""
+    dtype: Dtype = "auto"
+    """Local model: weights dtype (auto: bf16 on a capable GPU, fp32 on CPU)."""
+    trust_remote_code: bool = False
+    """Local model: run the checkpoint's own Python code (only for checkpoints you trust)."""
+    base_url: str | None = None
+    """An OpenAI-compatible endpoint instead of a local model, e.g. http://localhost:8000/v1 (vLLM, llama.cpp,
+    SGLang, DeepSeek's API, `pseudocot serve`)."""
+    model: str | None = None
+    """Endpoint: the model name it serves (e.g. deepseek-reasoner)."""
+    api_key_env: Annotated[str, NonEmpty()] = "OPENAI_API_KEY"
+    """Endpoint: the environment variable that holds the API key (keys never go into configs or outputs)."""
+    chat: bool = True
+    """Chat messages (the tokenizer's chat template, or /chat/completions) rather than plain text (/completions)."""
+    concurrency: Positive = 8
+    """Endpoint: requests in flight at once."""
+    max_retries: Count = 6
+    """Endpoint: retries of a request after a 429, a 5xx, a timeout or a dropped connection (exponential backoff)."""
+    timeout_seconds: Annotated[float, Gt(0)] = 300.0
+    """Endpoint: how long one request may take before it is retried."""
+    batch_size: Positive = 32
+    """Local model: prompts generated together."""
+
+    def validate(self) -> None:
+        if bool(self.path) == bool(self.base_url):
+            raise FieldError("path", "or `base_url` must be given, not both: a local model folder or an endpoint")
+        if self.base_url and not self.model:
+            raise FieldError("model", "is needed with base_url: the model name the endpoint serves")
+
+
+@dataclass
+class SynthConfig(Section):
+    enabled: bool = False
+    """`pseudocot run` runs the synth stage after `data`, and the teacher and the distillation chain train on its
+    kept solutions (`<run>/synth/kept.jsonl`) wherever their `train_file` is null."""
+    questions: str | None = None
+    """The questions to solve (gold answers optional); null: the run's `data/train.jsonl`."""
+    format: Literal["jsonl", "gsm8k", "mmlu", "csv", "hf_disk"] = "jsonl"
+    """How `questions` is read (an Example JSONL needs no mapping; a question-only file is fine)."""
+    fields: dict[str, str] = field(default_factory=dict)
+    """Field mapping for `jsonl`, `csv` and `hf_disk`: Example field -> column name."""
+    max_questions: Positive | None = None
+    """Solve the first this many questions (null: all)."""
+    teacher: TeacherEndpointConfig | None = None
+    """Who writes the solutions: a local model (`path`) or an endpoint (`base_url` + `model`)."""
+    prompt: str = SYNTH_PROMPT
+    """The user turn sent to the teacher ({question}: the question, with lettered options for multiple choice)."""
+    system_prompt: str | None = None
+    """A system message for the teacher (null: none)."""
+    samples: Positive = 4
+    """Solutions asked per question."""
+    temperature: Weight = 0.7
+    """Sampling temperature (each sample has its own seed, so samples differ and a rerun gives the same ones)."""
+    top_p: Annotated[float, Gt(0), Le(1)] = 0.95
+    """Nucleus sampling mass."""
+    max_new_tokens: Positive = 1024
+    """Most tokens per solution (a reasoning model's thinking counts where the endpoint counts it)."""
+    stop: list[str] = field(default_factory=list)
+    """Stop strings."""
+    seed: int = 0
+    """Seed of every sample's seed."""
+    reasoning_from: Literal["content", "thinking"] = "content"
+    """Where the steps are: the answer's content (an instruction model; a reasoning model's summary), or the
+    thinking (`reasoning_content`, `reasoning`, `<think>`) followed by the content's answer line (`pseudocot serve`)."""
+    chunk_questions: Positive = 16
+    """Local model: questions generated together (each with all its samples); a killed run loses at most one chunk."""
+    task: EvalTaskConfig | None = None
+    """The task whose scoring decides whether a solution's answer is right (name and options); null: the run's
+    first eval task."""
+    checks: list[str] = field(default_factory=lambda: ["format", "answer", "arithmetic", "follows", "consistency"])
+    """Faithfulness checks a solution must pass to be kept: format, answer, arithmetic, follows, consistency, judge, or
+    package.module:function for your own (empty: keep every candidate, the unfiltered baseline)."""
+    min_agreement: Fraction = 0.5
+    """consistency: the question's majority answer must hold at least this share of its samples."""
+    min_steps: Positive = 1
+    """format: fewest reasoning lines before the final answer line."""
+    max_steps: Positive = 40
+    """format: most reasoning lines."""
+    max_step_chars: Positive = 600
+    """format: longest reasoning line (a paragraph is not a step)."""
+    judge: TeacherEndpointConfig | None = None
+    """judge: the model that grades each solution (an endpoint or a local model); needed when `checks` has judge."""
+    judge_prompt: str = JUDGE_PROMPT
+    """judge: the rubric ({question}, {solution}); the reply's first 0 or 1 is the verdict."""
+    shard: str | None = None
+    """This process's share of the questions, `i/n` (whole chunks); `pseudocot synth merge` filters once all are done."""
+
+    def validate(self) -> None:
+        for name, allowed in (("prompt", ("question",)), ("judge_prompt", ("question", "solution"))):
+            try:
+                getattr(self, name).format(**{k: "" for k in allowed})
+            except (KeyError, IndexError, ValueError) as e:
+                raise FieldError(name, f"cannot be filled ({type(e).__name__}: {e}); use only "
+                                       f"{', '.join('{' + k + '}' for k in allowed)} and write literal braces as {{{{ }}}}") from None
+        unknown = next((c for c in self.checks if c not in SYNTH_CHECKS and ":" not in c), None)
+        if unknown:
+            raise FieldError("checks", f"has unknown check '{unknown}'; use {', '.join(SYNTH_CHECKS)} or package.module:function")
+        twice = next((c for i, c in enumerate(self.checks) if c in self.checks[:i]), None)
+        if twice:
+            raise FieldError("checks", f"names '{twice}' twice")
+        if "judge" in self.checks and self.judge is None:
+            raise FieldError("judge", "is needed when checks has judge: an endpoint (base_url, model) or a local path")
+        if self.min_steps > self.max_steps:
+            raise FieldError("min_steps", f"must be at most max_steps = {self.max_steps}")
+        if self.shard is not None:
+            parse_shard(self.shard)
+
+
 @dataclass
 class Config(Section):
     run: RunConfig = field(default_factory=RunConfig)
@@ -600,6 +728,12 @@ class Config(Section):
     """Systems x tasks -> results.json, report.md, figures (`pseudocot eval`)."""
     serve: ServeConfig = field(default_factory=ServeConfig)
     """The OpenAI-compatible server over the pipeline (`pseudocot serve`)."""
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    """Teacher-written reasoning data and its faithfulness filter (`pseudocot synth`)."""
+
+    def synth_task(self) -> EvalTaskConfig:
+        """The task that scores the synth candidates' answers: `synth.task`, else the first eval task."""
+        return self.synth.task or self.eval.tasks[0]
 
     def router_task(self) -> EvalTaskConfig:
         """The task that labels the router's traces: `router.task`, else the first eval task."""

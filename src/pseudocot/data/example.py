@@ -29,25 +29,28 @@ class Example:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, row: Any) -> Example:
-        """Validate a parsed JSON object; raises DataError with one sentence naming the field."""
+    def from_dict(cls, row: Any, require_answer: bool = True) -> Example:
+        """Validate a parsed JSON object; raises DataError with one sentence naming the field.
+        `require_answer=False` takes a question without a gold answer (`answer` is then "")."""
         if not isinstance(row, dict):
             raise DataError(f"expected a JSON object, got {type(row).__name__}")
         unknown = sorted(set(row) - _FIELDS)
         if unknown:
             raise DataError(f"unknown field '{unknown[0]}' (Example fields: {', '.join(sorted(_FIELDS))})")
+        values = dict(row)
+        if not require_answer and values.get("answer") in (None, ""):
+            values["answer"] = ""
         for name in ("id", "question", "answer"):
-            if name not in row:
+            if name not in values:
                 raise DataError(f"missing field '{name}'")
         # Ids and answers are often numbers in hand-written files: take them as text.
-        values = dict(row)
         for name in ("id", "answer"):
             if isinstance(values[name], (int, float)) and not isinstance(values[name], bool):
                 values[name] = str(values[name])
         for name in ("id", "question", "answer"):
             if not isinstance(values[name], str):
                 raise DataError(f"field '{name}' must be a string, got {type(values[name]).__name__}")
-        for name in ("question", "answer"):
+        for name in ("question", "answer") if require_answer else ("question",):
             if not values[name].strip():
                 raise DataError(f"field '{name}' is empty")
         choices = values.get("choices")

@@ -114,7 +114,7 @@ def load_mmlu(path: str | os.PathLike[str], skip_bad: bool = False) -> ReadResul
 # ---------------------------------------------------------------------------------- generic
 
 
-def mapped_example(row: Any, mapping: dict[str, str], default_id: str, source: str) -> Example:
+def mapped_example(row: Any, mapping: dict[str, str], default_id: str, source: str, require_answer: bool = True) -> Example:
     """Build an Example from a row through a field mapping {Example field: column}.
 
     Unmapped Example fields are read from a column of the same name when there is one. A `choices`
@@ -137,7 +137,7 @@ def mapped_example(row: Any, mapping: dict[str, str], default_id: str, source: s
             continue
         if column in row and row[column] is not None:
             out[name] = row[column]
-        elif name in ("question", "answer"):
+        elif name == "question" or (name == "answer" and require_answer):
             hint = f" (mapped to {name})" if name in mapping else f"; map it with fields.{name}=COLUMN"
             raise DataError(f"missing column '{column}'{hint}")
     out.setdefault("id", default_id)
@@ -152,26 +152,29 @@ def mapped_example(row: Any, mapping: dict[str, str], default_id: str, source: s
         out["meta"] = meta
     if isinstance(out.get("choices"), str):
         raise DataError("column for 'choices' holds one string; map several columns (fields.choices=A,B,C,D) or give a list")
-    return Example.from_dict(out)
+    return Example.from_dict(out, require_answer)
 
 
 def load_jsonl(path: str | os.PathLike[str], fields: dict[str, str] | None = None, skip_bad: bool = False,
-               source: str | None = None) -> ReadResult:
+               source: str | None = None, require_answer: bool = True) -> ReadResult:
     """A user's JSONL file; lines already in the Example schema need no mapping."""
     path = Path(path)
     name = source or path.stem
-    return collect(path, iter_json_lines(path), lambda i, row: mapped_example(row, fields or {}, f"{name}/{i}", name), skip_bad)
+    return collect(path, iter_json_lines(path),
+                   lambda i, row: mapped_example(row, fields or {}, f"{name}/{i}", name, require_answer), skip_bad)
 
 
 def load_csv(path: str | os.PathLike[str], fields: dict[str, str] | None = None, skip_bad: bool = False,
-             source: str | None = None) -> ReadResult:
+             source: str | None = None, require_answer: bool = True) -> ReadResult:
     """A user's CSV file with a header row."""
     path = Path(path)
     name = source or path.stem
-    return collect(path, _csv_rows(path, dict_rows=True), lambda i, row: mapped_example(row, fields or {}, f"{name}/{i}", name), skip_bad)
+    return collect(path, _csv_rows(path, dict_rows=True),
+                   lambda i, row: mapped_example(row, fields or {}, f"{name}/{i}", name, require_answer), skip_bad)
 
 
-def load_hf_disk(spec: str, fields: dict[str, str] | None = None, skip_bad: bool = False, source: str | None = None) -> ReadResult:
+def load_hf_disk(spec: str, fields: dict[str, str] | None = None, skip_bad: bool = False, source: str | None = None,
+                 require_answer: bool = True) -> ReadResult:
     """A `datasets` folder from `save_to_disk`: `FOLDER` (a Dataset) or `FOLDER:SPLIT` (a DatasetDict)."""
     import datasets  # heavy import, only when used
 
@@ -191,22 +194,23 @@ def load_hf_disk(spec: str, fields: dict[str, str] | None = None, skip_bad: bool
     name = source or Path(folder).name
     rows = ((i + 1, "", row) for i, row in enumerate(ds))
     return collect(f"{folder}{':' + split if split else ''} row", rows,
-                    lambda i, row: mapped_example(row, fields or {}, f"{name}/{split or 'all'}/{i}", name), skip_bad)
+                    lambda i, row: mapped_example(row, fields or {}, f"{name}/{split or 'all'}/{i}", name, require_answer), skip_bad)
 
 
 def load_file(fmt: str, path: str, fields: dict[str, str] | None = None, skip_bad: bool = False,
-              source: str | None = None) -> ReadResult:
-    """Dispatch on a format name: gsm8k, mmlu, jsonl, csv, hf_disk."""
+              source: str | None = None, require_answer: bool = True) -> ReadResult:
+    """Dispatch on a format name: gsm8k, mmlu, jsonl, csv, hf_disk. `require_answer=False` (jsonl, csv,
+    hf_disk) also takes questions without a gold answer (`answer` ""): what `pseudocot synth` solves."""
     if fmt == "gsm8k":
         return load_gsm8k(path, skip_bad, source or "gsm8k")
     if fmt == "mmlu":
         return load_mmlu(path, skip_bad)
     if fmt == "jsonl":
-        return load_jsonl(path, fields, skip_bad, source)
+        return load_jsonl(path, fields, skip_bad, source, require_answer)
     if fmt == "csv":
-        return load_csv(path, fields, skip_bad, source)
+        return load_csv(path, fields, skip_bad, source, require_answer)
     if fmt == "hf_disk":
-        return load_hf_disk(path, fields, skip_bad, source)
+        return load_hf_disk(path, fields, skip_bad, source, require_answer)
     raise DataError(f"unknown data format '{fmt}'; use one of gsm8k, mmlu, jsonl, csv, hf_disk.")
 
 

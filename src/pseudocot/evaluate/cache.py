@@ -18,40 +18,16 @@ settings and model files, so a changed system is answered afresh instead of read
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from pseudocot.errors import DataError
-from pseudocot.files import atomic_write_text
+from pseudocot.files import append_jsonl, atomic_write_text, complete_lines
 
 
 def part_name(shard: tuple[int, int] | None) -> str:
     return "part-all.jsonl" if shard is None else f"part-{shard[0]}-of-{shard[1]}.jsonl"
-
-
-def _cut_torn_tail(path: Path) -> None:
-    """Cut a last line without its newline (a write the process was killed in)."""
-    with path.open("r+b") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size == 0:
-            return
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return
-        # Walk back to the last newline; everything after it is the torn row.
-        pos = size
-        while pos > 0:
-            step = min(65536, pos)
-            f.seek(pos - step)
-            block = f.read(step)
-            nl = block.rfind(b"\n")
-            if nl >= 0:
-                f.truncate(pos - step + nl + 1)
-                return
-            pos -= step
-        f.truncate(0)
 
 
 class GenerationCache:
@@ -67,11 +43,7 @@ class GenerationCache:
         """Question id -> its row, over every part (the first row of an id wins)."""
         out: dict[str, dict[str, Any]] = {}
         for path in self.parts():
-            lines = path.read_bytes().split(b"\n")
-            # lines[-1] is what follows the last newline: empty, or a row torn by a kill
-            for lineno, raw in enumerate(lines[:-1], start=1):
-                if not raw.strip():
-                    continue
+            for lineno, raw in complete_lines(path):
                 try:
                     row = json.loads(raw)
                 except (json.JSONDecodeError, UnicodeDecodeError):
@@ -83,15 +55,7 @@ class GenerationCache:
 
     def append(self, part: str, rows: Iterable[dict[str, Any]]) -> None:
         """Append rows to this process's part and make them durable before returning."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / part
-        if path.exists():
-            _cut_torn_tail(path)
-        blob = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
-        with path.open("ab") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl(self.folder / part, rows)
 
 
 def write_system_meta(path: Path, meta: dict[str, Any]) -> None:

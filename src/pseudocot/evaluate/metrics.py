@@ -5,43 +5,23 @@
   optional paired-bootstrap p-value; `mcnemar_exact`: the exact McNemar test on the discordant pairs.
 - `bleu` (sacrebleu corpus BLEU) and `rouge_l` (rouge-score, mean ROUGE-L F-measure): generated
   reasoning against reference reasoning.
-- `arithmetic_statements`, `faithfulness`, `answer_matches_last_value`: are the `a op b = c` steps
-  written in a text true, and does the answer follow from them.
+- `faithfulness`, `answer_matches_last_value`: are the arithmetic statements written in a text
+  true (`pseudocot.synth.arithmetic`, the same checker the synth filter's `arithmetic` check uses),
+  and does the answer follow from the last step (the filter's `follows`).
 - `over_seeds`: mean, standard deviation and per-seed values of a number measured with several seeds.
-
-The arithmetic grammar (what `arithmetic_statements` reads)
------------------------------------------------------------
-A text is cut into tokens: numbers, operators, `=`, line breaks, and everything else.
-
-- number: digits with optional thousands commas in groups of three (`1,234`, not `1,23`) and an
-  optional decimal part (`4.50`, `.5`); a `$` before it is allowed and ignored. A `-` directly
-  before the digits is a sign when the token before it is not a number (`= -3`, `(-2`), else it is
-  the minus operator (`7 -3`). A final period is punctuation, not a decimal point (`= 8.`).
-- operator: `+`, `-`, `−`, `*`, `×`, `/`, `÷`, and the letter `x` between a number and a digit
-  (`5 x 3`, `5x3`; not the unknown of `9x-21`).
-- A statement is exactly `number operator number = number`, on one line, not part of a longer
-  expression: the token before it may not be a number, an operator, `=`, `)` or `:`, and the token
-  after it may not be a number, an operator, `=`, `%` or `:`. So `16 - 3 - 4 = 9` (three operands),
-  `3 + 4 = 7 = 7` (a chain), `(1/2) 278 + 11 = 150`, `3 / 6 = 50%`, `3 / 2 = 1 1/2` and the clock
-  time `6:00+48=6:48` are skipped, not judged; `48/2 = <<48/2=24>>24` yields the one statement `48/2=24`. Words (`3 times 4 is 12`),
-  brackets and percentages inside the expression are not read.
-
-Evaluation is exact, with fractions: no `eval`; the numbers are parsed and the operator applied.
-A statement is true when `a op b` equals `c`, or, when `c` is written with d decimals, when
-`a op b` is within half a unit of its last decimal (`10 / 3 = 3.33` is true, `10 / 3 = 3` is not).
-Division by zero is false.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
 import numpy as np
+
+from pseudocot.synth.arithmetic import statements
+from pseudocot.synth.filter import answer_follows, split_solution
 
 # ------------------------------------------------------------------------------- accuracy and its intervals
 
@@ -158,111 +138,21 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str], use_stemmer: 
 
 # ------------------------------------------------------------------------------- faithfulness
 
-_TOKEN = re.compile(r"""
-    (?P<num>\$?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\$?\.\d+)   # 1,234.5  12  .5  $3
-  | (?P<op>[+\-−*/×÷])
-  | (?P<eq>=)
-  | (?P<word>[A-Za-z_]+)
-  | (?P<nl>\n)
-  | (?P<space>[ \t\r\f\v]+)
-  | (?P<other>.)
-""", re.VERBOSE)
-
-_OPS = {"+": "+", "-": "-", "−": "-", "*": "*", "×": "*", "x": "*", "/": "/", "÷": "/"}
-
-
-@dataclass(frozen=True)
-class Statement:
-    text: str
-    """The statement as written (`48/2=24`)."""
-    a: Fraction
-    op: str
-    """One of + - * / (the written operator mapped: × and x to *, ÷ to /)."""
-    b: Fraction
-    c: Fraction
-    c_decimals: int
-    """Decimals written in c, which set the tolerance."""
-
-    @property
-    def value(self) -> Fraction | None:
-        """a op b, or None for a division by zero."""
-        if self.op == "+":
-            return self.a + self.b
-        if self.op == "-":
-            return self.a - self.b
-        if self.op == "*":
-            return self.a * self.b
-        return None if self.b == 0 else self.a / self.b
-
-    @property
-    def holds(self) -> bool:
-        v = self.value
-        if v is None:
-            return False
-        if self.c_decimals == 0:
-            return v == self.c
-        return abs(v - self.c) <= Fraction(1, 2 * 10**self.c_decimals)
-
-
-def _number(text: str) -> tuple[Fraction, int]:
-    digits = text.replace("$", "").replace(",", "")
-    decimals = len(digits.partition(".")[2])
-    return Fraction(digits), decimals
-
-
-def _tokens(text: str) -> list[tuple[str, str, int, int]]:
-    """(kind, text, start, end) with signs folded into numbers and a standalone `x` made an operator."""
-    out: list[tuple[str, str, int, int]] = []
-    for m in _TOKEN.finditer(text):
-        kind = m.lastgroup or "other"
-        value, start, end = m.group(), m.start(), m.end()
-        if kind == "space":
-            continue
-        if kind == "word" and value == "x" and out and out[-1][0] == "num" and text[end:].lstrip()[:1].isdigit():
-            kind = "op"
-        if kind == "num" and out and out[-1][0] == "op" and out[-1][1] in "-−" and out[-1][3] == start \
-                and (len(out) < 2 or out[-2][0] != "num"):
-            # a `-` glued to the digits, with no number before it: a sign
-            _, sign, sign_start, _ = out.pop()
-            value, start = "-" + value, sign_start
-        out.append((kind, value, start, end))
-    return out
-
-
-def arithmetic_statements(text: str) -> list[Statement]:
-    """Every `a op b = c` statement of `text` (see the grammar in the module docstring)."""
-    toks = _tokens(text)
-    found = []
-    for i in range(len(toks) - 4):
-        window = toks[i:i + 5]
-        if [k for k, *_ in window] != ["num", "op", "num", "eq", "num"]:
-            continue
-        if i > 0 and (toks[i - 1][0] in ("num", "op", "eq") or toks[i - 1][1] in (")", ":")):
-            continue
-        if i + 5 < len(toks) and (toks[i + 5][0] in ("num", "op", "eq") or toks[i + 5][1] in ("%", ":")):
-            continue
-        (a, _), (b, _), (c, c_decimals) = _number(window[0][1]), _number(window[2][1]), _number(window[4][1])
-        found.append(Statement(text=text[window[0][2]:window[4][3]], a=a, op=_OPS[window[1][1]], b=b, c=c,
-                               c_decimals=c_decimals))
-    return found
-
-
 def faithfulness(text: str) -> float | None:
-    """Share of the arithmetic statements in `text` that are true; None when it has none."""
-    statements = arithmetic_statements(text)
-    if not statements:
+    """Share of the arithmetic statements in `text` that are true; None when it has none.
+
+    >>> faithfulness("12 + 7 = 19\\n19 * 2 = 39\\nThe answer is 39."), faithfulness("no sums here")
+    (0.5, None)
+    """
+    found = statements(text)
+    if not found:
         return None
-    return sum(s.holds for s in statements) / len(statements)
+    return sum(s.ok for s in found) / len(found)
 
 
 def answer_matches_last_value(text: str, answer: str) -> bool | None:
-    """Does `answer` equal the result `c` of the last arithmetic statement of `text` (as numbers)?
-    None when the text has no statement; False when the answer is not a number."""
-    statements = arithmetic_statements(text)
-    if not statements:
+    """Does `answer` equal the value the last step of `text` arrived at (`synth.filter.answer_follows`)?
+    None when the text has no arithmetic statement; False when the answer is not a number."""
+    if not statements(text):
         return None
-    try:
-        value = Fraction(answer.strip().replace(",", "").replace("$", "").removesuffix("."))
-    except (ValueError, ZeroDivisionError):
-        return False
-    return value == statements[-1].c
+    return bool(answer_follows(split_solution(text)[0], answer))

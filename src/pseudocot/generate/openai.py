@@ -7,16 +7,19 @@
 One request per prompt, `concurrency` in flight at once, results in the caller's order. Plain text
 prompts go to `/completions`; with `chat=True` they go to `/chat/completions` as one user turn, and
 a prompt may also be a list of chat messages (`Task.messages`). Token counts come from the
-response's `usage`; a reasoning model's separate `reasoning_content` is kept in
-`Completion.reasoning`. Rate limits (429), server errors (5xx), timeouts and dropped connections are
-retried with exponential backoff (a `Retry-After` header wins); anything else, or running out of
-retries, is an `EndpointError` in one sentence.
+response's `usage`; a reasoning model's separate thinking (`reasoning_content`, or vLLM's and
+OpenRouter's `reasoning`) is kept in `Completion.reasoning`. Rate limits (429), server errors (5xx),
+timeouts and dropped connections are retried with exponential backoff (a `Retry-After` header wins),
+and counted in `retries` ({cause: count}); anything else, or running out of retries, is an
+`EndpointError` in one sentence.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -46,6 +49,17 @@ class OpenAIGenerator:
         self.max_retries, self.backoff_seconds, self.max_backoff_seconds = max_retries, backoff_seconds, max_backoff_seconds
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(timeout=timeout, headers=headers)
+        self.requests = 0
+        """HTTP requests sent, retries included."""
+        self.retries: Counter[str] = Counter()
+        """Retried requests by cause: the status code (`429`, `503`, ...), `timeout` or `connection`."""
+        self._lock = threading.Lock()
+
+    def _count(self, cause: str | None) -> None:
+        with self._lock:
+            self.requests += 1
+            if cause:
+                self.retries[cause] += 1
 
     def close(self) -> None:
         self.client.close()
@@ -80,17 +94,20 @@ class OpenAIGenerator:
             try:
                 r = self.client.post(url, json=body)
             except httpx.TransportError as e:  # connection refused or dropped, timeouts
+                self._count(None if last else "timeout" if isinstance(e, httpx.TimeoutException) else "connection")
                 if last:
                     raise EndpointError(f"{url}: no answer after {attempt + 1} tries ({type(e).__name__}: {e}); "
                                         "check that the server is up and base_url is right.") from None
                 self._sleep(attempt, None)
                 continue
+            retry = r.status_code in RETRY_STATUS and not last
+            self._count(str(r.status_code) if retry else None)
             if r.status_code == 200:
                 try:
                     return r.json()
                 except json.JSONDecodeError:
                     raise EndpointError(f"{url} answered 200 with a body that is not JSON; is base_url an OpenAI-compatible API?") from None
-            if r.status_code in RETRY_STATUS and not last:
+            if retry:
                 self._sleep(attempt, r.headers.get("retry-after"))
                 continue
             raise EndpointError(f"{url} answered {r.status_code} {r.reason_phrase}: {_message(r)}"
@@ -107,6 +124,13 @@ class OpenAIGenerator:
                 pass
         time.sleep(min(wait, self.max_backoff_seconds))
 
+    def complete(self, prompt: Prompt, params: GenerationParams) -> Completion:
+        """One prompt's completion (one request, with its retries); `seconds` is its own wall time."""
+        t0 = time.perf_counter()
+        c = self._one(prompt, params)
+        c.seconds = time.perf_counter() - t0
+        return c
+
     def _one(self, prompt: Prompt, params: GenerationParams) -> Completion:
         path, body = self._body(prompt, params)
         data = self._post(path, body)
@@ -117,7 +141,7 @@ class OpenAIGenerator:
                 lp = (choice.get("logprobs") or {}).get("token_logprobs")
             else:
                 msg = choice["message"]
-                text, reasoning = msg.get("content") or "", msg.get("reasoning_content")
+                text, reasoning = msg.get("content") or "", msg.get("reasoning_content") or msg.get("reasoning")
                 lp = [t["logprob"] for t in ((choice.get("logprobs") or {}).get("content") or [])] or None
         except (KeyError, IndexError, TypeError):
             raise EndpointError(f"{self.base_url + path} answered without choices[0]"

@@ -49,7 +49,8 @@ def train_stage(cfg: Config, stage: DistillStageConfig, out: Path, teacher_path:
     t, d = stage.train, cfg.distill
 
     def rows_of(file: str | None, split: str) -> list[dict[str, Any]]:
-        examples = read_split(file or layout.split(split), f"distillation {split} data", t.val_examples if split == "val" else None)
+        path = layout.reasoning_train(file) if split == "train" else Path(file or layout.split(split))
+        examples = read_split(path, f"distillation {split} data", t.val_examples if split == "val" else None)
         return tokenize_examples(examples, s_tok, d.with_reasoning, d.system_prompt, t.max_length)
 
     rows, val_rows = rows_of(stage.train_file, "train"), rows_of(stage.val_file, "val")

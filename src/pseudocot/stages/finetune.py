@@ -13,6 +13,7 @@ the current key is skipped, and checkpoints written under another key are discar
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pseudocot.config import Config
@@ -41,7 +42,9 @@ def main(cfg: Config, role: str = "base") -> dict[str, Any]:
     thoughts = cfg.pipeline if fcfg.thoughts_in_context else None  # rendered as the pipeline renders them
 
     def rows_of(file: str | None, split: str) -> list[dict[str, Any]]:
-        examples = read_split(file or layout.split(split), f"{role} {split} data", t.val_examples if split == "val" else None)
+        # The teacher learns reasoning: from the synth stage's kept solutions when it ran.
+        path = layout.reasoning_train(file) if split == "train" and role == "teacher" else Path(file or layout.split(split))
+        examples = read_split(path, f"{role} {split} data", t.val_examples if split == "val" else None)
         return tokenize_examples(examples, tokenizer, fcfg.with_reasoning, fcfg.system_prompt, t.max_length, thoughts)
 
     train_rows, val_rows = rows_of(fcfg.train_file, "train"), rows_of(fcfg.val_file, "val")

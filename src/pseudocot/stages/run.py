@@ -1,6 +1,6 @@
 """`pseudocot run CONFIG`: every configured stage in order into one run folder.
 
-    data -> teacher -> distill -> base -> router -> eval
+    data -> [synth] -> teacher -> distill -> base -> router -> eval
 
 Each stage has a key (`pseudocot.freshness`): the hash of the config it reads and of the content of
 every input it reads (data files, upstream model folders, tokenizer). A key is computed just before
@@ -69,6 +69,10 @@ def _runner(name: str) -> Callable[[Config], Any]:
         from pseudocot.stages import data
 
         return data.main
+    if name == "synth":
+        from pseudocot.stages import synth
+
+        return synth.main
     if name in ("teacher", "base"):
         from pseudocot.stages import finetune
 
@@ -137,6 +141,8 @@ def check_tasks(cfg: Config) -> None:
     named = [(f"eval.tasks.{i}", t) for i, t in enumerate(cfg.eval.tasks)]
     if cfg.router.task is not None:
         named.append(("router.task", cfg.router.task))
+    if cfg.synth.task is not None:
+        named.append(("synth.task", cfg.synth.task))
     for key, t in named:
         try:
             get_task(t.name, **t.options)
@@ -166,6 +172,8 @@ def main(cfg: Config, force: bool = False, stages: tuple[str, ...] | None = None
     wanted = [s for s in STAGES if stages is None or s in stages]
     if not cfg.distill.stages:
         wanted = [s for s in wanted if s not in ("teacher", "distill")]
+    if not cfg.synth.enabled:
+        wanted = [s for s in wanted if s != "synth"]
     t_run = time.perf_counter()
 
     def save() -> None:

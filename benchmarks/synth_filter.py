@@ -1,0 +1,121 @@
+"""Benchmark: what the faithfulness filter is worth on the built-in task.
+
+The demo's trained teacher (`<demo>/teacher`, made by `pseudocot demo`) samples `--samples` solutions
+at `--temperature` for each of the first `--questions` training questions (`pseudocot synth`). Two
+runs of the demo preset, identical but for `synth.checks`, then train the teacher -> TTM chain on
+
+- `all`: every candidate (`synth.checks=[]`, the unfiltered baseline), and
+- `kept`: the solutions that pass the default checks (format, answer, arithmetic, follows, consistency),
+
+and evaluate never / always / router on the same 1,000 test questions. The base model and the data
+are the same in both (same config and seed); the `kept` run reuses the `all` run's candidates (its
+synth stage finds them under the same generation key and asks the teacher for nothing).
+
+Reported: the keep rate, the rejects by reason, each run's accuracies with their intervals, and per
+system the paired difference kept - all with its 95% bootstrap interval. The last line printed is one
+JSON object; `--markdown` also prints the BENCHMARKS.md table.
+
+    HF_HUB_OFFLINE=1 python benchmarks/synth_filter.py --demo runs/demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pseudocot.evaluate.metrics import paired_difference
+
+
+def run(name: str, out_dir: Path, overrides: list[str]) -> float:
+    """`pseudocot run demo` with the overrides; returns its wall time."""
+    cmd = [sys.executable, "-m", "pseudocot", "run", "demo", f"run.name={name}", f"run.out_dir={out_dir}", *overrides]
+    print("+ " + " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    log = out_dir / f"{name}.log"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as f:
+        code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    if code != 0:
+        sys.exit(f"error: run {name} failed (exit code {code}); its log is {log}.")
+    return time.perf_counter() - t0
+
+
+def correct_by_question(eval_dir: Path, task: str, system: str) -> dict[str, bool]:
+    rows = [json.loads(line) for line in (eval_dir / "predictions" / task / f"{system}.jsonl").read_text().splitlines() if line.strip()]
+    results = json.loads((eval_dir / "results.json").read_text())
+    primary = results["tasks"][task].get("primary") or next(iter(rows[0]["correct"]))
+    return {r["id"]: bool(r["correct"][primary]) for r in rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--demo", type=Path, default=Path("runs/demo"), help="A finished demo run: its teacher writes the solutions.")
+    ap.add_argument("--out-dir", type=Path, default=Path("runs"), help="Where the two runs go (<out-dir>/synth-all, synth-kept).")
+    ap.add_argument("--questions", type=int, default=2000, help="Training questions solved.")
+    ap.add_argument("--samples", type=int, default=4, help="Solutions per question.")
+    ap.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature of the teacher.")
+    ap.add_argument("--markdown", action="store_true", help="Also print the BENCHMARKS.md table.")
+    args = ap.parse_args()
+    teacher = args.demo / "teacher"
+    if not (teacher / "config.json").is_file():
+        sys.exit(f"error: {teacher} holds no trained teacher; run `pseudocot demo` first (or pass --demo RUN).")
+    common = ["synth.enabled=true", f"synth.teacher.path={teacher.resolve()}", "synth.teacher.batch_size=64", "synth.prompt={question}",
+              f"synth.max_questions={args.questions}", f"synth.samples={args.samples}", f"synth.temperature={args.temperature}",
+              "synth.max_new_tokens=64", "synth.chunk_questions=64"]
+    arms = {"all": ["synth.checks=[]"], "kept": []}
+    seconds: dict[str, float] = {}
+    seconds["all"] = run("synth-all", args.out_dir, common + arms["all"])
+    # The kept run filters the same candidates: copy them where its synth stage looks (same generation key).
+    src, dst = args.out_dir / "synth-all" / "synth", args.out_dir / "synth-kept" / "synth"
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("candidates.jsonl", "key.txt"):
+        if not (dst / name).exists():
+            shutil.copy2(src / name, dst / name)
+    seconds["kept"] = run("synth-kept", args.out_dir, common + arms["kept"])
+
+    report: dict[str, Any] = {"questions": args.questions, "samples": args.samples, "temperature": args.temperature,
+                              "teacher": str(teacher), "wall_seconds": {k: round(v, 1) for k, v in seconds.items()}}
+    stats = {arm: json.loads((args.out_dir / f"synth-{arm}" / "synth" / "stats.json").read_text()) for arm in arms}
+    report["synth"] = {arm: {k: s[k] for k in ("candidates", "kept", "keep_rate", "rejected")} for arm, s in stats.items()}
+    report["synth"]["kept"]["generation"] = stats["kept"]["generation"]
+    report["synth"]["all"]["generation"] = stats["all"]["generation"]
+    results = {arm: json.loads((args.out_dir / f"synth-{arm}" / "eval" / "results.json").read_text()) for arm in arms}
+    task = results["all"]["primary_task"]
+    report["systems"] = {}
+    for system in results["all"]["systems"]:
+        a = correct_by_question(args.out_dir / "synth-all" / "eval", task, system)
+        k = correct_by_question(args.out_dir / "synth-kept" / "eval", task, system)
+        ids = sorted(a)
+        if sorted(k) != ids:
+            sys.exit("error: the two runs were evaluated on different questions.")
+        diff = paired_difference([k[i] for i in ids], [a[i] for i in ids], p_value=True)
+        report["systems"][system] = {
+            "all": {"accuracy": results["all"]["systems"][system]["accuracy"], "ci95": results["all"]["systems"][system]["ci95"]},
+            "kept": {"accuracy": results["kept"]["systems"][system]["accuracy"], "ci95": results["kept"]["systems"][system]["ci95"]},
+            "kept_minus_all": diff,
+            "thought_calls_per_question": {arm: results[arm]["systems"][system].get("thought_calls_per_question") for arm in arms},
+        }
+    for arm in arms:
+        teacher_metrics = args.out_dir / f"synth-{arm}" / "teacher" / "metrics.json"
+        if teacher_metrics.is_file():
+            m = json.loads(teacher_metrics.read_text())
+            report.setdefault("teacher_val_loss", {})[arm] = m.get("eval_loss") or m.get("val_loss")
+    if args.markdown:
+        print("| system | all candidates | kept only | kept - all [95% CI] |")
+        print("| --- | --- | --- | --- |")
+        for system, r in report["systems"].items():
+            d = r["kept_minus_all"]
+            print(f"| {system} | {100 * r['all']['accuracy']:.1f}% | {100 * r['kept']['accuracy']:.1f}% | "
+                  f"{100 * d['difference']:+.1f} [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}] points |")
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The `pseudocot synth` command group.
+
+    pseudocot synth --config C [--shard i/n] [k=v ...]     # the stage: candidates, kept, rejects, stats
+    pseudocot synth merge --config C                        # join the shards, then filter
+    pseudocot synth filter --task gsm8k --data gold.jsonl --candidates c.jsonl --out kept.jsonl [--checks ...]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from pseudocot.cli.groups import StageGroup, config_option, parse_fields
+
+
+def _echo(stats: dict) -> None:
+    click.echo(json.dumps({k: stats.get(k) for k in ("candidates", "kept", "keep_rate", "rejected")}))
+
+
+@click.group("synth", cls=StageGroup, invoke_without_command=True)
+@config_option
+@click.option("--shard", default=None, metavar="I/N",
+              help="Write only the i-th of n contiguous parts of the questions (0 <= i < n); sets synth.shard.")
+@click.pass_context
+def synth_group(ctx: click.Context, config_name: str, shard: str | None) -> None:
+    """A teacher writes step-by-step solutions; a faithfulness filter keeps the trustworthy ones.
+
+    \b
+    pseudocot synth --config gsm8k synth.teacher.base_url=http://localhost:8001/v1 synth.teacher.model=deepseek-r1
+    pseudocot synth --config demo synth.teacher.path=runs/demo/teacher synth.prompt='{question}'
+    pseudocot synth --config C --shard 0/4                  # one of four processes; then `synth merge`
+    pseudocot synth filter --task gsm8k --data gold.jsonl --candidates c.jsonl --out kept.jsonl
+
+    Solutions are appended as they come, so a killed run started again asks only for what is missing.
+    Writes <run>/synth/candidates.jsonl, kept.jsonl (Example JSONL the teacher and the TTM train on),
+    rejects.jsonl (with reasons) and stats.json.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from pseudocot.config import load_config
+    from pseudocot.stages import synth as synth_stage
+
+    flags = [f"synth.shard={shard}"] if shard else []
+    cfg = load_config(config_name, (*ctx.meta.get("overrides", []), *flags))
+    stats = synth_stage.main(cfg)
+    if not shard:
+        _echo(stats)
+
+
+@synth_group.command("merge")
+@config_option
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+def merge(config_name: str, overrides: tuple[str, ...]) -> None:
+    """Join the candidates every shard wrote (all must be complete), then filter them (no teacher is run)."""
+    from pseudocot.config import load_config
+    from pseudocot.stages import synth as synth_stage
+
+    _echo(synth_stage.merge(load_config(config_name, overrides)))
+
+
+@synth_group.command("filter")
+@click.option("--task", "task_name", required=True, metavar="TASK",
+              help="arith, gsm8k, gsm8k_cot, mmlu:<subject>, jsonl, or package.module:attribute: its scoring decides right answers.")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="The gold questions and answers (the task's data file); without it the answer check has nothing to compare.")
+@click.option("--candidates", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="JSONL rows with 'id' or 'question', and 'completion' (optional 'sample', 'finish_reason').")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Kept solutions as Example JSONL; the rejects go to OUT.rejects.jsonl with their reasons.")
+@click.option("--checks", default="format,answer,arithmetic,follows,consistency", show_default=True,
+              help="Comma-separated checks: format, answer, arithmetic, follows, consistency, judge, or package.module:function.")
+@click.option("--extraction", default=None, help="The task's extraction that reads a solution's answer [default: the task's primary].")
+@click.option("--field", "fields", multiple=True, metavar="FIELD=COLUMN", help="Task jsonl: map an Example field to a column (repeatable).")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="consistency: share of a question's samples its majority answer must hold.")
+@click.option("--min-steps", type=click.IntRange(min=1), default=1, show_default=True, help="format: fewest steps.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=40, show_default=True, help="format: most steps.")
+@click.option("--max-step-chars", type=click.IntRange(min=1), default=600, show_default=True, help="format: longest step line.")
+@click.option("--judge-base-url", default=None, help="judge: an OpenAI-compatible endpoint (e.g. http://localhost:8000/v1).")
+@click.option("--judge-model", default=None, help="judge: the model name the endpoint serves.")
+@click.option("--judge-api-key-env", default="OPENAI_API_KEY", show_default=True, help="judge: the variable holding the API key.")
+def filter_command(task_name: str, data: Path | None, candidates: Path, out: Path, checks: str, extraction: str | None,
+                   fields: tuple[str, ...], min_agreement: float, min_steps: int, max_steps: int, max_step_chars: int,
+                   judge_base_url: str | None, judge_model: str | None, judge_api_key_env: str) -> None:
+    """Run the faithfulness filter over a candidates file, without a teacher.
+
+    Prints one JSON summary as the last line: {"candidates", "kept", "keep_rate", "rejected": {reason: count}}.
+    """
+    from pseudocot.config import SynthConfig, TeacherEndpointConfig
+    from pseudocot.config.checks import FieldError
+    from pseudocot.errors import ConfigError
+    from pseudocot.stages import synth as synth_stage
+    from pseudocot.synth.teacher import Judge, Teacher
+    from pseudocot.tasks import get_task
+
+    names = [c.strip() for c in checks.split(",") if c.strip()]
+    judge_spec = None
+    if judge_base_url or judge_model:
+        try:
+            judge_spec = TeacherEndpointConfig(base_url=judge_base_url, model=judge_model, api_key_env=judge_api_key_env)
+        except FieldError as e:
+            raise ConfigError(f"--judge-{e.key.replace('_', '-')}: {e.message}.") from None
+    try:
+        settings = SynthConfig(checks=names, min_agreement=min_agreement, min_steps=min_steps, max_steps=max_steps,
+                               max_step_chars=max_step_chars, judge=judge_spec)
+    except FieldError as e:
+        hint = " (give --judge-base-url and --judge-model)" if e.key == "judge" else ""
+        raise ConfigError(f"--{e.key.replace('_', '-')}: {e.message}{hint}.") from None
+    options: dict = {"fields": parse_fields(fields)} if fields else {}
+    task = get_task(task_name, **options)
+    judge = None
+    if "judge" in names and judge_spec is not None:
+        judge = Judge(Teacher(judge_spec), settings.judge_prompt, out.with_name(out.name.removesuffix(".jsonl") + ".judge.jsonl"))
+    settings_task = task
+    if extraction:
+        if extraction not in task.extractions:
+            raise ConfigError(f"--extraction: task '{task.name}' has no extraction '{extraction}'; it has {', '.join(task.extractions)}.")
+        import dataclasses
+
+        settings_task = dataclasses.replace(task, primary=extraction)
+    try:
+        summary = synth_stage.filter_files(settings_task, str(data) if data else None, str(candidates), str(out), names, settings, judge)
+    finally:
+        if judge is not None:
+            judge.teacher.close()
+    click.echo(f"synth filter: kept {summary['kept']} of {summary['candidates']} -> {out}", err=True)
+    click.echo(json.dumps(summary))

@@ -1,0 +1,256 @@
+"""The `synth` stage: a teacher writes `synth.samples` step-by-step solutions per question, the
+faithfulness filter keeps the ones you can trust.
+
+    <run>/synth/candidates.jsonl   every solution, in question order (appended as written, then sorted)
+    <run>/synth/kept.jsonl         Example JSONL: question, answer, reasoning (one step per line), meta.synth
+    <run>/synth/rejects.jsonl      the other candidates, each with its `reasons`
+    <run>/synth/stats.json         keep rate, rejects by reason, requests and retries, tokens, time
+
+With `synth.enabled`, `pseudocot run` runs it after `data`, and the teacher and the distillation
+chain train on `kept.jsonl`. Alone, or sharded over machines:
+
+    pseudocot synth --config C
+    pseudocot synth --config C --shard 0/4 ... --shard 3/4 ; pseudocot synth merge --config C
+    pseudocot synth filter --task gsm8k --data gold.jsonl --candidates c.jsonl --out kept.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pseudocot.config import Config, EvalTaskConfig, SynthConfig, parse_shard, save_config
+from pseudocot.data.example import Example
+from pseudocot.data.jsonl import iter_json_lines, read_examples, rejects_path, write_examples, write_jsonl
+from pseudocot.data.loaders import load_file
+from pseudocot.errors import ConfigError, DataError
+from pseudocot.files import atomic_write_text
+from pseudocot.freshness import stage_key, synth_generation_key
+from pseudocot.generate.base import GenerationParams
+from pseudocot.layout import RunLayout
+from pseudocot.stages import prepare
+from pseudocot.synth.candidates import CandidateFile, canonical, chunks, done_pairs, generate, shard_chunks
+from pseudocot.synth.filter import Candidate, FilterResult, FilterSettings, kept_example, run_filter, split_solution
+from pseudocot.synth.teacher import Judge, Teacher
+from pseudocot.tasks import Task, get_task
+
+
+def load_questions(cfg: Config) -> list[Example]:
+    """The questions to solve (gold answers where the file has them), the first `synth.max_questions`."""
+    s, layout = cfg.synth, RunLayout.of(cfg)
+    path = layout.synth_questions
+    if s.questions is None:
+        if not path.is_file():
+            raise DataError(f"{path}: no training split to take questions from; run `pseudocot data` first or set synth.questions.")
+        examples = read_examples(path).examples
+    else:
+        examples = load_file(s.format, str(path), s.fields, require_answer=False).examples
+    if not examples:
+        raise DataError(f"{path}: holds no questions; give synth.questions a file with at least one.")
+    return examples[: s.max_questions] if s.max_questions else examples
+
+
+def task_of(t: EvalTaskConfig) -> Task:
+    return get_task(t.name, **t.options)
+
+
+def settings_of(s: SynthConfig, task: Task, judge: Judge | None = None) -> FilterSettings:
+    return FilterSettings(task=task, min_agreement=s.min_agreement, min_steps=s.min_steps, max_steps=s.max_steps,
+                          max_step_chars=s.max_step_chars, judge=judge)
+
+
+def to_candidates(rows: Sequence[dict[str, Any]], questions: Sequence[Example], reasoning_from: str = "content") -> list[Candidate]:
+    """Candidate rows of the current questions, in order; `reasoning_from: thinking` reads the steps from
+    the thinking, then the content's answer line."""
+    gold = {q.id: q for q in questions}
+    out = []
+    for row in rows:
+        q = gold.get(str(row["id"]))
+        if q is None:
+            continue
+        text = str(row.get("completion") or "")
+        if reasoning_from == "thinking" and row.get("thinking"):
+            final = split_solution(text)[1]
+            text = str(row["thinking"]).strip() + "\n" + (final or text)
+        out.append(Candidate(id=q.id, sample=int(row["sample"]), question=q.question, completion=text,
+                             gold=q if q.answer else None, finish_reason=str(row.get("finish_reason") or "stop"), row=row))
+    return out
+
+
+def write_outputs(result: FilterResult, kept_path: Path, rejects_path: Path, teacher: str, checks: Sequence[str]) -> None:
+    write_examples(kept_path, (kept_example(c, teacher, checks) for c in result.kept))
+    write_jsonl(rejects_path, ({**c.row, "completion": c.row.get("completion", c.completion), "reasons": reasons}
+                               for c, reasons in result.rejected))
+
+
+def _judge(cfg: Config, cache: Path) -> Judge | None:
+    s = cfg.synth
+    if "judge" not in s.checks or s.judge is None:
+        return None
+    return Judge(Teacher(s.judge, cfg.run.device), s.judge_prompt, cache, max_new_tokens=s.max_new_tokens)
+
+
+def _need_teacher(cfg: Config) -> None:
+    if cfg.synth.teacher is None:
+        raise ConfigError("synth.teacher is not set; give a local model (synth.teacher.path=FOLDER) or an endpoint "
+                          "(synth.teacher.base_url=URL synth.teacher.model=NAME).")
+
+
+def main(cfg: Config) -> dict[str, Any]:
+    """Generate this process's share of the solutions; without a shard, filter them too. Returns stats."""
+    prepare(cfg)
+    _need_teacher(cfg)
+    layout = RunLayout.of(cfg)
+    s = cfg.synth
+    shard = parse_shard(s.shard)
+    key = stage_key(cfg, "synth")
+    stats_file = layout.synth_file("stats.json", shard)
+    old = _read(stats_file)
+    if old.get("key") == key and (shard or layout.synth_file("kept.jsonl").is_file()):
+        return old  # complete for this config
+    save_config(cfg, layout.config_file)
+    questions = load_questions(cfg)
+    task = task_of(cfg.synth_task())  # before hours of generation: a misspelt task stops here
+    assert s.teacher is not None
+    teacher = Teacher(s.teacher, cfg.run.device, s.system_prompt)
+    file = CandidateFile(layout.synth_file("candidates.jsonl", shard), synth_generation_key(cfg))
+    params = GenerationParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, stop=list(s.stop), seed=s.seed)
+    try:
+        gen = generate(questions, teacher, file, prompt=s.prompt, samples=s.samples, params=params,
+                       chunk_questions=s.chunk_questions, shard=shard)
+    finally:
+        counters = teacher.counters()
+        teacher.close()
+    generation = {**gen.to_dict(), **counters, "teacher": teacher.name}
+    if shard is not None:
+        stats = {"key": key, "shard": s.shard, "questions": sum(len(c) for c in shard_chunks(chunks(len(questions), s.chunk_questions), shard)),
+                 "generation": generation}
+        atomic_write_text(stats_file, json.dumps(stats, indent=2) + "\n")
+        print(f"synth shard {s.shard}: {gen.generated} new solutions, {gen.reused} already there -> {file.path}; "
+              f"when every shard is done: pseudocot synth merge")
+        return stats
+    return finish(cfg, questions, task, teacher.name, [generation], key)
+
+
+def merge(cfg: Config) -> dict[str, Any]:
+    """`pseudocot synth merge`: join the shards' candidates (every shard must be complete), then filter."""
+    prepare(cfg)
+    _need_teacher(cfg)
+    layout = RunLayout.of(cfg)
+    s = cfg.synth
+    shards_dir = layout.synth_work((0, 1)).parent
+    found = sorted(shards_dir.glob("*-of-*")) if shards_dir.is_dir() else []
+    counts = {p.name.split("-of-")[1] for p in found}
+    if len(counts) != 1:
+        raise DataError(f"{shards_dir}: " + ("no shards to merge; run pseudocot synth --shard i/n first" if not counts else
+                                             f"shards of several splits ({', '.join(sorted(counts))}); keep one i-of-n set") + ".")
+    n = int(counts.pop())
+    key = stage_key(cfg, "synth")
+    questions = load_questions(cfg)
+    rows: list[dict[str, Any]] = []
+    generation = []
+    for i in range(n):
+        shard = (i, n)
+        st = _read(layout.synth_file("stats.json", shard))
+        if st.get("key") != key:
+            raise DataError(f"{layout.synth_work(shard)}: shard {i}/{n} is not complete for this config; run "
+                            f"pseudocot synth --shard {i}/{n} with it, then merge again.")
+        rows += CandidateFile(layout.synth_file("candidates.jsonl", shard), synth_generation_key(cfg)).rows()
+        generation.append(st["generation"])
+    file = CandidateFile(layout.synth_file("candidates.jsonl"), synth_generation_key(cfg))
+    moved = file.open()
+    if moved:
+        generation.append({"stale_files": [moved]})
+    write_jsonl(file.path, canonical(file.rows() + rows, questions, s.samples))
+    save_config(cfg, layout.config_file)
+    return finish(cfg, questions, task_of(cfg.synth_task()), generation[0].get("teacher", ""), generation, key)
+
+
+def finish(cfg: Config, questions: Sequence[Example], task: Task, teacher: str, generation: list[dict[str, Any]],
+           key: str) -> dict[str, Any]:
+    """Sort the candidates into question order, check every question has all its samples, filter,
+    and write kept/rejects/stats."""
+    layout, s = RunLayout.of(cfg), cfg.synth
+    file = CandidateFile(layout.synth_file("candidates.jsonl"), synth_generation_key(cfg))
+    rows = canonical(file.rows(), questions, s.samples)
+    write_jsonl(file.path, rows)  # atomic: the appends in completion order become question order
+    done = done_pairs(rows, questions)
+    missing = len(questions) * s.samples - sum(1 for q in questions for i in range(s.samples) if (q.id, i) in done)
+    if missing:
+        raise DataError(f"{file.path}: {missing} solutions are still missing; run pseudocot synth again (or every shard).")
+    current = [done[(q.id, i)] for q in questions for i in range(s.samples)]
+    judge = _judge(cfg, layout.synth_file("judge.jsonl"))
+    try:
+        result = run_filter(to_candidates(current, questions, s.reasoning_from), settings_of(s, task, judge), s.checks)
+    finally:
+        if judge is not None:
+            judge.teacher.close()
+    write_outputs(result, layout.synth_file("kept.jsonl"), layout.synth_file("rejects.jsonl"), teacher, s.checks)
+    total = {k: sum(int(g.get(k) or 0) for g in generation) for k in ("generated", "reused", "requests", "prompt_tokens", "completion_tokens")}
+    retries: dict[str, int] = {}
+    for g in generation:
+        for cause, n in (g.get("retries") or {}).items():
+            retries[cause] = retries.get(cause, 0) + int(n)
+    stats = {"key": key, "teacher": teacher, "task": task.name, "checks": list(s.checks), "questions": len(questions),
+             "samples": s.samples, **result.summary(), "generation": {**total, "retries": dict(sorted(retries.items())),
+             "seconds": round(sum(float(g.get("seconds") or 0) for g in generation), 2),
+             "stale_files": [f for g in generation for f in g.get("stale_files") or []]},
+             "gold_answers": sum(1 for q in questions if q.answer)}
+    atomic_write_text(layout.synth_file("stats.json"), json.dumps(stats, indent=2) + "\n")
+    print(f"synth: kept {stats['kept']} of {stats['candidates']} solutions ({stats['keep_rate']}) -> {layout.synth_file('kept.jsonl')}")
+    return stats
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+# --------------------------------------------------------------------------------------------
+# `pseudocot synth filter`: the filter alone, on any candidates file.
+# --------------------------------------------------------------------------------------------
+
+
+def read_candidate_rows(path: Path, gold: Sequence[Example] | None) -> tuple[list[Candidate], list[Example]]:
+    """Rows `{"id" or "question", "completion"}` (optional `sample`, `thinking`, `finish_reason`) matched to
+    the gold questions by id, else by question text; without gold, each distinct question is its own."""
+    by_id = {g.id: g for g in gold or []}
+    by_text = {g.question.strip(): g for g in gold or []}
+    made: dict[str, Example] = {}
+    counts: dict[str, int] = {}
+    out = []
+    for lineno, _, row in iter_json_lines(path):
+        where = f"{path}:{lineno}"
+        if isinstance(row, DataError):
+            raise DataError(f"{where}: {row}; fix the line.")
+        if not isinstance(row, dict) or not isinstance(row.get("completion"), str) or not (row.get("id") is not None or row.get("question")):
+            raise DataError(f"{where}: a candidate row needs 'completion' (text) and 'id' or 'question'; fix the line.")
+        q: Example | None
+        if gold is not None:
+            q = by_id.get(str(row["id"])) if row.get("id") is not None else by_text.get(str(row["question"]).strip())
+            if q is None:
+                what = f"id '{row['id']}'" if row.get("id") is not None else "its question"
+                raise DataError(f"{where}: {what} is not in the gold data; give the matching --data file.")
+        else:
+            qid = str(row["id"]) if row.get("id") is not None else str(row["question"]).strip()
+            q = made.setdefault(qid, Example(id=qid, question=str(row.get("question") or qid), answer=""))
+        sample = int(row["sample"]) if isinstance(row.get("sample"), int) else counts.get(q.id, 0)
+        counts[q.id] = counts.get(q.id, 0) + 1
+        out.append(Candidate(id=q.id, sample=sample, question=q.question, completion=row["completion"],
+                             gold=q if q.answer else None, finish_reason=str(row.get("finish_reason") or "stop"), row=row))
+    return out, list(gold) if gold is not None else list(made.values())
+
+
+def filter_files(task: Task, data: str | None, candidates: str, out: str, checks: Sequence[str], settings: SynthConfig,
+                 judge: Judge | None = None) -> dict[str, Any]:
+    """Filter a candidates file: kept Examples to `out`, rejects with reasons beside it; returns the summary."""
+    gold = task.load(data) if data else None
+    cands, _ = read_candidate_rows(Path(candidates), gold)
+    result = run_filter(cands, settings_of(settings, task, judge), checks)
+    write_outputs(result, Path(out), rejects_path(out), f"file:{os.path.basename(candidates)}", checks)
+    return result.summary()

@@ -1,0 +1,326 @@
+"""The faithfulness filter: which teacher-written solutions to keep.
+
+A solution is kept when every configured check passes; each failed check gives a reason string
+`code: detail` (`arithmetic:false: line 2: 7 + 5 = 13, but 7 + 5 is 12`), and the summary counts
+rejected solutions per code. The checks are pure functions in a registry, like the tasks, with a
+dotted-path escape hatch (`package.module:function`) for your own:
+
+- `format`: a final answer line (`Final answer: N`, `The answer is N`, `#### N`, ...) after one step
+  per line, `min_steps`..`max_steps` steps, none longer than `max_step_chars`, not cut off at the
+  token limit; an exact duplicate of an earlier sample of the same question is dropped.
+- `answer`: the final answer is right under the task's own scoring (`Task.is_correct`, the one
+  definition of correct); skipped for a question without a gold answer.
+- `arithmetic`: every explicit arithmetic statement is true (`synth.arithmetic`).
+- `follows`: a numeric final answer equals the value the last step computed (its last statement's
+  result, else its last number): a chain whose answer does not follow from it is unfaithful even
+  when the answer is right.
+- `consistency`: the question's majority answer holds at least `min_agreement` of its samples
+  (self-consistency; works without gold answers); samples that disagree with it are dropped.
+- `judge`: an LLM grades the solution with a logical-correctness rubric (0/1), cached.
+
+A check takes the candidates of one question (`judge`: every candidate that passed the other checks,
+so it costs as few calls as possible and they run concurrently) and returns one list of reasons per
+candidate.
+
+    pseudocot synth filter --task gsm8k --data gold.jsonl --candidates c.jsonl --out kept.jsonl
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pseudocot.data.example import Example
+from pseudocot.errors import ConfigError
+from pseudocot.synth.arithmetic import close, parse_number, statements
+from pseudocot.tasks.extract import INVALID
+from pseudocot.tasks.task import Task
+
+_FINAL_LINE = re.compile(r"(?i)(\bfinal\s+answer\b|\bthe\s+(?:final\s+)?answer\s+is\b|\banswer\s*:|####|\\boxed\{)")
+_NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?%?")
+
+
+def split_solution(text: str) -> tuple[list[str], str | None]:
+    """(step lines, final answer line): the last non-empty line is the answer line when it states an
+    answer; the steps are the non-empty lines before it.
+
+    >>> split_solution("3 + 4 = 7\\n\\n7 * 2 = 14\\nFinal answer: 14")
+    (['3 + 4 = 7', '7 * 2 = 14'], 'Final answer: 14')
+    """
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if lines and _FINAL_LINE.search(lines[-1]):
+        return lines[:-1], lines[-1]
+    return lines, None
+
+
+@dataclass
+class Candidate:
+    """One teacher solution of one question, parsed once for every check."""
+
+    id: str
+    """The question's id."""
+    sample: int
+    """Which of the question's samples (0-based)."""
+    question: str
+    completion: str
+    """The text the checks read: steps, one per line, then the final answer line."""
+    gold: Example | None = None
+    """The question with its gold answer (None: no gold answer)."""
+    finish_reason: str = "stop"
+    """`length` when the teacher was cut off at max_new_tokens."""
+    row: dict[str, Any] = field(default_factory=dict)
+    """The candidate row as read (written back beside the verdict)."""
+    steps: list[str] = field(default_factory=list)
+    final: str | None = None
+    answer: str = INVALID
+    """The final answer, as the task's extraction reads it."""
+
+
+@dataclass
+class FilterSettings:
+    task: Task
+    """Reads and scores answers."""
+    extraction: str | None = None
+    """The extraction that reads a solution's answer (null: the task's primary)."""
+    min_agreement: float = 0.5
+    min_steps: int = 1
+    max_steps: int = 40
+    max_step_chars: int = 600
+    judge: Any = None
+    """A `synth.judge.Judge` (for the `judge` check)."""
+
+    def read(self, c: Candidate) -> Candidate:
+        """Fill in a candidate's steps, final line and answer."""
+        c.steps, c.final = split_solution(c.completion)
+        c.answer = self.task.extract(c.completion)[self.extraction or self.task.primary]
+        return c
+
+    def same(self, a: str, b: str) -> bool:
+        return self.task.metric(a, b)
+
+
+Reasons = list[list[str]]
+Check = Callable[[Sequence[Candidate], FilterSettings], Reasons]
+
+
+# --------------------------------------------------------------------------------------------
+# The checks.
+# --------------------------------------------------------------------------------------------
+
+
+def format_check(cands: Sequence[Candidate], s: FilterSettings) -> Reasons:
+    out: Reasons = []
+    seen: dict[str, int] = {}
+    for c in cands:
+        r = []
+        if c.final is None:
+            r.append("format:no-answer-line: the last line states no final answer")
+        if c.finish_reason == "length":
+            r.append("format:cut-off: the teacher stopped at max_new_tokens")
+        if not s.min_steps <= len(c.steps) <= s.max_steps:
+            r.append(f"format:steps: {len(c.steps)} steps, not {s.min_steps}..{s.max_steps}")
+        long = next((i for i, step in enumerate(c.steps, 1) if len(step) > s.max_step_chars), None)
+        if long is not None:
+            r.append(f"format:long-step: step {long} has {len(c.steps[long - 1])} characters (at most {s.max_step_chars}), "
+                     "not one step per line")
+        text = " ".join(c.completion.split())
+        if text in seen:
+            r.append(f"format:duplicate: the same text as sample {seen[text]}")
+        else:
+            seen[text] = c.sample
+        out.append(r)
+    return out
+
+
+def answer_check(cands: Sequence[Candidate], s: FilterSettings) -> Reasons:
+    out: Reasons = []
+    for c in cands:
+        if c.gold is None or not c.gold.answer:
+            out.append([])  # no gold answer: consistency stands in
+        elif c.answer == INVALID:
+            out.append(["answer:none: the task reads no answer in the solution"])
+        elif not s.task.is_correct(c.completion, c.gold, s.extraction):
+            out.append([f"answer:wrong: {c.answer}, the gold answer is {c.gold.answer}"])
+        else:
+            out.append([])
+    return out
+
+
+def arithmetic_check(cands: Sequence[Candidate], s: FilterSettings) -> Reasons:
+    out: Reasons = []
+    for c in cands:
+        bad = [st for st in statements(c.completion) if not st.ok]
+        out.append([f"arithmetic:false: line {st.line}: {st.text}"
+                    + (f", but it is {st.value:g}" if st.value is not None else ", which cannot be computed")
+                    for st in bad[:1]])
+    return out
+
+
+def last_step_value(steps: Sequence[str]) -> tuple[int, str] | None:
+    """(step number, number as written) the chain arrived at: in the last step that holds a number,
+    its last arithmetic statement's result, else its last number.
+
+    >>> last_step_value(["Natalia sold 48/2 = 24 clips in May.", "She sold 48 + 24 = 72 clips in 2 months."])
+    (2, '72')
+    """
+    for i in range(len(steps) - 1, -1, -1):
+        found = statements(steps[i])
+        if found:
+            plain = [st for st in found if st.kind == "text"] or found
+            return i + 1, plain[-1].result
+        numbers = _NUMBER.findall(steps[i])
+        if numbers:
+            return i + 1, numbers[-1]
+    return None
+
+
+def answer_follows(steps: Sequence[str], answer: str) -> bool | None:
+    """Whether a numeric `answer` equals the value the steps arrived at (`last_step_value`, as rounded to
+    the digits shown); None when the answer is not a number or no step holds one.
+
+    >>> answer_follows(["3 + 4 = 7", "7 * 2 = 14 apples"], "14"), answer_follows(["3 + 4 = 7"], "8")
+    (True, False)
+    """
+    value = parse_number(answer) if answer != INVALID else None
+    last = last_step_value(steps)
+    if value is None or last is None:
+        return None
+    return close(value, last[1])
+
+
+def follows_check(cands: Sequence[Candidate], s: FilterSettings) -> Reasons:
+    out: Reasons = []
+    for c in cands:
+        if c.answer == INVALID or parse_number(c.answer) is None:
+            out.append([])  # not a number (a letter, a word): nothing to compute it from
+            continue
+        verdict = answer_follows(c.steps, c.answer)
+        if verdict is None:
+            out.append([f"follows:no-result: no step computes the answer {c.answer}"])
+        elif not verdict:
+            last = last_step_value(c.steps)
+            assert last is not None
+            out.append([f"follows:mismatch: step {last[0]} arrives at {last[1]}, but the answer is {c.answer}"])
+        else:
+            out.append([])
+    return out
+
+
+def consistency_check(cands: Sequence[Candidate], s: FilterSettings) -> Reasons:
+    if len(cands) < 2:
+        return [[] for _ in cands]
+    # One key per answer as the task compares them (`$1,250` and `1250` are one answer).
+    keys: list[str | None] = []
+    for c in cands:
+        if c.answer == INVALID:
+            keys.append(None)
+            continue
+        keys.append(next((k for k in keys if k is not None and s.same(c.answer, k)), c.answer))
+    counts = Counter(k for k in keys if k is not None)
+    top = counts.most_common(2)
+    share = top[0][1] / len(cands) if top else 0.0
+    if not top or (len(top) > 1 and top[1][1] == top[0][1]) or share < s.min_agreement:
+        held = f"{top[0][1]} of {len(cands)}" if top else f"0 of {len(cands)}"
+        why = "a tie" if len(top) > 1 and top[1][1] == top[0][1] else f"the top answer holds {held}"
+        return [[f"consistency:no-majority: {why} (at least {s.min_agreement:g} needed)"] for _ in cands]
+    major = top[0][0]
+    return [[] if k == major else [f"consistency:minority: {c.answer}, the majority answer is {major} ({top[0][1]} of {len(cands)})"]
+            for c, k in zip(cands, keys)]
+
+
+def judge_check(cands: Sequence[Candidate], s: FilterSettings) -> Reasons:
+    if s.judge is None:
+        raise ConfigError("the judge check needs a judge; set synth.judge (an endpoint or a local model).")
+    verdicts = s.judge.verdicts([(c.question, c.completion) for c in cands])
+    return [[] if v == 1 else ["judge:unreadable: the judge's reply holds no 0/1 verdict"] if v is None
+            else ["judge:rejected: the judge found the reasoning wrong"] for v in verdicts]
+
+
+CHECKS: dict[str, Check] = {"format": format_check, "answer": answer_check, "arithmetic": arithmetic_check,
+                            "follows": follows_check, "consistency": consistency_check, "judge": judge_check}
+"""The checks by plain name; `judge` always runs last, on what the others kept."""
+
+
+def get_check(name: str) -> Check:
+    """A check by plain name or `package.module:function`."""
+    if name in CHECKS:
+        return CHECKS[name]
+    module_name, sep, attr = name.partition(":")
+    if not sep:
+        raise ConfigError(f"unknown check '{name}'; use one of {', '.join(CHECKS)} or package.module:function.")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"check '{name}' cannot be imported ({e}); give package.module:function.") from None
+    if not callable(fn):
+        raise ConfigError(f"check '{name}' is a {type(fn).__name__}, not a function (candidates, settings) -> reasons.")
+    return fn
+
+
+# --------------------------------------------------------------------------------------------
+# Running them.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FilterResult:
+    kept: list[Candidate]
+    rejected: list[tuple[Candidate, list[str]]]
+    """Each rejected candidate with its reasons (one per failed check)."""
+
+    def summary(self) -> dict[str, Any]:
+        """`{"candidates", "kept", "rejected": {code: candidates}}` (a candidate counts under each code it failed)."""
+        codes = Counter(reason.split(": ", 1)[0] for _, reasons in self.rejected for reason in reasons)
+        n = len(self.kept) + len(self.rejected)
+        return {"candidates": n, "kept": len(self.kept), "keep_rate": round(len(self.kept) / n, 4) if n else None,
+                "rejected": dict(sorted(codes.items()))}
+
+
+def _apply(check_name: str, check: Check, cands: Sequence[Candidate], s: FilterSettings) -> Reasons:
+    reasons = check(cands, s)
+    if not isinstance(reasons, list) or len(reasons) != len(cands):
+        raise ConfigError(f"check '{check_name}' returned {type(reasons).__name__} of length "
+                          f"{len(reasons) if hasattr(reasons, '__len__') else '?'} for {len(cands)} candidates; "
+                          "return one list of reason strings per candidate.")
+    return reasons
+
+
+def run_filter(cands: Sequence[Candidate], settings: FilterSettings, checks: Sequence[str]) -> FilterResult:
+    """Run `checks` over candidates (grouped by question id, in order); keep those with no reason."""
+    fns = [(name, get_check(name)) for name in checks]
+    for c in cands:
+        settings.read(c)
+    reasons: dict[int, list[str]] = {id(c): [] for c in cands}
+    groups: dict[str, list[Candidate]] = {}
+    for c in cands:
+        groups.setdefault(c.id, []).append(c)
+    for name, fn in fns:
+        if name == "judge":
+            continue
+        for group in groups.values():
+            for c, r in zip(group, _apply(name, fn, group, settings)):
+                reasons[id(c)] += r
+    if "judge" in checks:
+        survivors = [c for c in cands if not reasons[id(c)]]
+        if survivors:
+            for c, r in zip(survivors, _apply("judge", CHECKS["judge"], survivors, settings)):
+                reasons[id(c)] += r
+    kept = [c for c in cands if not reasons[id(c)]]
+    return FilterResult(kept, [(c, reasons[id(c)]) for c in cands if reasons[id(c)]])
+
+
+def kept_example(c: Candidate, teacher: str, checks: Sequence[str]) -> Example:
+    """A kept solution as an Example the data, teacher and distillation stages read: the question, the
+    teacher's answer, its steps as the reasoning, and `meta.synth` (teacher, sample, checks passed)."""
+    gold = c.gold
+    meta = {k: v for k, v in (gold.meta if gold else {}).items() if k not in ("solution", "target")}
+    meta["synth"] = {"question_id": c.id, "sample": c.sample, "teacher": teacher, "checks": list(checks),
+                     "gold": gold.answer if gold and gold.answer else None}
+    answer = c.answer if c.answer != INVALID else (c.final or INVALID)
+    return Example(id=f"{c.id}/s{c.sample}", question=gold.question if gold else c.question, answer=answer.strip(),
+                   choices=gold.choices if gold else None, reasoning="\n".join(c.steps) or None,
+                   source=(gold.source if gold else "") or "synth", meta=meta)

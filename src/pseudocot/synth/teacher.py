@@ -1,0 +1,149 @@
+"""The teacher that writes solutions (and the judge that grades them): a local model through the
+batched `HFGenerator`, or an OpenAI-compatible endpoint through `OpenAIGenerator`, behind one class.
+
+A reasoning model's thinking is kept apart from its answer: an endpoint's `reasoning_content` or
+`reasoning` field, or `<think>...</think>` at the start of the text (`split_thinking`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pseudocot.config import TeacherEndpointConfig
+from pseudocot.errors import ConfigError
+from pseudocot.files import append_jsonl, complete_lines
+from pseudocot.generate.base import Completion, GenerationParams
+
+Messages = list[dict[str, str]]
+
+_THINK_OPEN = re.compile(r"^\s*<think>", re.IGNORECASE)
+_THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
+
+
+def split_thinking(text: str, reasoning: str | None = None) -> tuple[str | None, str]:
+    """(thinking, answer): the endpoint's separate reasoning, or what a `<think>` block holds (also when
+    the opening tag was in the prompt, as DeepSeek-R1's template puts it), and the text after it.
+
+    >>> split_thinking("<think>2 and 2 make 4</think>\\n\\nFinal answer: 4")
+    ('2 and 2 make 4', 'Final answer: 4')
+    """
+    thinking = reasoning.strip() if reasoning and reasoning.strip() else None
+    m = _THINK_CLOSE.search(text)
+    if m:
+        inside = _THINK_OPEN.sub("", text[: m.start()]).strip()
+        thinking = "\n".join(t for t in (thinking, inside) if t) or None
+        text = text[m.end():]
+    return thinking, text.strip()
+
+
+class Teacher:
+    """A local model (`spec.path`) or an endpoint (`spec.base_url`) that answers prompts."""
+
+    def __init__(self, spec: TeacherEndpointConfig, device: str = "auto", system_prompt: str | None = None) -> None:
+        self.spec, self.system_prompt = spec, system_prompt
+        self.local = spec.path is not None
+        if self.local:
+            from pseudocot.generate.hf import HFGenerator  # torch: only for a local model
+
+            self.name = str(spec.path)
+            self.gen: Any = HFGenerator.from_pretrained(str(spec.path), device=device, dtype=spec.dtype, batch_size=spec.batch_size,
+                                                        trust_remote_code=spec.trust_remote_code, tokenizer_path=spec.tokenizer)
+        else:
+            from pseudocot.generate.openai import OpenAIGenerator
+
+            self.name = f"{spec.base_url}#{spec.model}"
+            self.gen = OpenAIGenerator(str(spec.base_url), str(spec.model), api_key=os.environ.get(spec.api_key_env),
+                                       chat=spec.chat, concurrency=spec.concurrency, max_retries=spec.max_retries,
+                                       timeout=spec.timeout_seconds)
+
+    def prompt(self, user: str) -> Any:
+        """What one request sends: chat messages (rendered through the chat template for a local model) or text."""
+        messages: Messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
+        messages.append({"role": "user", "content": user})
+        if not self.spec.chat:
+            return "\n\n".join(m["content"] for m in messages)
+        if self.local:
+            from pseudocot.data.chat import render
+
+            return render(self.gen.tokenizer, messages, add_generation_prompt=True)
+        return messages
+
+    def generate(self, prompts: Sequence[Any], params: GenerationParams) -> list[Completion]:
+        """A local model's batch (seeded once for the batch), or an endpoint's requests in flight together."""
+        return self.gen.generate(list(prompts), params)
+
+    def complete(self, prompt: Any, params: GenerationParams) -> Completion:
+        """One endpoint request, with its retries."""
+        return self.gen.complete(prompt, params)
+
+    def counters(self) -> dict[str, Any]:
+        """Requests sent and retries by cause (an endpoint's; a local model makes none)."""
+        if self.local:
+            return {"requests": 0, "retries": {}}
+        return {"requests": self.gen.requests, "retries": dict(sorted(self.gen.retries.items()))}
+
+    def close(self) -> None:
+        if not self.local:
+            self.gen.close()
+
+
+_VERDICT = re.compile(r"(?<![\d.])([01])(?!\d|\.\d)")  # `1` and `1.`, not `10` or `0.5`
+
+
+def read_verdict(reply: str) -> int | None:
+    """The first standalone 0 or 1 of a judge's reply (after any thinking), else None.
+
+    >>> read_verdict("<think>step 2 is off by one</think>0"), read_verdict("Verdict: 1."), read_verdict("yes")
+    (0, 1, None)
+    """
+    m = _VERDICT.search(split_thinking(reply)[1])
+    return int(m.group(1)) if m else None
+
+
+class Judge:
+    """An LLM judge with a 0/1 rubric; verdicts are cached in a JSONL file by (rubric, judge, question,
+    solution), appended as they come, so a rerun asks only for what it has not seen."""
+
+    def __init__(self, teacher: Teacher, prompt: str, cache: Path | None, max_new_tokens: int = 1024) -> None:
+        self.teacher, self.template, self.cache = teacher, prompt, cache
+        self.params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0)
+        self.lock = threading.Lock()
+        self.known: dict[str, int | None] = {}
+        if cache is not None and cache.is_file():
+            for _, raw in complete_lines(cache):
+                try:
+                    row = json.loads(raw)
+                    self.known[str(row["key"])] = row["verdict"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise ConfigError(f"{cache}: not a judge cache (a line without key and verdict); delete it to ask again.") from None
+
+    def _key(self, question: str, solution: str) -> str:
+        blob = json.dumps([self.template, self.teacher.name, question, solution]).encode()
+        return hashlib.sha256(blob).hexdigest()[:24]
+
+    def verdicts(self, items: Sequence[tuple[str, str]]) -> list[int | None]:
+        """1 (sound), 0 (not) or None (no verdict in the reply) per (question, solution)."""
+        keys = [self._key(q, s) for q, s in items]
+        todo, asked = [], set()
+        for i, k in enumerate(keys):
+            if k not in self.known and k not in asked:
+                todo.append(i)
+                asked.add(k)
+        if todo:
+            prompts = [self.teacher.prompt(self.template.format(question=items[i][0], solution=items[i][1])) for i in todo]
+            replies = self.teacher.generate(prompts, self.params)
+            rows = []
+            for i, c in zip(todo, replies):
+                verdict = read_verdict(c.text)
+                self.known[keys[i]] = verdict
+                rows.append({"key": keys[i], "verdict": verdict, "reply": c.text[-200:]})
+            if self.cache is not None:
+                append_jsonl(self.cache, rows)
+        return [self.known[k] for k in keys]
