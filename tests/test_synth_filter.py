@@ -67,7 +67,7 @@ CASES = [
     ({"question": NATALIA, "completion": "In May she sold 48 / 2 = 24. " + "She counted again. " * 40 + "\n48 + 24 = 72\n#### 72"},
      ["format:long-step"]),
     ({"question": NATALIA, "completion": "48 / 2 = 24 clips in May.\n48 + 24 = 72 clips in all.\nThe answer is 72."},
-     ["answer:none", "consistency:minority"]),
+     ["answer:none", "consistency:minority"]),  # GSM8K's own format is `#### N` (--extraction strict-match)
     # Weng: four samples, four different answers: no majority (and three of them are wrong).
     ({"question": WENG, "completion": "12 / 60 = 0.2 per minute.\n0.2 * 50 = 10\n#### 10"}, ["consistency:no-majority"]),
     ({"question": WENG, "completion": "12 / 60 = 0.2 per minute.\n0.2 * 55 = 11\n#### 11"}, ["answer:wrong", "consistency:no-majority"]),
@@ -83,7 +83,7 @@ def test_every_check_and_reason_on_hand_made_solutions(tmp_path):
     cands.write_text("".join(json.dumps(row) + "\n" for row, _ in CASES))
     out = tmp_path / "kept.jsonl"
     result = invoke("synth", "filter", "--task", "gsm8k", "--data", gold_file(tmp_path), "--candidates", cands, "--out", out,
-                    "--checks", "format,answer,arithmetic,follows,consistency")
+                    "--checks", "format,answer,arithmetic,follows,consistency", "--extraction", "strict-match")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])
     expected_kept = sum(1 for _, codes in CASES if not codes)
@@ -220,9 +220,9 @@ def test_the_judge_check_through_an_endpoint_is_cached(tmp_path):
         assert summary["kept"] == 1
         assert summary["rejected"] == {"answer:wrong": 1, "judge:rejected": 1, "judge:unreadable": 1}
         assert judge.calls == 3
-        assert len((tmp_path / "kept.judge.jsonl").read_text().splitlines()) == 3
+        assert len((tmp_path / "kept.judge.jsonl").read_text().splitlines()) == 2  # a reply without a verdict is not kept
         assert invoke(*args).exit_code == 0
-        assert judge.calls == 3  # every verdict came from the cache
+        assert judge.calls == 4  # the two verdicts came from the cache; the unreadable one was asked again
     finally:
         judge.server.shutdown()
         judge.server.server_close()
@@ -284,3 +284,21 @@ def test_split_solution_and_last_step_value():
     assert last_step_value(["3 + 4 = 7 apples", "so 7 * 2 = 14 apples, in 2 bags"]) == (2, "14")
     assert last_step_value(["3 + 4 = 7", "She has 9 now."]) == (2, "9")
     assert last_step_value(["no numbers", "none here"]) is None
+
+
+def test_the_config_names_the_registry_checks():
+    from pseudocot.config.schema import SYNTH_CHECKS
+    from pseudocot.synth.filter import CHECKS
+
+    assert tuple(CHECKS) == SYNTH_CHECKS
+
+
+def test_the_default_extraction_reads_the_default_prompts_answer_line(tmp_path):
+    # gsm8k's primary (strict-match) reads only `#### N`; the filter reads `Final answer: N` too
+    cands = tmp_path / "c.jsonl"
+    cands.write_text(json.dumps({"question": BETTY, "completion": "3 * 4 = 12 pens\nFinal answer: 12"}) + "\n")
+    result = invoke("synth", "filter", "--task", "gsm8k", "--data", gold_file(tmp_path), "--candidates", cands, "--out", tmp_path / "k.jsonl")
+    assert json.loads(result.output.strip().splitlines()[-1])["kept"] == 1
+    result = invoke("synth", "filter", "--task", "gsm8k", "--data", gold_file(tmp_path), "--candidates", cands, "--out", tmp_path / "k.jsonl",
+                    "--extraction", "strict-match")
+    assert json.loads(result.output.strip().splitlines()[-1])["rejected"] == {"answer:none": 1}

@@ -124,6 +124,11 @@ def test_shards_merged_equal_one_run(tmp_path, serve_run):
     assert b.synth_file("candidates.jsonl").read_bytes() == a.synth_file("candidates.jsonl").read_bytes()
     assert b.synth_file("kept.jsonl").read_bytes() == a.synth_file("kept.jsonl").read_bytes()
     assert stats["generation"]["generated"] == stats["candidates"]
+    # a changed check re-filters the shards' candidates (no shard runs again), and merging again adds no row
+    before = b.synth_file("candidates.jsonl").read_bytes()
+    again = synth_stage.merge(load_config(sharded, ["synth.checks=[format]"]))
+    assert again["candidates"] == stats["candidates"] and again["kept"] >= stats["kept"]
+    assert b.synth_file("candidates.jsonl").read_bytes() == before
 
 
 def test_merge_refuses_missing_shards(tmp_path, serve_run):
@@ -232,3 +237,38 @@ def test_run_with_synth_enabled_trains_the_teacher_on_the_kept_solutions(tmp_pat
     assert stage_key(cfg, "teacher") != teacher_key
     run_stage.main(cfg, stages=("data", "synth"), echo=lines.append)
     assert any("stage synth" in line and "skipped" in line for line in lines)
+
+
+def _row(qid: str, sample: int, text: str = "q") -> dict:
+    from pseudocot.synth.candidates import text_hash
+
+    return {"id": qid, "sample": sample, "question": text, "question_hash": text_hash(text), "completion": f"{qid}-{sample}"}
+
+
+def test_canonical_order_drops_copies_and_keeps_other_rows():
+    from pseudocot.data.example import Example
+    from pseudocot.synth.candidates import canonical
+
+    qs = [Example(id="a", question="q", answer="1"), Example(id="b", question="q", answer="2")]
+    rows = [_row("b", 1), _row("a", 0), _row("b", 0), _row("a", 1), _row("a", 0), _row("c", 0), _row("a", 2), _row("c", 0)]
+    out = canonical(rows, qs, samples=2)
+    assert [(r["id"], r["sample"]) for r in out] == [("a", 0), ("a", 1), ("b", 0), ("b", 1), ("c", 0), ("a", 2)]
+    assert canonical(out + out, qs, samples=2) == out  # merging twice adds nothing
+
+
+def test_rows_of_other_settings_are_moved_aside_and_come_back(tmp_path):
+    from pseudocot.synth.candidates import CandidateFile
+
+    path = tmp_path / "candidates.jsonl"
+    a = CandidateFile(path, "A")
+    a.open()
+    a.append([_row("x", 0), _row("x", 1)])
+    b = CandidateFile(path, "B")
+    assert b.open() == "candidates.stale-A.jsonl" and b.rows() == []
+    b.append([_row("y", 0)])
+    assert CandidateFile(path, "A").open() == "candidates.stale-B.jsonl"
+    assert [r["id"] for r in CandidateFile(path, "A").rows()] == ["x", "x"]  # A's rows are back, not asked again
+    CandidateFile(path, "A").append([_row("x", 2)])
+    assert CandidateFile(path, "B").open() == "candidates.stale-A.jsonl"
+    assert [r["id"] for r in CandidateFile(path, "B").rows()] == ["y"]
+    assert [r["sample"] for r in CandidateFile(tmp_path / "candidates.stale-A.jsonl", "A").rows()] == [0, 1, 2]  # nothing lost

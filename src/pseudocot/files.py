@@ -105,11 +105,15 @@ def cut_torn_tail(path: Path) -> None:
 
 def append_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> None:
     """Append rows as JSON lines and make them durable (fsync) before returning."""
+    append_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
+
+
+def append_bytes(path: str | os.PathLike[str], blob: bytes) -> None:
+    """Append whole lines (`blob` ends with a newline) after cutting a torn last line; fsync before returning."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         cut_torn_tail(path)
-    blob = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
     with path.open("ab") as f:
         f.write(blob)
         f.flush()

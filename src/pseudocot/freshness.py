@@ -205,6 +205,20 @@ def synth_generation_key(cfg: Config) -> str:
                    "chunk": s.chunk_questions if t and t.path else None})
 
 
+def synth_questions_fingerprint(cfg: Config) -> str | None:
+    """The content of the questions the synth stage solves (a `datasets` folder without its `:split`)."""
+    path = str(RunLayout.of(cfg).synth_questions)
+    return file_fingerprint(path.split(":", 1)[0] if cfg.synth.format == "hf_disk" else path)
+
+
+def synth_shard_key(cfg: Config) -> str:
+    """What a shard's candidates must have been written under to be merged: the generation key, the
+    questions and how they are read, the samples and chunks. Not the checks: changing one re-filters."""
+    s = cfg.synth
+    return digest({"stage": "synth-shard", "candidates": synth_generation_key(cfg), "questions": synth_questions_fingerprint(cfg),
+                   "read": [s.format, s.fields, s.max_questions], "samples": s.samples, "chunk": s.chunk_questions})
+
+
 def router_traces_key(cfg: Config) -> str:
     """The key of the router's forced traces (the slow part of the router stage): the questions, how
     they are prompted and scored, the pipeline settings that shape a trace, the base model and TTM.
@@ -250,7 +264,7 @@ def stage_key(cfg: Config, stage: str) -> str:
         own = {k: v for k, v in to_dict(cfg.synth).items() if k not in ("shard", "teacher")}
         judge = cfg.synth.judge
         return digest({"stage": stage, "own": own, "candidates": synth_generation_key(cfg),
-                       "task": {"name": task.name, "options": task.options}, "questions": file_fingerprint(layout.synth_questions),
+                       "task": {"name": task.name, "options": task.options}, "questions": synth_questions_fingerprint(cfg),
                        "judge": model_fingerprint(judge.path) if judge and judge.path else None})
     if stage in ("teacher", "base"):
         return finetune_key(cfg, stage)

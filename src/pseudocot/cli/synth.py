@@ -71,7 +71,8 @@ def merge(config_name: str, overrides: tuple[str, ...]) -> None:
               help="Kept solutions as Example JSONL; the rejects go to OUT.rejects.jsonl with their reasons.")
 @click.option("--checks", default="format,answer,arithmetic,follows,consistency", show_default=True,
               help="Comma-separated checks: format, answer, arithmetic, follows, consistency, judge, or package.module:function.")
-@click.option("--extraction", default=None, help="The task's extraction that reads a solution's answer [default: the task's primary].")
+@click.option("--extraction", default=None,
+              help="The task's extraction that reads a solution's answer [default: answer-line where the task has it, else its primary].")
 @click.option("--field", "fields", multiple=True, metavar="FIELD=COLUMN", help="Task jsonl: map an Example field to a column (repeatable).")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="consistency: share of a question's samples its majority answer must hold.")
@@ -97,11 +98,14 @@ def filter_command(task_name: str, data: Path | None, candidates: Path, out: Pat
 
     names = [c.strip() for c in checks.split(",") if c.strip()]
     judge_spec = None
+    if bool(judge_base_url) != bool(judge_model):
+        raise ConfigError("--judge-base-url and --judge-model go together; give both (the endpoint and the model it serves).")
     if judge_base_url or judge_model:
         try:
             judge_spec = TeacherEndpointConfig(base_url=judge_base_url, model=judge_model, api_key_env=judge_api_key_env)
         except FieldError as e:
-            raise ConfigError(f"--judge-{e.key.replace('_', '-')}: {e.message}.") from None
+            flag = {"path": "base-url"}.get(e.key, e.key.replace("_", "-"))
+            raise ConfigError(f"--judge-{flag}: {e.message}.") from None
     try:
         settings = SynthConfig(checks=names, min_agreement=min_agreement, min_steps=min_steps, max_steps=max_steps,
                                max_step_chars=max_step_chars, judge=judge_spec)
@@ -113,15 +117,11 @@ def filter_command(task_name: str, data: Path | None, candidates: Path, out: Pat
     judge = None
     if "judge" in names and judge_spec is not None:
         judge = Judge(Teacher(judge_spec), settings.judge_prompt, out.with_name(out.name.removesuffix(".jsonl") + ".judge.jsonl"))
-    settings_task = task
-    if extraction:
-        if extraction not in task.extractions:
-            raise ConfigError(f"--extraction: task '{task.name}' has no extraction '{extraction}'; it has {', '.join(task.extractions)}.")
-        import dataclasses
-
-        settings_task = dataclasses.replace(task, primary=extraction)
+    if extraction and extraction not in task.extractions:
+        raise ConfigError(f"--extraction: task '{task.name}' has no extraction '{extraction}'; it has {', '.join(task.extractions)}.")
+    settings.extraction = extraction
     try:
-        summary = synth_stage.filter_files(settings_task, str(data) if data else None, str(candidates), str(out), names, settings, judge)
+        summary = synth_stage.filter_files(task, str(data) if data else None, str(candidates), str(out), names, settings, judge)
     finally:
         if judge is not None:
             judge.teacher.close()

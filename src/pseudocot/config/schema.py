@@ -665,6 +665,9 @@ class SynthConfig(Section):
     task: EvalTaskConfig | None = None
     """The task whose scoring decides whether a solution's answer is right (name and options); null: the run's
     first eval task."""
+    extraction: str | None = None
+    """The task's extraction that reads a solution's answer (null: `answer-line` where the task has it, which reads the
+    default prompt's `Final answer: N` as well as `The answer is N` and `#### N`; else the task's primary)."""
     checks: list[str] = field(default_factory=lambda: ["format", "answer", "arithmetic", "follows", "consistency"])
     """Faithfulness checks a solution must pass to be kept: format, answer, arithmetic, follows, consistency, judge, or
     package.module:function for your own (empty: keep every candidate, the unfiltered baseline)."""

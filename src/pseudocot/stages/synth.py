@@ -28,7 +28,7 @@ from pseudocot.data.jsonl import iter_json_lines, read_examples, rejects_path, w
 from pseudocot.data.loaders import load_file
 from pseudocot.errors import ConfigError, DataError
 from pseudocot.files import atomic_write_text
-from pseudocot.freshness import stage_key, synth_generation_key
+from pseudocot.freshness import stage_key, synth_generation_key, synth_shard_key
 from pseudocot.generate.base import GenerationParams
 from pseudocot.layout import RunLayout
 from pseudocot.stages import prepare
@@ -58,8 +58,8 @@ def task_of(t: EvalTaskConfig) -> Task:
 
 
 def settings_of(s: SynthConfig, task: Task, judge: Judge | None = None) -> FilterSettings:
-    return FilterSettings(task=task, min_agreement=s.min_agreement, min_steps=s.min_steps, max_steps=s.max_steps,
-                          max_step_chars=s.max_step_chars, judge=judge)
+    return FilterSettings(task=task, extraction=s.extraction, min_agreement=s.min_agreement, min_steps=s.min_steps,
+                          max_steps=s.max_steps, max_step_chars=s.max_step_chars, judge=judge)
 
 
 def to_candidates(rows: Sequence[dict[str, Any]], questions: Sequence[Example], reasoning_from: str = "content") -> list[Candidate]:
@@ -106,7 +106,8 @@ def main(cfg: Config) -> dict[str, Any]:
     layout = RunLayout.of(cfg)
     s = cfg.synth
     shard = parse_shard(s.shard)
-    key = stage_key(cfg, "synth")
+    # A shard is done when its candidates are (the checks run at merge); the stage when it has filtered.
+    key = synth_shard_key(cfg) if shard else stage_key(cfg, "synth")
     stats_file = layout.synth_file("stats.json", shard)
     old = _read(stats_file)
     if old.get("key") == key and (shard or layout.synth_file("kept.jsonl").is_file()):
@@ -114,6 +115,7 @@ def main(cfg: Config) -> dict[str, Any]:
     save_config(cfg, layout.config_file)
     questions = load_questions(cfg)
     task = task_of(cfg.synth_task())  # before hours of generation: a misspelt task stops here
+    judge = None if shard else _judge(cfg, layout.synth_file("judge.jsonl"))  # and a judge that cannot load
     assert s.teacher is not None
     teacher = Teacher(s.teacher, cfg.run.device, s.system_prompt)
     file = CandidateFile(layout.synth_file("candidates.jsonl", shard), synth_generation_key(cfg))
@@ -132,7 +134,7 @@ def main(cfg: Config) -> dict[str, Any]:
         print(f"synth shard {s.shard}: {gen.generated} new solutions, {gen.reused} already there -> {file.path}; "
               f"when every shard is done: pseudocot synth merge")
         return stats
-    return finish(cfg, questions, task, teacher.name, [generation], key)
+    return finish(cfg, questions, task, teacher.name, [generation], key, judge)
 
 
 def merge(cfg: Config) -> dict[str, Any]:
@@ -148,17 +150,19 @@ def merge(cfg: Config) -> dict[str, Any]:
         raise DataError(f"{shards_dir}: " + ("no shards to merge; run pseudocot synth --shard i/n first" if not counts else
                                              f"shards of several splits ({', '.join(sorted(counts))}); keep one i-of-n set") + ".")
     n = int(counts.pop())
-    key = stage_key(cfg, "synth")
+    shard_key, gen_key = synth_shard_key(cfg), synth_generation_key(cfg)
     questions = load_questions(cfg)
+    judge = _judge(cfg, layout.synth_file("judge.jsonl"))
     rows: list[dict[str, Any]] = []
     generation = []
     for i in range(n):
         shard = (i, n)
         st = _read(layout.synth_file("stats.json", shard))
-        if st.get("key") != key:
+        written = layout.synth_file("key.txt", shard)
+        if st.get("key") != shard_key or not written.is_file() or written.read_text().strip() != gen_key:
             raise DataError(f"{layout.synth_work(shard)}: shard {i}/{n} is not complete for this config; run "
                             f"pseudocot synth --shard {i}/{n} with it, then merge again.")
-        rows += CandidateFile(layout.synth_file("candidates.jsonl", shard), synth_generation_key(cfg)).rows()
+        rows += CandidateFile(layout.synth_file("candidates.jsonl", shard), gen_key).rows()
         generation.append(st["generation"])
     file = CandidateFile(layout.synth_file("candidates.jsonl"), synth_generation_key(cfg))
     moved = file.open()
@@ -166,11 +170,11 @@ def merge(cfg: Config) -> dict[str, Any]:
         generation.append({"stale_files": [moved]})
     write_jsonl(file.path, canonical(file.rows() + rows, questions, s.samples))
     save_config(cfg, layout.config_file)
-    return finish(cfg, questions, task_of(cfg.synth_task()), generation[0].get("teacher", ""), generation, key)
+    return finish(cfg, questions, task_of(cfg.synth_task()), generation[0].get("teacher", ""), generation, stage_key(cfg, "synth"), judge)
 
 
 def finish(cfg: Config, questions: Sequence[Example], task: Task, teacher: str, generation: list[dict[str, Any]],
-           key: str) -> dict[str, Any]:
+           key: str, judge: Judge | None = None) -> dict[str, Any]:
     """Sort the candidates into question order, check every question has all its samples, filter,
     and write kept/rejects/stats."""
     layout, s = RunLayout.of(cfg), cfg.synth
@@ -182,7 +186,6 @@ def finish(cfg: Config, questions: Sequence[Example], task: Task, teacher: str, 
     if missing:
         raise DataError(f"{file.path}: {missing} solutions are still missing; run pseudocot synth again (or every shard).")
     current = [done[(q.id, i)] for q in questions for i in range(s.samples)]
-    judge = _judge(cfg, layout.synth_file("judge.jsonl"))
     try:
         result = run_filter(to_candidates(current, questions, s.reasoning_from), settings_of(s, task, judge), s.checks)
     finally:

@@ -10,12 +10,13 @@ Every solution is one row of `candidates.jsonl`, appended and fsync'd as soon as
 A run started again reads the rows already there (a row torn by a kill is cut off) and asks only
 for the (question, sample) pairs that are missing. `key.txt` beside the file holds the generation
 key (teacher, prompt, sampling): rows written under another key are moved aside to
-`candidates.stale-<key>.jsonl`, never mixed in and never deleted.
+`candidates.stale-<key>.jsonl`, never mixed in and never deleted, and come back if those settings do.
 
 The same settings give the same solutions however the work is split:
 - a local model generates a chunk of `chunk_questions` questions (all their samples) per batch,
-  seeded by the chunk's index; chunks are fixed by the question list, so a killed run regenerates
-  its last chunk exactly and writes the rows it is missing;
+  seeded by the chunk's place in the question list; chunks are fixed by the list, so a killed run
+  regenerates its last chunk exactly and writes the rows it is missing (a sample depends on its
+  chunk: another question list, or another `chunk_questions`, gives other samples);
 - an endpoint gets one request per solution with its own seed (`sample_seed`), `concurrency` in flight;
 - `--shard i/n` takes a contiguous block of whole chunks, so shards merged equal one unsharded run.
 
@@ -40,8 +41,9 @@ from tqdm.auto import tqdm
 
 from pseudocot.data.chat import question_text
 from pseudocot.data.example import Example
+from pseudocot.data.mix import shard as shard_items
 from pseudocot.errors import DataError, EndpointError
-from pseudocot.files import append_jsonl, complete_lines
+from pseudocot.files import append_bytes, append_jsonl, atomic_write_text, complete_lines, cut_torn_tail
 from pseudocot.generate.base import Completion, GenerationParams
 from pseudocot.synth.teacher import Teacher, split_thinking
 
@@ -57,7 +59,7 @@ def sample_seed(seed: int, question_id: str, sample: int) -> int:
 
 
 def chunk_seed(seed: int, chunk: int) -> int:
-    """The seed of one chunk a local model writes."""
+    """The seed of one chunk a local model writes (`chunk`: the index of its first question)."""
     return stable_int("chunk", seed, chunk)
 
 
@@ -68,12 +70,7 @@ def chunks(n_questions: int, chunk_questions: int) -> list[range]:
 
 def shard_chunks(all_chunks: Sequence[range], shard: tuple[int, int] | None) -> list[range]:
     """Shard i of n: a contiguous block of whole chunks (None: every chunk)."""
-    if shard is None:
-        return list(all_chunks)
-    i, n = shard
-    per, extra = divmod(len(all_chunks), n)
-    start = i * per + min(i, extra)
-    return list(all_chunks[start : start + per + (1 if i < extra else 0)])
+    return list(all_chunks) if shard is None else shard_items(all_chunks, *shard)
 
 
 def text_hash(text: str) -> str:
@@ -91,19 +88,30 @@ class CandidateFile:
     def __init__(self, path: Path, key: str) -> None:
         self.path, self.key, self.key_file = path, key, path.with_name("key.txt")
 
+    def stale(self, key: str | None) -> Path:
+        return self.path.with_name(f"{self.path.stem}.stale-{key or 'unknown'}.jsonl")
+
     def open(self) -> str | None:
-        """Make the file current for `key`; returns the stale file's name when older rows were moved aside."""
+        """Make the file current for `key`: rows written under another key are moved aside (appended to
+        that key's stale file), and rows kept aside under this key come back. Returns the file moved aside."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         old = self.key_file.read_text().strip() if self.key_file.is_file() else None
+        if old == self.key:
+            return None
         moved = None
-        if self.path.is_file() and old != self.key:
-            stale = self.path.with_name(f"{self.path.stem}.stale-{old or 'unknown'}.jsonl")
-            os.replace(self.path, stale)
+        if self.path.is_file():
+            stale = self.stale(old)
+            if stale.is_file():  # that key was moved aside before: keep both sets of rows
+                cut_torn_tail(self.path)
+                append_bytes(stale, self.path.read_bytes())
+                self.path.unlink()
+            else:
+                os.replace(self.path, stale)
             moved = stale.name
-        if old != self.key:
-            from pseudocot.files import atomic_write_text
-
-            atomic_write_text(self.key_file, self.key + "\n")
+        back = self.stale(self.key)
+        if back.is_file():
+            os.replace(back, self.path)  # these settings were used before: their rows are not asked again
+        atomic_write_text(self.key_file, self.key + "\n")
         return moved
 
     def rows(self) -> list[dict[str, Any]]:
@@ -116,8 +124,8 @@ class CandidateFile:
                 row = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError):
                 raise DataError(f"{self.path}:{lineno}: not a candidate row (broken JSON); delete the line or the file.") from None
-            if not isinstance(row, dict) or "id" not in row or "sample" not in row:
-                raise DataError(f"{self.path}:{lineno}: not a candidate row (no id and sample); delete the line or the file.")
+            if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("sample"), int):
+                raise DataError(f"{self.path}:{lineno}: not a candidate row (no id and integer sample); delete the line or the file.")
             out.append(row)
         return out
 
@@ -137,12 +145,19 @@ def done_pairs(rows: Sequence[dict[str, Any]], questions: Sequence[Example]) -> 
 
 
 def canonical(rows: Sequence[dict[str, Any]], questions: Sequence[Example], samples: int) -> list[dict[str, Any]]:
-    """The rows of the current questions in question order, samples in order, then any other rows
-    (other questions, stale texts, samples beyond `samples`) in file order, so nothing is dropped."""
+    """The rows of the current questions in question order, samples in order, then the other rows
+    (other questions, changed texts, samples beyond `samples`) in file order, so nothing is dropped;
+    a second row of the same (id, sample, question text) is a copy and is dropped."""
     done = done_pairs(rows, questions)
     first = [done[(q.id, s)] for q in questions for s in range(samples) if (q.id, s) in done]
-    taken = {id(r) for r in first}
-    return first + [r for r in rows if id(r) not in taken]
+    seen = {(str(r["id"]), int(r["sample"]), r.get("question_hash")) for r in first}
+    out = list(first)
+    for r in rows:
+        k = (str(r["id"]), int(r["sample"]), r.get("question_hash"))
+        if k not in seen:
+            seen.add(k)
+            out.append(r)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,7 +250,11 @@ def _generate_endpoint(questions: Sequence[Example], teacher: Teacher, file: Can
         seed = sample_seed(base_seed, questions[i].id, s)
         p = GenerationParams(max_new_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
                              stop=list(params.stop), seed=seed)
-        return _row(questions[i], s, seed, teacher.complete(teacher.prompt(prompt.format(question=question_text(questions[i]))), p))
+        try:
+            c = teacher.complete(teacher.prompt(prompt.format(question=question_text(questions[i]))), p)
+        except EndpointError as e:
+            raise EndpointError(f"question {questions[i].id} sample {s}: {str(e).rstrip('.')}") from None
+        return _row(questions[i], s, seed, c)
 
     with ThreadPoolExecutor(max_workers=limit) as pool:
         running: set[Future[dict[str, Any]]] = set()

@@ -85,7 +85,8 @@ class FilterSettings:
     task: Task
     """Reads and scores answers."""
     extraction: str | None = None
-    """The extraction that reads a solution's answer (null: the task's primary)."""
+    """The extraction that reads a solution's answer; None: `answer-line` where the task has it (it reads the
+    default prompt's `Final answer: N`, `The answer is N` and `#### N`), else the task's primary."""
     min_agreement: float = 0.5
     min_steps: int = 1
     max_steps: int = 40
@@ -93,10 +94,16 @@ class FilterSettings:
     judge: Any = None
     """A `synth.judge.Judge` (for the `judge` check)."""
 
+    def __post_init__(self) -> None:
+        if self.extraction is None:
+            self.extraction = "answer-line" if "answer-line" in self.task.extractions else self.task.primary
+        elif self.extraction not in self.task.extractions:
+            raise ConfigError(f"task '{self.task.name}' has no extraction '{self.extraction}'; it has {', '.join(self.task.extractions)}.")
+
     def read(self, c: Candidate) -> Candidate:
         """Fill in a candidate's steps, final line and answer."""
         c.steps, c.final = split_solution(c.completion)
-        c.answer = self.task.extract(c.completion)[self.extraction or self.task.primary]
+        c.answer = self.task.extract(c.completion)[str(self.extraction)]
         return c
 
     def same(self, a: str, b: str) -> bool:
@@ -184,11 +191,15 @@ def answer_follows(steps: Sequence[str], answer: str) -> bool | None:
 
     >>> answer_follows(["3 + 4 = 7", "7 * 2 = 14 apples"], "14"), answer_follows(["3 + 4 = 7"], "8")
     (True, False)
+    >>> answer_follows(["48 + 24 = 72", "She sold 72 clips in 2 months."], "72")
+    True
     """
     value = parse_number(answer) if answer != INVALID else None
     last = last_step_value(steps)
     if value is None or last is None:
         return None
+    if not statements(steps[last[0] - 1]):  # a step in words ("She has 72 clips after 2 months."): any of its numbers
+        return any(close(value, n) for n in _NUMBER.findall(steps[last[0] - 1]))
     return close(value, last[1])
 
 

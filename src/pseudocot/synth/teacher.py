@@ -13,12 +13,14 @@ import os
 import re
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from pseudocot.config import TeacherEndpointConfig
 from pseudocot.errors import ConfigError
 from pseudocot.files import append_jsonl, complete_lines
+from pseudocot.freshness import model_fingerprint
 from pseudocot.generate.base import Completion, GenerationParams
 
 Messages = list[dict[str, str]]
@@ -98,52 +100,65 @@ _VERDICT = re.compile(r"(?<![\d.])([01])(?!\d|\.\d)")  # `1` and `1.`, not `10` 
 
 
 def read_verdict(reply: str) -> int | None:
-    """The first standalone 0 or 1 of a judge's reply (after any thinking), else None.
+    """The last standalone 0 or 1 of a judge's reply (after any thinking: judges explain, then answer), else None.
 
-    >>> read_verdict("<think>step 2 is off by one</think>0"), read_verdict("Verdict: 1."), read_verdict("yes")
-    (0, 1, None)
+    >>> read_verdict("<think>step 2 is off by one</think>0"), read_verdict("Step 1 is right, step 2 is not. Verdict: 0.")
+    (0, 0)
+    >>> read_verdict("Verdict: 1"), read_verdict("yes")
+    (1, None)
     """
-    m = _VERDICT.search(split_thinking(reply)[1])
-    return int(m.group(1)) if m else None
+    found = _VERDICT.findall(split_thinking(reply)[1])
+    return int(found[-1]) if found else None
 
 
 class Judge:
     """An LLM judge with a 0/1 rubric; verdicts are cached in a JSONL file by (rubric, judge, question,
-    solution), appended as they come, so a rerun asks only for what it has not seen."""
+    solution), appended as each arrives, so a rerun asks only for what it has not seen. A reply without a
+    verdict is not cached (a longer `max_new_tokens` may give one)."""
 
     def __init__(self, teacher: Teacher, prompt: str, cache: Path | None, max_new_tokens: int = 1024) -> None:
         self.teacher, self.template, self.cache = teacher, prompt, cache
         self.params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0)
-        self.lock = threading.Lock()
-        self.known: dict[str, int | None] = {}
+        # A local judge is its weights: retrained at the same path, it judges afresh.
+        self.identity = teacher.name if not teacher.local else f"{teacher.name}@{model_fingerprint(teacher.name)}"
+        self.known: dict[str, int] = {}
+        self._lock = threading.Lock()
         if cache is not None and cache.is_file():
             for _, raw in complete_lines(cache):
                 try:
                     row = json.loads(raw)
-                    self.known[str(row["key"])] = row["verdict"]
-                except (json.JSONDecodeError, KeyError, TypeError):
+                    self.known[str(row["key"])] = int(row["verdict"])
+                except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
                     raise ConfigError(f"{cache}: not a judge cache (a line without key and verdict); delete it to ask again.") from None
 
     def _key(self, question: str, solution: str) -> str:
-        blob = json.dumps([self.template, self.teacher.name, question, solution]).encode()
+        blob = json.dumps([self.template, self.identity, question, solution]).encode()
         return hashlib.sha256(blob).hexdigest()[:24]
+
+    def _record(self, key: str, reply: str) -> int | None:
+        verdict = read_verdict(reply)
+        if verdict is not None:
+            with self._lock:
+                self.known[key] = verdict
+                if self.cache is not None:
+                    append_jsonl(self.cache, [{"key": key, "verdict": verdict, "reply": reply[-200:]}])
+        return verdict
 
     def verdicts(self, items: Sequence[tuple[str, str]]) -> list[int | None]:
         """1 (sound), 0 (not) or None (no verdict in the reply) per (question, solution)."""
         keys = [self._key(q, s) for q, s in items]
-        todo, asked = [], set()
-        for i, k in enumerate(keys):
-            if k not in self.known and k not in asked:
-                todo.append(i)
-                asked.add(k)
-        if todo:
-            prompts = [self.teacher.prompt(self.template.format(question=items[i][0], solution=items[i][1])) for i in todo]
-            replies = self.teacher.generate(prompts, self.params)
-            rows = []
-            for i, c in zip(todo, replies):
-                verdict = read_verdict(c.text)
-                self.known[keys[i]] = verdict
-                rows.append({"key": keys[i], "verdict": verdict, "reply": c.text[-200:]})
-            if self.cache is not None:
-                append_jsonl(self.cache, rows)
-        return [self.known[k] for k in keys]
+        todo: dict[str, tuple[str, str]] = {}
+        for k, item in zip(keys, items):
+            if k not in self.known:
+                todo.setdefault(k, item)
+        got: dict[str, int | None] = {}
+        prompts = {k: self.teacher.prompt(self.template.format(question=q, solution=s)) for k, (q, s) in todo.items()}
+        if self.teacher.local:
+            for k, c in zip(prompts, self.teacher.generate(list(prompts.values()), self.params)):
+                got[k] = self._record(k, c.text)
+        elif prompts:
+            with ThreadPoolExecutor(max_workers=self.teacher.spec.concurrency) as pool:  # each verdict cached as it lands
+                futures = {k: pool.submit(self.teacher.complete, p, self.params) for k, p in prompts.items()}
+                for k, fut in futures.items():
+                    got[k] = self._record(k, fut.result().text)
+        return [self.known.get(k, got.get(k)) for k in keys]
