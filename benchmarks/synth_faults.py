@@ -122,6 +122,7 @@ def main() -> None:
     rejects = {(r["id"], r["sample"]): r["reasons"] for r in
                (json.loads(x) for x in target.with_name("rejects.jsonl").read_text().splitlines() if x.strip())}
     kinds = {"planted_step_error": [0, 0], "wrong_answer": [0, 0], "clean": [0, 0]}
+    planted_kept = 0
     for r in rows:
         q = gold[r["id"]]
         steps, _, final = r["completion"].rpartition("\n")
@@ -133,7 +134,9 @@ def main() -> None:
             kind, caught = "clean", (r["id"], r["sample"]) not in rejects
         kinds[kind][0] += 1
         kinds[kind][1] += int(caught)
-    report["planted"] = {"planted_step_error": {"rows": kinds["planted_step_error"][0], "rejected_by_arithmetic": kinds["planted_step_error"][1]},
+        planted_kept += int(kind == "planted_step_error" and (r["id"], r["sample"]) not in rejects)
+    report["planted"] = {"planted_step_error": {"rows": kinds["planted_step_error"][0], "rejected_by_arithmetic": kinds["planted_step_error"][1],
+                                                "kept": planted_kept},
                          "wrong_answer": {"rows": kinds["wrong_answer"][0], "rejected_by_answer": kinds["wrong_answer"][1]},
                          "clean": {"rows": kinds["clean"][0], "kept": kinds["clean"][1],
                                    "questions_with_a_clean_row_kept": len({r["id"] for r in rows if (r["id"], r["sample"]) not in rejects})}}

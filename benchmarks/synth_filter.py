@@ -15,7 +15,12 @@ Reported: the keep rate, the rejects by reason, each run's accuracies with their
 system the paired difference kept - all with its 95% bootstrap interval. The last line printed is one
 JSON object; `--markdown` also prints the BENCHMARKS.md table.
 
-    HF_HUB_OFFLINE=1 python benchmarks/synth_filter.py --demo runs/demo
+    HF_HUB_OFFLINE=1 python benchmarks/synth_filter.py --demo runs/demo --questions 4000
+    HF_HUB_OFFLINE=1 python benchmarks/synth_filter.py --demo runs/demo --questions 4000 --seed 1   # another training seed
+
+`--seed` sets `run.seed` (model initialisation and data order) of both runs, in folders suffixed
+`-seed<N>`; the questions, the candidates (copied from the seed-0 runs when they exist) and the test
+set stay the same, so a second seed separates the filter's effect from training noise.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=2000, help="Training questions solved.")
     ap.add_argument("--samples", type=int, default=4, help="Solutions per question.")
     ap.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature of the teacher.")
+    ap.add_argument("--seed", type=int, default=0, help="run.seed of both runs (training initialisation and data order).")
     ap.add_argument("--markdown", action="store_true", help="Also print the BENCHMARKS.md table.")
     args = ap.parse_args()
     teacher = args.demo / "teacher"
@@ -69,29 +75,38 @@ def main() -> None:
     common = ["synth.enabled=true", f"synth.teacher.path={teacher.resolve()}", "synth.teacher.batch_size=64", "synth.prompt={question}",
               f"synth.max_questions={args.questions}", f"synth.samples={args.samples}", f"synth.temperature={args.temperature}",
               "synth.max_new_tokens=64", "synth.chunk_questions=64"]
+    if args.seed:
+        common.append(f"run.seed={args.seed}")
+    suffix = f"-seed{args.seed}" if args.seed else ""
     arms = {"all": ["synth.checks=[]"], "kept": []}
+    folder = {arm: args.out_dir / f"synth-{arm}{suffix}" for arm in arms}
     seconds: dict[str, float] = {}
-    seconds["all"] = run("synth-all", args.out_dir, common + arms["all"])
-    # The kept run filters the same candidates: copy them where its synth stage looks (same generation key).
-    src, dst = args.out_dir / "synth-all" / "synth", args.out_dir / "synth-kept" / "synth"
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in ("candidates.jsonl", "key.txt"):
-        if not (dst / name).exists():
-            shutil.copy2(src / name, dst / name)
-    seconds["kept"] = run("synth-kept", args.out_dir, common + arms["kept"])
+
+    def reuse(src: Path, dst: Path) -> None:
+        """The same candidates in another run: copy them where its synth stage looks (same generation key)."""
+        dst.mkdir(parents=True, exist_ok=True)
+        if (src / "candidates.jsonl").is_file() and not (dst / "candidates.jsonl").exists():
+            for name in ("candidates.jsonl", "key.txt"):
+                shutil.copy2(src / name, dst / name)
+
+    if args.seed:
+        reuse(args.out_dir / "synth-all" / "synth", folder["all"] / "synth")
+    seconds["all"] = run(folder["all"].name, args.out_dir, common + arms["all"])
+    reuse(folder["all"] / "synth", folder["kept"] / "synth")
+    seconds["kept"] = run(folder["kept"].name, args.out_dir, common + arms["kept"])
 
     report: dict[str, Any] = {"questions": args.questions, "samples": args.samples, "temperature": args.temperature,
-                              "teacher": str(teacher), "wall_seconds": {k: round(v, 1) for k, v in seconds.items()}}
-    stats = {arm: json.loads((args.out_dir / f"synth-{arm}" / "synth" / "stats.json").read_text()) for arm in arms}
+                              "seed": args.seed, "teacher": str(teacher), "wall_seconds": {k: round(v, 1) for k, v in seconds.items()}}
+    stats = {arm: json.loads((folder[arm] / "synth" / "stats.json").read_text()) for arm in arms}
     report["synth"] = {arm: {k: s[k] for k in ("candidates", "kept", "keep_rate", "rejected")} for arm, s in stats.items()}
     report["synth"]["kept"]["generation"] = stats["kept"]["generation"]
     report["synth"]["all"]["generation"] = stats["all"]["generation"]
-    results = {arm: json.loads((args.out_dir / f"synth-{arm}" / "eval" / "results.json").read_text()) for arm in arms}
+    results = {arm: json.loads((folder[arm] / "eval" / "results.json").read_text()) for arm in arms}
     task = results["all"]["primary_task"]
     report["systems"] = {}
     for system in results["all"]["systems"]:
-        a = correct_by_question(args.out_dir / "synth-all" / "eval", task, system)
-        k = correct_by_question(args.out_dir / "synth-kept" / "eval", task, system)
+        a = correct_by_question(folder["all"] / "eval", task, system)
+        k = correct_by_question(folder["kept"] / "eval", task, system)
         ids = sorted(a)
         if sorted(k) != ids:
             sys.exit("error: the two runs were evaluated on different questions.")
@@ -103,7 +118,7 @@ def main() -> None:
             "thought_calls_per_question": {arm: results[arm]["systems"][system].get("thought_calls_per_question") for arm in arms},
         }
     for arm in arms:
-        teacher_metrics = args.out_dir / f"synth-{arm}" / "teacher" / "metrics.json"
+        teacher_metrics = folder[arm] / "teacher" / "metrics.json"
         if teacher_metrics.is_file():
             m = json.loads(teacher_metrics.read_text())
             report.setdefault("teacher_val_loss", {})[arm] = m.get("eval_loss") or m.get("val_loss")
