@@ -67,6 +67,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=4, help="Solutions per question.")
     ap.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature of the teacher.")
     ap.add_argument("--seed", type=int, default=0, help="run.seed of both runs (training initialisation and data order).")
+    ap.add_argument("--arm", action="append", default=[], metavar="NAME=CHECKS",
+                    help="Another run on the same candidates with these checks (comma-separated), e.g. dedup=format; repeatable.")
     ap.add_argument("--markdown", action="store_true", help="Also print the BENCHMARKS.md table.")
     args = ap.parse_args()
     teacher = args.demo / "teacher"
@@ -79,6 +81,11 @@ def main() -> None:
         common.append(f"run.seed={args.seed}")
     suffix = f"-seed{args.seed}" if args.seed else ""
     arms = {"all": ["synth.checks=[]"], "kept": []}
+    for spec in args.arm:
+        name, _, checks = spec.partition("=")
+        if not name or name in arms:
+            sys.exit(f"error: --arm {spec!r} needs a new NAME=CHECKS (e.g. dedup=format).")
+        arms[name] = [f"synth.checks=[{checks}]"]
     folder = {arm: args.out_dir / f"synth-{arm}{suffix}" for arm in arms}
     seconds: dict[str, float] = {}
 
@@ -92,43 +99,44 @@ def main() -> None:
     if args.seed:
         reuse(args.out_dir / "synth-all" / "synth", folder["all"] / "synth")
     seconds["all"] = run(folder["all"].name, args.out_dir, common + arms["all"])
-    reuse(folder["all"] / "synth", folder["kept"] / "synth")
-    seconds["kept"] = run(folder["kept"].name, args.out_dir, common + arms["kept"])
+    for arm in list(arms)[1:]:
+        reuse(folder["all"] / "synth", folder[arm] / "synth")
+        seconds[arm] = run(folder[arm].name, args.out_dir, common + arms[arm])
 
     report: dict[str, Any] = {"questions": args.questions, "samples": args.samples, "temperature": args.temperature,
                               "seed": args.seed, "teacher": str(teacher), "wall_seconds": {k: round(v, 1) for k, v in seconds.items()}}
     stats = {arm: json.loads((folder[arm] / "synth" / "stats.json").read_text()) for arm in arms}
-    report["synth"] = {arm: {k: s[k] for k in ("candidates", "kept", "keep_rate", "rejected")} for arm, s in stats.items()}
-    report["synth"]["kept"]["generation"] = stats["kept"]["generation"]
-    report["synth"]["all"]["generation"] = stats["all"]["generation"]
+    report["synth"] = {arm: {k: s[k] for k in ("candidates", "kept", "keep_rate", "rejected", "generation")} for arm, s in stats.items()}
     results = {arm: json.loads((folder[arm] / "eval" / "results.json").read_text()) for arm in arms}
     task = results["all"]["primary_task"]
     report["systems"] = {}
     for system in results["all"]["systems"]:
-        a = correct_by_question(folder["all"] / "eval", task, system)
-        k = correct_by_question(folder["kept"] / "eval", task, system)
-        ids = sorted(a)
-        if sorted(k) != ids:
-            sys.exit("error: the two runs were evaluated on different questions.")
-        diff = paired_difference([k[i] for i in ids], [a[i] for i in ids], p_value=True)
-        report["systems"][system] = {
-            "all": {"accuracy": results["all"]["systems"][system]["accuracy"], "ci95": results["all"]["systems"][system]["ci95"]},
-            "kept": {"accuracy": results["kept"]["systems"][system]["accuracy"], "ci95": results["kept"]["systems"][system]["ci95"]},
-            "kept_minus_all": diff,
-            "thought_calls_per_question": {arm: results[arm]["systems"][system].get("thought_calls_per_question") for arm in arms},
-        }
+        base = correct_by_question(folder["all"] / "eval", task, system)
+        ids = sorted(base)
+        entry: dict[str, Any] = {arm: {"accuracy": results[arm]["systems"][system]["accuracy"], "ci95": results[arm]["systems"][system]["ci95"]}
+                                 for arm in arms}
+        for arm in list(arms)[1:]:
+            other = correct_by_question(folder[arm] / "eval", task, system)
+            if sorted(other) != ids:
+                sys.exit("error: the runs were evaluated on different questions.")
+            entry[f"{arm}_minus_all"] = paired_difference([other[i] for i in ids], [base[i] for i in ids], p_value=True)
+        entry["thought_calls_per_question"] = {arm: results[arm]["systems"][system].get("thought_calls_per_question") for arm in arms}
+        report["systems"][system] = entry
     for arm in arms:
         teacher_metrics = folder[arm] / "teacher" / "metrics.json"
         if teacher_metrics.is_file():
             m = json.loads(teacher_metrics.read_text())
             report.setdefault("teacher_val_loss", {})[arm] = m.get("eval_loss") or m.get("val_loss")
     if args.markdown:
-        print("| system | all candidates | kept only | kept - all [95% CI] |")
-        print("| --- | --- | --- | --- |")
+        others = list(arms)[1:]
+        print("| system | all candidates | " + " | ".join(f"{arm} | {arm} - all [95% CI]" for arm in others) + " |")
+        print("| --- | --- | " + " | ".join("--- | ---" for _ in others) + " |")
         for system, r in report["systems"].items():
-            d = r["kept_minus_all"]
-            print(f"| {system} | {100 * r['all']['accuracy']:.1f}% | {100 * r['kept']['accuracy']:.1f}% | "
-                  f"{100 * d['difference']:+.1f} [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}] points |")
+            cells = [f"{100 * r['all']['accuracy']:.1f}%"]
+            for arm in others:
+                d = r[f"{arm}_minus_all"]
+                cells += [f"{100 * r[arm]['accuracy']:.1f}%", f"{100 * d['difference']:+.1f} [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]"]
+            print(f"| {system} | " + " | ".join(cells) + " |")
     print(json.dumps(report))
 
 
