@@ -42,6 +42,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import socket
 import sys
 import threading
@@ -458,6 +459,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.exit(1, f"error: {e}\n")
     except OSError as e:
         p.exit(1, f"error: cannot listen on 127.0.0.1:{args.port} ({e.strerror}); pick another --port.\n")
+    # Ctrl-C or SIGTERM stop it: a shell's background job starts with SIGINT ignored, so set both here.
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     print(teacher.url, flush=True)
     try:
         while True:

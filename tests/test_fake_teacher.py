@@ -209,7 +209,7 @@ def test_script_serves_until_interrupted(examples, tmp_path):
         r = httpx.post(url + "/chat/completions", json={"model": "fake-r1", "messages": [{"role": "user", "content": examples[1].question}]})
         assert r.json()["choices"][0]["message"]["reasoning"].startswith("Let me work")
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # (SIGINT is ignored where the tests run as a shell's background job)
         out, _ = proc.communicate(timeout=10)
     assert proc.returncode == 0 and json.loads(out.strip().splitlines()[-1])["served"] == 1
     bad = subprocess.run([sys.executable, str(SCRIPT), "--data", str(tmp_path / "missing.jsonl"), "--port", "0"],
