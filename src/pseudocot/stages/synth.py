@@ -33,7 +33,7 @@ from pseudocot.generate.base import GenerationParams
 from pseudocot.layout import RunLayout
 from pseudocot.stages import prepare
 from pseudocot.synth.candidates import CandidateFile, canonical, chunks, done_pairs, generate, shard_chunks
-from pseudocot.synth.filter import Candidate, FilterResult, FilterSettings, kept_example, run_filter, split_solution
+from pseudocot.synth.filter import Candidate, FilterResult, FilterSettings, is_answer_line, kept_example, run_filter, split_solution
 from pseudocot.synth.teacher import Judge, Teacher
 from pseudocot.tasks import Task, get_task
 
@@ -64,7 +64,7 @@ def settings_of(s: SynthConfig, task: Task, judge: Judge | None = None) -> Filte
 
 def to_candidates(rows: Sequence[dict[str, Any]], questions: Sequence[Example], reasoning_from: str = "content") -> list[Candidate]:
     """Candidate rows of the current questions, in order; `reasoning_from: thinking` reads the steps from
-    the thinking, then the content's answer line."""
+    the thinking (its answer lines left out), then the content's answer line."""
     gold = {q.id: q for q in questions}
     out = []
     for row in rows:
@@ -73,8 +73,11 @@ def to_candidates(rows: Sequence[dict[str, Any]], questions: Sequence[Example], 
             continue
         text = str(row.get("completion") or "")
         if reasoning_from == "thinking" and row.get("thinking"):
+            # The thinking's own answer lines are intermediate answers (`pseudocot serve` returns the base
+            # model's re-answers between its thoughts), not steps.
+            steps = [line for line in str(row["thinking"]).splitlines() if line.strip() and not is_answer_line(line)]
             final = split_solution(text)[1]
-            text = str(row["thinking"]).strip() + "\n" + (final or text)
+            text = "\n".join([*steps, final or text])
         out.append(Candidate(id=q.id, sample=int(row["sample"]), question=q.question, completion=text,
                              gold=q if q.answer else None, finish_reason=str(row.get("finish_reason") or "stop"), row=row))
     return out

@@ -44,6 +44,11 @@ _FINAL_LINE = re.compile(r"(?i)(\bfinal\s+answer\b|\bthe\s+(?:final\s+)?answer\s
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?%?")
 
 
+def is_answer_line(line: str) -> bool:
+    """Whether a line states a final answer (`Final answer: 12`, `The answer is 12.`, `#### 12`, `\\boxed{12}`)."""
+    return bool(_FINAL_LINE.search(line))
+
+
 def split_solution(text: str) -> tuple[list[str], str | None]:
     """(step lines, final answer line): the last non-empty line is the answer line when it states an
     answer; the steps are the non-empty lines before it.
@@ -52,7 +57,7 @@ def split_solution(text: str) -> tuple[list[str], str | None]:
     (['3 + 4 = 7', '7 * 2 = 14'], 'Final answer: 14')
     """
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    if lines and _FINAL_LINE.search(lines[-1]):
+    if lines and is_answer_line(lines[-1]):
         return lines[:-1], lines[-1]
     return lines, None
 
