@@ -125,3 +125,12 @@ def complete_lines(path: str | os.PathLike[str]) -> list[tuple[int, bytes]]:
     lines = Path(path).read_bytes().split(b"\n")
     # lines[-1] is what follows the last newline: empty, or a row torn by a kill
     return [(i, raw) for i, raw in enumerate(lines[:-1], start=1) if raw.strip()]
+
+
+def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A JSON state file's content, or {} when it is missing or unreadable (a stage that has not run yet)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -36,7 +36,7 @@ from typing import Any
 
 from pseudocot.config import Config, save_config
 from pseudocot.errors import ConfigError, StageError
-from pseudocot.files import atomic_write_text
+from pseudocot.files import atomic_write_text, read_json_object
 from pseudocot.freshness import STAGES, stage_key
 from pseudocot.layout import RunLayout
 from pseudocot.stages import prepare
@@ -54,13 +54,6 @@ class RunLog:
         self.echo(line)
         with self.path.open("a") as f:
             f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + line + "\n")
-
-
-def _read_state(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 def _runner(name: str) -> Callable[[Config], Any]:
@@ -168,7 +161,7 @@ def main(cfg: Config, force: bool = False, stages: tuple[str, ...] | None = None
     layout.root.mkdir(parents=True, exist_ok=True)
     save_config(cfg, layout.config_file)
     log = RunLog(layout.run_log, echo)
-    state = _read_state(layout.state_file)
+    state = read_json_object(layout.state_file)
     wanted = [s for s in STAGES if stages is None or s in stages]
     if not cfg.distill.stages:
         wanted = [s for s in wanted if s not in ("teacher", "distill")]

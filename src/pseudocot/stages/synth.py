@@ -27,7 +27,7 @@ from pseudocot.data.example import Example
 from pseudocot.data.jsonl import iter_json_lines, read_examples, rejects_path, write_examples, write_jsonl
 from pseudocot.data.loaders import load_file
 from pseudocot.errors import ConfigError, DataError
-from pseudocot.files import atomic_write_text
+from pseudocot.files import atomic_write_text, read_json_object
 from pseudocot.freshness import stage_key, synth_generation_key, synth_shard_key
 from pseudocot.generate.base import GenerationParams
 from pseudocot.layout import RunLayout
@@ -85,8 +85,7 @@ def to_candidates(rows: Sequence[dict[str, Any]], questions: Sequence[Example], 
 
 def write_outputs(result: FilterResult, kept_path: Path, rejects_path: Path, teacher: str, checks: Sequence[str]) -> None:
     write_examples(kept_path, (kept_example(c, teacher, checks) for c in result.kept))
-    write_jsonl(rejects_path, ({**c.row, "completion": c.row.get("completion", c.completion), "reasons": reasons}
-                               for c, reasons in result.rejected))
+    write_jsonl(rejects_path, ({**c.row, "reasons": reasons} for c, reasons in result.rejected))
 
 
 def _judge(cfg: Config, cache: Path) -> Judge | None:
@@ -112,7 +111,7 @@ def main(cfg: Config) -> dict[str, Any]:
     # A shard is done when its candidates are (the checks run at merge); the stage when it has filtered.
     key = synth_shard_key(cfg) if shard else stage_key(cfg, "synth")
     stats_file = layout.synth_file("stats.json", shard)
-    old = _read(stats_file)
+    old = read_json_object(stats_file)
     if old.get("key") == key and (shard or layout.synth_file("kept.jsonl").is_file()):
         return old  # complete for this config
     save_config(cfg, layout.config_file)
@@ -160,7 +159,7 @@ def merge(cfg: Config) -> dict[str, Any]:
     generation = []
     for i in range(n):
         shard = (i, n)
-        st = _read(layout.synth_file("stats.json", shard))
+        st = read_json_object(layout.synth_file("stats.json", shard))
         written = layout.synth_file("key.txt", shard)
         if st.get("key") != shard_key or not written.is_file() or written.read_text().strip() != gen_key:
             raise DataError(f"{layout.synth_work(shard)}: shard {i}/{n} is not complete for this config; run "
@@ -208,13 +207,6 @@ def finish(cfg: Config, questions: Sequence[Example], task: Task, teacher: str, 
     atomic_write_text(layout.synth_file("stats.json"), json.dumps(stats, indent=2) + "\n")
     print(f"synth: kept {stats['kept']} of {stats['candidates']} solutions ({stats['keep_rate']}) -> {layout.synth_file('kept.jsonl')}")
     return stats
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 # --------------------------------------------------------------------------------------------
