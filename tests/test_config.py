@@ -374,7 +374,7 @@ def test_every_config_field_has_a_docstring():
     assert missing == []
     # the walk reached the nested sections, including the list item type
     assert {Config, DataConfig, SourceConfig, ArithConfig} <= seen
-    assert len(seen) == 20  # + SynthConfig, TeacherEndpointConfig
+    assert len(seen) == 21  # + SynthConfig, TeacherEndpointConfig, GrpoConfig
 
 
 def test_save_config_is_atomic_with_normal_permissions(tmp_path):
@@ -413,3 +413,15 @@ def test_digest():
     assert digest(a.data) != digest(load_config("demo", ["data.seed=1"]).data)
     # key order of plain dicts does not matter
     assert digest({"x": 1, "y": 2}) == digest({"y": 2, "x": 1})
+
+
+def test_a_mapping_value_is_replaced_whole_while_sections_merge(tmp_path):
+    """`grpo.rewards` names the rewards: a file or override that gives two gets those two, not those plus the
+    default's or the parent file's; a section (`grpo.train`) still merges key by key."""
+    assert load_config("demo", ["grpo.rewards={correct: 1.0}"]).grpo.rewards == {"correct": 1.0}
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: demo-grpo\ngrpo:\n  rewards: {correct: 2.0}\n  train: {max_steps: 7}\n")
+    cfg = load_config(child)
+    assert cfg.grpo.rewards == {"correct": 2.0}
+    assert cfg.grpo.train.max_steps == 7 and cfg.grpo.train.batch_size == 64  # the parent's other train keys stay
+    assert load_config("demo-grpo").grpo.rewards == {"base_correct": 1.0, "arithmetic": 1.0}

@@ -87,6 +87,19 @@ def test_report_of_a_sampled_system_and_missing_counts(two_runs, tmp_path):
     check_png(tmp_path / "figures" / "accuracy_vs_parameters.png")  # router left out, noted on the figure
 
 
+def test_a_run_with_grpo_gets_its_reward_curves(two_runs, tmp_path):
+    results = json.loads((two_runs[0] / "results.json").read_text())
+    results["grpo"] = {"target": "ttm", "rewards": {"base_correct": 1.0, "arithmetic": 1.0}, "steps": 20, "curve": [
+        {"step": s, "rewards/base_correct/mean": 0.3 + s / 100, "rewards/arithmetic/mean": 0.4, "frac_reward_zero_std": 0.1,
+         "rewards/base_correct/zero_spread_groups": 0.2, "base_correct/without_thoughts": 0.18} for s in (10, 20)]}
+    write_report([results], tmp_path, ["r.json"])
+    check_png(tmp_path / "figures" / "grpo_rewards.png")
+    assert "![GRPO: each reward's mean per step" in (tmp_path / "report.md").read_text()
+    del results["grpo"]
+    write_report([results], tmp_path / "plain", ["r.json"])
+    assert not (tmp_path / "plain" / "figures" / "grpo_rewards.png").exists()
+
+
 @pytest.mark.parametrize("content, message", [
     (None, "no such results file"),
     ("{", "not valid JSON"),

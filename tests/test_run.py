@@ -22,6 +22,7 @@ def _fake_outputs(cfg, name):
              "synth": [layout.synth_file("kept.jsonl")],
              "teacher": [layout.teacher_dir / "model.safetensors"],
              "base": [layout.base_dir / "model.safetensors"],
+             "grpo": [layout.grpo_dir / "model.safetensors"],
              "distill": [folder / "model.safetensors" for _, folder in layout.distill_stages()],
              "router": [layout.router_file],
              "eval": [layout.results]}[name]
@@ -68,8 +69,8 @@ def _cfg(tmp_path, *overrides):
     return load_config("smoke", (f"run.out_dir={tmp_path}", "run.parallel_stages=false", *overrides))
 
 
-DEFAULT_STAGES = [s for s in run_mod.STAGES if s != "synth"]
-"""Every stage but synth, which runs only with synth.enabled."""
+DEFAULT_STAGES = [s for s in run_mod.STAGES if s not in ("synth", "grpo")]
+"""Every stage but synth and grpo, which run only when enabled."""
 
 
 def test_first_run_runs_every_stage_then_skips(tmp_path, calls):
@@ -102,6 +103,21 @@ def test_synth_runs_after_data_when_enabled_and_the_teacher_chain_reads_it(tmp_p
     # another kept file (synth made from other settings): the teacher and the chain train again, the base does not
     run_mod.main(_cfg(tmp_path, *synth, "synth.samples=8"), echo=calls.echo)
     assert [c[0] for c in calls] == ["synth", "teacher", "distill", "router", "eval"]
+
+
+def test_grpo_runs_after_the_base_when_enabled_and_the_router_reads_its_ttm(tmp_path, calls):
+    run_mod.main(_cfg(tmp_path, "grpo.enabled=true"), echo=calls.echo)
+    assert [c[0] for c in calls] == ["data", "teacher", "distill", "base", "grpo", "router", "eval"]
+    layout = RunLayout.of(_cfg(tmp_path, "grpo.enabled=true"))
+    assert layout.ttm == layout.grpo_dir and layout.grpo_start == layout.distill_stages()[-1][1]
+    calls.clear()
+    # other rewards: GRPO trains again, and the router and evaluation follow its new TTM; nothing before it reruns
+    run_mod.main(_cfg(tmp_path, "grpo.enabled=true", "grpo.rewards={correct: 1}"), echo=calls.echo)
+    assert [c[0] for c in calls] == ["grpo", "router", "eval"]
+    calls.clear()
+    # grpo off again: the router and evaluation go back to the distilled TTM
+    run_mod.main(_cfg(tmp_path), echo=calls.echo)
+    assert [c[0] for c in calls] == ["router", "eval"]
 
 
 def test_killed_stage_resumes_and_done_ones_are_not_rerun(tmp_path, calls):

@@ -38,7 +38,7 @@ from pseudocot.config.loader import to_dict
 from pseudocot.config.schema import Config, DistillStageConfig, EvalTaskConfig, ModelSpec, PipelineConfig, SystemConfig
 from pseudocot.layout import METRICS, RunLayout
 
-STAGES = ("data", "synth", "teacher", "distill", "base", "router", "eval")
+STAGES = ("data", "synth", "teacher", "distill", "base", "grpo", "router", "eval")
 """Every stage `pseudocot run` knows, in the order it runs them."""
 
 _MIB = 1 << 20
@@ -219,6 +219,20 @@ def synth_shard_key(cfg: Config) -> str:
                    "read": [s.format, s.fields, s.max_questions], "samples": s.samples, "chunk": s.chunk_questions})
 
 
+def grpo_key(cfg: Config) -> str:
+    """The key of the grpo stage: its config (not `enabled`), `run.seed`, the task that scores rewards, the
+    pipeline settings that render prompts and thoughts, the questions, the model it starts from and, for
+    `base_correct`, the base model that reads the thoughts. A dotted-path reward's code is not in it."""
+    layout = RunLayout.of(cfg)
+    g, task = cfg.grpo, cfg.grpo_task()
+    return digest({"stage": "grpo", "own": {k: v for k, v in to_dict(g).items() if k not in ("enabled", "task")},
+                   "seed": cfg.run.seed, "task": {"name": task.name, "options": task.options},
+                   "pipeline": pipeline_settings(cfg.pipeline, "traces"),
+                   "data": file_fingerprint(g.train_file or layout.split("train")),
+                   "start": model_fingerprint(layout.grpo_start),
+                   "base": model_fingerprint(layout.tuned_base) if "base_correct" in g.rewards else None})
+
+
 def router_traces_key(cfg: Config) -> str:
     """The key of the router's forced traces (the slow part of the router stage): the questions, how
     they are prompted and scored, the pipeline settings that shape a trace, the base model and TTM.
@@ -275,6 +289,8 @@ def stage_key(cfg: Config, stage: str) -> str:
                        "data": [_data_inputs(layout, s.train_file, s.val_file, reasoning=True) for s in cfg.distill.stages],
                        "tokenizer": [_tokenizer_input(s.student, layout) for s in cfg.distill.stages],
                        "weights": [model_fingerprint(s.student.path) for s in cfg.distill.stages]})
+    if stage == "grpo":
+        return grpo_key(cfg)
     if stage == "router":
         return digest({"stage": stage, "traces": router_traces_key(cfg),
                        "router": {k: v for k, v in to_dict(cfg.router).items() if k != "task"}})

@@ -207,21 +207,40 @@ class RunLayout:
 
     # ---------------------------------------------------------------- what the pipeline reads
 
+    def _grpo_replaces(self, role: str) -> bool:
+        """Whether the GRPO stage's model stands in for `role` (ttm or base) in the pipeline."""
+        return self.cfg.grpo.enabled and self.cfg.grpo.target == role
+
     @property
-    def base(self) -> Path:
-        """The base model the pipeline loads: `pipeline.base`, else the run's base (its merged/ when written)."""
+    def tuned_base(self) -> Path:
+        """The fine-tuned base model (before any GRPO): `pipeline.base`, else the run's base (its merged/ when written)."""
         if self.cfg.pipeline.base:
             return Path(self.cfg.pipeline.base)
         merged = merged_dir(self.base_dir)
         return merged if (merged / "config.json").is_file() else self.base_dir
 
     @property
-    def ttm(self) -> Path | None:
-        """The Tiny Thought Model: `pipeline.ttm`, else the last distillation stage (None without stages)."""
+    def distilled_ttm(self) -> Path | None:
+        """The Tiny Thought Model before any GRPO: `pipeline.ttm`, else the last distillation stage (None without stages)."""
         if self.cfg.pipeline.ttm:
             return Path(self.cfg.pipeline.ttm)
         stages = self.distill_stages()
         return stages[-1][1] if stages else None
+
+    @property
+    def grpo_start(self) -> Path | None:
+        """The model the GRPO stage starts from (`grpo.target`): the distilled TTM or the fine-tuned base."""
+        return self.distilled_ttm if self.cfg.grpo.target == "ttm" else self.tuned_base
+
+    @property
+    def base(self) -> Path:
+        """The base model the pipeline loads: the GRPO-tuned one (grpo enabled, target base), else `tuned_base`."""
+        return self.grpo_dir if self._grpo_replaces("base") else self.tuned_base
+
+    @property
+    def ttm(self) -> Path | None:
+        """The Tiny Thought Model the pipeline loads: the GRPO-tuned one (grpo enabled, target ttm), else `distilled_ttm`."""
+        return self.grpo_dir if self._grpo_replaces("ttm") else self.distilled_ttm
 
     @property
     def router_dir(self) -> Path:

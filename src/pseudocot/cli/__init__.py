@@ -233,13 +233,14 @@ def run_command(config_name: str, force: bool, stages: tuple[str, ...], override
 
 
 @cli.command()
-@click.option("--preset", default="demo", show_default=True, help="`demo` (the full run) or `smoke` (small, for CI).")
+@click.option("--preset", default="demo", show_default=True,
+              help="`demo` (the full run), `smoke` (small, for CI) or `demo-grpo` (the demo plus GRPO on the TTM).")
 @click.option("--force", is_flag=True, help="Run every stage again from scratch.")
 @overrides_argument
 def demo(preset: str, force: bool, overrides: tuple[str, ...]) -> None:
     """Run the built-in demo: arith data, tokenizer, tiny models, router, evaluation, report."""
-    if preset not in ("demo", "smoke"):
-        raise click.BadParameter(f"'{preset}' is not a demo preset; use demo or smoke.", param_hint="--preset")
+    if preset not in ("demo", "smoke", "demo-grpo"):
+        raise click.BadParameter(f"'{preset}' is not a demo preset; use demo, smoke or demo-grpo.", param_hint="--preset")
     cfg = load_config(preset, overrides)
     layout = RunLayout.of(cfg)
     click.echo(f"pseudocot demo ({preset}) -> {layout.root}")
@@ -316,6 +317,33 @@ def distill(config_name: str, force: bool, overrides: tuple[str, ...]) -> None:
 @config_option
 @force_option
 @overrides_argument
+def grpo(config_name: str, force: bool, overrides: tuple[str, ...]) -> None:
+    """Reinforcement learning (TRL's GRPO) of the TTM or the base -> runs/<name>/grpo/.
+
+    Rewards (grpo.rewards, name -> weight): correct, arithmetic, follows, format, length, and
+    base_correct: the base model answers right with the TTM's thoughts in its context. With
+    grpo.enabled the pipeline, router and evaluation load the result in place of the TTM (or base).
+    A killed run resumes from its last checkpoint; metrics.json holds the reward curves.
+
+    \b
+    pseudocot grpo --config demo-grpo
+    pseudocot grpo --config demo grpo.rewards='{correct: 1}' grpo.train.max_steps=50
+    """
+    from pseudocot.stages import grpo as grpo_stage
+
+    cfg = _stage_config(config_name, overrides, "grpo" if force else None)
+    m = grpo_stage.main(cfg)
+    _print_metrics(f"grpo {m['target']} -> {RunLayout.of(cfg).grpo_dir}", m)
+    for name, value in sorted((m.get("final") or {}).items()):
+        if name.startswith("rewards/") and name.endswith("/mean") or name in ("reward", "frac_reward_zero_std"):
+            shown = "none (the reward did not apply)" if value is None else f"{value:.4g}"
+            click.echo(f"  {name} (last logged step) = {shown}")
+
+
+@cli.command()
+@config_option
+@force_option
+@overrides_argument
 def router(config_name: str, force: bool, overrides: tuple[str, ...]) -> None:
     """Train the router on the base model's traces -> runs/<name>/router/.
 
@@ -385,29 +413,6 @@ def serve(run_dir: Path | None, config_name: str, host: str | None, port: int | 
     run_server(cfg, echo=click.echo)
 
 
-# ------------------------------------------------------------------------------------ stages still to come
-
-_LATER = {
-    "grpo": ("GRPO reinforcement learning with rewards for correct and faithful reasoning.", "GRPO"),
-}
-
-
-def _later_stage(name: str, summary: str, issue: str) -> click.Command:
-    @click.pass_context
-    def callback(ctx: click.Context, config_name: str, overrides: tuple[str, ...]) -> None:
-        load_config(config_name, overrides)  # a bad config is still reported as such
-        click.echo(f"error: `pseudocot {name}` is not built yet; it arrives with the {issue} work.", err=True)
-        ctx.exit(2)
-
-    cmd = click.Command(name, callback=callback, help=f"{summary}\n\nNot built yet: arrives with the {issue} work; running it exits with an error.",
-                        short_help=f"{summary.rstrip('.')} [not built yet]")
-    config_option(cmd)
-    overrides_argument(cmd)
-    return cmd
-
-
-for _name, (_summary, _issue) in _LATER.items():
-    cli.add_command(_later_stage(_name, _summary, _issue))
 cli.add_command(eval_group)
 cli.add_command(synth_group)
 

@@ -29,6 +29,7 @@ from pseudocot.config.schema import (
     EvalConfig,
     EvalTaskConfig,
     FinetuneConfig,
+    GrpoConfig,
     LoraConfig,
     ModelSpec,
     PipelineConfig,
@@ -48,7 +49,7 @@ from pseudocot.errors import ConfigError
 
 __all__ = [
     "DEFAULT_PRESET", "PRESET_DIR", "ArithConfig", "Config", "ConfigError", "DataConfig", "DistillConfig",
-    "DistillStageConfig", "EvalConfig", "EvalTaskConfig", "FieldError", "FinetuneConfig", "LoraConfig", "ModelSpec",
+    "DistillStageConfig", "EvalConfig", "EvalTaskConfig", "FieldError", "FinetuneConfig", "GrpoConfig", "LoraConfig", "ModelSpec",
     "PipelineConfig", "RouterConfig", "RunConfig", "ServeConfig", "SourceConfig", "SynthConfig", "SystemConfig",
     "TeacherEndpointConfig", "TokenizerConfig", "TrainConfig",
     "field_docs", "from_dict", "load_config", "parse_override", "parse_shard", "presets",

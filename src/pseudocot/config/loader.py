@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 
 from pseudocot.config.checks import FieldError
-from pseudocot.config.schema import Config, field_docs
+from pseudocot.config.schema import Config, TrainConfig, field_docs
 from pseudocot.errors import ConfigError
 from pseudocot.files import atomic_write_text
 
@@ -96,11 +96,28 @@ def _read_yaml(path: Path, src: _Src) -> dict[str, Any]:
     return data
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def _deep_merge(base: dict[str, Any], over: dict[str, Any], cls: type | None = None) -> dict[str, Any]:
+    """`over` on top of `base`. With `cls`, the dataclass both are data of, only its sections merge key by key;
+    any other value, a mapping such as `grpo.rewards` included, is replaced whole (a file or override that
+    names two rewards gets those two, not those plus the default's)."""
+    hints = _hints(cls) if cls is not None else {}
     out = dict(base)
     for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        section = _section_type(hints.get(str(k))) if cls is not None else None
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and (cls is None or section is not None):
+            out[k] = _deep_merge(out[k], v, section)
+        else:
+            out[k] = v
     return out
+
+
+def _section_type(hint: Any) -> type | None:
+    """The dataclass a field holds (`X`, `X | None`, `Annotated[X, ...]`), else None."""
+    if hint is None:
+        return None
+    tp = _unannotated(hint)
+    options = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) in (Union, types.UnionType) else [tp]
+    return options[0] if len(options) == 1 and dataclasses.is_dataclass(options[0]) else None
 
 
 def presets() -> list[str]:
@@ -135,7 +152,7 @@ def _load_raw(path: Path, src: _Src, seen: tuple[Path, ...] = ()) -> dict[str, A
     # Lines of the child win; keys only in the parent keep the parent's file in messages.
     for k, line in parent_src.lines.items():
         src.lines.setdefault(k, line)
-    return _deep_merge(base, data)
+    return _deep_merge(base, data, Config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,7 +321,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str, src: _Src) -> Any:
         tp = _unannotated(hints[k])
         if isinstance(v, dict) and dataclasses.is_dataclass(tp) and f.default_factory is not dataclasses.MISSING:
             # A partial section starts from the field's own default (which may differ from the class defaults).
-            v = _deep_merge(dataclasses.asdict(f.default_factory()), v)
+            v = _deep_merge(dataclasses.asdict(f.default_factory()), v, tp)
         elif isinstance(v, dict) and v and all(str(i).isdigit() for i in v) and typing.get_origin(tp) is list \
                 and f.default_factory is not dataclasses.MISSING:
             v = _patch_default_list(f.default_factory(), v, key, src)
@@ -329,7 +346,8 @@ def _patch_default_list(default: list[Any], items: dict[str, Any], key: str, src
             where = next((f"override '{text}'" for k, text in src.overrides.items() if k.startswith(f"{key}.{i}")), src.where(key))
             raise ConfigError(f"{where}: '{key}.{i}' is not an index of the default list of {len(out)}; "
                               f"write the list '{key}' out in the config file.")
-        out[int(i)] = _deep_merge(out[int(i)], item) if isinstance(item, dict) and isinstance(out[int(i)], dict) else item
+        element = type(default[int(i)]) if dataclasses.is_dataclass(default[int(i)]) else None
+        out[int(i)] = _deep_merge(out[int(i)], item, element) if isinstance(item, dict) and isinstance(out[int(i)], dict) else item
     return out
 
 
@@ -377,7 +395,7 @@ def _inherit_train(data: dict[str, Any]) -> None:
         stages += distill["stages"]
     for stage in stages:
         if isinstance(stage, dict) and isinstance(stage.get("train", {}), dict):
-            stage["train"] = _deep_merge(shared, stage.get("train") or {})
+            stage["train"] = _deep_merge(shared, stage.get("train") or {}, TrainConfig)
 
 
 # --------------------------------------------------------------------------------------------

@@ -110,6 +110,24 @@ def thought_lines(ex: Example) -> list[str]:
     return lines + [f"{ANSWER_PREFIX} {ex.answer}."]
 
 
+def thoughts_from_text(text: str, max_thoughts: int) -> list[str]:
+    """The thoughts a Tiny Thought Model's turn gives the pipeline when it continues its own thoughts
+    (`ttm_continues_thoughts`, one thought per line): its lines, stripped, up to the first empty one (the
+    pipeline stops on an empty thought), at most `max_thoughts`.
+
+    >>> thoughts_from_text("3 + 4 = 7\\n7 - 2 = 5\\nThe answer is 5.", 2)
+    ['3 + 4 = 7', '7 - 2 = 5']
+    >>> thoughts_from_text("3 + 4 = 7\\n\\nThe answer is 7.", 4)
+    ['3 + 4 = 7']
+    """
+    out: list[str] = []
+    for line in text.split("\n"):
+        if not line.strip() or len(out) == max_thoughts:
+            break
+        out.append(line.strip())
+    return out
+
+
 def final_answer(text: str) -> str:
     """The answer a response commits to: what follows the last `The answer is` (or `answer:`), else the
     last number, else the whole stripped text; compared across iterations to see if an answer changed."""

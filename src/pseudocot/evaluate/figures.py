@@ -1,7 +1,7 @@
 """The report's figures as PNG, drawn with matplotlib's Agg canvas (no display, no pyplot state).
 
 Each function takes the report's rows (`report.table_rows`) and writes one file; `draw_all` writes
-the three of them and returns their names.
+them and returns their names. A run with GRPO also gets its reward curves (`grpo_rewards_figure`).
 """
 
 from __future__ import annotations
@@ -174,8 +174,43 @@ def thought_calls_figure(rows: Sequence[dict[str, Any]], path: Path) -> None:
     _save(fig, path)
 
 
-def draw_all(rows: Sequence[dict[str, Any]], folder: Path) -> list[str]:
+def grpo_rewards_figure(curve: Sequence[dict[str, Any]], path: Path) -> None:
+    """Each GRPO reward's mean per logged step (left), and the share of groups whose rewards did not differ
+    (right: those groups teach nothing), from the grpo stage's `metrics.json` curve."""
+    fig = _figure(10, 3.6)
+    left, right = fig.subplots(1, 2)
+    steps = [c["step"] for c in curve]
+    names = sorted({k.split("/")[1] for c in curve for k in c if k.startswith("rewards/") and k.endswith("/mean")})
+    for name in names:
+        left.plot(steps, [c.get(f"rewards/{name}/mean") for c in curve], marker=".", label=name)
+    if any(c.get("base_correct/without_thoughts") is not None for c in curve):
+        left.plot(steps, [c.get("base_correct/without_thoughts") for c in curve], linestyle="--", color="grey",
+                  label="base alone (no thoughts)")
+    left.set_xlabel("GRPO step")
+    left.set_ylabel("mean reward")
+    left.set_title("GRPO: rewards", fontsize=10)
+    left.legend(fontsize=8)
+    left.grid(alpha=0.3)
+    right.plot(steps, [c.get("frac_reward_zero_std") for c in curve], marker=".", color="black", label="total reward")
+    for name in names:
+        values = [c.get(f"rewards/{name}/zero_spread_groups") for c in curve]
+        if any(v is not None for v in values):
+            right.plot(steps, values, marker=".", alpha=0.7, label=name)
+    right.set_xlabel("GRPO step")
+    right.set_ylabel("share of groups")
+    right.set_ylim(-0.03, 1.03)
+    right.set_title("groups with no reward spread", fontsize=10)
+    right.legend(fontsize=8)
+    right.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def draw_all(rows: Sequence[dict[str, Any]], folder: Path, grpo_curve: Sequence[dict[str, Any]] | None = None) -> list[str]:
     accuracy_figure(rows, folder / "accuracy.png")
     parameters_figure(rows, folder / "accuracy_vs_parameters.png")
     thought_calls_figure(rows, folder / "thought_calls.png")
-    return ["accuracy.png", "accuracy_vs_parameters.png", "thought_calls.png"]
+    made = ["accuracy.png", "accuracy_vs_parameters.png", "thought_calls.png"]
+    if grpo_curve:
+        grpo_rewards_figure(grpo_curve, folder / "grpo_rewards.png")
+        made.append("grpo_rewards.png")
+    return made

@@ -246,7 +246,8 @@ def render_markdown(results: Sequence[dict[str, Any]], names: Sequence[str], fig
     if figures:
         captions = {"accuracy.png": "Accuracy per system with 95% intervals.",
                     "accuracy_vs_parameters.png": "Accuracy against parameter count (base + TTM counted together).",
-                    "thought_calls.png": "Accuracy against thought calls per question: never, always and the router."}
+                    "thought_calls.png": "Accuracy against thought calls per question: never, always and the router.",
+                    "grpo_rewards.png": "GRPO: each reward's mean per step, and the share of groups whose rewards did not differ."}
         out += ["## Figures", ""]
         for f in figures:
             out += [f"![{captions.get(f, f)}](figures/{f})", "", f"*{captions.get(f, f)}*", ""]
@@ -267,7 +268,8 @@ def write_report(results: Sequence[dict[str, Any]], out: str | os.PathLike[str],
     if figures:
         from pseudocot.evaluate.figures import draw_all
 
-        made = draw_all(rows, EvalLayout(out).figures)
+        curve = next((r["grpo"]["curve"] for r in results if (r.get("grpo") or {}).get("curve")), None)
+        made = draw_all(rows, EvalLayout(out).figures, curve)
         written.update({f: EvalLayout(out).figures / f for f in made})
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")

@@ -225,6 +225,9 @@ def describe_run(cfg: Config, entries: Sequence[SystemEntry]) -> str:
                      f"Tiny Thought Model")
     thoughts = " to answer with or without thoughts in its prompt" if cfg.base.thoughts_in_context else " on the task"
     parts.append(f"a base model ({name(cfg.base.model)}) fine-tuned{thoughts}")
+    if cfg.grpo.enabled:
+        weights = ", ".join(f"{k} x{v:g}" for k, v in cfg.grpo.rewards.items())
+        parts.append(f"then GRPO on the {'Tiny Thought Model' if cfg.grpo.target == 'ttm' else 'base model'} with the rewards {weights}")
     if any(e.info.get("mode") in ("router", "depth") for e in entries):
         parts.append("a router trained on the base model's own answers to decide when another thought is worth it")
     modes = {"never": "the base model alone", "always": f"the TTM writes a thought before every re-answer, up to {cfg.pipeline.max_thoughts}",

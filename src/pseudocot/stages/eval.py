@@ -19,8 +19,19 @@ from pseudocot.config import Config, FieldError, parse_shard
 from pseudocot.errors import ConfigError, DataError
 from pseudocot.evaluate.runner import build_results, describe_run, generate, load_tasks, missing, write_results
 from pseudocot.evaluate.systems import SystemEntry, system_entries
-from pseudocot.layout import RunLayout
+from pseudocot.files import read_json_object
+from pseudocot.layout import RunLayout, metrics_file
 from pseudocot.stages import prepare
+
+
+def grpo_summary(cfg: Config) -> dict[str, Any] | None:
+    """What the run's GRPO stage did (its target, rewards and reward curve), for the report; None without it."""
+    if not cfg.grpo.enabled:
+        return None
+    metrics = read_json_object(metrics_file(RunLayout.of(cfg).grpo_dir))
+    if not metrics:
+        return None
+    return {k: metrics.get(k) for k in ("target", "method", "rewards", "steps", "curve")}
 
 
 def main(cfg: Config, shard: str | None = None, entries: Sequence[SystemEntry] | None = None,
@@ -52,5 +63,8 @@ def main(cfg: Config, shard: str | None = None, entries: Sequence[SystemEntry] |
     results = build_results(out, tasks, entries, ecfg, cfg.run.name)
     if from_config:
         results["setup"] = describe_run(cfg, entries)
+        grpo = grpo_summary(cfg)
+        if grpo:
+            results["grpo"] = grpo
     write_results(results, out, figures=figures)
     return results

@@ -1,6 +1,6 @@
 """`pseudocot run CONFIG`: every configured stage in order into one run folder.
 
-    data -> [synth] -> teacher -> distill -> base -> router -> eval
+    data -> [synth] -> teacher -> distill -> base -> [grpo] -> router -> eval
 
 Each stage has a key (`pseudocot.freshness`): the hash of the config it reads and of the content of
 every input it reads (data files, upstream model folders, tokenizer). A key is computed just before
@@ -74,6 +74,10 @@ def _runner(name: str) -> Callable[[Config], Any]:
         from pseudocot.stages import distill
 
         return distill.main
+    if name == "grpo":
+        from pseudocot.stages import grpo
+
+        return grpo.main
     if name == "router":
         from pseudocot.stages import router
 
@@ -167,6 +171,8 @@ def main(cfg: Config, force: bool = False, stages: tuple[str, ...] | None = None
         wanted = [s for s in wanted if s not in ("teacher", "distill")]
     if not cfg.synth.enabled:
         wanted = [s for s in wanted if s != "synth"]
+    if not cfg.grpo.enabled:
+        wanted = [s for s in wanted if s != "grpo"]
     t_run = time.perf_counter()
 
     def save() -> None:
@@ -194,7 +200,7 @@ def main(cfg: Config, force: bool = False, stages: tuple[str, ...] | None = None
         for i, name in enumerate(wanted):
             if name == "base" and side:
                 continue  # already training beside the teacher chain
-            if name in ("router", "eval") and side:
+            if name in ("grpo", "router", "eval") and side:
                 _join(side, layout, finish)  # they read the base model: its key needs the finished one
             key = stage_key(cfg, name)  # now: the stages it reads are done
             if done(name, key):

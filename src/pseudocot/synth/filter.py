@@ -27,7 +27,6 @@ candidate.
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pseudocot.data.example import Example
+from pseudocot.dotted import lookup
 from pseudocot.errors import ConfigError
 from pseudocot.synth.arithmetic import close, parse_number, statements
 from pseudocot.tasks.extract import INVALID
@@ -263,18 +263,7 @@ CHECKS: dict[str, Check] = {"format": format_check, "answer": answer_check, "ari
 
 def get_check(name: str) -> Check:
     """A check by plain name or `package.module:function`."""
-    if name in CHECKS:
-        return CHECKS[name]
-    module_name, sep, attr = name.partition(":")
-    if not sep:
-        raise ConfigError(f"unknown check '{name}'; use one of {', '.join(CHECKS)} or package.module:function.")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"check '{name}' cannot be imported ({e}); give package.module:function.") from None
-    if not callable(fn):
-        raise ConfigError(f"check '{name}' is a {type(fn).__name__}, not a function (candidates, settings) -> reasons.")
-    return fn
+    return lookup(name, CHECKS, "check", "(candidates, settings) -> reasons")
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,11 +9,11 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
 
+from pseudocot.dotted import import_dotted
 from pseudocot.errors import ConfigError
 from pseudocot.tasks.arith import arith
 from pseudocot.tasks.gsm8k import gsm8k, gsm8k_cot
@@ -41,11 +41,7 @@ def _build(name: str, factory: Callable[..., Task], options: dict[str, Any], fix
 
 
 def _from_dotted(path: str, options: dict[str, Any]) -> Task:
-    module_name, _, attr = path.partition(":")
-    try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"task '{path}' cannot be imported ({e}); give package.module:attribute of a Task.") from None
+    obj = import_dotted(path, "task", "attribute of a Task")
     if isinstance(obj, Task):
         if options:
             raise ConfigError(f"task '{path}' is a ready Task and takes no options; drop {', '.join(sorted(options))}.")

@@ -112,10 +112,11 @@ def train_and_save(trainer: Any, out_dir: Path, key: str, tokenizer: Any, val_ro
         metrics.update(after())
     if is_main_process():
         save_result(trainer.model, tokenizer, out_dir, merge=merge)
-        t0 = time.perf_counter()
-        metrics["val_loss"] = eval_ce(trainer.model, val_rows, tokenizer.pad_token_id, batch_size)
-        metrics["val_seconds"] = round(time.perf_counter() - t0, 2)
-        metrics["val_rows"] = len(val_rows)
+        if val_rows:  # a stage without validation rows (GRPO) has no validation loss
+            t0 = time.perf_counter()
+            metrics["val_loss"] = eval_ce(trainer.model, val_rows, tokenizer.pad_token_id, batch_size)
+            metrics["val_seconds"] = round(time.perf_counter() - t0, 2)
+            metrics["val_rows"] = len(val_rows)
         write_metrics(out_dir, metrics, key)
     wait_for_everyone()
     return metrics

@@ -110,14 +110,16 @@ def use_bf16(setting: bool | None, cpu: bool) -> bool:
     return bf16
 
 
-def training_args(train: TrainConfig, out_dir: Path, seed: int, device: str, has_eval: bool, **extra: Any) -> Any:
-    """HF TrainingArguments for a stage; checkpoints go to `<out_dir>/checkpoints/`."""
+def training_args(train: TrainConfig, out_dir: Path, seed: int, device: str, has_eval: bool, args_class: Any = None,
+                  **extra: Any) -> Any:
+    """HF TrainingArguments (or `args_class`, a subclass such as TRL's `GRPOConfig`) for a stage; checkpoints go
+    to `<out_dir>/checkpoints/`; `extra` adds or replaces fields."""
     from transformers import TrainingArguments
 
     cpu = on_cpu(device)
     bf16 = use_bf16(train.bf16, cpu)
     eval_steps = train.eval_every_steps if has_eval and train.eval_every_steps > 0 else None
-    return TrainingArguments(
+    fields: dict[str, Any] = dict(
         output_dir=str(checkpoints_dir(out_dir)),
         max_steps=train.max_steps,
         per_device_train_batch_size=train.batch_size,
@@ -144,8 +146,8 @@ def training_args(train: TrainConfig, out_dir: Path, seed: int, device: str, has
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
         train_sampling_strategy="group_by_length" if train.group_by_length else "random",
-        **extra,
     )
+    return (args_class or TrainingArguments)(**(fields | extra))
 
 
 def trainable_model(spec: ModelSpec, tokenizer: Any, method: str, lora: Any, device: str, seed: int,
