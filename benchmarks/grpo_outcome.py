@@ -18,7 +18,8 @@ last line printed is one JSON object; `--markdown` also prints the BENCHMARKS.md
 curves are in each arm's report (`<out-dir>/grpo-<arm>/eval/figures/grpo_rewards.png`).
 
     HF_HUB_OFFLINE=1 python benchmarks/grpo_outcome.py --demo runs/demo --markdown
-    HF_HUB_OFFLINE=1 python benchmarks/grpo_outcome.py --arm lr1e-4=base_correct:1,arithmetic:1 --set grpo.learning_rate=1e-4
+    HF_HUB_OFFLINE=1 python benchmarks/grpo_outcome.py --set grpo.seed=1 --tag -seed1 --markdown   # another GRPO seed
+    HF_HUB_OFFLINE=1 python benchmarks/grpo_outcome.py --arm lr5e-4=base_correct:1,arithmetic:1 --set grpo.learning_rate=5e-4
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def main() -> None:
     ap.add_argument("--arm", action="append", default=[], metavar="NAME=REWARDS",
                     help="An arm: its name and rewards as name:weight pairs, e.g. correct=correct:1; repeatable.")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="A config override for every arm; repeatable.")
+    ap.add_argument("--tag", default="", help="A suffix for the arms' folders (e.g. -seed1 with --set grpo.seed=1).")
     ap.add_argument("--markdown", action="store_true", help="Also print the BENCHMARKS.md tables.")
     args = ap.parse_args()
     before_results = args.demo / "eval" / "results.json"
@@ -105,7 +107,7 @@ def main() -> None:
     task = before["primary_task"]
     report: dict[str, Any] = {"demo": str(args.demo), "overrides": args.set, "arms": {}}
     for name, rewards in arms.items():
-        folder = args.out_dir / f"grpo-{name.replace('+', '-')}"
+        folder = args.out_dir / f"grpo-{name.replace('+', '-')}{args.tag}"
         seconds = run_arm(args.demo, folder, [rewards, *args.set])
         after = json.loads((folder / "eval" / "results.json").read_text())
         grpo = json.loads((folder / "grpo" / "metrics.json").read_text())

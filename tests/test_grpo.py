@@ -72,6 +72,17 @@ def test_a_few_steps_change_the_ttm_and_log_every_reward(models, tmp_path):
     assert grpo.main(cfg)["skipped"] is True
 
 
+def test_target_base_tunes_the_base_model_the_pipeline_then_loads(models, tmp_path):
+    cfg = config(models, tmp_path, "grpo.target=base", "grpo.rewards={correct: 1, format: 0.5, length: 0.1}",
+                 "grpo.train.max_steps=2")
+    metrics = grpo.main(cfg)
+    layout = RunLayout.of(cfg)
+    assert metrics["target"] == "base" and metrics["start"] == str(models / "base")
+    assert layout.base == layout.grpo_dir and layout.ttm == models / "ttm"
+    assert any(not torch.equal(a, b) for a, b in zip(weights(models / "base").values(), weights(layout.grpo_dir).values()))
+    assert {"rewards/correct/mean", "rewards/format/mean", "rewards/length/mean"} <= set(metrics["curve"][-1])
+
+
 @pytest.mark.parametrize("overrides, error, message", [
     (("grpo.trl={nonsense: 1}",), ConfigError, "grpo.trl has 'nonsense', which is not a field of trl.GRPOConfig"),
     (("pipeline.ttm_prompt={question} after {answer}",), ConfigError, "uses {answer} or {thoughts}"),

@@ -754,6 +754,8 @@ class GrpoConfig(Section):
     """TRL: leave completions cut at max_completion_length out of the loss."""
     learning_rate: Annotated[float, Gt(0)] = 1e-6
     """TRL: peak learning rate (`train.lr` is not read here)."""
+    seed: int | None = None
+    """Seed of GRPO's sampling, data order and LoRA initialisation (null: `run.seed`); another seed re-runs only GRPO."""
     trl: dict[str, Any] = field(default_factory=dict)
     """Any other `trl.GRPOConfig` field by its name (e.g. epsilon, num_iterations, top_p); checked when the stage starts."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=200, batch_size=64, save_every_steps=50))

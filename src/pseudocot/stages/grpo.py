@@ -116,13 +116,14 @@ def main(cfg: Config) -> dict[str, Any]:
     done = finished_metrics(out, key)
     if done is not None:
         return done
+    seed = g.seed if g.seed is not None else cfg.run.seed
     # TRL's settings first: one that cannot work stops here, before any model loads.
     trl_fields = {f.name for f in dataclasses.fields(GRPOConfig)}
     unknown = sorted(set(g.trl) - trl_fields)
     if unknown:
         raise ConfigError(f"grpo.trl has '{unknown[0]}', which is not a field of trl.GRPOConfig; see its documentation for the names.")
     try:
-        args = training_args(dataclasses.replace(g.train, lr=g.learning_rate), out, cfg.run.seed, cfg.run.device,
+        args = training_args(dataclasses.replace(g.train, lr=g.learning_rate), out, seed, cfg.run.device,
                              has_eval=False, args_class=GRPOConfig, gradient_checkpointing=g.train.gradient_checkpointing,
                              num_generations=g.num_generations, max_completion_length=g.max_completion_length,
                              temperature=g.temperature, beta=g.beta, loss_type=g.loss_type, scale_rewards=g.scale_rewards,
@@ -158,7 +159,7 @@ def main(cfg: Config) -> dict[str, Any]:
         import torch
 
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.run.seed)
+            torch.manual_seed(seed)
             model = attach_lora(model, g.lora, gradient_checkpointing=g.train.gradient_checkpointing)
     model.train()
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=rows, processing_class=tokenizer)
