@@ -18,7 +18,7 @@ last line printed is one JSON object; `--markdown` also prints the BENCHMARKS.md
 curves are in each arm's report (`<out-dir>/grpo-<arm>/eval/figures/grpo_rewards.png`).
 
     HF_HUB_OFFLINE=1 python benchmarks/grpo_outcome.py --demo runs/demo --markdown
-    HF_HUB_OFFLINE=1 python benchmarks/grpo_outcome.py --set grpo.seed=1 --tag -seed1 --markdown   # another GRPO seed
+    HF_HUB_OFFLINE=1 python benchmarks/grpo_outcome.py --set grpo.seed=1 --tag=-seed1 --markdown   # another GRPO seed
     HF_HUB_OFFLINE=1 python benchmarks/grpo_outcome.py --arm lr5e-4=base_correct:1,arithmetic:1 --set grpo.learning_rate=5e-4
 """
 
@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--arm", action="append", default=[], metavar="NAME=REWARDS",
                     help="An arm: its name and rewards as name:weight pairs, e.g. correct=correct:1; repeatable.")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="A config override for every arm; repeatable.")
-    ap.add_argument("--tag", default="", help="A suffix for the arms' folders (e.g. -seed1 with --set grpo.seed=1).")
+    ap.add_argument("--tag", default="", help="A suffix for the arms' folders (e.g. --tag=-seed1 with --set grpo.seed=1).")
     ap.add_argument("--markdown", action="store_true", help="Also print the BENCHMARKS.md tables.")
     args = ap.parse_args()
     before_results = args.demo / "eval" / "results.json"

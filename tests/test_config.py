@@ -425,3 +425,20 @@ def test_a_mapping_value_is_replaced_whole_while_sections_merge(tmp_path):
     assert cfg.grpo.rewards == {"correct": 2.0}
     assert cfg.grpo.train.max_steps == 7 and cfg.grpo.train.batch_size == 64  # the parent's other train keys stay
     assert load_config("demo-grpo").grpo.rewards == {"base_correct": 1.0, "arithmetic": 1.0}
+
+
+def test_list_item_patches_still_merge_across_extends(tmp_path):
+    parent, child = tmp_path / "p.yaml", tmp_path / "c.yaml"
+    parent.write_text("extends: demo\neval:\n  systems:\n    1: {max_thoughts: 2}\n")
+    child.write_text(f"extends: {parent}\neval:\n  systems:\n    1: {{threshold: 0.3}}\n")
+    system = load_config(child).eval.systems[1]
+    assert (system.max_thoughts, system.threshold) == (2, 0.3)
+
+
+def test_an_eval_system_with_its_own_ttm_is_not_replaced_by_the_grpo_one(tmp_path):
+    from pseudocot.layout import RunLayout
+
+    cfg = load_config("demo-grpo", [f"run.out_dir={tmp_path}", f"eval.systems.1.ttm={tmp_path / 'other'}"])
+    assert RunLayout.of(cfg).ttm == RunLayout.of(cfg).grpo_dir
+    assert RunLayout.of(cfg.for_system(cfg.eval.systems[1])).ttm == tmp_path / "other"
+    assert RunLayout.of(cfg.for_system(cfg.eval.systems[2])).ttm == RunLayout.of(cfg).grpo_dir

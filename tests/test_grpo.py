@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -85,17 +86,28 @@ def test_target_base_tunes_the_base_model_the_pipeline_then_loads(models, tmp_pa
 
 @pytest.mark.parametrize("overrides, error, message", [
     (("grpo.trl={nonsense: 1}",), ConfigError, "grpo.trl has 'nonsense', which is not a field of trl.GRPOConfig"),
-    (("pipeline.ttm_prompt={question} after {answer}",), ConfigError, "uses {answer} or {thoughts}"),
+    (("grpo.trl={beta: 0.1}",), ConfigError, "grpo.trl sets 'beta', which pseudocot sets from grpo's own keys"),
+    (("grpo.trl={per_device_train_batch_size: 3}",), ConfigError, "grpo.trl sets 'per_device_train_batch_size'"),
+    (("grpo.trl={steps_per_generation: 2}",), ConfigError, "grpo.trl sets 'steps_per_generation'"),
+    (("pipeline.ttm_prompt={question} after {answer!s}",), ConfigError, "uses {answer} or {thoughts}"),
     (("pipeline.ttm_continues_thoughts=false",), ConfigError, "ttm_continues_thoughts is false"),
+    (("pipeline.thought_stop=[.]",), ConfigError, "pipeline.thought_stop is not"),
     (("grpo.method=lora", "grpo.lora.target_modules=[nope]"), ModelError, "lora.target_modules names 'nope'"),
     (("grpo.extraction=nope",), ConfigError, "task 'arith' has no extraction 'nope'"),
     (("grpo.rewards={mypkg.missing:fn: 1}",), ConfigError, "reward 'mypkg.missing:fn' cannot be imported"),
+    (("grpo.task={name: arith, loglikelihood: true}",), ConfigError, "scored by option log-likelihood"),
 ])
 def test_settings_that_cannot_work_stop_before_training(models, tmp_path, overrides, error, message):
-    cfg = config(models, tmp_path, *overrides)
-    with pytest.raises(error, match=message.replace("{", r"\{").replace("}", r"\}").replace(".", r"\.")):
+    """Each stops in one sentence before any training: most when the config loads or the run starts
+    (`pseudocot run` checks them first), the rest when the stage starts."""
+    with pytest.raises(error, match=re.escape(message)):
+        cfg = config(models, tmp_path, *overrides)
         grpo.main(cfg)
-    assert not (RunLayout.of(cfg).grpo_dir / "checkpoints").exists()
+    assert not (tmp_path / "g" / "grpo" / "checkpoints").exists()
+
+
+def test_a_ttm_prompt_with_literal_braces_is_fine(models, tmp_path):
+    assert config(models, tmp_path, "pipeline.ttm_prompt=Solve {{answer}} - {question}").grpo.enabled
 
 
 def test_the_cli_stops_a_trl_setting_that_cannot_work_in_one_line(models, tmp_path):

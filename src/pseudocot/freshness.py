@@ -220,14 +220,15 @@ def synth_shard_key(cfg: Config) -> str:
 
 
 def grpo_key(cfg: Config) -> str:
-    """The key of the grpo stage: its config (not `enabled`), `run.seed`, the task that scores rewards, the
-    pipeline settings that render prompts and thoughts, the questions, the model it starts from and, for
-    `base_correct`, the base model that reads the thoughts. A dotted-path reward's code is not in it."""
+    """The key of the grpo stage: its config (not `enabled`), its seed, the task that scores rewards, the pipeline
+    settings that render its prompts (and, for the TTM, thoughts and the base model's answers), the questions, the
+    model it starts from and, for `base_correct`, the base model that reads the thoughts. A dotted-path reward's
+    code is not in it."""
     layout = RunLayout.of(cfg)
     g, task = cfg.grpo, cfg.grpo_task()
     return digest({"stage": "grpo", "own": {k: v for k, v in to_dict(g).items() if k not in ("enabled", "task")},
-                   "seed": cfg.run.seed, "task": {"name": task.name, "options": task.options},
-                   "pipeline": pipeline_settings(cfg.pipeline, "traces"),
+                   "seed": cfg.run.seed if g.seed is None else None, "task": {"name": task.name, "options": task.options},
+                   "pipeline": pipeline_settings(cfg.pipeline, "traces" if g.target == "ttm" else "base"),
                    "data": file_fingerprint(g.train_file or layout.split("train")),
                    "start": model_fingerprint(layout.grpo_start),
                    "base": model_fingerprint(layout.tuned_base) if "base_correct" in g.rewards else None})

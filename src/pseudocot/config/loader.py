@@ -97,18 +97,31 @@ def _read_yaml(path: Path, src: _Src) -> dict[str, Any]:
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any], cls: type | None = None) -> dict[str, Any]:
-    """`over` on top of `base`. With `cls`, the dataclass both are data of, only its sections merge key by key;
-    any other value, a mapping such as `grpo.rewards` included, is replaced whole (a file or override that
-    names two rewards gets those two, not those plus the default's)."""
+    """`over` on top of `base`. With `cls`, the dataclass both are data of, only its sections (and patches of its
+    lists' items, `{1: {...}}`) merge key by key; any other value, a mapping such as `grpo.rewards` included, is
+    replaced whole: a file that writes `rewards: {correct: 1}` gets that one reward, not it plus its parent's."""
     hints = _hints(cls) if cls is not None else {}
     out = dict(base)
     for k, v in over.items():
-        section = _section_type(hints.get(str(k))) if cls is not None else None
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and (cls is None or section is not None):
+        hint = hints.get(str(k))
+        section = _section_type(hint) if cls is not None else None
+        both = isinstance(v, dict) and isinstance(out.get(k), dict)
+        if both and (cls is None or section is not None):
             out[k] = _deep_merge(out[k], v, section)
+        elif both and _is_item_patch(v) and _is_item_patch(out[k]) and typing.get_origin(_unannotated(hint)) is list:
+            element = _section_type(typing.get_args(_unannotated(hint))[0])
+            items = dict(out[k])
+            for i, item in v.items():
+                items[i] = _deep_merge(items[i], item, element) if isinstance(item, dict) and isinstance(items.get(i), dict) else item
+            out[k] = items
         else:
             out[k] = v
     return out
+
+
+def _is_item_patch(value: dict[str, Any]) -> bool:
+    """`{1: {...}, 3: {...}}`: changes to items of a list the file does not write out."""
+    return bool(value) and all(str(i).isdigit() for i in value)
 
 
 def _section_type(hint: Any) -> type | None:

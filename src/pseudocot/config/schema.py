@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import inspect
 import re
+import string
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -757,7 +758,8 @@ class GrpoConfig(Section):
     seed: int | None = None
     """Seed of GRPO's sampling, data order and LoRA initialisation (null: `run.seed`); another seed re-runs only GRPO."""
     trl: dict[str, Any] = field(default_factory=dict)
-    """Any other `trl.GRPOConfig` field by its name (e.g. epsilon, num_iterations, top_p); checked when the stage starts."""
+    """Any other `trl.GRPOConfig` field by its name (e.g. epsilon, num_iterations, top_p); one that pseudocot sets itself (a
+    key above, or grpo.train's) is refused when the run starts."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=200, batch_size=64, save_every_steps=50))
     """Steps, batch (completions per micro-batch), checkpoints and logging; not inherited from the top-level `train`."""
 
@@ -775,11 +777,6 @@ class GrpoConfig(Section):
                                                 "every question needs its whole group in one step")
         if self.train.lr != TrainConfig.lr:
             raise FieldError("train.lr", "is not read by GRPO; set grpo.learning_rate (TRL's name) instead")
-        reserved = {"learning_rate", "num_generations", "max_completion_length", "temperature", "beta", "loss_type",
-                    "scale_rewards", "mask_truncated_completions", "output_dir", "max_steps", "seed", "use_cpu", "bf16"}
-        clash = next((k for k in self.trl if k in reserved), None)
-        if clash:
-            raise FieldError("trl", f"sets '{clash}', which has its own key (grpo.{clash} or grpo.train); set it there")
 
 
 @dataclass
@@ -815,6 +812,21 @@ class Config(Section):
         """The task that scores the synth candidates' answers: `synth.task`, else the first eval task."""
         return self.synth.task or self.eval.tasks[0]
 
+    def validate(self) -> None:
+        if self.grpo.enabled and self.grpo.target == "ttm":
+            p = self.pipeline
+            if not p.ttm_continues_thoughts:
+                raise FieldError("grpo.target", "is ttm but pipeline.ttm_continues_thoughts is false: GRPO samples the TTM's whole "
+                                                "chain of thoughts as one completion, which is how the pipeline calls it only when "
+                                                "it continues its own turn")
+            used = {name for _, name, _, _ in string.Formatter().parse(p.ttm_prompt) if name}
+            if used & {"answer", "thoughts"}:
+                raise FieldError("grpo.target", "is ttm but pipeline.ttm_prompt uses {answer} or {thoughts}, which change between "
+                                                "thoughts; GRPO samples the whole chain from the first prompt, so use {question} only")
+            if list(p.thought_stop) != ["\n"]:
+                raise FieldError("grpo.target", "is ttm but pipeline.thought_stop is not [\"\\n\"]: GRPO reads the TTM's chain one "
+                                                "thought per line, as the pipeline does only when a thought ends at a newline")
+
     def grpo_task(self) -> EvalTaskConfig:
         """The task that scores GRPO's rewards: `grpo.task`, else the first eval task."""
         return self.grpo.task or self.eval.tasks[0]
@@ -831,7 +843,10 @@ class Config(Section):
             p, mode=s.mode, base=s.model or p.base, ttm=s.ttm or p.ttm, router=s.router or p.router,
             threshold=s.threshold if s.threshold is not None else p.threshold,
             max_thoughts=s.max_thoughts if s.max_thoughts is not None else p.max_thoughts)
-        return dataclasses.replace(self, pipeline=pipeline)
+        grpo = self.grpo
+        if grpo.enabled and ((grpo.target == "ttm" and s.ttm) or (grpo.target == "base" and s.model)):
+            grpo = dataclasses.replace(grpo, enabled=False)  # the system's own model, not the run's GRPO-tuned one
+        return dataclasses.replace(self, pipeline=pipeline, grpo=grpo)
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ means "does not apply to this completion": TRL leaves it out of the weighted sum
 - `base_correct` (for the TTM): its lines are put in the base model's context as thoughts, rendered
   exactly as the pipeline renders them, and the reward is 1 when the base model's greedy answer is
   right. A generation batch's answers run as one batch: each question's prompt is encoded once and
-  its group of completions reuses it (`generate.sessions`).
+  its group of completions reuses it (`generate.sessions`). One difference from the pipeline: a line
+  longer than `pipeline.thought_max_new_tokens` is read whole here, where the pipeline would cut it.
 
 `bind` wraps each for the trainer under its registry name; the wrapper also logs, per reward and
 step, the share of groups whose rewards all agree (no learning signal from that reward there) and
@@ -213,6 +214,7 @@ def bind(name: str, fn: Reward, ctx: RewardContext) -> Reward:
     its output checked, and its groups without spread logged as `rewards/<name>/zero_spread_groups`."""
     takes_ctx = "ctx" in inspect.signature(fn).parameters
     said_none = False
+    shown = name.replace(":", ".")  # TRL names a reward's metrics by the function's __name__
 
     def reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
         nonlocal said_none
@@ -228,10 +230,10 @@ def bind(name: str, fn: Reward, ctx: RewardContext) -> Reward:
         share = zero_spread_share(values, ctx.num_generations)
         log_metric = kwargs.get("log_metric")
         if log_metric is not None and share is not None:
-            log_metric(f"rewards/{name}/zero_spread_groups", share)
+            log_metric(f"rewards/{shown}/zero_spread_groups", share)
         return values
 
-    reward.__name__ = reward.__qualname__ = name.replace(":", ".")
+    reward.__name__ = reward.__qualname__ = shown
     return reward
 
 

@@ -29,31 +29,75 @@ from pseudocot.freshness import grpo_key
 from pseudocot.layout import RunLayout, has_model
 from pseudocot.stages import prepare
 from pseudocot.train.checkpoints import finished_metrics, train_and_save
-from pseudocot.train.setup import training_args
+from pseudocot.train.setup import training_fields
 
 CURVE_KEYS = ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "completions/clipped_ratio",
               "kl", "entropy", "learning_rate", "base_correct/without_thoughts")
 """What `metrics.json`'s `curve` keeps of each logged step, besides every `rewards/...` entry."""
 
 
-def check_prompts(cfg: Config) -> None:
-    """GRPO trains the TTM on its whole chain in one completion; that is the pipeline's TTM only when it
-    writes its next thought by continuing its own turn, with a prompt that does not change between thoughts."""
-    p = cfg.pipeline
-    if cfg.grpo.target == "ttm" and not p.ttm_continues_thoughts:
-        raise ConfigError("grpo.target is ttm but pipeline.ttm_continues_thoughts is false: GRPO samples the TTM's whole chain "
-                          "of thoughts as one completion, which is how the pipeline calls it only when it continues its own turn.")
-    if cfg.grpo.target == "ttm" and ("{answer}" in p.ttm_prompt or "{thoughts}" in p.ttm_prompt):
-        raise ConfigError("grpo.target is ttm but pipeline.ttm_prompt uses {answer} or {thoughts}, which change between "
-                          "thoughts; GRPO samples the whole chain from the first prompt, so use a prompt of {question} only.")
+BATCH_SHAPE = ("generation_batch_size", "steps_per_generation", "remove_unused_columns")
+"""TRL fields `grpo.trl` may not set either: they decide which completions form a question's group, and which
+dataset columns the rewards see."""
+
+
+def grpo_arguments(cfg: Config, seed: int) -> Any:
+    """TRL's `GRPOConfig` for the stage: `grpo.train` as for every stage, the TRL-named keys, then `grpo.trl`.
+    A `grpo.trl` key that is not a GRPOConfig field, or that pseudocot sets itself, stops here in one line, and so
+    does a combination TRL refuses; no model has loaded yet."""
+    from trl import GRPOConfig
+
+    g = cfg.grpo
+    out = RunLayout.of(cfg).grpo_dir
+    fields = training_fields(dataclasses.replace(g.train, lr=g.learning_rate), out, seed, cfg.run.device, has_eval=False)
+    fields |= dict(gradient_checkpointing=g.train.gradient_checkpointing, num_generations=g.num_generations,
+                   max_completion_length=g.max_completion_length, temperature=g.temperature, beta=g.beta,
+                   loss_type=g.loss_type, scale_rewards=g.scale_rewards, mask_truncated_completions=g.mask_truncated_completions,
+                   reward_weights=[float(w) for w in g.rewards.values()], include_num_input_tokens_seen="no")
+    known = {f.name for f in dataclasses.fields(GRPOConfig)}
+    unknown = sorted(set(g.trl) - known)
+    if unknown:
+        raise ConfigError(f"grpo.trl has '{unknown[0]}', which is not a field of trl.GRPOConfig; see its documentation for the names.")
+    taken = sorted(set(g.trl) & (set(fields) | set(BATCH_SHAPE)))
+    if taken:
+        raise ConfigError(f"grpo.trl sets '{taken[0]}', which pseudocot sets from grpo's own keys or grpo.train; set it there.")
+    try:
+        return GRPOConfig(**fields, **g.trl)
+    except ValueError as e:  # TRL's own checks (e.g. several processes whose batch no longer divides into groups)
+        raise ConfigError(f"grpo: TRL refuses these settings: {e}") from None
+
+
+def check_settings(cfg: Config, seed: int | None = None) -> Any:
+    """What can be checked before any stage trains (`pseudocot run` calls it first): the TRL settings, the rewards'
+    names and the task's extraction. Returns TRL's arguments (under `seed`, default `run.seed`)."""
+    from pseudocot.rewards import get_reward
+    from pseudocot.synth.filter import FilterSettings
+    from pseudocot.tasks import get_task
+
+    g = cfg.grpo
+    args = grpo_arguments(cfg, cfg.run.seed if seed is None else seed)
+    for name in g.rewards:
+        get_reward(name)  # a dotted path that does not import
+    t = cfg.grpo_task()
+    if t.loglikelihood and "base_correct" in g.rewards:
+        raise ConfigError(f"grpo task '{t.name}' is scored by option log-likelihood, but base_correct scores the base model's "
+                          "generated answer; set grpo.task to the same task without loglikelihood.")
+    FilterSettings(get_task(t.name, **t.options), g.extraction)  # an extraction the task does not have
+    return args
 
 
 def plain_prompt(tokenizer: Any, text: str) -> str:
-    """`text` without the BOS that the tokenizer adds itself: TRL tokenizes a text prompt with special tokens,
-    and a chat template that writes BOS as text would otherwise give it twice."""
+    """`text` as TRL must get it to tokenize it as the pipeline does: TRL tokenizes a text prompt with the
+    tokenizer's special tokens, the pipeline without, so a BOS the chat template already wrote is dropped.
+    A tokenizer whose prompts still tokenize differently stops here."""
     bos = getattr(tokenizer, "bos_token", None)
     adds = tokenizer("x")["input_ids"] != tokenizer("x", add_special_tokens=False)["input_ids"]
-    return text[len(bos):] if adds and bos and text.startswith(bos) else text
+    plain = text[len(bos):] if adds and bos and text.startswith(bos) else text
+    if tokenizer(plain)["input_ids"] != tokenizer(text, add_special_tokens=False)["input_ids"]:
+        raise ConfigError(f"tokenizer '{getattr(tokenizer, 'name_or_path', '')}' adds special tokens to a prompt that the pipeline "
+                          "does not give the model, so GRPO would train on other prompts than the pipeline's; use a tokenizer "
+                          "that adds none, or a chat template that writes them itself.")
+    return plain
 
 
 def dataset(cfg: Config, tokenizer: Any, task: Any) -> Any:
@@ -92,19 +136,17 @@ def curve(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def main(cfg: Config) -> dict[str, Any]:
     """Train `<run>/grpo/` from the distilled TTM (or the fine-tuned base); returns its metrics."""
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     from pseudocot.models.loading import load_tokenizer
     from pseudocot.models.lora import attach_lora, is_adapter, load_trained
-    from pseudocot.rewards import RewardContext, build_rewards, get_reward
-    from pseudocot.synth.filter import FilterSettings
+    from pseudocot.rewards import RewardContext, build_rewards
     from pseudocot.tasks import get_task
 
     prepare(cfg)
     layout = RunLayout.of(cfg)
     g = cfg.grpo
     out = layout.grpo_dir
-    check_prompts(cfg)
     start = layout.grpo_start
     if not has_model(start):
         what = "TTM (run `pseudocot distill`)" if g.target == "ttm" else "base model (run `pseudocot finetune`)"
@@ -117,25 +159,9 @@ def main(cfg: Config) -> dict[str, Any]:
     if done is not None:
         return done
     seed = g.seed if g.seed is not None else cfg.run.seed
-    # TRL's settings first: one that cannot work stops here, before any model loads.
-    trl_fields = {f.name for f in dataclasses.fields(GRPOConfig)}
-    unknown = sorted(set(g.trl) - trl_fields)
-    if unknown:
-        raise ConfigError(f"grpo.trl has '{unknown[0]}', which is not a field of trl.GRPOConfig; see its documentation for the names.")
-    try:
-        args = training_args(dataclasses.replace(g.train, lr=g.learning_rate), out, seed, cfg.run.device,
-                             has_eval=False, args_class=GRPOConfig, gradient_checkpointing=g.train.gradient_checkpointing,
-                             num_generations=g.num_generations, max_completion_length=g.max_completion_length,
-                             temperature=g.temperature, beta=g.beta, loss_type=g.loss_type, scale_rewards=g.scale_rewards,
-                             mask_truncated_completions=g.mask_truncated_completions, reward_weights=[float(w) for w in g.rewards.values()],
-                             include_num_input_tokens_seen="no", **g.trl)
-    except ValueError as e:  # TRL's own checks (e.g. several processes whose batch no longer divides into groups)
-        raise ConfigError(f"grpo: TRL refuses these settings: {e}") from None
-    for name in g.rewards:
-        get_reward(name)  # a dotted path that does not import stops here too
+    args = check_settings(cfg, seed)  # before any model loads
     t = cfg.grpo_task()
     task = get_task(t.name, **t.options)
-    FilterSettings(task, g.extraction)  # and an extraction the task does not have
     tokenizer = load_tokenizer(str(start))
     rows = dataset(cfg, tokenizer, task)
 

@@ -140,11 +140,17 @@ def check_tasks(cfg: Config) -> None:
         named.append(("router.task", cfg.router.task))
     if cfg.synth.task is not None:
         named.append(("synth.task", cfg.synth.task))
+    if cfg.grpo.enabled and cfg.grpo.task is not None:
+        named.append(("grpo.task", cfg.grpo.task))
     for key, t in named:
         try:
             get_task(t.name, **t.options)
         except ConfigError as e:
             raise ConfigError(f"{key}: {e}") from None
+    if cfg.grpo.enabled:
+        from pseudocot.stages.grpo import check_settings
+
+        check_settings(cfg)  # TRL's settings and the rewards, before hours of training
 
 
 def clear(layout: RunLayout, name: str) -> None:

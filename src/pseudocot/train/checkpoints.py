@@ -84,8 +84,18 @@ def finished_metrics(out_dir: Path, key: str) -> dict[str, Any] | None:
     return metrics | {"skipped": True} if isinstance(metrics, dict) and metrics.get("key") == key else None
 
 
+MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
+               "model.safetensors.index.json", "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin",
+               "pytorch_model*.bin")
+"""Top-level files of a saved model or adapter: a new result removes the old ones first, so a folder that held an
+adapter and now holds a full model (or the reverse) is not read as the old one."""
+
+
 def save_result(model: Any, tokenizer: Any, out: Path, merge: bool = False) -> None:
     """The final model (full) or adapter (LoRA) with its tokenizer, loadable on its own; `merged/` on request."""
+    for pattern in MODEL_FILES:
+        for old in Path(out).glob(pattern):
+            old.unlink()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     if merge:

@@ -116,10 +116,15 @@ def training_args(train: TrainConfig, out_dir: Path, seed: int, device: str, has
     to `<out_dir>/checkpoints/`; `extra` adds or replaces fields."""
     from transformers import TrainingArguments
 
+    return (args_class or TrainingArguments)(**(training_fields(train, out_dir, seed, device, has_eval) | extra))
+
+
+def training_fields(train: TrainConfig, out_dir: Path, seed: int, device: str, has_eval: bool) -> dict[str, Any]:
+    """The TrainingArguments fields a stage's `train` section sets (`training_args` builds them)."""
     cpu = on_cpu(device)
     bf16 = use_bf16(train.bf16, cpu)
     eval_steps = train.eval_every_steps if has_eval and train.eval_every_steps > 0 else None
-    fields: dict[str, Any] = dict(
+    return dict(
         output_dir=str(checkpoints_dir(out_dir)),
         max_steps=train.max_steps,
         per_device_train_batch_size=train.batch_size,
@@ -147,7 +152,6 @@ def training_args(train: TrainConfig, out_dir: Path, seed: int, device: str, has
         include_num_input_tokens_seen="non_padding",
         train_sampling_strategy="group_by_length" if train.group_by_length else "random",
     )
-    return (args_class or TrainingArguments)(**(fields | extra))
 
 
 def trainable_model(spec: ModelSpec, tokenizer: Any, method: str, lora: Any, device: str, seed: int,
