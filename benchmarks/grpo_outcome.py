@@ -7,7 +7,7 @@ retrained on the new TTM's traces, and never / always / router answer the same 1
 
 Arms (`--arm NAME=REWARDS`, repeatable; default the two below):
 
-- `base_correct+arithmetic`: {base_correct: 1, arithmetic: 1} (the demo-grpo preset's rewards);
+- `bc+arith0.25`: {base_correct: 1, arithmetic: 0.25} (the demo-grpo preset's rewards);
 - `correct`: {correct: 1}, the TTM's own final answer only.
 
 Reported per arm and system: accuracy before (the demo run's evaluation) and after with their 95%
@@ -18,7 +18,7 @@ last line printed is one JSON object; `--markdown` also prints the BENCHMARKS.md
 curves are in each arm's report (`<out-dir>/grpo-<arm>/eval/figures/grpo_rewards.png`).
 
     HF_HUB_OFFLINE=1 python benchmarks/grpo_outcome.py --demo runs/demo --markdown
-    HF_HUB_OFFLINE=1 python benchmarks/grpo_outcome.py --set grpo.seed=1 --tag=-seed1 --markdown   # another GRPO seed
+    HF_HUB_OFFLINE=1 python benchmarks/grpo_outcome.py --arm bc+arith0.25=base_correct:1,arithmetic:0.25 --set grpo.seed=1 --tag=-seed1 --markdown
     HF_HUB_OFFLINE=1 python benchmarks/grpo_outcome.py --arm lr5e-4=base_correct:1,arithmetic:1 --set grpo.learning_rate=5e-4
 """
 
@@ -96,7 +96,7 @@ def main() -> None:
     before_results = args.demo / "eval" / "results.json"
     if not before_results.is_file():
         sys.exit(f"error: {before_results} does not exist; run `pseudocot demo` first (or pass --demo RUN).")
-    specs = args.arm or ["base_correct+arithmetic=base_correct:1,arithmetic:1", "correct=correct:1"]
+    specs = args.arm or ["bc+arith0.25=base_correct:1,arithmetic:0.25", "correct=correct:1"]
     arms: dict[str, str] = {}
     for spec in specs:
         name, _, rewards = spec.partition("=")

@@ -424,7 +424,7 @@ def test_a_mapping_value_is_replaced_whole_while_sections_merge(tmp_path):
     cfg = load_config(child)
     assert cfg.grpo.rewards == {"correct": 2.0}
     assert cfg.grpo.train.max_steps == 7 and cfg.grpo.train.batch_size == 64  # the parent's other train keys stay
-    assert load_config("demo-grpo").grpo.rewards == {"base_correct": 1.0, "arithmetic": 1.0}
+    assert load_config("demo-grpo").grpo.rewards == {"base_correct": 1.0, "arithmetic": 0.25}
 
 
 def test_list_item_patches_still_merge_across_extends(tmp_path):
