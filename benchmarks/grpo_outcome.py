@@ -20,6 +20,7 @@ curves are in each arm's report (`<out-dir>/grpo-<arm>/eval/figures/grpo_rewards
     HF_HUB_OFFLINE=1 python benchmarks/grpo_outcome.py --demo runs/demo --markdown
     HF_HUB_OFFLINE=1 python benchmarks/grpo_outcome.py --arm bc+arith0.25=base_correct:1,arithmetic:0.25 --set grpo.seed=1 --tag=-seed1 --markdown
     HF_HUB_OFFLINE=1 python benchmarks/grpo_outcome.py --arm lr5e-4=base_correct:1,arithmetic:1 --set grpo.learning_rate=5e-4
+    python benchmarks/grpo_outcome.py --arm bc+arith0.25=x:1 --summarize=,-seed1,-seed2,-seed3   # over seeds already run
 """
 
 from __future__ import annotations
@@ -83,6 +84,39 @@ def summary(results: dict[str, Any], system: str) -> dict[str, Any]:
                                   "answer_matches_last_value", "generated_tokens_per_question")}
 
 
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+"""Two-sided 95% quantiles of Student's t by degrees of freedom (more: 1.96)."""
+
+
+def summarize(demo: Path, out_dir: Path, name: str, tags: list[str]) -> dict[str, Any]:
+    """Over runs already made (one per tag, e.g. one per GRPO seed): each run's paired difference per system,
+    their mean, standard deviation and t interval over runs, and the shares of groups with no reward spread."""
+    import statistics
+
+    before = json.loads((demo / "eval" / "results.json").read_text())
+    task = before["primary_task"]
+    folders = [out_dir / f"grpo-{name.replace('+', '-')}{tag}" for tag in tags]
+    out: dict[str, Any] = {"arm": name, "runs": [str(f) for f in folders], "systems": {}, "zero_spread": {}}
+    for system in before["systems"]:
+        b = correct_by_question(demo / "eval", task, system)
+        diffs = []
+        for folder in folders:
+            a = correct_by_question(folder / "eval", task, system)
+            diffs.append(100 * sum(a[i] - b[i] for i in b) / len(b))
+        mean = statistics.mean(diffs)
+        sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+        half = T95.get(len(diffs) - 1, 1.96) * sd / len(diffs) ** 0.5
+        out["systems"][system] = {"differences": [round(d, 1) for d in diffs], "mean": round(mean, 2), "sd": round(sd, 2),
+                                  "t95": [round(mean - half, 1), round(mean + half, 1)]}
+    for folder in folders:
+        curve = json.loads((folder / "grpo" / "metrics.json").read_text())["curve"]
+        shares = {"total": [c["frac_reward_zero_std"] for c in curve]}
+        shares |= {k.split("/")[1]: [c[k] for c in curve if c.get(k) is not None] for k in curve[0] if k.endswith("/zero_spread_groups")}
+        out["zero_spread"][folder.name] = {k: {"mean": round(statistics.mean(v), 3), "min": round(min(v), 3), "max": round(max(v), 3)}
+                                           for k, v in shares.items() if v}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--demo", type=Path, default=Path("runs/demo"), help="A finished demo run (`pseudocot demo`).")
@@ -92,6 +126,9 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="A config override for every arm; repeatable.")
     ap.add_argument("--tag", default="", help="A suffix for the arms' folders (e.g. --tag=-seed1 with --set grpo.seed=1).")
     ap.add_argument("--markdown", action="store_true", help="Also print the BENCHMARKS.md tables.")
+    ap.add_argument("--summarize", metavar="TAGS",
+                    help="Run nothing: over the first arm's runs with these comma-separated tags (e.g. ',-seed1,-seed2'), "
+                         "print the differences' mean, sd and t interval, and the zero-spread shares.")
     args = ap.parse_args()
     before_results = args.demo / "eval" / "results.json"
     if not before_results.is_file():
@@ -103,6 +140,9 @@ def main() -> None:
         if not name or not rewards or name in arms:
             sys.exit(f"error: --arm {spec!r} needs a new NAME=REWARDS (e.g. correct=correct:1).")
         arms[name] = rewards_override(rewards)
+    if args.summarize is not None:
+        print(json.dumps(summarize(args.demo, args.out_dir, next(iter(arms)), args.summarize.split(","))))
+        return
     before = json.loads(before_results.read_text())
     task = before["primary_task"]
     report: dict[str, Any] = {"demo": str(args.demo), "overrides": args.set, "arms": {}}

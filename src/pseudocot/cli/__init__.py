@@ -334,7 +334,8 @@ def grpo(config_name: str, force: bool, overrides: tuple[str, ...]) -> None:
     cfg = _stage_config(config_name, overrides, "grpo" if force else None)
     m = grpo_stage.main(cfg)
     _print_metrics(f"grpo {m['target']} -> {RunLayout.of(cfg).grpo_dir}", m)
-    for name, value in sorted((m.get("final") or {}).items()):
+    last = m["curve"][-1] if m.get("curve") else {}
+    for name, value in sorted(last.items()):
         if name.startswith("rewards/") and name.endswith("/mean") or name in ("reward", "frac_reward_zero_std"):
             shown = "none (the reward did not apply)" if value is None else f"{value:.4g}"
             click.echo(f"  {name} (last logged step) = {shown}")

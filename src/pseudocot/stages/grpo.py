@@ -86,14 +86,14 @@ def check_settings(cfg: Config, seed: int | None = None) -> Any:
     return args
 
 
-def plain_prompt(tokenizer: Any, text: str) -> str:
-    """`text` as TRL must get it to tokenize it as the pipeline does: TRL tokenizes a text prompt with the
+def plain_prompts(tokenizer: Any, texts: list[str]) -> list[str]:
+    """`texts` as TRL must get them to tokenize them as the pipeline does: TRL tokenizes a text prompt with the
     tokenizer's special tokens, the pipeline without, so a BOS the chat template already wrote is dropped.
-    A tokenizer whose prompts still tokenize differently stops here."""
+    A tokenizer whose prompts still tokenize differently (checked on the first; they share one template) stops here."""
     bos = getattr(tokenizer, "bos_token", None)
     adds = tokenizer("x")["input_ids"] != tokenizer("x", add_special_tokens=False)["input_ids"]
-    plain = text[len(bos):] if adds and bos and text.startswith(bos) else text
-    if tokenizer(plain)["input_ids"] != tokenizer(text, add_special_tokens=False)["input_ids"]:
+    plain = [t[len(bos):] if adds and bos and t.startswith(bos) else t for t in texts]
+    if plain and tokenizer(plain[0])["input_ids"] != tokenizer(texts[0], add_special_tokens=False)["input_ids"]:
         raise ConfigError(f"tokenizer '{getattr(tokenizer, 'name_or_path', '')}' adds special tokens to a prompt that the pipeline "
                           "does not give the model, so GRPO would train on other prompts than the pipeline's; use a tokenizer "
                           "that adds none, or a chat template that writes them itself.")
@@ -119,8 +119,8 @@ def dataset(cfg: Config, tokenizer: Any, task: Any) -> Any:
         prompts = [ttm_prompt(tokenizer, q, [], "", p) for q in questions]
     else:
         prompts = [render(tokenizer, base_messages(q, [], p), add_generation_prompt=True) for q in questions]
-    return Dataset.from_list([{"prompt": plain_prompt(tokenizer, pr), "question": q, "answer": e.answer, "choices": e.choices}
-                              for pr, q, e in zip(prompts, questions, examples)])
+    return Dataset.from_list([{"prompt": pr, "question": q, "answer": e.answer, "choices": e.choices}
+                              for pr, q, e in zip(plain_prompts(tokenizer, prompts), questions, examples)])
 
 
 def curve(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -193,9 +193,5 @@ def main(cfg: Config) -> dict[str, Any]:
                "questions": len(rows), "num_generations": g.num_generations,
                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
-    def after() -> dict[str, Any]:
-        steps = curve(trainer.state.log_history)
-        last = steps[-1] if steps else {}
-        return {"curve": steps, "final": {k: v for k, v in last.items() if k != "step"}}
-
-    return train_and_save(trainer, out, key, tokenizer, [], g.train.batch_size, metrics, after=after)
+    return train_and_save(trainer, out, key, tokenizer, [], g.train.batch_size, metrics,
+                          after=lambda: {"curve": curve(trainer.state.log_history)})
