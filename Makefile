@@ -28,9 +28,15 @@ browser:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; }
 
-# Lint first (the suite fails on lint errors), then every test and the doctests of pseudocot.tasks.
+# The tests that train or check precision, run a second time as on a CPU with fast bf16 (the probe answers yes):
+# nothing but train.bf16=true may turn autocast on there, and every tolerance must still hold.
+BF16_TESTS := tests/test_dtype.py tests/test_train.py tests/test_onpolicy.py tests/test_real_model.py tests/test_losses.py
+
+# Lint first (the suite fails on lint errors), then every test and the doctests of pseudocot.tasks, then the
+# training tests with the bf16-capable CPU path forced.
 test: lint browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 PSEUDOCOT_TEST_CPU_BF16=1 $(BIN)/python -m pytest -q -p no:cacheprovider $(BF16_TESTS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -19,6 +19,30 @@ from pseudocot.config import ArithConfig  # noqa: E402
 from pseudocot.data import arith  # noqa: E402
 from pseudocot.data.chat import answer_text, messages_for, question_text, render  # noqa: E402
 
+FORCE_CPU_BF16 = os.environ.get("PSEUDOCOT_TEST_CPU_BF16") == "1"
+"""`make test` runs the training tests a second time with this set: the CPU bf16 probe then answers as on a CPU with
+AVX512-BF16 where bf16 is fast (the machine that once trained the demo under autocast), so every machine checks that
+nothing but `train.bf16: true` turns autocast on and that the tests hold there."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def forced_cpu_bf16():
+    """With PSEUDOCOT_TEST_CPU_BF16=1, the probe of `models.loading` sees bf16 instructions and a faster bf16 matmul."""
+    if not FORCE_CPU_BF16:
+        yield False
+        return
+    from pseudocot.models import loading
+
+    mp = pytest.MonkeyPatch()
+    capability = torch.backends.cpu.get_cpu_capability()
+    mp.setattr(loading, "_cpu_bf16_capability", lambda: (True, f"CPU capability {capability} with AVX512-BF16 (forced for the tests)"))
+    mp.setattr(loading, "_matmul_seconds", lambda dtype, size=512, reps=5: 0.5e-3 if dtype == torch.bfloat16 else 1e-3)
+    loading.cpu_bf16_fast.cache_clear()
+    yield True
+    mp.undo()
+    loading.cpu_bf16_fast.cache_clear()
+
+
 ARITH_CFG = ArithConfig(max_steps=2)
 """Settings of the problems the fixtures train on (short problems keep sequences short)."""
 

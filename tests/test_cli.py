@@ -16,7 +16,7 @@ from pseudocot.cli import cli
 from pseudocot.config import load_config
 from pseudocot.data.jsonl import read_examples
 
-COMMANDS = ["data", "finetune", "distill", "router", "eval", "run", "demo", "chat", "serve", "synth", "grpo", "config", "models"]
+COMMANDS = ["data", "finetune", "distill", "router", "eval", "run", "demo", "chat", "serve", "synth", "grpo", "config", "models", "stages"]
 FIXTURES = Path(__file__).parent / "fixtures"
 
 

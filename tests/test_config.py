@@ -442,3 +442,9 @@ def test_an_eval_system_with_its_own_ttm_is_not_replaced_by_the_grpo_one(tmp_pat
     assert RunLayout.of(cfg).ttm == RunLayout.of(cfg).grpo_dir
     assert RunLayout.of(cfg.for_system(cfg.eval.systems[1])).ttm == tmp_path / "other"
     assert RunLayout.of(cfg.for_system(cfg.eval.systems[2])).ttm == RunLayout.of(cfg).grpo_dir
+
+
+@pytest.mark.parametrize(("key", "value"), [("max_length", 64), ("val_examples", 8), ("eval_every_steps", 5), ("lr", 0.1)])
+def test_grpo_train_refuses_the_train_keys_grpo_never_reads(key, value):
+    with pytest.raises(ConfigError, match=rf"grpo\.train\.{key}' is not read by GRPO"):
+        load_config("demo-grpo", [f"grpo.train.{key}={value}"])

@@ -1,6 +1,6 @@
-"""Training precision on a CPU: bf16 autocast only where the CPU has bf16 matrix instructions and a
-bf16 matmul is measured faster (`models.loading.cpu_bf16_fast`), chosen by `train.bf16: null`,
-refused for `train.bf16: true` elsewhere, and logged in one line. The CPU is faked both ways."""
+"""Training precision on a CPU: fp32 for `train.bf16: null` (and false); bf16 autocast only for `train.bf16: true`,
+and only where the CPU has bf16 matrix instructions and a bf16 matmul is measured faster
+(`models.loading.cpu_bf16_fast`), refused elsewhere; the choice logged in one line. The CPU is faked both ways."""
 
 from __future__ import annotations
 
@@ -70,19 +70,31 @@ def test_the_real_probe_answers_here():
 
 
 @pytest.mark.parametrize("fast", [True, False])
-def test_bf16_null_follows_the_probe_on_cpu(tmp_path, monkeypatch, caplog, fast):
-    monkeypatch.setattr(setup, "cpu_bf16_fast", lambda: (fast, "a faked CPU"))
+def test_bf16_null_is_fp32_on_cpu_whatever_the_probe(tmp_path, monkeypatch, caplog, fast):
+    """null never turns autocast on on a CPU, not even where bf16 is fast: it moved the demo by 27 points there."""
+    probed: list[bool] = []
+    monkeypatch.setattr(setup, "cpu_bf16_fast", lambda: probed.append(True) or (fast, "a faked CPU"))
     with caplog.at_level(logging.INFO, logger="pseudocot.train.setup"):
         args = training_args(TrainConfig(max_steps=1), tmp_path, 0, "cpu", has_eval=False)
-    assert args.bf16 is fast and args.use_cpu
+    assert args.bf16 is False and args.use_cpu
+    assert probed == []  # null on a CPU needs no probe
     lines = [r.getMessage() for r in caplog.records if r.name == "pseudocot.train.setup"]
-    assert lines == [f"training precision: {'bf16 autocast' if fast else 'fp32'} on CPU (train.bf16=null; a faked CPU)"]
+    assert lines == ["training precision: fp32 on CPU (train.bf16=null; bf16 autocast on a CPU only with train.bf16=true)"]
+
+
+def test_bf16_true_on_a_capable_cpu_is_logged_with_the_probe(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(setup, "cpu_bf16_fast", lambda: (True, "a faked CPU"))
+    with caplog.at_level(logging.INFO, logger="pseudocot.train.setup"):
+        args = training_args(TrainConfig(max_steps=1, bf16=True), tmp_path, 0, "cpu", has_eval=False)
+    assert args.bf16 is True
+    lines = [r.getMessage() for r in caplog.records if r.name == "pseudocot.train.setup"]
+    assert lines == ["training precision: bf16 autocast on CPU (train.bf16=true; a faked CPU)"]
 
 
 def test_bf16_true_on_a_cpu_without_it_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(setup, "cpu_bf16_fast", lambda: (False, "CPU capability AVX2 without AVX512-BF16 or AMX"))
     with pytest.raises(ModelError, match=r"train\.bf16=true on this CPU \(CPU capability AVX2 without AVX512-BF16 or AMX\) "
-                                         r"would train several to a hundred times slower than fp32; set train\.bf16 to null"):
+                                         r"would train several to a hundred times slower than fp32; set train\.bf16 to null or false"):
         training_args(TrainConfig(max_steps=1, bf16=True), tmp_path, 0, "cpu", has_eval=False)
 
 
@@ -98,7 +110,8 @@ def test_weights_stay_float32_on_cpu():
 
 
 def test_a_trainer_runs_under_cpu_bf16_autocast(tmp_path, monkeypatch, arith_examples, arith_tokenizer):
-    """Where the probe says yes, HF Trainer trains on the CPU under bf16 autocast over fp32 weights."""
+    """With train.bf16=true where the probe says yes, HF Trainer trains on the CPU under bf16 autocast over fp32 weights
+    (the probe is patched, so a CPU without AVX512-BF16 runs the bf16-capable path too)."""
     from transformers import Trainer
 
     from pseudocot.models.tiny import build_tiny_model
@@ -107,7 +120,8 @@ def test_a_trainer_runs_under_cpu_bf16_autocast(tmp_path, monkeypatch, arith_exa
     monkeypatch.setattr(setup, "cpu_bf16_fast", lambda: (True, "a faked CPU"))
     rows = tokenize_examples(arith_examples[:16], arith_tokenizer, with_reasoning=True, system_prompt=None, max_length=64)
     model = build_tiny_model("tiny-3xs", arith_tokenizer, seed=0)
-    args = training_args(TrainConfig(max_steps=2, batch_size=4, save_every_steps=100), tmp_path, 0, "cpu", has_eval=False)
+    args = training_args(TrainConfig(max_steps=2, batch_size=4, save_every_steps=100, bf16=True), tmp_path, 0, "cpu",
+                         has_eval=False)
     trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=PadCollator(arith_tokenizer.pad_token_id))
     seen: list[torch.dtype] = []
     model.lm_head.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
@@ -115,3 +129,14 @@ def test_a_trainer_runs_under_cpu_bf16_autocast(tmp_path, monkeypatch, arith_exa
     assert torch.isfinite(torch.tensor(result.training_loss))
     assert seen and all(d == torch.bfloat16 for d in seen)  # the matmuls ran in bf16 ...
     assert all(p.dtype == torch.float32 for p in model.parameters())  # ... over fp32 weights
+
+
+def test_null_stays_fp32_where_the_probe_says_bf16_is_fast(tmp_path, fresh_probe, monkeypatch):
+    """The probe itself answering yes (as on a CPU with AVX512-BF16, the machine where autocast cost the demo 27
+    points), not a patched `use_bf16`: null and false still train in fp32, true in bf16."""
+    monkeypatch.setattr(loading, "_cpu_bf16_capability", lambda: (True, "CPU capability AVX512 with AVX512-BF16"))
+    fake_timings(monkeypatch, fp32=1e-3, bf16=0.5e-3)
+    assert loading.cpu_bf16_fast()[0] is True
+    for setting, expected in ((None, False), (False, False), (True, True)):
+        args = training_args(TrainConfig(max_steps=1, bf16=setting), tmp_path, 0, "cpu", has_eval=False)
+        assert args.bf16 is expected, setting

@@ -20,9 +20,9 @@ from pseudocot.freshness import (
     finetune_key,
     model_fingerprint,
     pipeline_settings,
-    stage_key,
 )
 from pseudocot.layout import RunLayout
+from pseudocot.stages.table import stage_key
 
 FAST = ["data.arith.n_train=300", "data.arith.n_val=40", "data.arith.n_test=40",
         "base.train.max_steps=12", "base.train.save_every_steps=6", "base.train.batch_size=16"]

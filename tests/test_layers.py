@@ -15,12 +15,12 @@ import pseudocot
 
 LAYERS: dict[str, int] = {
     # the ground: no pseudocot imports but each other's, downward
-    "pseudocot": 0, "pseudocot.errors": 0, "pseudocot.files": 0, "pseudocot.dotted": 1,
+    "pseudocot": 0, "pseudocot.errors": 0, "pseudocot.files": 0, "pseudocot.progress": 0, "pseudocot.dotted": 1,
     "pseudocot.config": 1, "pseudocot.losses": 1,
     "pseudocot.layout": 2, "pseudocot.data": 2,
     "pseudocot.freshness": 3, "pseudocot.tasks": 3, "pseudocot.models": 3,
-    "pseudocot.generate": 4, "pseudocot.train": 4,
-    "pseudocot.router": 5, "pseudocot.synth": 5,
+    "pseudocot.generate": 4,
+    "pseudocot.train": 5, "pseudocot.router": 5, "pseudocot.synth": 5,  # train: on-policy batches sample with generate
     "pseudocot.pipeline": 6, "pseudocot.rewards": 6,
     "pseudocot.evaluate": 7, "pseudocot.chat": 7, "pseudocot.serve": 7,
     # entry points: stages, then the command line

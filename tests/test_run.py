@@ -8,9 +8,10 @@ import json
 import pytest
 
 from pseudocot.config import load_config
-from pseudocot.freshness import stage_key
 from pseudocot.layout import RunLayout
 from pseudocot.stages import run as run_mod
+from pseudocot.stages import table
+from pseudocot.stages.table import stage_key
 
 
 def _fake_outputs(cfg, name):
@@ -55,7 +56,7 @@ def calls(monkeypatch):
         def go(cfg):
             if name in fail:
                 raise KeyboardInterrupt(f"killed during {name}")
-            record.existed[name] = any(p.exists() for p in RunLayout.of(cfg).stage_outputs(name))
+            record.existed[name] = any(p.exists() for p in table.stage_outputs(RunLayout.of(cfg), name))
             record.append((name, record.scratch(name)))
             _fake_outputs(cfg, name)
             return {}
@@ -69,7 +70,7 @@ def _cfg(tmp_path, *overrides):
     return load_config("smoke", (f"run.out_dir={tmp_path}", "run.parallel_stages=false", *overrides))
 
 
-DEFAULT_STAGES = [s for s in run_mod.STAGES if s not in ("synth", "grpo")]
+DEFAULT_STAGES = [s.name for s in table.STAGES if not s.switch]
 """Every stage but synth and grpo, which run only when enabled."""
 
 
@@ -145,7 +146,7 @@ def test_force_and_stage_selection(tmp_path, calls):
 
 def test_keys_chain_through_what_a_stage_reads(tmp_path):
     def keys(cfg):
-        return {name: stage_key(cfg, name) for name in run_mod.STAGES}
+        return {name: stage_key(cfg, name) for name in table.NAMES}
 
     cfg = _cfg(tmp_path)
     a = keys(cfg)
@@ -235,3 +236,40 @@ def test_router_and_eval_wait_for_the_base_before_their_keys(tmp_path, calls, mo
     run_mod.main(_cfg(tmp_path, "run.parallel_stages=true", "base.train.max_steps=41", "distill.ce_only_baseline=true"),
                  echo=calls.echo)
     assert [c[0] for c in calls] == ["base", "distill", "router", "eval"]
+
+
+def test_a_base_that_reads_the_ttms_thoughts_trains_after_the_chain_and_follows_the_ttm(tmp_path, calls, monkeypatch):
+    """base.thoughts_from: mix reads the Tiny Thought Model: it never starts beside the chain, it runs after
+    distill, and a new TTM trains it again (and what reads it); with gold it goes back beside the chain."""
+    cfg = _cfg(tmp_path, "run.parallel_stages=true", "base.thoughts_from=mix")
+    beside = []
+    monkeypatch.setattr(run_mod, "_subprocess", lambda layout, stage: beside.append(stage) or FakeProc(calls, layout.cfg))
+    run_mod.main(cfg, echo=calls.echo)
+    assert beside == []
+    assert [c[0] for c in calls] == ["data", "teacher", "distill", "base", "router", "eval"]
+    assert table.get("base").reads(cfg) == ("data", "distill")
+    calls.clear()
+    run_mod.main(_cfg(tmp_path, "run.parallel_stages=true", "base.thoughts_from=mix", "distill.stages.1.train.max_steps=21"),
+                 echo=calls.echo)
+    assert [c[0] for c in calls] == ["distill", "base", "router", "eval"]
+    calls.clear()
+    run_mod.main(_cfg(tmp_path, "run.parallel_stages=true"), echo=calls.echo)  # gold: beside the chain again
+    assert [s.name for s in beside] == ["base"] and table.get("base").reads(_cfg(tmp_path)) == ("data",)
+
+
+def test_help_texts_and_docstrings_name_every_stage():
+    """One table: the run command's --stage help and description, `pseudocot stages`, and the docstrings that list
+    the stages all name every stage of it."""
+    from click.testing import CliRunner
+
+    import pseudocot.stages as stages_pkg
+    from pseudocot.cli import cli
+
+    runner = CliRunner()
+    help_text = runner.invoke(cli, ["run", "--help"]).output
+    listed = runner.invoke(cli, ["stages", "--config", "smoke"]).output
+    for name in table.NAMES:
+        assert name in help_text and f"\n{name} " in "\n" + listed
+        assert name in run_mod.__doc__ and name in stages_pkg.__doc__
+    assert table.chain() in " ".join(help_text.split())
+    assert "turned on by synth.enabled=true" in listed and "turned on by grpo.enabled=true" in listed

@@ -221,8 +221,8 @@ def test_pseudocot_serve_as_the_teacher(tmp_path, serve_run, live_server, monkey
 
 
 def test_run_with_synth_enabled_trains_the_teacher_on_the_kept_solutions(tmp_path, serve_run):
-    from pseudocot.freshness import stage_key
     from pseudocot.stages import run as run_stage
+    from pseudocot.stages.table import stage_key
 
     cfg_file = synth_config(tmp_path, serve_run, "pipeline", enabled="true", max_questions="10")
     cfg = load_config(cfg_file, ["data.arith.n_train=40", "data.arith.n_val=10", "data.arith.n_test=10"])

@@ -6,17 +6,9 @@ and the pipeline settings that shape what it sees, `pipeline_settings`) and (b) 
 of every input it reads: data files, upstream model folders, the tokenizer. Not modification times:
 a file rewritten with the same bytes keeps its key, and a changed file changes it.
 
-    stage     reads
-    data      data, tokenizer sections; the source files
-    synth     synth section, its task; the questions file, a local teacher's and judge's weights (its
-              candidates are kept per `synth_generation_key`: changing a check re-filters, it does not re-ask)
-    teacher   teacher section, run.seed; train/val files (train: synth's kept solutions when enabled), tokenizer,
-              pretrained weights
-    base      base section, run.seed, the base prompts (with thoughts_in_context); the same inputs
-    distill   distill section, run.seed; stage 1's teacher, train/val files, tokenizer, students
-    router    router section; its traces' key: router task, pipeline (traces); train/val files, base, TTM
-    eval      eval section; each task's key (data, options) and each system's key (settings, pipeline
-              (eval), the content of its base, TTM and router)
+Each stage's key function says in its docstring what it reads (`data_key`, `synth_key`, `finetune_key`
+for the teacher and the base, `distill_key`, `grpo_key`, `router_key`, `eval_key`); the table of stages
+(`pseudocot.stages.table`) names the function of each stage, and `pseudocot stages` prints them all.
 
 `pseudocot run` records the keys in `run_state.json` and skips a stage finished with its current key.
 The stages themselves (and so `pseudocot finetune`, `distill`, `router`, `eval` run alone) use the
@@ -37,9 +29,6 @@ from typing import Any
 from pseudocot.config.loader import to_dict
 from pseudocot.config.schema import Config, DistillStageConfig, EvalTaskConfig, ModelSpec, PipelineConfig, SystemConfig
 from pseudocot.layout import METRICS, RunLayout
-
-STAGES = ("data", "synth", "teacher", "distill", "base", "grpo", "router", "eval")
-"""Every stage `pseudocot run` knows, in the order it runs them."""
 
 _MIB = 1 << 20
 
@@ -112,6 +101,8 @@ def model_fingerprint(folder: str | os.PathLike[str] | None) -> str | None:
 # --------------------------------------------------------------------------------------------
 
 _BASE_PROMPTS = ("base_prompt", "base_prompt_with_thoughts", "system_prompt")
+_TTM_PROMPTS = ("ttm_prompt", "ttm_continues_thoughts", "ttm_system_prompt", "thought_stop", "thought_max_new_tokens",
+                "max_thoughts")
 _RUNTIME = ("mode", "threshold", "batch_size", "kv_reuse", "base", "ttm", "router")
 """Settings that never change a forced trace: how questions are batched (greedy batches equal one
 question at a time), and which folders (their contents are fingerprinted instead)."""
@@ -121,12 +112,15 @@ def pipeline_settings(p: PipelineConfig, reader: str) -> dict[str, Any]:
     """The pipeline settings that shape what `reader` trains on or measures:
 
     - `base`: the base model trained with thoughts in its context (the prompts it is rendered with);
+    - `ttm`: the TTM's own thoughts written alone (`base.thoughts_from`): its prompts, stops and lengths;
     - `traces`: forced traces (the router's training data): every setting but the runtime ones;
     - `eval`: answers in a chosen mode: the traces' settings plus the mode and threshold.
     """
     d = to_dict(p)
     if reader == "base":
         return {k: d[k] for k in _BASE_PROMPTS}
+    if reader == "ttm":
+        return {k: d[k] for k in _TTM_PROMPTS}
     if reader == "traces":
         return {k: v for k, v in d.items() if k not in _RUNTIME}
     if reader == "eval":
@@ -167,7 +161,10 @@ def _source_files(cfg: Config) -> list[Any]:
 
 
 def finetune_key(cfg: Config, role: str) -> str:
-    """The key of `pseudocot finetune --role <role>` (the teacher and base stages)."""
+    """The key of `pseudocot finetune --role <role>` (the teacher and base stages): its section, `run.seed`, the base
+    prompts (with thoughts_in_context), train/val files (the teacher's: synth's kept solutions when enabled), the
+    tokenizer and the pretrained weights; with `base.thoughts_from` ttm or mix, also the Tiny Thought Model and the
+    settings it writes its thoughts with (`ttm_thoughts_key`)."""
     layout = RunLayout.of(cfg)
     f = cfg.teacher if role == "teacher" else cfg.base
     return digest({
@@ -175,7 +172,18 @@ def finetune_key(cfg: Config, role: str) -> str:
         "prompts": pipeline_settings(cfg.pipeline, "base") if f.thoughts_in_context else None,
         "data": _data_inputs(layout, f.train_file, f.val_file, reasoning=role == "teacher"),
         "tokenizer": _tokenizer_input(f.model, layout), "weights": model_fingerprint(f.model.path),
+        **({"ttm": ttm_thoughts_key(cfg)} if f.thoughts_from != "gold" else {}),
     })
+
+
+def ttm_thoughts_key(cfg: Config) -> str:
+    """The key of the TTM's thoughts on the base model's training questions: the TTM before any GRPO, the pipeline
+    settings it writes with, the questions, how many and at what temperature, `run.seed`."""
+    layout = RunLayout.of(cfg)
+    b = cfg.base
+    return digest({"stage": "ttm-thoughts", "ttm": model_fingerprint(layout.distilled_ttm),
+                   "pipeline": pipeline_settings(cfg.pipeline, "ttm"), "questions": file_fingerprint(b.train_file or layout.split("train")),
+                   "count": b.ttm_questions, "temperature": b.ttm_temperature, "seed": cfg.run.seed})
 
 
 def distill_stage_key(cfg: Config, stage: DistillStageConfig, teacher: str | os.PathLike[str]) -> str:
@@ -184,7 +192,7 @@ def distill_stage_key(cfg: Config, stage: DistillStageConfig, teacher: str | os.
     common = {k: v for k, v in to_dict(cfg.distill).items() if k not in ("teacher", "stages", "ce_only_baseline")}
     return digest({
         "stage": "distill", "own": stage, "distill": common, "seed": cfg.run.seed,
-        "teacher": model_fingerprint(teacher) if stage.teacher_weight() or stage.student.from_ == "teacher" else None,
+        "teacher": model_fingerprint(teacher) if stage.needs_teacher() or stage.student.from_ == "teacher" else None,
         "data": _data_inputs(layout, stage.train_file, stage.val_file, reasoning=True),
         "tokenizer": _tokenizer_input(stage.student, layout),
         "weights": model_fingerprint(stage.student.path if stage.student.from_ in (None, "teacher") else stage.student.from_),
@@ -269,38 +277,46 @@ def eval_system_key(cfg: Config, system: SystemConfig) -> str:
     return digest(settings)
 
 
-def stage_key(cfg: Config, stage: str) -> str:
-    """The key of `stage` (one of `STAGES`) as its inputs are now."""
+def data_key(cfg: Config) -> str:
+    """The key of the data stage: the data and tokenizer sections and the content of the source files."""
+    return digest({"stage": "data", "data": cfg.data, "tokenizer": cfg.tokenizer, "sources": _source_files(cfg)})
+
+
+def synth_key(cfg: Config) -> str:
+    """The key of the synth stage: its section (not how it is sharded, nor who writes: the candidates' key says
+    that), its candidates' key, the task that scores them, the questions and a local judge's weights."""
+    task = cfg.synth_task()
+    own = {k: v for k, v in to_dict(cfg.synth).items() if k not in ("shard", "teacher")}
+    judge = cfg.synth.judge
+    return digest({"stage": "synth", "own": own, "candidates": synth_generation_key(cfg),
+                   "task": {"name": task.name, "options": task.options}, "questions": synth_questions_fingerprint(cfg),
+                   "judge": model_fingerprint(judge.path) if judge and judge.path else None})
+
+
+def distill_key(cfg: Config) -> str:
+    """The key of the distillation chain: its own config and its first teacher; each stage's key
+    (`distill_stage_key`) adds the stage before it."""
     layout = RunLayout.of(cfg)
-    if stage == "data":
-        return digest({"stage": stage, "data": cfg.data, "tokenizer": cfg.tokenizer, "sources": _source_files(cfg)})
-    if stage == "synth":
-        task = cfg.synth_task()
-        own = {k: v for k, v in to_dict(cfg.synth).items() if k not in ("shard", "teacher")}
-        judge = cfg.synth.judge
-        return digest({"stage": stage, "own": own, "candidates": synth_generation_key(cfg),
-                       "task": {"name": task.name, "options": task.options}, "questions": synth_questions_fingerprint(cfg),
-                       "judge": model_fingerprint(judge.path) if judge and judge.path else None})
-    if stage in ("teacher", "base"):
-        return finetune_key(cfg, stage)
-    if stage == "distill":
-        # The chain's own config and its first teacher; each stage's key adds the stage before it.
-        return digest({"stage": stage, "distill": cfg.distill, "seed": cfg.run.seed,
-                       "teacher": model_fingerprint(layout.distill_teacher),
-                       "data": [_data_inputs(layout, s.train_file, s.val_file, reasoning=True) for s in cfg.distill.stages],
-                       "tokenizer": [_tokenizer_input(s.student, layout) for s in cfg.distill.stages],
-                       "weights": [model_fingerprint(s.student.path) for s in cfg.distill.stages]})
-    if stage == "grpo":
-        return grpo_key(cfg)
-    if stage == "router":
-        return digest({"stage": stage, "traces": router_traces_key(cfg),
-                       "router": {k: v for k, v in to_dict(cfg.router).items() if k != "task"}})
-    if stage == "eval":
-        own = {k: v for k, v in to_dict(cfg.eval).items() if k not in ("tasks", "systems", "shard", "out")}
-        return digest({"stage": stage, "eval": own,
-                       "tasks": [eval_task_key(t, layout.eval_task_data(t.data), cfg.eval.max_questions) for t in cfg.eval.tasks],
-                       "systems": [eval_system_key(cfg, s) for s in cfg.eval.systems]})
-    raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    return digest({"stage": "distill", "distill": cfg.distill, "seed": cfg.run.seed,
+                   "teacher": model_fingerprint(layout.distill_teacher),
+                   "data": [_data_inputs(layout, s.train_file, s.val_file, reasoning=True) for s in cfg.distill.stages],
+                   "tokenizer": [_tokenizer_input(s.student, layout) for s in cfg.distill.stages],
+                   "weights": [model_fingerprint(s.student.path) for s in cfg.distill.stages]})
+
+
+def router_key(cfg: Config) -> str:
+    """The key of the router stage: its traces' key and its own training settings."""
+    return digest({"stage": "router", "traces": router_traces_key(cfg),
+                   "router": {k: v for k, v in to_dict(cfg.router).items() if k != "task"}})
+
+
+def eval_key(cfg: Config) -> str:
+    """The key of the eval stage: its settings, each task's key and each system's key."""
+    layout = RunLayout.of(cfg)
+    own = {k: v for k, v in to_dict(cfg.eval).items() if k not in ("tasks", "systems", "shard", "out")}
+    return digest({"stage": "eval", "eval": own,
+                   "tasks": [eval_task_key(t, layout.eval_task_data(t.data), cfg.eval.max_questions) for t in cfg.eval.tasks],
+                   "systems": [eval_system_key(cfg, s) for s in cfg.eval.systems]})
 
 
 ROUTER_CHUNK = 128

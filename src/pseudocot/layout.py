@@ -7,7 +7,7 @@
       synth/       candidates.jsonl kept.jsonl rejects.jsonl stats.json
       teacher/     the reasoning teacher            } a trained-model folder: the model or adapter,
       distill/     <stage>/ per stage, summary.json } its tokenizer, metrics.json, checkpoints/,
-      base/        the base model                   } [merged/], [teacher_cache/]
+      base/        the base model                   } [merged/], [teacher_cache/], [ttm_thoughts/]
       grpo/        the RL-tuned TTM (or base)
       router/      router.json *.safetensors traces/
       eval/        results.json report.md/.csv/.json figures/ predictions/ traces/ cache/
@@ -180,6 +180,12 @@ class RunLayout:
         return self.finetune_dir("base")
 
     @property
+    def base_ttm_thoughts(self) -> Path:
+        """The Tiny Thought Model's thoughts on the base model's training questions (`base.thoughts_from`), kept in a
+        subfolder of base/ (not part of the model's fingerprint) with the key they were written under."""
+        return self.base_dir / "ttm_thoughts" / "thoughts.jsonl"
+
+    @property
     def distill_dir(self) -> Path:
         return self.root / "distill"
 
@@ -290,24 +296,8 @@ class RunLayout:
             return Path(__file__).parent / "configs" / "data" / data[len(BUILTIN_DATA):]
         return Path(data) if data else self.split("test")
 
-    # ---------------------------------------------------------------- stages
-
-    def stage_outputs(self, stage: str) -> list[Path]:
-        """What `--force` removes before a stage runs again from scratch. A folder the config points
-        outside the run (`pipeline.router`, `eval.out`) is not removed whole: only what marks the
-        stage's work there as done or resumable (router.json and traces/, results.json and cache/)."""
-        outputs: dict[str, Sequence[Path]] = {
-            "data": (self.data_dir, self.tokenizer_dir), "synth": (self.synth_dir,),
-            "teacher": (self.teacher_dir,), "base": (self.base_dir,), "distill": (self.distill_dir,),
-            "grpo": (self.grpo_dir,),
-            "router": (self.router_dir,) if self._inside(self.router_dir) else (self.router_file, self.router_traces_dir),
-            "eval": (self.eval_dir,) if self._inside(self.eval_dir) else (self.eval.results, self.eval.cache),
-        }
-        if stage not in outputs:
-            raise ValueError(f"unknown stage {stage!r}")
-        return list(outputs[stage])
-
-    def _inside(self, path: Path) -> bool:
+    def inside_run(self, path: Path) -> bool:
+        """Whether `path` lies inside the run folder (a folder the config points elsewhere does not)."""
         return path.resolve().is_relative_to(self.root.resolve())
 
 

@@ -169,7 +169,7 @@ class StepInput:
 class Pipeline:
     """Base `Generator` + TTM `Generator` + router, answering batches of questions."""
 
-    def __init__(self, base: Generator, ttm: Generator | None, cfg: PipelineConfig, router: RouterPolicy | None = None,
+    def __init__(self, base: Generator | None, ttm: Generator | None, cfg: PipelineConfig, router: RouterPolicy | None = None,
                  base_tokenizer: Any = None, ttm_tokenizer: Any = None, sampling: Sampling | None = None) -> None:
         if cfg.mode != "never" and ttm is None:
             raise ConfigError(f"pipeline.mode={cfg.mode} needs a Tiny Thought Model; set pipeline.ttm or train one with `pseudocot distill`.")
@@ -327,6 +327,28 @@ class Pipeline:
         done(range(len(traces)))
         return traces
 
+    def ttm_thoughts(self, questions: Sequence[tuple[str, str]]) -> list[list[str]]:
+        """The thoughts the TTM writes for each `(id, question)` when the loop calls it up to `max_thoughts` times
+        without base answers in between (the base model's training rows, `base.thoughts_from`): batched, with KV
+        reuse, each thought written exactly as `_think` writes it in the loop. Needs a TTM prompt without {answer}."""
+        out: list[list[str]] = []
+        size = max(1, self.cfg.batch_size)
+        for start in range(0, len(questions), size):
+            traces = [Trace(id=qid, question=q, mode="always") for qid, q in questions[start:start + size]]
+            thoughts: list[list[str]] = [[] for _ in traces]
+            self._batches += 1
+            keys = [("pcot", self._batches, i) for i in range(len(traces))]
+            try:
+                for _ in range(self.cfg.max_thoughts):
+                    active = [i for i in range(len(traces)) if not self._ttm_done(traces[i])]
+                    if not active:
+                        break
+                    self._think(active, traces, thoughts, keys, None)
+            finally:
+                self._end_sessions(keys)
+            out += thoughts
+        return out
+
     def _end_sessions(self, keys: Sequence[Any]) -> None:
         """Forget what both models encoded for these questions."""
         for gen, role in ((self.base, "base"), (self.ttm, "ttm")):
@@ -446,6 +468,14 @@ def _local_generator(folder: Path | None, what: str, cfg: Config) -> Any:
     model.eval()
     return HFGenerator(model, load_tokenizer(str(folder)), batch_size=cfg.pipeline.batch_size,
                        kv_reuse=cfg.pipeline.kv_reuse)
+
+
+def ttm_thoughts_of(cfg: Config, folder: Path, questions: Sequence[tuple[str, str]], sampling: Sampling | None = None) -> list[list[str]]:
+    """The thoughts the TTM in `folder` writes for each `(id, question)` on its own (`Pipeline.ttm_thoughts`)."""
+    import dataclasses
+
+    ttm = _local_generator(folder, "ttm", cfg)
+    return Pipeline(None, ttm, dataclasses.replace(cfg.pipeline, mode="always"), sampling=sampling).ttm_thoughts(questions)
 
 
 def load_pipeline(cfg: Config, mode: str | None = None, need_router: bool | None = None,

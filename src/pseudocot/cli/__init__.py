@@ -21,6 +21,7 @@ from pseudocot.cli.groups import PseudocotGroup, StageGroup, config_option, over
 from pseudocot.cli.synth import synth_group
 from pseudocot.config import DEFAULT_PRESET, ArithConfig, Config, load_config, presets, to_yaml
 from pseudocot.layout import RunLayout
+from pseudocot.stages import table
 
 
 @click.group(cls=PseudocotGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -209,9 +210,9 @@ def models_import(source: str, out: Path, dtype: str, force: bool) -> None:
 def _run(cfg: Config, force: bool, stages: tuple[str, ...]) -> dict[str, Any]:
     from pseudocot.stages import run as run_stage
 
-    bad = [s for s in stages if s not in run_stage.STAGES]
+    bad = [s for s in stages if s not in table.NAMES]
     if bad:
-        raise click.BadParameter(f"'{bad[0]}' is not a stage; stages: {', '.join(run_stage.STAGES)}.", param_hint="--stage")
+        raise click.BadParameter(f"'{bad[0]}' is not a stage; stages: {', '.join(table.NAMES)}.", param_hint="--stage")
     return run_stage.main(cfg, force=force, stages=stages or None, echo=click.echo)
 
 
@@ -221,15 +222,36 @@ force_option = click.option("--force", is_flag=True, help="Remove the stage's ou
 @cli.command("run")
 @click.argument("config_name", metavar="CONFIG")
 @click.option("--force", is_flag=True, help="Run every stage again from scratch (their outputs are removed first).")
-@click.option("--stage", "stages", multiple=True, help="Run only these stages (repeatable): data, teacher, distill, base, router, eval.")
+@click.option("--stage", "stages", multiple=True, help=f"Run only these stages (repeatable): {', '.join(table.NAMES)}.")
 @overrides_argument
 def run_command(config_name: str, force: bool, stages: tuple[str, ...], overrides: tuple[str, ...]) -> None:
-    """Run every configured stage in order into one run folder: data, teacher, distill, base,
-    router, eval. A stage whose key (its config and the content of what it reads) is unchanged is
-    skipped; a changed one re-runs with the stages after it; a killed run started again continues
-    where it stopped.
+    """Run every configured stage in order into one run folder. A stage whose key (its config and the
+    content of what it reads) is unchanged is skipped; a changed one re-runs with the stages after it;
+    a killed run started again continues where it stopped. `pseudocot stages` lists the stages.
     """
     _run(load_config(config_name, overrides), force, stages)
+
+
+run_command.help = f"{run_command.help.rstrip()}\n\n{table.chain()}"
+
+
+@cli.command("stages")
+@config_option
+@overrides_argument
+def stages_command(config_name: str, overrides: tuple[str, ...]) -> None:
+    """The stages `pseudocot run` runs for a config, in order: enabled or not, what each reads, its key
+    as its inputs are now, the command that runs it alone and what `--force` removes."""
+    cfg = load_config(config_name, overrides)
+    layout = RunLayout.of(cfg)
+    for s in table.STAGES:
+        on = s.enabled(cfg)
+        click.echo(f"{s.name:8} {'on ' if on else 'off'}  {s.what}")
+        if on:
+            reads = ", ".join(r for r in s.reads(cfg) if table.get(r).enabled(cfg)) or "-"
+            click.echo(f"{'':13}reads: {reads}; key {s.key(cfg)}; alone: {s.command}")
+            click.echo(f"{'':13}--force removes: {', '.join(str(p) for p in s.outputs(layout))}")
+        elif s.switch:
+            click.echo(f"{'':13}turned on by {s.switch}=true")
 
 
 @cli.command()

@@ -175,8 +175,8 @@ class TrainConfig(Section):
     log_every_steps: Positive = 10
     """Log the training loss every this many steps."""
     bf16: bool | None = None
-    """bf16 autocast over fp32 weights; null turns it on where it pays: a CUDA GPU with bf16, or a CPU with AVX512-BF16
-    or AMX (probed once; elsewhere bf16 is several to a hundred times slower, so true is refused there)."""
+    """bf16 autocast over fp32 weights; null: bf16 on a CUDA GPU that supports it, fp32 on a CPU (bf16 moved the demo's
+    result there). true on a CPU needs AVX512-BF16 or AMX and a bf16 matmul measured faster; elsewhere it is refused."""
     gradient_checkpointing: bool = False
     """Trade compute for memory on large models."""
     group_by_length: bool = False
@@ -242,6 +242,14 @@ class FinetuneConfig(Section):
     thoughts_in_context: bool = False
     """Also train on each question with its first j gold reasoning lines as thoughts in the prompt (j = 1..k+1,
     the answer line last), rendered as the pipeline renders them: the Pseudo-CoT base."""
+    thoughts_from: Literal["gold", "ttm", "mix"] = "gold"
+    """With thoughts_in_context (the base model): whose thoughts its rows carry: the gold reasoning lines, the trained
+    Tiny Thought Model's own thoughts on the training questions (right and wrong, as the pipeline writes them, labelled
+    with the gold answer), or both. ttm and mix train after the distillation chain and again when the TTM changes."""
+    ttm_questions: Positive | None = None
+    """thoughts_from ttm or mix: the first this many training questions get the TTM's thoughts (null: all of them)."""
+    ttm_temperature: Weight = 0.0
+    """thoughts_from ttm or mix: the TTM's sampling temperature (0: greedy, as the pipeline writes thoughts)."""
     system_prompt: str | None = None
     """A system message put before every question (null: none)."""
     train_file: str | None = None
@@ -259,6 +267,9 @@ class FinetuneConfig(Section):
         if self.method != "full" and self.model.preset and not self.model.path:
             raise FieldError("method", f"{self.method} needs a pretrained model.path; a tiny preset is trained from "
                                        "scratch, so use method: full")
+        if self.thoughts_from != "gold" and not self.thoughts_in_context:
+            raise FieldError("thoughts_from", f"is {self.thoughts_from}, which needs thoughts_in_context: true (rows with "
+                                              "thoughts in the prompt)")
 
 
 @dataclass
@@ -289,6 +300,16 @@ class DistillStageConfig(Section):
     """Skew of the skew KL terms: 0 gives the plain KL."""
     temperature: Annotated[float, Gt(0)] = 1.0
     """Softening temperature of both distributions in the teacher terms (KL, JSD, skew KL)."""
+    on_policy: Fraction = 0.0
+    """Share of batches on which the student writes its own completions of the batch's prompts and learns from the
+    teacher's scores of every token it wrote (on-policy distillation, TRL's `lmbda`); 0: always the data's completions."""
+    on_policy_loss: Literal["rkl", "mix"] = "rkl"
+    """On the student's own completions: per-token reverse KL(student || teacher), or the stage's teacher terms with
+    their weights (fkl, rkl, jsd, skew); cross-entropy is not applied to the student's own tokens."""
+    on_policy_temperature: Annotated[float, Ge(0)] = 1.0
+    """Sampling temperature of the student's completions (0: greedy)."""
+    on_policy_max_new_tokens: Positive = 128
+    """Most tokens per student completion (the row is also cut at train.max_length)."""
     train_file: str | None = None
     """Training data of this stage; null: the run's `data/train.jsonl`."""
     val_file: str | None = None
@@ -300,9 +321,16 @@ class DistillStageConfig(Section):
         """The total weight of the terms that need the teacher (0: the stage is cross-entropy only)."""
         return self.fkl_weight + self.rkl_weight + self.jsd_weight + self.skew_fkl_weight + self.skew_rkl_weight
 
+    def needs_teacher(self) -> bool:
+        """Whether the stage runs its teacher: a teacher term, or batches the student writes for the teacher to score."""
+        return self.teacher_weight() > 0 or self.on_policy > 0
+
     def validate(self) -> None:
         if self.ce_weight + self.teacher_weight() <= 0:
             raise FieldError("ce_weight", "and every teacher weight are 0, so the loss is 0; give a term a positive weight")
+        if self.on_policy > 0 and self.on_policy_loss == "mix" and self.teacher_weight() <= 0:
+            raise FieldError("on_policy_loss", "is mix but every teacher weight is 0, so the student's own completions "
+                                               "would get no loss; give a teacher term a weight or use on_policy_loss: rkl")
         if self.method != "full" and self.student.preset and not self.student.path:
             raise FieldError("method", f"{self.method} needs a pretrained student.path; a tiny preset is trained from "
                                        "scratch, so use method: full")
@@ -340,6 +368,10 @@ class DistillConfig(Section):
         twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
         if twice is not None:
             raise FieldError("stages", f"has two stages named '{twice}'; give each its own name")
+        on_policy = next((i for i, st in enumerate(self.stages) if st.on_policy > 0), None)
+        if on_policy is not None and self.mode == "cached":
+            raise FieldError(f"stages.{on_policy}.on_policy", "needs mode: online: the teacher must score the tokens the "
+                                                            "student writes during training, which a cache of the data cannot")
         if self.ce_only_baseline and self.stages and f"{names[-1]}-ce-only" in names:
             raise FieldError("stages", f"already has a stage named '{names[-1]}-ce-only', the CE-only baseline's folder; rename it")
 
@@ -777,6 +809,11 @@ class GrpoConfig(Section):
                                                 "every question needs its whole group in one step")
         if self.train.lr != TrainConfig.lr:
             raise FieldError("train.lr", "is not read by GRPO; set grpo.learning_rate (TRL's name) instead")
+        unread = {"max_length": "grpo.max_completion_length bounds what it generates", "val_examples": "it has no validation",
+                  "eval_every_steps": "it has no validation"}
+        for key, why in unread.items():
+            if getattr(self.train, key) != getattr(TrainConfig, key):
+                raise FieldError(f"train.{key}", f"is not read by GRPO ({why}); remove it")
 
 
 @dataclass
@@ -813,6 +850,17 @@ class Config(Section):
         return self.synth.task or self.eval.tasks[0]
 
     def validate(self) -> None:
+        if self.teacher.thoughts_from != "gold":
+            raise FieldError("teacher.thoughts_from", "must be gold: only the base model reads the Tiny Thought Model's thoughts")
+        if self.base.thoughts_from != "gold":
+            if not self.distill.stages and not self.pipeline.ttm:
+                raise FieldError("base.thoughts_from", f"is {self.base.thoughts_from}, which needs a Tiny Thought Model: "
+                                                       "distill.stages or pipeline.ttm")
+            used = {name for _, name, _, _ in string.Formatter().parse(self.pipeline.ttm_prompt) if name}
+            if "answer" in used:
+                raise FieldError("base.thoughts_from", f"is {self.base.thoughts_from} but pipeline.ttm_prompt uses {{answer}}, "
+                                                       "the base model's answer, which does not exist before the base is trained; "
+                                                       "use {question} and {thoughts} only")
         if self.grpo.enabled and self.grpo.target == "ttm":
             p = self.pipeline
             if not p.ttm_continues_thoughts:

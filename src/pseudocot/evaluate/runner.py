@@ -54,8 +54,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from pseudocot.config import Config, EvalConfig
 from pseudocot.data.example import Example
 from pseudocot.errors import ConfigError, DataError
@@ -63,6 +61,7 @@ from pseudocot.evaluate.cache import GenerationCache, part_name, read_system_met
 from pseudocot.evaluate.systems import SystemEntry
 from pseudocot.freshness import eval_task_key
 from pseudocot.layout import EvalLayout, RunLayout
+from pseudocot.progress import progress
 from pseudocot.tasks.task import Task
 
 SCHEMA = "pseudocot.eval/1"
@@ -137,8 +136,8 @@ def generate(out: Path, tasks: Sequence[EvalTask], entries: Sequence[SystemEntry
                     system = entry.build()
                     write_system_meta(_meta_path(out, entry), {"name": entry.name, "parameters": system.parameters()})
                 chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
-                for chunk in tqdm(chunks, desc=f"eval {task.name} {entry.name} seed {seed}", unit="chunk",
-                                  disable=len(chunks) < 2):
+                for chunk in progress(chunks, desc=f"eval {task.name} {entry.name} seed {seed}", unit="chunk",
+                                      disable=len(chunks) < 2):
                     t0 = time.perf_counter()
                     responses = system.answer(task.task, chunk, seed, loglikelihood=task.loglikelihood)
                     share = (time.perf_counter() - t0) / len(chunk)

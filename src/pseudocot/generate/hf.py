@@ -15,12 +15,12 @@ from collections.abc import Hashable, Sequence
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 from transformers import GenerationConfig as HFGenerationConfig
 
 from pseudocot.generate.base import Completion, GenerationParams
 from pseudocot.generate.sessions import PrefixStore, decode
 from pseudocot.models.loading import load_model, load_tokenizer
+from pseudocot.progress import progress
 
 
 def _sliding_window(config: Any) -> bool:
@@ -92,7 +92,7 @@ class HFGenerator:
         results: list[Completion | None] = [None] * len(prompts)
         config = self._hf_config(params)
         starts = range(0, len(order), self.batch_size)
-        bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not self.progress or len(starts) < 2)
+        bar = progress(total=len(prompts), desc="generate", unit="prompt", disable=not self.progress or len(starts) < 2)
         for b, start in enumerate(starts):
             idx = order[start : start + self.batch_size]
             seed = None if params.seed is None else params.seed + b

@@ -3,7 +3,8 @@
 Stage i's teacher is stage i-1's student (stage 1's is `distill.teacher.path`, by default the run's
 fine-tuned reasoning teacher). Each stage checks, before any weights load, that teacher and student
 share one vocabulary; then that both output heads are reproduced exactly (bias, logit scaling,
-soft-capping); then trains (`train.distill`). A stage complete under its key (its config, `run.seed`,
+soft-capping); then trains (`train.distill`; with `on_policy` a share of the batches are the student's own
+completions, scored by the teacher: `train.onpolicy`). A stage complete under its key (its config, `run.seed`,
 its teacher's content, the data, the tokenizer) is skipped; checkpoints of another key are discarded.
 
     pseudocot distill --config demo      -> runs/<name>/distill/stage-1/, stage-2/, ..., summary.json
@@ -66,7 +67,7 @@ def train_stage(cfg: Config, stage: DistillStageConfig, out: Path, teacher_path:
                 cache = teacher_cache.build(teacher_cache_dir(out), cache_key, rows, teacher, d.top_k,
                                             t_tok.pad_token_id, batch_size=t.batch_size)
                 teacher = None  # training reads the cache; free the teacher
-    elif stage.teacher_weight():
+    elif stage.needs_teacher():
         teacher = load_teacher(teacher_path, teacher_spec.dtype, teacher_spec.trust_remote_code, cfg.run.device)
 
     student_spec = cut_student(stage.student, source, s_tok, out, key) if source else stage.student
@@ -75,16 +76,20 @@ def train_stage(cfg: Config, stage: DistillStageConfig, out: Path, teacher_path:
     check_heads(rows, student, spec_name(stage.student), teacher, str(teacher_path))
     trainer = trainer_class()(
         model=student, args=args, train_dataset=rows, data_collator=collator(s_tok.pad_token_id),
-        processing_class=s_tok, teacher=teacher, cache=cache, stage=stage, chunk_size=d.chunk_size)
+        processing_class=s_tok, teacher=teacher, cache=cache, stage=stage, chunk_size=d.chunk_size, max_length=t.max_length)
     metrics = {
         "stage": out.name, "teacher": str(teacher_path), "student": spec_name(stage.student), "mode": d.mode,
         "weights": {"ce": stage.ce_weight, "fkl": stage.fkl_weight, "rkl": stage.rkl_weight, "jsd": stage.jsd_weight,
                     "skew_fkl": stage.skew_fkl_weight, "skew_rkl": stage.skew_rkl_weight,
                     "temperature": stage.temperature},
+        "on_policy": {"share": stage.on_policy, "loss": stage.on_policy_loss, "temperature": stage.on_policy_temperature}
+        if stage.on_policy else None,
         "student_parameters": sum(p.numel() for p in student.parameters()),
     }
     return train_and_save(trainer, out, key, s_tok, val_rows, t.batch_size, metrics,
-                          after=lambda: {"teacher_forwards": trainer.teacher_forwards})
+                          after=lambda: {"teacher_forwards": trainer.teacher_forwards,
+                                         "on_policy_batches": trainer.on_policy_batches,
+                                         "on_policy_tokens": trainer.on_policy_tokens})
 
 
 def main(cfg: Config) -> dict[str, Any]:

@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from pseudocot.config import Config
 from pseudocot.data.example import Example
 from pseudocot.errors import DataError
-from pseudocot.freshness import read_key, router_chunk, router_traces_key, stage_key, write_key
+from pseudocot.freshness import read_key, router_chunk, router_key, router_traces_key, write_key
 from pseudocot.layout import KEY_FILE, RunLayout
 from pseudocot.pipeline import Pipeline, load_pipeline, read_traces, write_traces
+from pseudocot.progress import progress
 from pseudocot.router import labels, policy
 from pseudocot.router.features import step_parts
 from pseudocot.router.model import DepthRouter, Router, StepRouter, fit, question_completions
@@ -62,7 +62,7 @@ def collect(pipe: Pipeline, task: Task, examples: list[Example], layout: RunLayo
     chunks = [range(i, min(i + chunk, len(examples))) for i in range(0, len(examples), chunk)]
     traces: list[Any] = []
     parts: dict[str, list[torch.Tensor]] = {}
-    for k, rows in enumerate(tqdm(chunks, desc=f"router: {split} traces", unit="chunk")):
+    for k, rows in enumerate(progress(chunks, desc=f"router: {split} traces", unit="chunk")):
         files = layout.router_traces_chunk(split, k)
         if not all(f.is_file() for f in files):
             _collect_chunk(pipe, [prompts[i] for i in rows], [examples[i] for i in rows], files)
@@ -78,7 +78,7 @@ def main(cfg: Config) -> dict[str, Any]:
     layout = RunLayout.of(cfg)
     rcfg, max_thoughts = cfg.router, cfg.pipeline.max_thoughts
     out = layout.router_dir
-    key = stage_key(cfg, "router")
+    key = router_key(cfg)
     if layout.router_file.is_file():
         info = json.loads(layout.router_file.read_text())
         if info.get("key") == key:

@@ -2,10 +2,11 @@
 
     data -> [synth] -> teacher -> distill -> base -> [grpo] -> router -> eval
 
-Each stage has a key (`pseudocot.freshness`): the hash of the config it reads and of the content of
-every input it reads (data files, upstream model folders, tokenizer). A key is computed just before
-its stage, once the stages it reads are done. `run_state.json` in the run folder records, per stage,
-the key it was started and finished with:
+The stages, what each reads and when it is enabled are one table (`pseudocot.stages.table`;
+`pseudocot stages` prints it). Each stage has a key (`pseudocot.freshness`): the hash of the config it
+reads and of the content of every input it reads (data files, upstream model folders, tokenizer). A
+key is computed just before its stage, once the stages it reads are done. `run_state.json` in the run
+folder records, per stage, the key it was started and finished with:
 
 - finished with the current key: skipped;
 - otherwise the stage runs; it resumes on its own from checkpoints (training), chunks (router traces)
@@ -13,10 +14,11 @@ the key it was started and finished with:
   they carry another (a changed config or input), and so do the stages after it, whose keys change
   with it. `--force` removes the stage's outputs first.
 
-With `run.parallel_stages` the base model trains in a second process beside the teacher and the
-distillation chain (they read only the data), one torch thread each: on a small CPU machine that
-is much faster than one process with two threads. Everything is logged to `<run>/run.log`; the
-second process to `<run>/logs/base.log`.
+With `run.parallel_stages` a stage marked `beside` in the table (the base model) trains in a second
+process as soon as every stage it reads is done, beside the teacher and the distillation chain, one
+torch thread each: on a small CPU machine that is much faster than one process with two threads. A
+base model that reads the Tiny Thought Model's thoughts (`base.thoughts_from: ttm | mix`) waits for
+the chain instead. Everything is logged to `<run>/run.log`; the second process to `<run>/logs/<stage>.log`.
 
     pseudocot run configs/demo.yaml
     pseudocot demo [--preset smoke]
@@ -37,9 +39,9 @@ from typing import Any
 from pseudocot.config import Config, save_config
 from pseudocot.errors import ConfigError, StageError
 from pseudocot.files import atomic_write_text, read_json_object
-from pseudocot.freshness import STAGES, stage_key
 from pseudocot.layout import RunLayout
-from pseudocot.stages import prepare
+from pseudocot.stages import prepare, table
+from pseudocot.stages.table import STAGES, Stage
 
 
 class RunLog:
@@ -57,43 +59,15 @@ class RunLog:
 
 
 def _runner(name: str) -> Callable[[Config], Any]:
-    """The stage function `(cfg) -> metrics`."""
-    if name == "data":
-        from pseudocot.stages import data
-
-        return data.main
-    if name == "synth":
-        from pseudocot.stages import synth
-
-        return synth.main
-    if name in ("teacher", "base"):
-        from pseudocot.stages import finetune
-
-        return lambda cfg: finetune.main(cfg, name)
-    if name == "distill":
-        from pseudocot.stages import distill
-
-        return distill.main
-    if name == "grpo":
-        from pseudocot.stages import grpo
-
-        return grpo.main
-    if name == "router":
-        from pseudocot.stages import router
-
-        return router.main
-    if name == "eval":
-        from pseudocot.stages import eval as eval_stage
-
-        return eval_stage.main
-    raise ValueError(f"unknown stage {name!r}")
+    """The stage function `(cfg) -> metrics` (the table's; tests put recorders here)."""
+    return table.get(name).main
 
 
-def _subprocess(layout: RunLayout, name: str) -> subprocess.Popen[bytes]:
-    """`pseudocot finetune --role <name>` in its own process, on the run's saved config."""
-    log = layout.stage_log(name)
+def _subprocess(layout: RunLayout, stage: Stage) -> subprocess.Popen[bytes]:
+    """The stage's own command (`pseudocot finetune` for the base model) in a second process, on the run's saved config."""
+    log = layout.stage_log(stage.name)
     log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pseudocot", "finetune", "--role", name, "--config", str(layout.config_file)]
+    cmd = [sys.executable, "-m", "pseudocot", *stage.command.split()[1:], "--config", str(layout.config_file)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     with log.open("ab") as f:
         return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent())
@@ -126,7 +100,7 @@ def _stamp_results(layout: RunLayout, state: dict[str, Any]) -> None:
         return
     results = json.loads(path.read_text())
     results["run_wall_seconds"] = {"total": state["wall_seconds"],
-                                   "stages": {s: state[s].get("seconds") for s in STAGES if s in state}}
+                                   "stages": {s.name: state[s.name].get("seconds") for s in STAGES if s.name in state}}
     atomic_write_text(path, json.dumps(results, indent=2) + "\n")
 
 
@@ -155,7 +129,7 @@ def check_tasks(cfg: Config) -> None:
 
 def clear(layout: RunLayout, name: str) -> None:
     """`--force`: remove what the stage made, so it starts from scratch."""
-    for path in layout.stage_outputs(name):
+    for path in table.stage_outputs(layout, name):
         if path.is_dir():
             shutil.rmtree(path)
         else:
@@ -172,13 +146,8 @@ def main(cfg: Config, force: bool = False, stages: tuple[str, ...] | None = None
     save_config(cfg, layout.config_file)
     log = RunLog(layout.run_log, echo)
     state = read_json_object(layout.state_file)
-    wanted = [s for s in STAGES if stages is None or s in stages]
-    if not cfg.distill.stages:
-        wanted = [s for s in wanted if s not in ("teacher", "distill")]
-    if not cfg.synth.enabled:
-        wanted = [s for s in wanted if s != "synth"]
-    if not cfg.grpo.enabled:
-        wanted = [s for s in wanted if s != "grpo"]
+    wanted = [s for s in table.enabled(cfg) if stages is None or s.name in stages]
+    order = {s.name: i for i, s in enumerate(wanted)}
     t_run = time.perf_counter()
 
     def save() -> None:
@@ -201,24 +170,36 @@ def main(cfg: Config, force: bool = False, stages: tuple[str, ...] | None = None
         save()
         log(f"stage {name}: done in {seconds:.1f}s")
 
-    side: list[tuple[subprocess.Popen[bytes], float]] = []  # the base model's process while it runs
+    side: list[tuple[Stage, subprocess.Popen[bytes], float]] = []  # the stage training in a second process
+
+    def ready_beside(i: int) -> Stage | None:
+        """A later stage that may train beside stage i: marked `beside`, and every stage it reads (of those this
+        run runs) comes before stage i, so is done by now."""
+        if side or not cfg.run.parallel_stages:
+            return None
+        for later in wanted[i + 1:]:
+            if later.beside and all(order.get(r, -1) < i for r in later.reads(cfg)):
+                return later
+        return None
+
     try:
-        for i, name in enumerate(wanted):
-            if name == "base" and side:
-                continue  # already training beside the teacher chain
-            if name in ("grpo", "router", "eval") and side:
-                _join(side, layout, finish)  # they read the base model: its key needs the finished one
-            key = stage_key(cfg, name)  # now: the stages it reads are done
+        for i, stage in enumerate(wanted):
+            name = stage.name
+            if side and side[0][0] is stage:
+                continue  # already training in its own process
+            if side and side[0][0].name in stage.reads(cfg):
+                _join(side, layout, finish)  # it reads that stage's output: its key needs the finished one
+            key = stage.key(cfg)  # now: the stages it reads are done
             if done(name, key):
                 log(f"stage {name} ({i + 1}/{len(wanted)}): complete for this config, skipped")
                 continue
-            # The base model reads only the data: train it beside the teacher chain.
-            if name in ("teacher", "distill") and not side and cfg.run.parallel_stages and "base" in wanted:
-                base_key = stage_key(cfg, "base")
-                if not done("base", base_key):
-                    start("base", base_key)
-                    side.append((_subprocess(layout, "base"), time.perf_counter()))
-                    log(f"stage base: training in a second process (log: {layout.stage_log('base')})")
+            later = ready_beside(i)
+            if later is not None:
+                later_key = later.key(cfg)
+                if not done(later.name, later_key):
+                    start(later.name, later_key)
+                    side.append((later, _subprocess(layout, later), time.perf_counter()))
+                    log(f"stage {later.name}: training in a second process (log: {layout.stage_log(later.name)})")
             log(f"stage {name} ({i + 1}/{len(wanted)})")
             start(name, key)
             t0 = time.perf_counter()
@@ -227,7 +208,7 @@ def main(cfg: Config, force: bool = False, stages: tuple[str, ...] | None = None
         if side:
             _join(side, layout, finish)
     finally:
-        for proc, _ in side:
+        for _, proc, _ in side:
             if proc.poll() is None:
                 proc.terminate()  # an error or Ctrl-C in this process: stop the second one too
                 proc.wait()
@@ -238,12 +219,13 @@ def main(cfg: Config, force: bool = False, stages: tuple[str, ...] | None = None
     return state
 
 
-def _join(side: list[tuple[subprocess.Popen[bytes], float]], layout: RunLayout,
+def _join(side: list[tuple[Stage, subprocess.Popen[bytes], float]], layout: RunLayout,
           finish: Callable[[str, float], None]) -> None:
-    """Wait for the base model's process; its failure is one line pointing at its log."""
-    proc, t0 = side[0]
+    """Wait for the second process; its failure is one line pointing at its log."""
+    stage, proc, t0 = side[0]
     code = proc.wait()
     side.clear()
     if code != 0:
-        raise StageError(f"the base stage failed in its own process (exit code {code}); its log is {layout.stage_log('base')}.")
-    finish("base", time.perf_counter() - t0)
+        raise StageError(f"the {stage.name} stage failed in its own process (exit code {code}); its log is "
+                         f"{layout.stage_log(stage.name)}.")
+    finish(stage.name, time.perf_counter() - t0)

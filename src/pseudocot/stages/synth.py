@@ -28,7 +28,7 @@ from pseudocot.data.jsonl import iter_json_lines, read_examples, rejects_path, w
 from pseudocot.data.loaders import load_file
 from pseudocot.errors import ConfigError, DataError
 from pseudocot.files import atomic_write_text, read_json_object
-from pseudocot.freshness import stage_key, synth_generation_key, synth_shard_key
+from pseudocot.freshness import synth_generation_key, synth_key, synth_shard_key
 from pseudocot.generate.base import GenerationParams
 from pseudocot.layout import RunLayout
 from pseudocot.stages import prepare
@@ -109,7 +109,7 @@ def main(cfg: Config) -> dict[str, Any]:
     s = cfg.synth
     shard = parse_shard(s.shard)
     # A shard is done when its candidates are (the checks run at merge); the stage when it has filtered.
-    key = synth_shard_key(cfg) if shard else stage_key(cfg, "synth")
+    key = synth_shard_key(cfg) if shard else synth_key(cfg)
     stats_file = layout.synth_file("stats.json", shard)
     old = read_json_object(stats_file)
     if old.get("key") == key and (shard or layout.synth_file("kept.jsonl").is_file()):
@@ -172,7 +172,7 @@ def merge(cfg: Config) -> dict[str, Any]:
         generation.append({"stale_files": [moved]})
     write_jsonl(file.path, canonical(file.rows() + rows, questions, s.samples))
     save_config(cfg, layout.config_file)
-    return finish(cfg, questions, task_of(cfg.synth_task()), generation[0].get("teacher", ""), generation, stage_key(cfg, "synth"), judge)
+    return finish(cfg, questions, task_of(cfg.synth_task()), generation[0].get("teacher", ""), generation, synth_key(cfg), judge)
 
 
 def finish(cfg: Config, questions: Sequence[Example], task: Task, teacher: str, generation: list[dict[str, Any]],

@@ -37,14 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from pseudocot.data.chat import question_text
 from pseudocot.data.example import Example
 from pseudocot.data.mix import shard as shard_items
 from pseudocot.errors import DataError, EndpointError
 from pseudocot.files import append_bytes, append_jsonl, atomic_write_text, complete_lines, cut_torn_tail
 from pseudocot.generate.base import Completion, GenerationParams
+from pseudocot.progress import progress as progress_bar
 from pseudocot.synth.teacher import Teacher, split_thinking
 
 
@@ -201,8 +200,7 @@ def generate(questions: Sequence[Example], teacher: Teacher, file: CandidateFile
     pairs = [(i, s) for ch in mine for i in ch for s in range(samples)]
     missing = [(i, s) for i, s in pairs if (questions[i].id, s) not in done]
     stats.reused = len(pairs) - len(missing)
-    bar = tqdm(total=len(pairs), initial=stats.reused, desc="synth", unit="solution", disable=not progress or not missing,
-               dynamic_ncols=True)
+    bar = progress_bar(total=len(pairs), initial=stats.reused, desc="synth", unit="solution", disable=not progress or not missing)
     t0 = time.perf_counter()
     try:
         if teacher.local:

@@ -110,6 +110,9 @@ def train_and_save(trainer: Any, out_dir: Path, key: str, tokenizer: Any, val_ro
     """Train (resuming from this key's last checkpoint), then on rank 0 save the result, measure the
     validation loss and write `metrics.json`; every rank waits until the files are there. `after`
     adds metrics the caller can only know once training is done."""
+    from pseudocot.progress import trainer_progress
+
+    trainer_progress(trainer, metrics.get("stage") or metrics.get("role") or Path(out_dir).name)
     resume = resume_checkpoint(out_dir, key)
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)

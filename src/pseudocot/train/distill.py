@@ -9,8 +9,9 @@ soft-capping), checked against each model's own logits before training starts.
 
 `online` runs exactly one teacher forward per batch, under no_grad, and only the decoder (the
 teacher's logits are formed chunk by chunk inside the loss). `cached` trains from the teacher's
-stored top-k log-probabilities (`teacher_cache`). The chain of stages is the `distill` stage
-(`pseudocot.stages.distill`).
+stored top-k log-probabilities (`teacher_cache`). With `on_policy: p` a share p of the batches carry
+the student's own completions of their prompts, scored by the teacher token by token (`train.onpolicy`).
+The chain of stages is the `distill` stage (`pseudocot.stages.distill`).
 """
 
 from __future__ import annotations
@@ -29,11 +30,38 @@ from pseudocot.train.heads import check_head, decoder_hidden, logit_head, unwrap
 from pseudocot.train.rows import IGNORE_INDEX, PadCollator, answer_positions
 
 
-def loss_weights(stage: DistillStageConfig) -> dict[str, float]:
-    """The stage's loss settings as `chunked_distill_loss` keyword arguments."""
-    return {"ce_weight": stage.ce_weight, "fkl_weight": stage.fkl_weight, "rkl_weight": stage.rkl_weight,
-            "jsd_weight": stage.jsd_weight, "jsd_beta": stage.jsd_beta, "skew_fkl_weight": stage.skew_fkl_weight,
-            "skew_rkl_weight": stage.skew_rkl_weight, "skew_alpha": stage.skew_alpha, "temperature": stage.temperature}
+def loss_weights(stage: DistillStageConfig, on_policy: bool = False) -> dict[str, float]:
+    """The stage's loss settings as `chunked_distill_loss` keyword arguments; `on_policy`: those of a batch the
+    student wrote (reverse KL alone, or the stage's teacher terms; never cross-entropy on its own tokens)."""
+    weights = {"ce_weight": stage.ce_weight, "fkl_weight": stage.fkl_weight, "rkl_weight": stage.rkl_weight,
+               "jsd_weight": stage.jsd_weight, "jsd_beta": stage.jsd_beta, "skew_fkl_weight": stage.skew_fkl_weight,
+               "skew_rkl_weight": stage.skew_rkl_weight, "skew_alpha": stage.skew_alpha, "temperature": stage.temperature}
+    if not on_policy:
+        return weights
+    if stage.on_policy_loss == "rkl":
+        weights.update(fkl_weight=0.0, rkl_weight=1.0, jsd_weight=0.0, skew_fkl_weight=0.0, skew_rkl_weight=0.0)
+    return weights | {"ce_weight": 0.0}
+
+
+def distill_batch_loss(student: Any, student_head: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+                       hidden: torch.Tensor, weights: dict[str, float], chunk_size: int | None, teacher: Any = None,
+                       teacher_head: Any = None, teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """The distillation loss of one batch from the student's final hidden states `hidden` (B, T, H): on the answer
+    tokens (labels not -100), against the teacher run on the same tokens (or its cached top-k), chunked so neither
+    model's full-vocabulary logits exist at once."""
+    pos = answer_positions(labels)  # (B, T-1): hidden at t predicts label t+1
+    h = hidden[:, :-1][pos]  # (n, H)
+    y = labels[:, 1:][pos]  # (n,)
+    teacher_kw: dict[str, Any] = {}
+    if teacher_topk is not None:
+        lp, tid = teacher_topk
+        teacher_kw = {"teacher_topk_logprobs": lp.to(h.device), "teacher_topk_ids": tid.to(h.device)}
+    elif teacher is not None:
+        with torch.no_grad():
+            t_hidden = decoder_hidden(teacher, ids, mask)  # (B, T, Ht)
+        teacher_kw = {"teacher_hidden": t_hidden[:, :-1][pos], **teacher_head.loss_kwargs(teacher=True)}
+    return chunked_distill_loss(h, student_head.weight, y, ignore_index=IGNORE_INDEX, chunk_size=chunk_size,
+                                **student_head.loss_kwargs(), **weights, **teacher_kw)
 
 
 def trainer_class() -> type:
@@ -44,10 +72,14 @@ def trainer_class() -> type:
         """HF Trainer whose loss is the chunked distillation loss against a frozen teacher or its cache."""
 
         def __init__(self, *args: Any, teacher: Any = None, cache: teacher_cache.TeacherCache | None = None,
-                     stage: DistillStageConfig, chunk_size: int | None, **kwargs: Any) -> None:
+                     stage: DistillStageConfig, chunk_size: int | None, max_length: int = 0, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.teacher, self.cache, self.stage, self.chunk_size = teacher, cache, stage, chunk_size
+            self.max_length = max_length  # on-policy rows are cut here, as the data's rows are
             self.teacher_forwards = 0
+            self.on_policy_batches = 0
+            self.on_policy_tokens = 0
+            self._step, self._micro = -1, 0  # which micro-batch of which optimizer step this is
             self.teacher_head = logit_head(teacher) if teacher is not None else None
             # Our loss is already a mean per micro-batch: let the Trainer scale it for accumulation.
             self.model_accepts_loss_kwargs = False
@@ -59,8 +91,38 @@ def trainer_class() -> type:
             unwrap(self.model).get_decoder().register_forward_hook(
                 lambda _m, _i, out: self._hidden.append(out.last_hidden_state) if self._capture else None)
 
+        def _micro_batch(self) -> tuple[int, int]:
+            """(optimizer step, index of this micro-batch within it): what seeds an on-policy draw."""
+            step = self.state.global_step
+            if step != self._step:
+                self._step, self._micro = step, 0
+            self._micro += 1
+            return step, self._micro - 1
+
+        def _student_writes(self, model: Any, inputs: dict[str, torch.Tensor], step: int, micro: int) -> dict[str, torch.Tensor]:
+            """The batch with the student's own completions of its prompts in place of the data's."""
+            from pseudocot.train import onpolicy
+
+            st = self.stage
+            student = self.accelerator.unwrap_model(model)  # DDP's wrapper does not generate
+            tok = self.processing_class
+            rows = onpolicy.student_rows(student, inputs["input_ids"], inputs["labels"],
+                                         max_new_tokens=st.on_policy_max_new_tokens, max_length=self.max_length,
+                                         temperature=st.on_policy_temperature,
+                                         seed=onpolicy.sample_seed(self.args.seed, step, micro),
+                                         end=onpolicy.end_ids(unwrap(student), tok), pad_id=tok.pad_token_id)
+            self.on_policy_batches += 1
+            self.on_policy_tokens += int(rows.pop("completion_tokens"))
+            return rows
+
         def compute_loss(self, model: Any, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
+            from pseudocot.train.onpolicy import on_policy_batch
+
+            step, micro = self._micro_batch()
+            on_policy = model.training and on_policy_batch(self.stage.on_policy, self.args.seed, step, micro)
+            if on_policy:
+                inputs = self._student_writes(model, inputs, step, micro)
             ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
             self._hidden.clear()
             self._capture = True
@@ -70,22 +132,17 @@ def trainer_class() -> type:
             finally:
                 self._capture = False
             hidden = self._hidden.pop()
-            pos = answer_positions(labels)  # (B, T-1): hidden at t predicts label t+1
-            h = hidden[:, :-1][pos]  # (n, H)
-            y = labels[:, 1:][pos]  # (n,)
-            teacher_kw: dict[str, Any] = {}
-            if self.stage.teacher_weight():
-                if self.cache is not None:
-                    lp, tid = self.cache.gather(inputs["index"].cpu())
-                    teacher_kw = {"teacher_topk_logprobs": lp.to(h.device), "teacher_topk_ids": tid.to(h.device)}
+            weights = loss_weights(self.stage, on_policy)
+            teacher, topk = None, None
+            if on_policy or self.stage.teacher_weight():
+                if self.cache is not None and not on_policy:
+                    topk = self.cache.gather(inputs["index"].cpu())
                 else:
-                    with torch.no_grad():
-                        t_hidden = decoder_hidden(self.teacher, ids, mask)
+                    teacher = self.teacher
                     self.teacher_forwards += 1
-                    teacher_kw = {"teacher_hidden": t_hidden[:, :-1][pos], **self.teacher_head.loss_kwargs(teacher=True)}
-            student_head = logit_head(self.model)  # the unwrapped model: `model` may be DDP's wrapper
-            loss = chunked_distill_loss(h, student_head.weight, y, ignore_index=IGNORE_INDEX, chunk_size=self.chunk_size,
-                                        **student_head.loss_kwargs(), **loss_weights(self.stage), **teacher_kw)
+            # The unwrapped model's head: `model` may be DDP's wrapper.
+            loss = distill_batch_loss(self.model, logit_head(self.model), ids, mask, labels, hidden, weights, self.chunk_size,
+                                      teacher=teacher, teacher_head=self.teacher_head, teacher_topk=topk)
             return (loss, outputs) if return_outputs else loss
 
     return DistillTrainer

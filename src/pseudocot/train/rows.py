@@ -31,26 +31,38 @@ def read_split(path: str | Path, what: str, first: int | None = None) -> list[Ex
     return read_examples(path).examples[:first]
 
 
-def thought_pairs(tokenizer: Any, ex: Example, prompts: Any) -> list[tuple[str, str]]:
-    """(prompt, answer) with the first j gold thoughts in the base model's context, j = 0..k+1, rendered
-    exactly as the pipeline renders them (`prompts` is a `PipelineConfig`)."""
+def thought_pairs(tokenizer: Any, ex: Example, prompts: Any, thoughts: Sequence[str] | None = None,
+                  first: int = 0) -> list[tuple[str, str]]:
+    """(prompt, answer) with the first j thoughts in the base model's context, j = first..len(thoughts), rendered
+    exactly as the pipeline renders them (`prompts` is a `PipelineConfig`); the answer is always the gold one.
+    `thoughts`: the example's gold thoughts (its reasoning lines, then its answer line) unless given (the Tiny
+    Thought Model's own, right or wrong)."""
     from pseudocot.data.chat import answer_text, base_messages, question_text, split_last_turn, thought_lines
 
     answer = {"role": "assistant", "content": answer_text(ex, with_reasoning=False)}
-    thoughts = thought_lines(ex)
-    return [split_last_turn(tokenizer, base_messages(question_text(ex), thoughts[:j], prompts) + [answer])
-            for j in range(len(thoughts) + 1)]
+    lines = thought_lines(ex) if thoughts is None else list(thoughts)
+    return [split_last_turn(tokenizer, base_messages(question_text(ex), lines[:j], prompts) + [answer])
+            for j in range(first, len(lines) + 1)]
 
 
 def tokenize_examples(examples: Sequence[Example], tokenizer: Any, with_reasoning: bool, system_prompt: str | None,
-                      max_length: int, thoughts: Any = None) -> list[dict[str, Any]]:
+                      max_length: int, thoughts: Any = None, written: Sequence[Sequence[str] | None] | None = None,
+                      gold: bool = True) -> list[dict[str, Any]]:
     """Rows of `input_ids` and `labels` (prompt tokens masked with -100): the loss is on the answer only.
     With `thoughts` (a `PipelineConfig`), each example gives one row per number of gold thoughts in
-    its context (`thought_pairs`)."""
+    its context (`thought_pairs`); `written[i]`, where given, adds a row per number of the thoughts a model
+    wrote for example i (j >= 1: the row without thoughts is the gold one); `gold=False` keeps only the row
+    without thoughts of the gold ones."""
     rows, cut = [], 0
-    pairs = [(i, pair) for i, ex in enumerate(examples)
-             for pair in (thought_pairs(tokenizer, ex, thoughts) if thoughts is not None
-                          else [prompt_and_completion(tokenizer, ex, with_reasoning, system_prompt)])]
+
+    def pairs_of(i: int, ex: Example) -> list[tuple[str, str]]:
+        if thoughts is None:
+            return [prompt_and_completion(tokenizer, ex, with_reasoning, system_prompt)]
+        out = thought_pairs(tokenizer, ex, thoughts) if gold else thought_pairs(tokenizer, ex, thoughts, [])
+        mine = written[i] if written is not None and i < len(written) else None
+        return out + (thought_pairs(tokenizer, ex, thoughts, mine, first=1) if mine else [])
+
+    pairs = [(i, pair) for i, ex in enumerate(examples) for pair in pairs_of(i, ex)]
     # One batched call per side: the fast tokenizer encodes a list far quicker than one text at a time.
     p_all = tokenizer([p for _, (p, _) in pairs], add_special_tokens=False)["input_ids"] if pairs else []
     c_all = tokenizer([c for _, (_, c) in pairs], add_special_tokens=False)["input_ids"] if pairs else []
@@ -64,8 +76,8 @@ def tokenize_examples(examples: Sequence[Example], tokenizer: Any, with_reasonin
     if not rows:
         raise DataError(f"no example fits in train.max_length={max_length} tokens with room for its answer; raise max_length.")
     if cut:
-        logger.warning("%d of %d examples are longer than train.max_length=%d tokens and were cut at the end "
-                       "(their final answer may be lost); raise max_length to keep them whole.", cut, len(examples), max_length)
+        logger.warning("%d of %d rows are longer than train.max_length=%d tokens and were cut at the end "
+                       "(their final answer may be lost); raise max_length to keep them whole.", cut, len(pairs), max_length)
     return rows
 
 

@@ -74,7 +74,7 @@ class TeacherCache:
 def build(folder: Path, key: str, rows: Sequence[dict[str, Any]], teacher: Any, k: int, pad_id: int,
           batch_size: int = 16, progress: bool = True) -> TeacherCache:
     """Run the teacher once over `rows` and write the cache (shards first, `cache.json` last)."""
-    from tqdm.auto import tqdm
+    from pseudocot.progress import progress as bar
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "cache.json").unlink(missing_ok=True)  # an interrupted rebuild must not look complete
@@ -100,7 +100,7 @@ def build(folder: Path, key: str, rows: Sequence[dict[str, Any]], teacher: Any, 
 
     # Rows sorted by length waste little padding; the cache maps rows by index, so order is free.
     ordered = sorted(rows, key=lambda r: len(r["input_ids"]))
-    for start in tqdm(range(0, len(ordered), batch_size), desc="teacher cache", unit="batch", disable=not progress):
+    for start in bar(range(0, len(ordered), batch_size), desc="teacher cache", unit="batch", disable=not progress):
         batch = collate(list(ordered[start : start + batch_size]))
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         hidden = decoder_hidden(teacher, ids, mask)[:, :-1]  # (B, T-1, H): logits only where needed
