@@ -7,16 +7,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from kill_resume import kill_one_finish_other
 from pseudocot.config import load_config, save_config
 from pseudocot.data import arith
 from pseudocot.data.jsonl import write_examples
@@ -128,13 +127,6 @@ def test_the_cli_stops_a_trl_setting_that_cannot_work_in_one_line(models, tmp_pa
 STEPS = 12
 
 
-def _written(path: Path, step: int) -> bool:
-    try:
-        return json.loads(path.read_text())["global_step"] == step
-    except (OSError, ValueError, KeyError):
-        return False
-
-
 def test_grpo_resumes_after_sigkill_to_the_same_weights(models, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     files = {}
@@ -144,26 +136,8 @@ def test_grpo_resumes_after_sigkill_to_the_same_weights(models, tmp_path):
     command = [sys.executable, "-m", "pseudocot", "grpo", "--config"]
     out = {name: tmp_path / name / "g" / "grpo" for name in files}
     first = out["killed"] / "checkpoints" / "checkpoint-2" / "trainer_state.json"
-    with open(tmp_path / "killed.log", "w") as killed_log, open(tmp_path / "unbroken.log", "w") as unbroken_log:
-        unbroken = subprocess.Popen(command + [str(files["unbroken"])], cwd=REPO, env=env, stdout=unbroken_log, stderr=subprocess.STDOUT)
-        victim = subprocess.Popen(command + [str(files["killed"])], cwd=REPO, env=env, stdout=killed_log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 300
-            while not _written(first, 2):
-                if victim.poll() is not None:
-                    pytest.fail(f"the run ended (exit {victim.returncode}) before {first}:\n" + (tmp_path / "killed.log").read_text()[-3000:])
-                if time.monotonic() > deadline:
-                    pytest.fail(f"no {first} after 300 s")
-                time.sleep(0.005)
-            os.kill(victim.pid, signal.SIGKILL)
-            victim.wait(timeout=60)
-            assert unbroken.wait(timeout=600) == 0, (tmp_path / "unbroken.log").read_text()[-3000:]
-        finally:
-            for proc in (victim, unbroken):
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-    assert victim.returncode == -signal.SIGKILL and not (out["killed"] / "metrics.json").exists(), "finished before the kill"
+    kill_one_finish_other(command + [str(files["killed"])], command + [str(files["unbroken"])], first, 2, tmp_path / "logs", REPO, env)
+    assert not (out["killed"] / "metrics.json").exists(), "finished before the kill"
     again = subprocess.run(command + [str(files["killed"])], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     metrics = json.loads((out["killed"] / "metrics.json").read_text())

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from kill_resume import kill_one_finish_other
 from pseudocot.config import DistillStageConfig, load_config
 from pseudocot.errors import ConfigError
 from pseudocot.layout import RunLayout
@@ -210,7 +209,7 @@ STEPS, SAVE = 40, 8
 SMALL = ["data.arith.n_train=120", "data.arith.n_val=24", "data.arith.n_test=24", "train.max_length=96",
          "train.batch_size=8", "teacher.model.preset=tiny-xs", "teacher.train.max_steps=8", "distill.ce_only_baseline=false",
          "distill.mode=online",
-         "distill.stages=[{student: {preset: tiny-3xs}, on_policy: 0.5, on_policy_max_new_tokens: 32, "
+         "distill.stages=[{student: {preset: tiny-3xs}, on_policy: 0.5, on_policy_from_step: 4, on_policy_max_new_tokens: 32, "
          f"train: {{max_steps: {STEPS}, save_every_steps: {SAVE}}}}}]"]
 
 
@@ -233,42 +232,15 @@ def test_on_policy_stage_resumes_after_sigkill_to_the_same_weights(tmp_path):
             shutil.copytree(prepared, RunLayout.of(cfg).root)
         dirs[name] = RunLayout.of(cfg).root / "distill" / "stage-1"
     first = dirs["killed"] / "checkpoints" / f"checkpoint-{SAVE}" / "trainer_state.json"
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    with open(logs / "killed.txt", "w") as killed_log, open(logs / "unbroken.txt", "w") as unbroken_log:
-        unbroken = subprocess.Popen(_distill_command(tmp_path / "unbroken"), cwd=REPO, env=env, stdout=unbroken_log,
-                                    stderr=subprocess.STDOUT)
-        victim = subprocess.Popen(_distill_command(tmp_path / "killed"), cwd=REPO, env=env, stdout=killed_log,
-                                  stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 300
-            while not _written(first, SAVE):
-                if victim.poll() is not None:
-                    pytest.fail(f"the stage ended (exit {victim.returncode}) before {first}:\n" + (logs / "killed.txt").read_text()[-3000:])
-                if time.monotonic() > deadline:
-                    pytest.fail(f"no {first} after 300 s")
-                time.sleep(0.005)
-            os.kill(victim.pid, signal.SIGKILL)
-            victim.wait(timeout=60)
-            assert unbroken.wait(timeout=600) == 0, (logs / "unbroken.txt").read_text()[-3000:]
-        finally:
-            for proc in (victim, unbroken):
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-    assert victim.returncode == -signal.SIGKILL and not (dirs["killed"] / "metrics.json").exists(), "finished before the kill"
+    kill_one_finish_other(_distill_command(tmp_path / "killed"), _distill_command(tmp_path / "unbroken"), first, SAVE,
+                          tmp_path / "logs", REPO, env)
+    assert not (dirs["killed"] / "metrics.json").exists(), "finished before the kill"
     again = subprocess.run(_distill_command(tmp_path / "killed"), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     killed, reference = (json.loads((dirs[n] / "metrics.json").read_text()) for n in ("killed", "unbroken"))
     assert killed["resumed_from"] and killed["resumed_from"] != f"checkpoint-{STEPS}"
     assert reference["resumed_from"] is None and killed["steps"] == reference["steps"] == STEPS
-    assert 0 < reference["on_policy_batches"] < STEPS  # about half the batches were the student's own
+    assert 0 < reference["on_policy_batches"] < STEPS - 4  # about half the batches from step 4 on were the student's own
     a, b = (load_file(dirs[n] / "model.safetensors") for n in ("killed", "unbroken"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
-
-def _written(path: Path, step: int) -> bool:
-    try:
-        return json.loads(path.read_text())["global_step"] == step
-    except (OSError, ValueError, KeyError):
-        return False

@@ -10,11 +10,9 @@ import math
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,6 +22,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from kill_resume import kill_one_finish_other
 from pseudocot.cli import cli
 from pseudocot.config import load_config
 from pseudocot.data.chat import prompt_and_completion
@@ -356,14 +355,6 @@ def _finetune_command(out_dir: Path) -> list[str]:
             f"teacher.train.save_every_steps={RESUME_SAVE}"]
 
 
-def _written_state(path: Path, step: int) -> bool:
-    """True once the Trainer has written `trainer_state.json` of `step` in full."""
-    try:
-        return json.loads(path.read_text())["global_step"] == step
-    except (OSError, ValueError, KeyError):
-        return False
-
-
 def test_finetune_resumes_after_sigkill_to_the_same_weights(prepared, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     killed_dir = copy_run(prepared, tmp_path / "killed", ("data", "tokenizer"))
@@ -371,39 +362,14 @@ def test_finetune_resumes_after_sigkill_to_the_same_weights(prepared, tmp_path):
     killed_out = killed_dir / prepared.run_dir.name / "teacher"
     unbroken_out = unbroken_dir / prepared.run_dir.name / "teacher"
 
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    # The unbroken run goes alongside the one that is killed (two cores: neither waits).
     first = killed_out / "checkpoints" / f"checkpoint-{RESUME_SAVE}" / "trainer_state.json"
-    with open(logs / "unbroken.txt", "w") as unbroken_log, open(logs / "killed.txt", "w") as killed_log:
-        unbroken = subprocess.Popen(_finetune_command(unbroken_dir), cwd=REPO, env=env, stdout=unbroken_log,
-                                    stderr=subprocess.STDOUT)
-        victim = subprocess.Popen(_finetune_command(killed_dir), cwd=REPO, env=env, stdout=killed_log,
-                                  stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 300
-            while not _written_state(first, RESUME_SAVE):
-                if victim.poll() is not None:
-                    pytest.fail(f"the run ended (exit {victim.returncode}) before writing {first}:\n"
-                                + (logs / "killed.txt").read_text()[-3000:])
-                if time.monotonic() > deadline:
-                    pytest.fail(f"no {first} after 300 s")
-                time.sleep(0.005)
-            os.kill(victim.pid, signal.SIGKILL)
-            victim.wait(timeout=60)
-            unbroken_rc = unbroken.wait(timeout=600)
-        finally:
-            for proc in (victim, unbroken):  # never leave a run behind, whatever failed
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+    kill_one_finish_other(_finetune_command(killed_dir), _finetune_command(unbroken_dir), first, RESUME_SAVE,
+                          tmp_path / "logs", REPO, env)
     # Not vacuous: the run was killed mid-way, before its final model and metrics.
-    assert victim.returncode == -signal.SIGKILL, "the run finished before it could be killed; raise RESUME_STEPS"
     assert not (killed_out / "metrics.json").exists(), "the run finished before it was killed; raise RESUME_STEPS"
     assert not (killed_out / "model.safetensors").exists()
     left = sorted(p.name for p in (killed_out / "checkpoints").glob("checkpoint-*"))
     assert left and f"checkpoint-{RESUME_STEPS}" not in left
-    assert unbroken_rc == 0, (logs / "unbroken.txt").read_text()[-3000:]
 
     again = subprocess.run(_finetune_command(killed_dir), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]

@@ -27,7 +27,7 @@ Positive = Annotated[int, Ge(1)]
 Fraction = Annotated[float, Ge(0), Le(1)]
 Weight = Annotated[float, Ge(0)]
 
-TinyPreset = Literal["tiny-3xs", "tiny-2xs", "tiny-xs", "tiny-s", "tiny-m", "tiny-l"]
+TinyPreset = Literal["tiny-3xs", "tiny-2xs", "tiny-xs", "tiny-xs-3l", "tiny-s", "tiny-m", "tiny-l"]
 """The tiny Llama sizes of `pseudocot.models.tiny` (its PRESETS table has exactly these keys)."""
 Dtype = Literal["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"]
 Mode = Literal["never", "always", "router", "depth"]
@@ -188,7 +188,8 @@ class ModelSpec(Section):
     path: str | None = None
     """A pretrained checkpoint: local HF folder (or hub id when online). Null: build `preset` from scratch."""
     preset: TinyPreset | None = None
-    """A tiny Llama preset (tiny-3xs, tiny-2xs, tiny-xs, tiny-s, tiny-m, tiny-l) initialised from scratch on the run's tokenizer."""
+    """A tiny Llama preset (tiny-3xs, tiny-2xs, tiny-xs, tiny-xs-3l, tiny-s, tiny-m, tiny-l) initialised from scratch on the
+    run's tokenizer."""
     tokenizer: str | None = None
     """Tokenizer folder; null: the checkpoint's own, or the run's trained tokenizer for a preset."""
     dtype: Dtype = "auto"
@@ -303,6 +304,9 @@ class DistillStageConfig(Section):
     on_policy: Fraction = 0.0
     """Share of batches on which the student writes its own completions of the batch's prompts and learns from the
     teacher's scores of every token it wrote (on-policy distillation, TRL's `lmbda`); 0: always the data's completions."""
+    on_policy_from_step: Count = 0
+    """On-policy batches start at this optimizer step; before it every batch is the data's (a student trained from
+    scratch writes noise at first, and the teacher's scores of noise teach it little)."""
     on_policy_loss: Literal["rkl", "mix"] = "rkl"
     """On the student's own completions: per-token reverse KL(student || teacher), or the stage's teacher terms with
     their weights (fkl, rkl, jsd, skew); cross-entropy is not applied to the student's own tokens."""
@@ -328,6 +332,9 @@ class DistillStageConfig(Section):
     def validate(self) -> None:
         if self.ce_weight + self.teacher_weight() <= 0:
             raise FieldError("ce_weight", "and every teacher weight are 0, so the loss is 0; give a term a positive weight")
+        if self.on_policy > 0 and self.on_policy_from_step >= self.train.max_steps:
+            raise FieldError("on_policy_from_step", f"is {self.on_policy_from_step}, at or after the stage's last step "
+                                                    f"(train.max_steps = {self.train.max_steps}), so no batch would be on-policy")
         if self.on_policy > 0 and self.on_policy_loss == "mix" and self.teacher_weight() <= 0:
             raise FieldError("on_policy_loss", "is mix but every teacher weight is 0, so the student's own completions "
                                                "would get no loss; give a teacher term a weight or use on_policy_loss: rkl")

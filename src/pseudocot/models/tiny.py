@@ -20,6 +20,8 @@ PRESETS: dict[str, dict[str, int]] = {
     "tiny-3xs": dict(hidden_size=32, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
     "tiny-2xs": dict(hidden_size=48, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
     "tiny-xs": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+    # tiny-xs with a third layer (163k): a base model more than twice a tiny-2xs Tiny Thought Model, at ~1.3x tiny-xs's step time
+    "tiny-xs-3l": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2),
     "tiny-s": dict(hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2),
     "tiny-m": dict(hidden_size=256, intermediate_size=704, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4),
     "tiny-l": dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4),

@@ -82,7 +82,8 @@ def train_stage(cfg: Config, stage: DistillStageConfig, out: Path, teacher_path:
         "weights": {"ce": stage.ce_weight, "fkl": stage.fkl_weight, "rkl": stage.rkl_weight, "jsd": stage.jsd_weight,
                     "skew_fkl": stage.skew_fkl_weight, "skew_rkl": stage.skew_rkl_weight,
                     "temperature": stage.temperature},
-        "on_policy": {"share": stage.on_policy, "loss": stage.on_policy_loss, "temperature": stage.on_policy_temperature}
+        "on_policy": {"share": stage.on_policy, "from_step": stage.on_policy_from_step, "loss": stage.on_policy_loss,
+                      "temperature": stage.on_policy_temperature}
         if stage.on_policy else None,
         "student_parameters": sum(p.numel() for p in student.parameters()),
     }

@@ -92,17 +92,18 @@ def main(cfg: Config, role: str = "base") -> dict[str, Any]:
     t = fcfg.train
     thoughts = cfg.pipeline if fcfg.thoughts_in_context else None  # rendered as the pipeline renders them
 
-    def rows_of(file: str | None, split: str, written: list[list[str]] | None = None) -> list[dict[str, Any]]:
+    def examples_of(file: str | None, split: str) -> list[Example]:
         # The teacher learns reasoning: from the synth stage's kept solutions when it ran.
         path = layout.reasoning_train(file) if split == "train" and role == "teacher" else Path(file or layout.split(split))
-        examples = read_split(path, f"{role} {split} data", t.val_examples if split == "val" else None)
-        return tokenize_examples(examples, tokenizer, fcfg.with_reasoning, fcfg.system_prompt, t.max_length, thoughts,
-                                 written=written, gold=fcfg.thoughts_from != "ttm" or split != "train")
+        return read_split(path, f"{role} {split} data", t.val_examples if split == "val" else None)
 
-    written = ttm_thoughts(cfg, read_split(Path(fcfg.train_file or layout.split("train")), "base train data")) \
-        if role == "base" and fcfg.thoughts_from != "gold" else None
-    train_rows = rows_of(fcfg.train_file, "train", written)
-    val_rows = rows_of(fcfg.val_file, "val")  # gold thoughts: one validation loss whatever the rows train on
+    train_examples, val_examples = examples_of(fcfg.train_file, "train"), examples_of(fcfg.val_file, "val")
+    # With thoughts_from ttm or mix, the TTM's own thoughts on the training questions (validation keeps the gold ones:
+    # one validation loss whatever the rows train on).
+    written = ttm_thoughts(cfg, train_examples) if role == "base" and fcfg.thoughts_from != "gold" else None
+    train_rows = tokenize_examples(train_examples, tokenizer, fcfg.with_reasoning, fcfg.system_prompt, t.max_length, thoughts,
+                                   written=written, gold=fcfg.thoughts_from != "ttm")
+    val_rows = tokenize_examples(val_examples, tokenizer, fcfg.with_reasoning, fcfg.system_prompt, t.max_length, thoughts)
     model = trainable_model(fcfg.model, tokenizer, fcfg.method, fcfg.lora, cfg.run.device, cfg.run.seed, t.gradient_checkpointing)
     args = training_args(t, out, cfg.run.seed, cfg.run.device, has_eval=True)
     trainer = Trainer(model=model, args=args, train_dataset=train_rows, eval_dataset=val_rows,
@@ -111,7 +112,6 @@ def main(cfg: Config, role: str = "base") -> dict[str, Any]:
                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
                "train_rows": len(train_rows), "thoughts_from": fcfg.thoughts_from if fcfg.thoughts_in_context else None}
     if written is not None:
-        metrics["ttm_thoughts"] = thought_stats(written, read_split(Path(fcfg.train_file or layout.split("train")),
-                                                                    "base train data")[:len(written)])
+        metrics["ttm_thoughts"] = thought_stats(written, train_examples)
     return train_and_save(trainer, out, key, tokenizer, val_rows, t.batch_size, metrics,
                           merge=fcfg.merge and fcfg.method != "full")

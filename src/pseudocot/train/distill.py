@@ -120,7 +120,8 @@ def trainer_class() -> type:
             from pseudocot.train.onpolicy import on_policy_batch
 
             step, micro = self._micro_batch()
-            on_policy = model.training and on_policy_batch(self.stage.on_policy, self.args.seed, step, micro)
+            on_policy = (model.training and step >= self.stage.on_policy_from_step
+                         and on_policy_batch(self.stage.on_policy, self.args.seed, step, micro))
             if on_policy:
                 inputs = self._student_writes(model, inputs, step, micro)
             ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
