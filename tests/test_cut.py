@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
@@ -79,7 +81,7 @@ def test_from_is_the_yaml_key_and_round_trips(tmp_path):
     student = cfg.distill.stages[0].student
     assert student.from_ == "teacher" and student.num_layers == 16 and student.path is None
     text = to_yaml(cfg)
-    assert "from: teacher" in text and "from_" not in text
+    assert "from: teacher" in text and not re.search(r"^\s*from_:", text, re.M)
     (tmp_path / "again.yaml").write_text(text)
     assert load_config(str(tmp_path / "again.yaml")) == cfg
     over = load_config("smol", ["distill.stages.1.student.from=/models/x", "distill.stages.1.student.num_layers=4"])
