@@ -74,7 +74,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def _dt_args(args: argparse.Namespace) -> argparse.Namespace:
     """The settings `distill_throughput`'s setup functions read."""
     return argparse.Namespace(steps=args.steps, batch_size=args.batch_size, val_rows=8, max_length=args.max_length,
-                              teacher_preset="tiny-m", teacher_steps=0, top_k=8, seed=args.seed, teacher=args.teacher,
+                              teacher_preset="tiny-m", teacher_steps=1, top_k=8, seed=args.seed, teacher=args.teacher,
                               student=None, student_layers=args.student_layers, student_preset=None, lr=args.lr)
 
 

@@ -679,7 +679,8 @@ def test_distill_under_torchrun_writes_from_rank_0_only(prepared, tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()
     stages = ("distill.stages=[{student: {preset: tiny-xs}, train: {max_steps: 2, save_every_steps: 1}},"
-              " {student: {preset: tiny-xs}, train: {max_steps: 2, save_every_steps: 1}}]")
+              " {student: {preset: tiny-xs}, on_policy: 1.0, on_policy_max_new_tokens: 8,"
+              " train: {max_steps: 2, save_every_steps: 1}}]")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), str(DDP_SCRIPT), "smoke", str(logs),
@@ -700,6 +701,8 @@ def test_distill_under_torchrun_writes_from_rank_0_only(prepared, tmp_path):
         assert m["steps"] == 2 and finite(m["val_loss"])
         # Each rank runs one teacher forward per micro-batch of its own.
         assert m["teacher_forwards"] == 2
+        # Stage 2 is on-policy: each rank's student samples its own completions for every micro-batch.
+        assert (m["on_policy_batches"], m["on_policy_tokens"] > 0) == ((0, False) if name == "stage-1" else (2, True))
         AutoModelForCausalLM.from_pretrained(root / name)
         assert root / name / "model.safetensors" in per_rank[0]
         assert root / name / "metrics.json" in per_rank[0]
