@@ -105,6 +105,7 @@ from pseudocot.config import Config, DistillStageConfig, ModelSpec, load_config 
 from pseudocot.data.chat import messages_for  # noqa: E402
 from pseudocot.layout import RunLayout  # noqa: E402
 from pseudocot.losses import chunked_distill_loss  # noqa: E402
+from pseudocot.models.heads import decoder_hidden  # noqa: E402
 from pseudocot.models.loading import load_tokenizer  # noqa: E402
 from pseudocot.models.tiny import build_tiny_model, count_parameters  # noqa: E402
 from pseudocot.stages import data as data_stage  # noqa: E402
@@ -113,7 +114,6 @@ from pseudocot.stages import finetune  # noqa: E402
 from pseudocot.stages.run import clear  # noqa: E402
 from pseudocot.train import teacher_cache  # noqa: E402
 from pseudocot.train.distill import load_teacher  # noqa: E402
-from pseudocot.train.heads import decoder_hidden  # noqa: E402
 from pseudocot.train.rows import (  # noqa: E402
     IGNORE_INDEX,
     PadCollator,

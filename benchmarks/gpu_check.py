@@ -245,7 +245,7 @@ def lora_sft(plan: Plan, device: torch.device, dtype: torch.dtype, peak: float |
 
 def distill_step(plan: Plan, device: torch.device, dtype: torch.dtype, deadline: Deadline) -> dict[str, Any]:
     from pseudocot.losses import chunked_distill_loss, distill_loss
-    from pseudocot.train.heads import decoder_hidden, logit_head
+    from pseudocot.models.heads import decoder_hidden, logit_head
 
     teacher = build_model(plan.shapes["8b"], dtype, device, seed=1).eval().requires_grad_(False)
     student = build_model(plan.shapes["1b"], dtype, device, seed=2).train()

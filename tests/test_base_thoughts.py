@@ -11,7 +11,7 @@ import pytest
 from pseudocot.config import load_config
 from pseudocot.data.chat import base_messages, question_text, render, thought_lines
 from pseudocot.errors import ConfigError, ModelError
-from pseudocot.freshness import finetune_key
+from pseudocot.freshness import finetune_key, ttm_thoughts_key
 from pseudocot.layout import RunLayout
 from pseudocot.models.loading import load_tokenizer
 from pseudocot.pipeline import ttm_thoughts_of
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = ["data.arith.n_train=60", "data.arith.n_val=12", "data.arith.n_test=12", "train.max_length=96", "train.batch_size=8",
          "teacher.train.max_steps=4", "distill.stages.0.train.max_steps=2", "distill.stages.1.train.max_steps=2",
-         "base.train.max_steps=2", "base.ttm_questions=20"]
+         "base.train.max_steps=2"]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,10 @@ def chain(tmp_path_factory, trained_tiny):
 
 
 def _cfg(out, *extra):
-    return load_config("smoke", [f"run.out_dir={out}", *SMALL, f"pipeline.ttm={out / 'ttm'}", *extra])
+    """The chain's config; a base that reads the TTM's thoughts gets them on the first 20 training questions."""
+    ttm = [] if "base.thoughts_from=gold" in extra or not any(x.startswith("base.thoughts_from=") for x in extra) \
+        else ["base.ttm_questions=20"]
+    return load_config("smoke", [f"run.out_dir={out}", *SMALL, f"pipeline.ttm={out / 'ttm'}", *ttm, *extra])
 
 
 def test_mix_trains_on_gold_rows_and_the_ttms_own(chain):
@@ -74,14 +77,21 @@ def test_ttm_rows_without_gold_thoughts_and_the_key(chain):
     assert len({finetune_key(c, "base") for c in (gold, mix, ttm)}) == 3
     metrics = finetune.main(ttm, "base")
     examples = read_split(RunLayout.of(ttm).split("train"), "train")
-    # ttm: every question's row without thoughts, and the TTM's rows; no gold thoughts
-    assert metrics["train_rows"] == len(examples) + round(metrics["ttm_thoughts"]["thoughts_per_question"] * 20)
+    # ttm: the first 20 questions' rows without thoughts and the TTM's rows, no gold thoughts; the questions the TTM
+    # wrote nothing for keep their gold rows.
+    tok = load_tokenizer(str(RunLayout.of(ttm).tokenizer_dir))
+    rest = len(tokenize_examples(examples[20:], tok, False, None, 96, ttm.pipeline))
+    assert metrics["train_rows"] == 20 + round(metrics["ttm_thoughts"]["thoughts_per_question"] * 20) + rest
     # The TTM's thoughts follow the TTM: another TTM, another key (and the teacher's key does not move).
     stage = RunLayout.of(ttm).distilled_ttm / "model.safetensors"  # pipeline.ttm
     before = finetune_key(ttm, "base"), finetune_key(ttm, "teacher"), finetune_key(gold, "base")
     stage.write_bytes(stage.read_bytes() + b" ")
     after = finetune_key(ttm, "base"), finetune_key(ttm, "teacher"), finetune_key(gold, "base")
     assert after[0] != before[0] and after[1:] == before[1:]
+    # Greedy thoughts do not depend on the pipeline's batching; sampled ones do (each batch draws its own seed).
+    key = lambda *x: ttm_thoughts_key(_cfg(chain, "base.thoughts_from=ttm", *x))  # noqa: E731
+    assert key("pipeline.batch_size=7") == key()
+    assert key("base.ttm_temperature=0.7", "pipeline.batch_size=7") != key("base.ttm_temperature=0.7")
 
 
 def test_config_checks(tmp_path):
@@ -91,6 +101,10 @@ def test_config_checks(tmp_path):
         load_config("smoke", ["teacher.thoughts_in_context=true", "teacher.thoughts_from=ttm"])
     with pytest.raises(ConfigError, match=r"pipeline.ttm_prompt uses \{answer\}"):
         load_config("smoke", ["base.thoughts_from=ttm", "pipeline.ttm_prompt='{question} {answer}'"])
+    with pytest.raises(ConfigError, match=r"base.ttm_temperature.*thoughts_from is gold"):
+        load_config("smoke", ["base.ttm_temperature=0.7"])
+    with pytest.raises(ConfigError, match=r"base.ttm_questions.*thoughts_from is gold"):
+        load_config("smoke", ["base.ttm_questions=5"])
     with pytest.raises(ConfigError, match=r"needs a Tiny Thought Model"):
         load_config("smoke", ["base.thoughts_from=ttm", "distill.stages=[]"])
     cfg = load_config("smoke", [f"run.out_dir={tmp_path}", *SMALL, "base.thoughts_from=ttm"])  # no TTM trained yet

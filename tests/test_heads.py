@@ -15,7 +15,7 @@ from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForC
 
 from pseudocot.errors import ModelError
 from pseudocot.losses import chunked_distill_loss, distill_loss
-from pseudocot.train.heads import check_head, decoder_hidden, logit_head
+from pseudocot.models.heads import check_head, decoder_hidden, logit_head
 
 VOCAB = 96
 

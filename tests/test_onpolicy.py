@@ -21,12 +21,12 @@ from kill_resume import kill_one_finish_other
 from pseudocot.config import DistillStageConfig, load_config
 from pseudocot.errors import ConfigError
 from pseudocot.layout import RunLayout
+from pseudocot.models.heads import decoder_hidden, logit_head
 from pseudocot.models.tiny import build_tiny_model
 from pseudocot.stages import data as data_stage
 from pseudocot.stages import finetune
 from pseudocot.train import onpolicy
 from pseudocot.train.distill import distill_batch_loss, loss_weights
-from pseudocot.train.heads import decoder_hidden, logit_head
 from pseudocot.train.rows import IGNORE_INDEX, PadCollator, tokenize_examples
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -113,7 +113,7 @@ def test_chunked_loss_equals_plain_loss_on_real_logits(smol):
     from numerics import U64, as_accurate_as
     from pseudocot.losses import chunked_distill_loss, distill_loss
     from pseudocot.models.cut import cut_layers
-    from pseudocot.train.heads import decoder_hidden
+    from pseudocot.models.heads import decoder_hidden
 
     teacher32, tok = smol
     student32 = cut_layers(teacher32, num_layers=8)

@@ -183,7 +183,11 @@ def ttm_thoughts_key(cfg: Config) -> str:
     b = cfg.base
     return digest({"stage": "ttm-thoughts", "ttm": model_fingerprint(layout.distilled_ttm),
                    "pipeline": pipeline_settings(cfg.pipeline, "ttm"), "questions": file_fingerprint(b.train_file or layout.split("train")),
-                   "count": b.ttm_questions, "temperature": b.ttm_temperature, "seed": cfg.run.seed})
+                   "count": b.ttm_questions, "temperature": b.ttm_temperature, "seed": cfg.run.seed,
+                   # Sampled thoughts also depend on how the questions are batched (each batch its own seed) and on
+                   # the decoder (KV-reusing or HF generate); greedy ones do not.
+                   "sampling": {"batch_size": cfg.pipeline.batch_size, "kv_reuse": cfg.pipeline.kv_reuse}
+                   if b.ttm_temperature > 0 else None})
 
 
 def distill_stage_key(cfg: Config, stage: DistillStageConfig, teacher: str | os.PathLike[str]) -> str:

@@ -271,6 +271,11 @@ class FinetuneConfig(Section):
         if self.thoughts_from != "gold" and not self.thoughts_in_context:
             raise FieldError("thoughts_from", f"is {self.thoughts_from}, which needs thoughts_in_context: true (rows with "
                                               "thoughts in the prompt)")
+        if self.thoughts_from == "gold":
+            for name, value, default in (("ttm_questions", self.ttm_questions, None), ("ttm_temperature", self.ttm_temperature, 0.0)):
+                if value != default:
+                    raise FieldError(name, f"is {value}, but thoughts_from is gold, which never asks the TTM for thoughts; "
+                                           "remove it or set thoughts_from to ttm or mix")
 
 
 @dataclass

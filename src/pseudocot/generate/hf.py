@@ -18,7 +18,7 @@ import torch
 from transformers import GenerationConfig as HFGenerationConfig
 
 from pseudocot.generate.base import Completion, GenerationParams
-from pseudocot.generate.sessions import PrefixStore, decode
+from pseudocot.generate.sessions import PrefixStore, decode, end_ids
 from pseudocot.models.loading import load_model, load_tokenizer
 from pseudocot.progress import progress
 
@@ -43,10 +43,7 @@ class HFGenerator:
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        eos = model.generation_config.eos_token_id
-        if eos is None:
-            eos = tokenizer.eos_token_id
-        self.eos_ids: list[int] = list(eos) if isinstance(eos, (list, tuple)) else [eos]
+        self.eos_ids: list[int] = end_ids(model, tokenizer)
         self.pad_id: int = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
 
     @classmethod

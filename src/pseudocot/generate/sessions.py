@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from pseudocot.models.heads import logit_head
+
 
 @dataclass
 class EncodedPrefix:
@@ -102,6 +104,14 @@ def _choose(logits: torch.Tensor, temperature: float, top_p: float, generator: t
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def end_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The tokens that end a completion: the model's generation end-of-sequence ids, else the tokenizer's."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+
 def decode(model: Any, prompts: list[list[int]], reused: list[EncodedPrefix | None], *, max_new_tokens: int,
            temperature: float, top_p: float, seed: int | None, is_end: Callable[[int, list[int]], bool],
            pad_id: int, keep: bool, want_features: bool) -> tuple[list[RowResult], float]:
@@ -110,7 +120,7 @@ def decode(model: Any, prompts: list[list[int]], reused: list[EncodedPrefix | No
     `is_end(row, tokens)` says whether a row's generation is over (end-of-sequence or stop string).
     With `keep`, each row's keys/values are handed back for its session's next call.
     """
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    decoder, head = model.get_decoder(), logit_head(model)  # the head as the model applies it (scale, soft-cap)
     device = next(model.parameters()).device
     B = len(prompts)
     c = [0 if p is None else len(p.ids) for p in reused]
@@ -179,7 +189,7 @@ def decode(model: Any, prompts: list[list[int]], reused: list[EncodedPrefix | No
             encoded = EncodedPrefix(prompts[r] + tokens[r][:fed], keys, values, h_all)
         results[r] = RowResult(tokens[r], logprobs[r], feats, encoded, c[r])
 
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: on-policy distillation samples inside a training step
         out = decoder(input_ids=block.to(device), attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
         hidden = out.last_hidden_state  # (B, W, H)
         if want_features:

@@ -410,7 +410,7 @@ def chunked_distill_loss(
 
     The logits are the model's own when its head does more than project: `lm_head_bias`, then
     `logit_scale` (Cohere, Granite), then `logit_softcap` c, `c * tanh(x / c)` (Gemma 2/3); the same
-    `teacher_*` arguments for a teacher given as hidden states (`pseudocot.train.heads` reads them off
+    `teacher_*` arguments for a teacher given as hidden states (`pseudocot.models.heads` reads them off
     a model).
 
     Gradients reach `student_hidden`, `lm_head_weight` and `lm_head_bias` where they require grad

@@ -32,32 +32,35 @@ from pseudocot.train.setup import load_spec_tokenizer, spec_name, trainable_mode
 logger = logging.getLogger(__name__)
 
 
-def ttm_thoughts(cfg: Config, examples: list[Example]) -> list[list[str]]:
+def ttm_thoughts(cfg: Config, examples: list[Example], args: Any) -> list[list[str]]:
     """The Tiny Thought Model's thoughts on the first `base.ttm_questions` training questions, as the pipeline writes
     them (greedy, or sampled at `base.ttm_temperature`), read back from `base/ttm_thoughts/` when they were written
-    under the current key (a resumed stage), else written there (on the main process; the others wait)."""
+    under the current key (a resumed stage), else written there: by the main process first (`args` are the stage's
+    TrainingArguments, which start the process group under torchrun), the others then read them."""
     from pseudocot.data.chat import question_text
     from pseudocot.pipeline import Sampling, ttm_thoughts_of
-    from pseudocot.train.checkpoints import is_main_process, wait_for_everyone
 
     layout = RunLayout.of(cfg)
     b = cfg.base
     path, key = layout.base_ttm_thoughts, ttm_thoughts_key(cfg)
+    key_file = path.with_suffix(".key")
     questions = examples[: b.ttm_questions]
-    if is_main_process() and read_key(path.with_suffix(".key")) != key:
-        if layout.distilled_ttm is None or not has_model(layout.distilled_ttm):
-            raise ModelError(f"base.thoughts_from is {b.thoughts_from}, but there is no Tiny Thought Model at "
-                             f"{layout.distilled_ttm}; run `pseudocot distill` first (or set pipeline.ttm).")
-        logger.info("base: the TTM writes its thoughts for %d training questions", len(questions))
-        sampling = Sampling(temperature=b.ttm_temperature, seed=cfg.run.seed)
-        written = ttm_thoughts_of(cfg, layout.distilled_ttm, [(e.id, question_text(e)) for e in questions], sampling)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_open(path) as f:
-            for e, t in zip(questions, written):
-                f.write(json.dumps({"id": e.id, "thoughts": t}, ensure_ascii=False) + "\n")
-        write_key(path.with_suffix(".key"), key)
-    wait_for_everyone()
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    # Every rank checks what it needs before the barrier, so none waits there for one that failed.
+    if read_key(key_file) != key and (layout.distilled_ttm is None or not has_model(layout.distilled_ttm)):
+        raise ModelError(f"base.thoughts_from is {b.thoughts_from}, but there is no Tiny Thought Model at "
+                         f"{layout.distilled_ttm}; run `pseudocot distill` first (or set pipeline.ttm).")
+    with args.main_process_first(desc="TTM thoughts"):
+        if read_key(key_file) != key:
+            logger.info("base: the TTM writes its thoughts for %d training questions", len(questions))
+            key_file.unlink(missing_ok=True)  # no old key beside new thoughts, should this be killed half-way
+            sampling = Sampling(temperature=b.ttm_temperature, seed=cfg.run.seed)
+            written = ttm_thoughts_of(cfg, layout.distilled_ttm, [(e.id, question_text(e)) for e in questions], sampling)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_open(path) as f:
+                for e, t in zip(questions, written):
+                    f.write(json.dumps({"id": e.id, "thoughts": t}, ensure_ascii=False) + "\n")
+            write_key(key_file, key)
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
     if [r["id"] for r in rows] != [e.id for e in questions]:
         raise DataError(f"{path}: its questions are not the first {len(questions)} of the training data; delete it.")
     return [r["thoughts"] for r in rows]
@@ -100,12 +103,12 @@ def main(cfg: Config, role: str = "base") -> dict[str, Any]:
     train_examples, val_examples = examples_of(fcfg.train_file, "train"), examples_of(fcfg.val_file, "val")
     # With thoughts_from ttm or mix, the TTM's own thoughts on the training questions (validation keeps the gold ones:
     # one validation loss whatever the rows train on).
-    written = ttm_thoughts(cfg, train_examples) if role == "base" and fcfg.thoughts_from != "gold" else None
+    args = training_args(t, out, cfg.run.seed, cfg.run.device, has_eval=True)
+    written = ttm_thoughts(cfg, train_examples, args) if role == "base" and fcfg.thoughts_from != "gold" else None
     train_rows = tokenize_examples(train_examples, tokenizer, fcfg.with_reasoning, fcfg.system_prompt, t.max_length, thoughts,
                                    written=written, gold=fcfg.thoughts_from != "ttm")
     val_rows = tokenize_examples(val_examples, tokenizer, fcfg.with_reasoning, fcfg.system_prompt, t.max_length, thoughts)
     model = trainable_model(fcfg.model, tokenizer, fcfg.method, fcfg.lora, cfg.run.device, cfg.run.seed, t.gradient_checkpointing)
-    args = training_args(t, out, cfg.run.seed, cfg.run.device, has_eval=True)
     trainer = Trainer(model=model, args=args, train_dataset=train_rows, eval_dataset=val_rows,
                       data_collator=PadCollator(tokenizer.pad_token_id), processing_class=tokenizer)
     metrics = {"role": role, "model": spec_name(fcfg.model), "method": fcfg.method,

@@ -4,6 +4,5 @@
 - `rows`: Example JSONL -> tokenized rows with the loss on the answer, the collator, validation CE;
 - `setup`: the model and tokenizer a spec names, LoRA, `TrainingArguments`;
 - `checkpoints`: resume under the stage's key, save the result, mark it complete;
-- `heads`: a model's final hidden states and its real output head (bias, scaling, soft-cap);
-- `distill`: one distillation stage's Trainer and loss; `teacher_cache`: the cached top-k teacher.
+- `distill`: one distillation stage's Trainer and loss (the model's real head: `pseudocot.models.heads`); `teacher_cache`: the cached top-k teacher.
 """

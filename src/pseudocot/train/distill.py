@@ -24,9 +24,9 @@ import torch
 
 from pseudocot.config.schema import DistillStageConfig
 from pseudocot.losses import chunked_distill_loss
+from pseudocot.models.heads import check_head, decoder_hidden, logit_head, unwrap
 from pseudocot.models.lora import load_trained
 from pseudocot.train import teacher_cache
-from pseudocot.train.heads import check_head, decoder_hidden, logit_head, unwrap
 from pseudocot.train.rows import IGNORE_INDEX, PadCollator, answer_positions
 
 
@@ -101,6 +101,7 @@ def trainer_class() -> type:
 
         def _student_writes(self, model: Any, inputs: dict[str, torch.Tensor], step: int, micro: int) -> dict[str, torch.Tensor]:
             """The batch with the student's own completions of its prompts in place of the data's."""
+            from pseudocot.generate.sessions import end_ids
             from pseudocot.train import onpolicy
 
             st = self.stage
@@ -110,7 +111,7 @@ def trainer_class() -> type:
                                          max_new_tokens=st.on_policy_max_new_tokens, max_length=self.max_length,
                                          temperature=st.on_policy_temperature,
                                          seed=onpolicy.sample_seed(self.args.seed, step, micro),
-                                         end=onpolicy.end_ids(unwrap(student), tok), pad_id=tok.pad_token_id)
+                                         end=end_ids(unwrap(student), tok), pad_id=tok.pad_token_id)
             self.on_policy_batches += 1
             self.on_policy_tokens += int(rows.pop("completion_tokens"))
             return rows
@@ -119,7 +120,8 @@ def trainer_class() -> type:
                          num_items_in_batch: Any = None) -> Any:
             from pseudocot.train.onpolicy import on_policy_batch
 
-            step, micro = self._micro_batch()
+            # Only training micro-batches count: an evaluation call must not shift the draws of the step.
+            step, micro = self._micro_batch() if model.training else (self.state.global_step, 0)
             on_policy = (model.training and step >= self.stage.on_policy_from_step
                          and on_policy_batch(self.stage.on_policy, self.args.seed, step, micro))
             if on_policy:

@@ -47,14 +47,6 @@ def prompt_lengths(labels: torch.Tensor) -> list[int]:
     return answer.int().argmax(dim=1).tolist()
 
 
-def end_ids(model: Any, tokenizer: Any) -> list[int]:
-    """The tokens that end a completion: the model's generation end-of-sequence ids, else the tokenizer's."""
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    return list(eos) if isinstance(eos, (list, tuple)) else [eos]
-
-
 @torch.no_grad()
 def sample_completions(model: Any, prompts: Sequence[list[int]], *, max_new_tokens: int, temperature: float,
                        seed: int, end: Sequence[int], pad_id: int) -> list[list[int]]:

@@ -52,14 +52,15 @@ def tokenize_examples(examples: Sequence[Example], tokenizer: Any, with_reasonin
     With `thoughts` (a `PipelineConfig`), each example gives one row per number of gold thoughts in
     its context (`thought_pairs`); `written[i]`, where given, adds a row per number of the thoughts a model
     wrote for example i (j >= 1: the row without thoughts is the gold one); `gold=False` keeps only the row
-    without thoughts of the gold ones."""
+    without thoughts of the gold ones for the examples with written thoughts."""
     rows, cut = [], 0
 
     def pairs_of(i: int, ex: Example) -> list[tuple[str, str]]:
         if thoughts is None:
             return [prompt_and_completion(tokenizer, ex, with_reasoning, system_prompt)]
-        out = thought_pairs(tokenizer, ex, thoughts) if gold else thought_pairs(tokenizer, ex, thoughts, [])
         mine = written[i] if written is not None and i < len(written) else None
+        # A question the model wrote no thoughts for keeps its gold rows, whatever `gold` says.
+        out = thought_pairs(tokenizer, ex, thoughts) if gold or mine is None else thought_pairs(tokenizer, ex, thoughts, [])
         return out + (thought_pairs(tokenizer, ex, thoughts, mine, first=1) if mine else [])
 
     pairs = [(i, pair) for i, ex in enumerate(examples) for pair in pairs_of(i, ex)]

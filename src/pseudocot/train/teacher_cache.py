@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pseudocot.files import atomic_path, atomic_write_text
-from pseudocot.train.heads import decoder_hidden, logit_head
+from pseudocot.models.heads import decoder_hidden, logit_head
 from pseudocot.train.rows import PadCollator, answer_positions
 
 ROWS_PER_SHARD = 1024
