@@ -76,15 +76,20 @@ def test_bad_cuts_are_one_sentence(kwargs):
 # ----------------------------------------------------------------------------- config
 
 
+CUT_CHAIN = ("distill.stages=[{name: stage-1-16l, student: {from: teacher, num_layers: 16}}, "
+             "{name: stage-2-8l, student: {from: teacher, num_layers: 8}}]")
+"""A chain of students cut from their teacher, 30 -> 16 -> 8 layers of SmolLM2."""
+
+
 def test_from_is_the_yaml_key_and_round_trips(tmp_path):
-    cfg = load_config("smol")
+    cfg = load_config("smol", [CUT_CHAIN])
     student = cfg.distill.stages[0].student
     assert student.from_ == "teacher" and student.num_layers == 16 and student.path is None
     text = to_yaml(cfg)
     assert "from: teacher" in text and not re.search(r"^\s*from_:", text, re.M)
     (tmp_path / "again.yaml").write_text(text)
     assert load_config(str(tmp_path / "again.yaml")) == cfg
-    over = load_config("smol", ["distill.stages.1.student.from=/models/x", "distill.stages.1.student.num_layers=4"])
+    over = load_config("smol", [CUT_CHAIN, "distill.stages.1.student.from=/models/x", "distill.stages.1.student.num_layers=4"])
     assert over.distill.stages[1].student.from_ == "/models/x"
 
 
@@ -109,6 +114,6 @@ def test_the_report_names_cut_students():
     from pseudocot.evaluate.runner import describe_run
     from pseudocot.evaluate.systems import system_entries
 
-    cfg = load_config("smol")
+    cfg = load_config("smol", [CUT_CHAIN])
     said = describe_run(cfg, system_entries(cfg))
     assert "(16 layers of its teacher -> 8 layers of its teacher)" in said

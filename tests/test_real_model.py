@@ -157,8 +157,8 @@ def test_two_distillation_steps_into_a_layer_cut_student(tmp_path, arith, smollm
     from pseudocot.stages import distill
 
     cfg = _run_config(tmp_path, arith, smollm2_dir, f"distill.teacher.path={smollm2_dir}",
-                      "distill.stages.0.train.max_steps=2", "distill.stages.1.train.max_steps=2",
-                      "distill.stages.0.student.num_layers=4", "distill.stages.1.student.num_layers=2")
+                      "distill.stages=[{student: {from: teacher, num_layers: 4}, train: {max_steps: 2}}, "
+                      "{student: {from: teacher, num_layers: 2}, train: {max_steps: 2}}]")
     summary = distill.main(cfg)
     stage1, stage2 = (out for _, out in RunLayout.of(cfg).distill_stages())
     assert [s["steps"] for s in summary["stages"]] == [2, 2]
@@ -169,6 +169,31 @@ def test_two_distillation_steps_into_a_layer_cut_student(tmp_path, arith, smollm
     # Done under the same key: a second call trains nothing.
     again = distill.main(cfg)
     assert all(s.get("skipped") for s in again["stages"])
+
+
+def test_smollm2_writes_the_solutions_a_tiny_student_learns_in_its_own_vocabulary(tmp_path, smollm2_dir):
+    """The smol preset's Tiny Thought Model: SmolLM2 writes (ChatML, 49,152 tokens), a tiny model with the run's
+    384-token tokenizer learns (no shared vocabulary, no teacher logits)."""
+    from pseudocot.data.jsonl import read_examples
+    from pseudocot.layout import teacher_written_dir
+    from pseudocot.stages import data, distill
+
+    cfg = load_config("smol", [
+        f"run.out_dir={tmp_path}", "run.name=real", "run.threads=1", "data.arith.n_train=16", "data.arith.n_val=4",
+        "data.arith.n_test=4", f"distill.teacher.path={smollm2_dir}", "distill.stages.0.teacher_writes.questions=4",
+        "distill.stages.0.teacher_writes.max_new_tokens=24", "distill.stages.0.train.max_steps=2",
+        "distill.stages.0.train.batch_size=2", "train.val_examples=2",
+        "synth.checks=[]"])  # an untuned SmolLM2 rarely gets arith right: keep every solution
+    data.main(cfg)
+    summary = distill.main(cfg)
+    (_, stage), = RunLayout.of(cfg).distill_stages()
+    written = teacher_written_dir(stage)
+    rows = [json.loads(line) for line in (written / "candidates.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(r["completion"].strip() and r["completion_tokens"] > 0 for r in rows)
+    assert "<|im_end|>" not in "".join(r["completion"] for r in rows)  # ChatML's end of turn is not part of the text
+    assert len(read_examples(written / "kept.jsonl").examples) == 4
+    assert len(load_tokenizer(str(stage))) == 384 != len(load_tokenizer(str(smollm2_dir)))
+    assert summary["stages"][0]["steps"] == 2 and summary["stages"][0]["student"] == "preset:tiny-xs-3l"
 
 
 # ----------------------------------------------------------------------------- pipeline, router, eval

@@ -196,11 +196,22 @@ def distill_stage_key(cfg: Config, stage: DistillStageConfig, teacher: str | os.
     common = {k: v for k, v in to_dict(cfg.distill).items() if k not in ("teacher", "stages", "ce_only_baseline")}
     return digest({
         "stage": "distill", "own": stage, "distill": common, "seed": cfg.run.seed,
-        "teacher": model_fingerprint(teacher) if stage.needs_teacher() or stage.student.from_ == "teacher" else None,
+        "teacher": model_fingerprint(teacher)
+        if stage.needs_teacher() or stage.teacher_writes or stage.student.from_ == "teacher" else None,
         "data": _data_inputs(layout, stage.train_file, stage.val_file, reasoning=True),
         "tokenizer": _tokenizer_input(stage.student, layout),
         "weights": model_fingerprint(stage.student.path if stage.student.from_ in (None, "teacher") else stage.student.from_),
     })
+
+
+def teacher_written_key(cfg: Config, stage: DistillStageConfig, teacher: str | os.PathLike[str], dtype: str) -> str:
+    """The key of the solutions a distillation stage's teacher writes (`teacher_writes`): the teacher's weights and
+    dtype, the system prompt, the length and the batch. Not the questions (rows are matched by id and text), nor
+    the checks (the filter runs again each time the stage trains)."""
+    w = stage.teacher_writes
+    assert w is not None
+    return digest({"stage": "distill-written", "weights": model_fingerprint(teacher), "dtype": dtype,
+                   "system_prompt": cfg.distill.system_prompt, "max_new_tokens": w.max_new_tokens, "batch_size": w.batch_size})
 
 
 def synth_generation_key(cfg: Config) -> str:

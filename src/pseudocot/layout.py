@@ -36,6 +36,7 @@ CHECKPOINTS = "checkpoints"
 METRICS = "metrics.json"
 MERGED = "merged"
 TEACHER_CACHE = "teacher_cache"
+TEACHER_WRITTEN = "written"
 STUDENT_INIT = "student-init"
 BUILTIN_DATA = "builtin:"
 """An eval task's `data` with this prefix names a file shipped in `pseudocot/configs/data/` (small public benchmark subsets)."""
@@ -75,6 +76,12 @@ def student_init_dir(stage_dir: Path) -> Path:
 def teacher_cache_dir(stage_dir: Path) -> Path:
     """A distillation stage's cached top-k teacher log-probabilities (`distill.mode: cached`)."""
     return Path(stage_dir) / TEACHER_CACHE
+
+
+def teacher_written_dir(stage_dir: Path) -> Path:
+    """A distillation stage's solutions written by its teacher (`teacher_writes`): `candidates.jsonl` (every one, with
+    its `key.txt`), `kept.jsonl` (what the student learns from), `rejects.jsonl` and `stats.json`."""
+    return Path(stage_dir) / TEACHER_WRITTEN
 
 
 def has_model(folder: Path | None) -> bool:

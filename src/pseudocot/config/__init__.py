@@ -40,6 +40,7 @@ from pseudocot.config.schema import (
     SynthConfig,
     SystemConfig,
     TeacherEndpointConfig,
+    TeacherWritesConfig,
     TokenizerConfig,
     TrainConfig,
     field_docs,
@@ -51,7 +52,7 @@ __all__ = [
     "DEFAULT_PRESET", "PRESET_DIR", "ArithConfig", "Config", "ConfigError", "DataConfig", "DistillConfig",
     "DistillStageConfig", "EvalConfig", "EvalTaskConfig", "FieldError", "FinetuneConfig", "GrpoConfig", "LoraConfig", "ModelSpec",
     "PipelineConfig", "RouterConfig", "RunConfig", "ServeConfig", "SourceConfig", "SynthConfig", "SystemConfig",
-    "TeacherEndpointConfig", "TokenizerConfig", "TrainConfig",
+    "TeacherEndpointConfig", "TeacherWritesConfig", "TokenizerConfig", "TrainConfig",
     "field_docs", "from_dict", "load_config", "parse_override", "parse_shard", "presets",
     "resolve_config_path", "save_config", "to_dict", "to_yaml",
 ]

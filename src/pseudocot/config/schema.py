@@ -279,6 +279,19 @@ class FinetuneConfig(Section):
 
 
 @dataclass
+class TeacherWritesConfig(Section):
+    """Sequence-level distillation (Kim & Rush 2016): the stage's teacher writes the student's training solutions."""
+
+    questions: Positive | None = None
+    """The first this many questions of the stage's training data (null: every one)."""
+    max_new_tokens: Positive = 256
+    """Most tokens per solution (one cut off here fails the filter's format check)."""
+    batch_size: Positive = 64
+    """Questions generated together: a killed stage writes its last batch again, and the same batch size gives the
+    same solutions (greedy decoding of a padded batch can differ in the last float bits from another size)."""
+
+
+@dataclass
 class DistillStageConfig(Section):
     name: Annotated[str, PlainName()] | None = None
     """Folder name under `<run>/distill/`; null: `stage-<i>`."""
@@ -323,6 +336,12 @@ class DistillStageConfig(Section):
     """Training data of this stage; null: the run's `data/train.jsonl`."""
     val_file: str | None = None
     """Validation data; null: the run's `data/val.jsonl`."""
+    teacher_writes: TeacherWritesConfig | None = None
+    """The teacher writes the solutions the student learns from: a greedy solution to each training question, kept when
+    the run's faithfulness filter trusts it (`synth.checks`, scored by `synth.task`), in `<stage>/written/`; the data's
+    own solutions are not used. The student may then tokenize differently from the teacher (a tiny model with the run's
+    tokenizer under a pretrained teacher) when no term needs the teacher's logits: every teacher weight and on_policy
+    at 0. Null: the student learns from the data's solutions."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation settings (keys not given here come from the top-level `train`)."""
 

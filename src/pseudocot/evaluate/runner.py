@@ -217,7 +217,8 @@ def describe_run(cfg: Config, entries: Sequence[SystemEntry]) -> str:
         return spec.preset or Path(spec.path or "").name
     parts = []
     if cfg.distill.stages:
-        chain = " -> ".join(name(s.student) for s in cfg.distill.stages)
+        chain = " -> ".join(name(s.student) + (" learning from the solutions its teacher wrote" if s.teacher_writes else "")
+                            for s in cfg.distill.stages)
         teacher = name(cfg.distill.teacher) if (cfg.distill.teacher.path or cfg.distill.teacher.preset) else name(cfg.teacher.model)
         parts.append(f"a reasoning teacher ({teacher}) fine-tuned on step-by-step solutions and distilled in "
                      f"{len(cfg.distill.stages)} stage{'s' if len(cfg.distill.stages) > 1 else ''} ({chain}) into the "

@@ -19,7 +19,8 @@ from transformers import GenerationConfig as HFGenerationConfig
 
 from pseudocot.generate.base import Completion, GenerationParams
 from pseudocot.generate.sessions import PrefixStore, decode, end_ids
-from pseudocot.models.loading import load_model, load_tokenizer
+from pseudocot.models.loading import load_tokenizer
+from pseudocot.models.lora import load_trained
 from pseudocot.progress import progress
 
 
@@ -49,8 +50,9 @@ class HFGenerator:
     @classmethod
     def from_pretrained(cls, path: str, device: str = "auto", dtype: str = "auto", batch_size: int = 32,
                         trust_remote_code: bool = False, tokenizer_path: str | None = None) -> HFGenerator:
+        """A model folder, full or a LoRA adapter (merged into its base), with its tokenizer."""
         tokenizer = load_tokenizer(tokenizer_path or path, trust_remote_code=trust_remote_code)
-        model = load_model(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = load_trained(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         return cls(model, tokenizer, batch_size)
 
     @property

@@ -1,11 +1,13 @@
 """The `distill` stage: a chain of distillation stages that makes the Tiny Thought Model.
 
 Stage i's teacher is stage i-1's student (stage 1's is `distill.teacher.path`, by default the run's
-fine-tuned reasoning teacher). Each stage checks, before any weights load, that teacher and student
-share one vocabulary; then that both output heads are reproduced exactly (bias, logit scaling,
-soft-capping); then trains (`train.distill`; with `on_policy` a share of the batches are the student's own
-completions, scored by the teacher: `train.onpolicy`). A stage complete under its key (its config, `run.seed`,
-its teacher's content, the data, the tokenizer) is skipped; checkpoints of another key are discarded.
+fine-tuned reasoning teacher). With `teacher_writes` the teacher first writes the solutions the student
+learns from (sequence-level distillation, filtered for faithfulness: `<stage>/written/`). Each stage checks,
+before any weights load, that teacher and student share one vocabulary (unless the teacher only writes);
+then that both output heads are reproduced exactly (bias, logit scaling, soft-capping); then trains
+(`train.distill`; with `on_policy` a share of the batches are the student's own completions, scored by
+the teacher: `train.onpolicy`). A stage complete under its key (its config, `run.seed`, its teacher's
+content, the data, the tokenizer) is skipped; checkpoints of another key are discarded.
 
     pseudocot distill --config demo      -> runs/<name>/distill/stage-1/, stage-2/, ..., summary.json
 """
@@ -13,17 +15,25 @@ its teacher's content, the data, the tokenizer) is skipped; checkpoints of anoth
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pseudocot.config import Config, DistillStageConfig, ModelSpec
-from pseudocot.errors import ModelError
+from pseudocot.config import Config, DistillStageConfig, ModelSpec, TeacherEndpointConfig
+from pseudocot.data.example import Example
+from pseudocot.data.jsonl import write_jsonl
+from pseudocot.errors import DataError, ModelError
 from pseudocot.files import atomic_write_text
-from pseudocot.freshness import distill_stage_key, model_fingerprint
-from pseudocot.layout import RunLayout, has_model, metrics_file, teacher_cache_dir
+from pseudocot.freshness import distill_stage_key, model_fingerprint, teacher_written_key
+from pseudocot.generate.base import GenerationParams
+from pseudocot.layout import RunLayout, has_model, metrics_file, teacher_cache_dir, teacher_written_dir
 from pseudocot.models.loading import load_tokenizer
 from pseudocot.models.tokenizer import vocabulary_mismatch
 from pseudocot.stages import prepare
+from pseudocot.stages.synth import settings_of, task_of, to_candidates, write_outputs
+from pseudocot.synth.candidates import CandidateFile, canonical, done_pairs, generate
+from pseudocot.synth.filter import kept_example, run_filter
+from pseudocot.synth.teacher import Teacher
 from pseudocot.train import teacher_cache
 from pseudocot.train.checkpoints import finished_metrics, is_main_process, train_and_save
 from pseudocot.train.distill import check_heads, collator, load_teacher, trainer_class
@@ -43,19 +53,25 @@ def train_stage(cfg: Config, stage: DistillStageConfig, out: Path, teacher_path:
     source = cut_source(stage.student, teacher_path)  # a student cut from a model (`student.from`)
     s_tok = load_tokenizer(str(source), stage.student.trust_remote_code) if source else load_spec_tokenizer(stage.student, layout.tokenizer_dir)
     problem = vocabulary_mismatch(t_tok, s_tok, str(teacher_path), spec_name(stage.student))
-    if problem:
+    if problem and (stage.needs_teacher() or not stage.teacher_writes):
+        way = ("set every teacher weight and on_policy to 0 (the teacher's written solutions need no shared vocabulary)"
+               if stage.teacher_writes else "or let the teacher write the student's solutions (teacher_writes) with every "
+               "teacher weight and on_policy at 0")
         raise ModelError(problem[0].upper() + problem[1:-1]
-                         + "; distillation needs one shared vocabulary, so pick a student of the teacher's family.")
+                         + f"; the teacher's logits need one shared vocabulary, so pick a student of the teacher's family, {way}.")
 
     t, d = stage.train, cfg.distill
+    args = training_args(t, out, cfg.run.seed, cfg.run.device, has_eval=False)
 
     def rows_of(file: str | None, split: str) -> list[dict[str, Any]]:
         path = layout.reasoning_train(file) if split == "train" else Path(file or layout.split(split))
         examples = read_split(path, f"distillation {split} data", t.val_examples if split == "val" else None)
+        if split == "train" and stage.teacher_writes:
+            with args.main_process_first(desc="the teacher writes"):
+                examples = teacher_written(cfg, stage, out, teacher_path, teacher_spec, examples)
         return tokenize_examples(examples, s_tok, d.with_reasoning, d.system_prompt, t.max_length)
 
     rows, val_rows = rows_of(stage.train_file, "train"), rows_of(stage.val_file, "val")
-    args = training_args(t, out, cfg.run.seed, cfg.run.device, has_eval=False)
     teacher, cache = None, None
     if stage.teacher_weight() and d.mode == "cached":
         cache_key = teacher_cache.cache_key(rows, model_fingerprint(teacher_path), d.top_k)
@@ -91,6 +107,42 @@ def train_stage(cfg: Config, stage: DistillStageConfig, out: Path, teacher_path:
                           after=lambda: {"teacher_forwards": trainer.teacher_forwards,
                                          "on_policy_batches": trainer.on_policy_batches,
                                          "on_policy_tokens": trainer.on_policy_tokens})
+
+
+def teacher_written(cfg: Config, stage: DistillStageConfig, out: Path, teacher_path: Path, teacher_spec: ModelSpec,
+                    examples: Sequence[Example]) -> list[Example]:
+    """Sequence-level distillation (`teacher_writes`): the teacher writes a greedy solution to each question (appended
+    to `<stage>/written/candidates.jsonl` batch by batch, so a killed stage asks only for the rest), the run's
+    faithfulness filter keeps those it trusts, and they are what the student learns from."""
+    w = stage.teacher_writes
+    assert w is not None
+    questions = list(examples[: w.questions] if w.questions else examples)
+    folder = teacher_written_dir(out)
+    file = CandidateFile(folder / "candidates.jsonl", teacher_written_key(cfg, stage, teacher_path, teacher_spec.dtype))
+    moved = file.open()
+    gen: dict[str, Any] = {"generated": 0, "reused": len(questions), "seconds": 0.0}
+    if len(done_pairs(file.rows(), questions)) < len(questions):
+        teacher = Teacher(TeacherEndpointConfig(path=str(teacher_path), dtype=teacher_spec.dtype, batch_size=w.batch_size,
+                                                trust_remote_code=teacher_spec.trust_remote_code),
+                          cfg.run.device, system_prompt=cfg.distill.system_prompt)
+        gen = generate(questions, teacher, file, prompt="{question}", samples=1,
+                       params=GenerationParams(max_new_tokens=w.max_new_tokens, temperature=0.0),
+                       chunk_questions=w.batch_size, shard=None, desc=f"{out.name}: the teacher writes").to_dict()
+    rows = canonical(file.rows(), questions, 1)
+    write_jsonl(file.path, rows)  # question order, as an unbroken run writes it
+    done, s = done_pairs(rows, questions), cfg.synth
+    current = [done[(q.id, 0)] for q in questions]
+    result = run_filter(to_candidates(current, questions), settings_of(s, task_of(cfg.synth_task())), s.checks)
+    write_outputs(result, folder / "kept.jsonl", folder / "rejects.jsonl", str(teacher_path), s.checks)
+    stats = {"teacher": str(teacher_path), "questions": len(questions), "checks": list(s.checks), **result.summary(),
+             "generation": {**gen, "stale_files": [moved] if moved else []}}
+    atomic_write_text(folder / "stats.json", json.dumps(stats, indent=2) + "\n")
+    if not result.kept:
+        raise DataError(f"{folder / 'rejects.jsonl'}: none of the teacher's {len(questions)} solutions passed the checks "
+                        f"({', '.join(s.checks)}); read the reasons there, and train the teacher longer or change synth.checks.")
+    print(f"{out.name}: the teacher's solutions kept {stats['kept']} of {stats['candidates']} ({stats['keep_rate']}) "
+          f"-> {folder / 'kept.jsonl'}")
+    return [kept_example(c, str(teacher_path), s.checks) for c in result.kept]
 
 
 def main(cfg: Config) -> dict[str, Any]:

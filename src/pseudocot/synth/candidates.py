@@ -189,7 +189,7 @@ def _row(q: Example, sample: int, seed: int, c: Completion) -> dict[str, Any]:
 
 def generate(questions: Sequence[Example], teacher: Teacher, file: CandidateFile, *, prompt: str, samples: int,
              params: GenerationParams, chunk_questions: int, shard: tuple[int, int] | None,
-             progress: bool = True) -> GenerationStats:
+             progress: bool = True, desc: str = "synth") -> GenerationStats:
     """Write every missing solution of this shard's questions into `file`."""
     stats = GenerationStats()
     moved = file.open()
@@ -200,7 +200,7 @@ def generate(questions: Sequence[Example], teacher: Teacher, file: CandidateFile
     pairs = [(i, s) for ch in mine for i in ch for s in range(samples)]
     missing = [(i, s) for i, s in pairs if (questions[i].id, s) not in done]
     stats.reused = len(pairs) - len(missing)
-    bar = progress_bar(total=len(pairs), initial=stats.reused, desc="synth", unit="solution", disable=not progress or not missing)
+    bar = progress_bar(total=len(pairs), initial=stats.reused, desc=desc, unit="solution", disable=not progress or not missing)
     t0 = time.perf_counter()
     try:
         if teacher.local:
