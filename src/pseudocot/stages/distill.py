@@ -54,7 +54,7 @@ def train_stage(cfg: Config, stage: DistillStageConfig, out: Path, teacher_path:
     s_tok = load_tokenizer(str(source), stage.student.trust_remote_code) if source else load_spec_tokenizer(stage.student, layout.tokenizer_dir)
     problem = vocabulary_mismatch(t_tok, s_tok, str(teacher_path), spec_name(stage.student))
     if problem and (stage.needs_teacher() or not stage.teacher_writes):
-        way = ("set every teacher weight and on_policy to 0 (the teacher's written solutions need no shared vocabulary)"
+        way = ("or set every teacher weight and on_policy to 0 (the teacher's written solutions need no shared vocabulary)"
                if stage.teacher_writes else "or let the teacher write the student's solutions (teacher_writes) with every "
                "teacher weight and on_policy at 0")
         raise ModelError(problem[0].upper() + problem[1:-1]
@@ -113,15 +113,16 @@ def teacher_written(cfg: Config, stage: DistillStageConfig, out: Path, teacher_p
                     examples: Sequence[Example]) -> list[Example]:
     """Sequence-level distillation (`teacher_writes`): the teacher writes a greedy solution to each question (appended
     to `<stage>/written/candidates.jsonl` batch by batch, so a killed stage asks only for the rest), the run's
-    faithfulness filter keeps those it trusts, and they are what the student learns from."""
+    faithfulness filter keeps those it trusts, and they are what the student learns from. Under torchrun rank 0
+    writes (it goes first); the other ranks read its solutions and filter them the same way."""
     w = stage.teacher_writes
     assert w is not None
     questions = list(examples[: w.questions] if w.questions else examples)
-    folder = teacher_written_dir(out)
+    folder, main = teacher_written_dir(out), is_main_process()
     file = CandidateFile(folder / "candidates.jsonl", teacher_written_key(cfg, stage, teacher_path, teacher_spec.dtype))
-    moved = file.open()
+    moved = file.open() if main else None
     gen: dict[str, Any] = {"generated": 0, "reused": len(questions), "seconds": 0.0}
-    if len(done_pairs(file.rows(), questions)) < len(questions):
+    if main and len(done_pairs(file.rows(), questions)) < len(questions):
         teacher = Teacher(TeacherEndpointConfig(path=str(teacher_path), dtype=teacher_spec.dtype, batch_size=w.batch_size,
                                                 trust_remote_code=teacher_spec.trust_remote_code),
                           cfg.run.device, system_prompt=cfg.distill.system_prompt)
@@ -129,19 +130,23 @@ def teacher_written(cfg: Config, stage: DistillStageConfig, out: Path, teacher_p
                        params=GenerationParams(max_new_tokens=w.max_new_tokens, temperature=0.0),
                        chunk_questions=w.batch_size, shard=None, desc=f"{out.name}: the teacher writes").to_dict()
     rows = canonical(file.rows(), questions, 1)
-    write_jsonl(file.path, rows)  # question order, as an unbroken run writes it
     done, s = done_pairs(rows, questions), cfg.synth
-    current = [done[(q.id, 0)] for q in questions]
-    result = run_filter(to_candidates(current, questions), settings_of(s, task_of(cfg.synth_task())), s.checks)
-    write_outputs(result, folder / "kept.jsonl", folder / "rejects.jsonl", str(teacher_path), s.checks)
-    stats = {"teacher": str(teacher_path), "questions": len(questions), "checks": list(s.checks), **result.summary(),
-             "generation": {**gen, "stale_files": [moved] if moved else []}}
-    atomic_write_text(folder / "stats.json", json.dumps(stats, indent=2) + "\n")
+    missing = [q.id for q in questions if (q.id, 0) not in done]
+    if missing:  # only a rank that is not rank 0 can get here, reading a file rank 0 did not finish
+        raise DataError(f"{file.path}: no solution to question {missing[0]} ({len(missing)} missing); run the stage again.")
+    result = run_filter(to_candidates([done[(q.id, 0)] for q in questions], questions),
+                        settings_of(s, task_of(cfg.synth_task())), s.checks)
+    if main:
+        write_jsonl(file.path, rows)  # question order, as an unbroken run writes it
+        write_outputs(result, folder / "kept.jsonl", folder / "rejects.jsonl", str(teacher_path), s.checks)
+        stats = {"teacher": str(teacher_path), "questions": len(questions), "checks": list(s.checks), **result.summary(),
+                 "generation": {**gen, "stale_files": [moved] if moved else []}}
+        atomic_write_text(folder / "stats.json", json.dumps(stats, indent=2) + "\n")
+        print(f"{out.name}: the teacher's solutions: kept {stats['kept']} of {stats['candidates']} ({stats['keep_rate']}) "
+              f"-> {folder / 'kept.jsonl'}")
     if not result.kept:
         raise DataError(f"{folder / 'rejects.jsonl'}: none of the teacher's {len(questions)} solutions passed the checks "
                         f"({', '.join(s.checks)}); read the reasons there, and train the teacher longer or change synth.checks.")
-    print(f"{out.name}: the teacher's solutions kept {stats['kept']} of {stats['candidates']} ({stats['keep_rate']}) "
-          f"-> {folder / 'kept.jsonl'}")
     return [kept_example(c, str(teacher_path), s.checks) for c in result.kept]
 
 
