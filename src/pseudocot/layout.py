@@ -84,6 +84,11 @@ def teacher_written_dir(stage_dir: Path) -> Path:
     return Path(stage_dir) / TEACHER_WRITTEN
 
 
+def teacher_written_file(stage_dir: Path, name: str) -> Path:
+    """`candidates.jsonl`, `key.txt`, `kept.jsonl`, `rejects.jsonl` or `stats.json` of `teacher_written_dir`."""
+    return teacher_written_dir(stage_dir) / name
+
+
 def has_model(folder: Path | None) -> bool:
     """A saved model or adapter is in `folder`."""
     return folder is not None and any((Path(folder) / f).is_file() for f in ("config.json", "adapter_config.json"))

@@ -26,7 +26,7 @@ from pseudocot.errors import DataError, ModelError
 from pseudocot.files import atomic_write_text
 from pseudocot.freshness import distill_stage_key, model_fingerprint, teacher_written_key
 from pseudocot.generate.base import GenerationParams
-from pseudocot.layout import RunLayout, has_model, metrics_file, teacher_cache_dir, teacher_written_dir
+from pseudocot.layout import RunLayout, has_model, metrics_file, teacher_cache_dir, teacher_written_file
 from pseudocot.models.loading import load_tokenizer
 from pseudocot.models.tokenizer import vocabulary_mismatch
 from pseudocot.stages import prepare
@@ -118,8 +118,12 @@ def teacher_written(cfg: Config, stage: DistillStageConfig, out: Path, teacher_p
     w = stage.teacher_writes
     assert w is not None
     questions = list(examples[: w.questions] if w.questions else examples)
-    folder, main = teacher_written_dir(out), is_main_process()
-    file = CandidateFile(folder / "candidates.jsonl", teacher_written_key(cfg, stage, teacher_path, teacher_spec.dtype))
+    main = is_main_process()
+
+    def at(name: str) -> Path:
+        return teacher_written_file(out, name)
+
+    file = CandidateFile(at("candidates.jsonl"), teacher_written_key(cfg, stage, teacher_path, teacher_spec.dtype))
     moved = file.open() if main else None
     gen: dict[str, Any] = {"generated": 0, "reused": len(questions), "seconds": 0.0}
     if main and len(done_pairs(file.rows(), questions)) < len(questions):
@@ -138,14 +142,14 @@ def teacher_written(cfg: Config, stage: DistillStageConfig, out: Path, teacher_p
                         settings_of(s, task_of(cfg.synth_task())), s.checks)
     if main:
         write_jsonl(file.path, rows)  # question order, as an unbroken run writes it
-        write_outputs(result, folder / "kept.jsonl", folder / "rejects.jsonl", str(teacher_path), s.checks)
+        write_outputs(result, at("kept.jsonl"), at("rejects.jsonl"), str(teacher_path), s.checks)
         stats = {"teacher": str(teacher_path), "questions": len(questions), "checks": list(s.checks), **result.summary(),
                  "generation": {**gen, "stale_files": [moved] if moved else []}}
-        atomic_write_text(folder / "stats.json", json.dumps(stats, indent=2) + "\n")
+        atomic_write_text(at("stats.json"), json.dumps(stats, indent=2) + "\n")
         print(f"{out.name}: the teacher's solutions: kept {stats['kept']} of {stats['candidates']} ({stats['keep_rate']}) "
-              f"-> {folder / 'kept.jsonl'}")
+              f"-> {at('kept.jsonl')}")
     if not result.kept:
-        raise DataError(f"{folder / 'rejects.jsonl'}: none of the teacher's {len(questions)} solutions passed the checks "
+        raise DataError(f"{at('rejects.jsonl')}: none of the teacher's {len(questions)} solutions passed the checks "
                         f"({', '.join(s.checks)}); read the reasons there, and train the teacher longer or change synth.checks.")
     return [kept_example(c, str(teacher_path), s.checks) for c in result.kept]
 
