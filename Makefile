@@ -31,7 +31,7 @@ browser:
 # The tests that train or check precision, run a second time as on a CPU with fast bf16 (the probe answers yes):
 # nothing but train.bf16=true may turn autocast on there, and every tolerance must still hold. (SmolLM2's tests
 # that only generate or evaluate are left out: no training step, so no precision choice.)
-BF16_TESTS := tests/test_dtype.py tests/test_train.py tests/test_onpolicy.py tests/test_losses.py \
+BF16_TESTS := tests/test_dtype.py tests/test_train.py tests/test_onpolicy.py tests/test_losses.py tests/test_teacher_writes.py \
 	tests/test_real_model.py::test_two_lora_steps_on_real_module_names \
 	tests/test_real_model.py::test_chunked_loss_equals_plain_loss_on_real_logits \
 	tests/test_real_model.py::test_two_distillation_steps_into_a_layer_cut_student
