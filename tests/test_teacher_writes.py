@@ -83,9 +83,8 @@ def test_the_student_learns_from_the_kept_solutions_in_its_own_vocabulary(tmp_pa
     # The student trained on exactly the kept solutions (train rows), then validated on the data's val split.
     assert [e.id for e in seen[0]] == [e.id for e in kept]
     assert len(seen[1]) == 8 and all("synth" not in e.meta for e in seen[1])
-    student = stage_dir
-    assert len(load_tokenizer(str(student))) == RUN_VOCAB
-    assert summary["stages"][0]["student"] == "preset:tiny-xs" and (student / "model.safetensors").is_file()
+    assert len(load_tokenizer(str(stage_dir))) == RUN_VOCAB
+    assert summary["stages"][0]["student"] == "preset:tiny-xs" and (stage_dir / "model.safetensors").is_file()
     assert stats["generation"]["generated"] == 12
 
     # Done under its key: nothing runs again.
