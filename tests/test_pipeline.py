@@ -14,7 +14,7 @@ from pseudocot.data.chat import final_answer, question_text
 from pseudocot.errors import ConfigError
 from pseudocot.generate import GenerationParams
 from pseudocot.generate.hf import HFGenerator
-from pseudocot.pipeline import Pipeline, Trace, read_traces, write_traces
+from pseudocot.pipeline import Pipeline, Question, Trace, read_traces, write_traces
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,19 @@ class FixedRouter:
 
 def s_id(step):
     return step.question
+
+
+class Serving:
+    """A server around the loop, as tests write it: `keep` and `admit` callables (`pipeline.Serving`)."""
+
+    def __init__(self, keep=None, admit=None):
+        self._keep, self._admit = keep, admit
+
+    def keep(self, trace):
+        return self._keep is None or self._keep(trace)
+
+    def admit(self, free):
+        return self._admit(free) if self._admit else []
 
 
 def _pipe(trained_tiny, mode, router=None, **kw):
@@ -232,7 +245,7 @@ def test_done_events_come_once_per_question_as_it_stops(trained_tiny, questions,
 def test_keep_drops_a_question_before_the_next_call(trained_tiny, questions):
     gone = questions[0][0]
     full = _pipe(trained_tiny, "always", max_thoughts=2).run(questions)
-    cut = _pipe(trained_tiny, "always", max_thoughts=2).run(questions, keep=lambda t: t.id != gone or not t.answers)
+    cut = _pipe(trained_tiny, "always", max_thoughts=2).run(questions, serving=Serving(keep=lambda t: t.id != gone or not t.answers))
     assert cut[0].stop_reason == "cancelled" and len(cut[0].answers) == 1 and cut[0].thoughts == []
     assert cut[0].final_answer == full[0].answers[0].final
     assert _texts(cut[1:]) == _texts(full[1:])
@@ -246,7 +259,7 @@ def test_history_comes_before_the_question_and_a_system_turn_replaces_the_defaul
     assert prompt.index("Be exact.") < prompt.index("2 + 2") < prompt.index("The answer is 4.") < prompt.index("3 + 3")
     own = pipe.base_prompt("What is 3 + 3?", [], [{"role": "system", "content": "Be brief."}])
     assert "Be brief." in own and "Be exact." not in own
-    (t,) = pipe.run([("q", "What is 3 + 3?")], histories=[history])
+    (t,) = pipe.run([Question("q", "What is 3 + 3?", history)])
     assert t.answers[0].prompt_tokens == len(tok(prompt, add_special_tokens=False)["input_ids"])
     assert "history" not in t.to_dict()
 
@@ -262,11 +275,26 @@ def test_admitted_questions_join_a_running_batch_and_answer_as_alone(trained_tin
         asked.append(free)
         n = min(free, 2)
         out, waiting[:] = waiting[:n], waiting[n:]
-        return [(qid, q, []) for qid, q in out]
+        return [Question(qid, q) for qid, q in out]
 
     pipe = _pipe(trained_tiny, mode, router=FixedRouter(ids, limit=3), max_thoughts=3, batch_size=5)
-    traces = pipe.run(first, admit=admit)
+    traces = pipe.run(first, serving=Serving(admit=admit))
     assert not waiting and [t.id for t in traces] == [q[0] for q in questions]
     assert asked[0] == 1 and all(0 <= f <= 5 for f in asked)  # 4 of 5 places taken at the start
     alone = _pipe(trained_tiny, mode, router=FixedRouter(ids, limit=3), max_thoughts=3).run(questions)
     assert _texts(traces) == _texts(alone)
+
+
+def test_a_calls_settings_are_arguments_and_leave_the_pipeline_as_it_was(trained_tiny, questions):
+    """The server runs each batch with its requests' settings; the pipeline's own settings stay as they were."""
+    import dataclasses
+
+    from pseudocot.pipeline import Sampling
+
+    pipe = _pipe(trained_tiny, "always", max_thoughts=2)
+    before, sampling = pipe.cfg, pipe.sampling
+    one = dataclasses.replace(pipe.cfg, mode="always", max_thoughts=1, answer_max_new_tokens=8)
+    traces = pipe.run(questions[:4], cfg=one, sampling=Sampling(temperature=0.8, seed=3))
+    assert pipe.cfg is before and pipe.sampling is sampling
+    assert all(len(t.thoughts) <= 1 and all(a.tokens <= 8 for a in t.answers) for t in traces)
+    assert _texts(pipe.run(questions[:4])) == _texts(_pipe(trained_tiny, "always", max_thoughts=2).run(questions[:4]))

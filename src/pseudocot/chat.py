@@ -52,7 +52,8 @@ def chat_loop(run_dir: Path, mode: str | None, overrides: tuple[str, ...] = (), 
     hf_logging.disable_progress_bar()  # one line per model is noise in a chat
     pipe = load_pipeline(cfg, mode=mode, need_router=mode in ("router", "depth") or layout.router is not None,
                          need_ttm=has_model(layout.ttm))
-    echo(f"mode {mode}, at most {pipe.cfg.max_thoughts} thoughts. Ask a question; /mode MODE switches, /quit leaves.")
+    settings = pipe.cfg  # /mode changes this chat's settings, which each question passes to the loop
+    echo(f"mode {mode}, at most {settings.max_thoughts} thoughts. Ask a question; /mode MODE switches, /quit leaves.")
     for n in itertools.count():
         try:
             text = read("you> ").strip()
@@ -77,12 +78,12 @@ def chat_loop(run_dir: Path, mode: str | None, overrides: tuple[str, ...] = (), 
             if want == "depth" and getattr(pipe.router, "depth_router", None) is None:
                 echo("this router has no depth model; train it with router.depth=true.")
                 continue
-            pipe.cfg = dataclasses.replace(pipe.cfg, mode=want)
+            settings = dataclasses.replace(settings, mode=want)
             echo(f"mode {want}")
             continue
-        threshold = pipe.cfg.threshold if pipe.cfg.threshold is not None else getattr(pipe.router, "threshold", None)
+        threshold = settings.threshold if settings.threshold is not None else getattr(pipe.router, "threshold", None)
         try:
-            (trace,) = pipe.run([(f"chat-{n}", text)], on_event=_printer(echo, threshold))
+            (trace,) = pipe.run([(f"chat-{n}", text)], on_event=_printer(echo, threshold), cfg=settings)
         except PseudocotError as e:  # a problem the user can fix: say it and keep the chat going
             echo(f"error: {e}")
             continue

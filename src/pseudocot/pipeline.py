@@ -166,8 +166,75 @@ class StepInput:
     """The committed answer differs from the previous one (False for the first)."""
 
 
+@dataclass(frozen=True)
+class Question:
+    """One question for the loop: its id, its text and the conversation before it (put before the question in the
+    base model's context)."""
+
+    id: str
+    text: str
+    history: Sequence[dict[str, str]] = ()
+
+
+class Serving(Protocol):
+    """What a server adds around the loop (`serve.batcher`): it drops questions whose client went away and lets new
+    questions join a running batch (continuous batching; modes never, always and router)."""
+
+    def keep(self, trace: Trace) -> bool:
+        """False once the question's client has gone: it is dropped before the next model call (stop reason
+        `cancelled`)."""
+        ...
+
+    def admit(self, free: int) -> Sequence[Question]:
+        """At most `free` new questions (`batch_size` minus the questions still going), asked before each base-model
+        call: they get their first answer in that call and go on with the rest."""
+        ...
+
+
+@dataclass
+class Batch:
+    """One batch on its way through the loop: the settings it runs with, its questions' traces, the thoughts the base
+    model is shown, each question's session keys, and which questions are finished."""
+
+    cfg: PipelineConfig
+    sampling: Sampling
+    mode: str
+    number: int
+    """Numbers the batch's sessions (a session key is `("pcot", number, i)`)."""
+    traces: list[Trace]
+    collect: bool = False
+    on_event: Callable[[str, Trace], None] | None = None
+    serving: Serving | None = None
+    admits: bool = False
+    """Whether `serving` may add questions to this batch (only the last batch of a call takes them)."""
+    thoughts: list[list[str]] = field(default_factory=list)
+    keys: list[Any] = field(default_factory=list)
+    finished: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.thoughts = [[] for _ in self.traces]
+        self.keys = [("pcot", self.number, i) for i in range(len(self.traces))]
+
+    def add(self, q: Question) -> int:
+        """A question joining the batch; returns its index."""
+        self.traces.append(Trace(id=q.id, question=q.text, mode=self.mode, history=list(q.history)))
+        self.thoughts.append([])
+        self.keys.append(("pcot", self.number, len(self.keys)))
+        return len(self.traces) - 1
+
+    def emit(self, kind: str, i: int) -> None:
+        if self.on_event:
+            self.on_event(kind, self.traces[i])
+
+
+def as_question(q: tuple[str, str] | Question) -> Question:
+    return q if isinstance(q, Question) else Question(*q)
+
+
 class Pipeline:
-    """Base `Generator` + TTM `Generator` + router, answering batches of questions."""
+    """Base `Generator` + TTM `Generator` + router, answering batches of questions.
+
+    `cfg` and `sampling` are the defaults; `run` takes a batch's own (the server's per-request settings) as arguments."""
 
     def __init__(self, base: Generator | None, ttm: Generator | None, cfg: PipelineConfig, router: RouterPolicy | None = None,
                  base_tokenizer: Any = None, ttm_tokenizer: Any = None, sampling: Sampling | None = None) -> None:
@@ -183,149 +250,125 @@ class Pipeline:
 
     # -- prompts ---------------------------------------------------------------------------
 
-    def base_prompt(self, question: str, thoughts: list[str], history: Sequence[dict[str, str]] = ()) -> str:
-        return render(self.base_tokenizer, base_messages(question, thoughts, self.cfg, history), add_generation_prompt=True)
+    def base_prompt(self, question: str, thoughts: list[str], history: Sequence[dict[str, str]] = (),
+                    cfg: PipelineConfig | None = None) -> str:
+        return render(self.base_tokenizer, base_messages(question, thoughts, cfg or self.cfg, history), add_generation_prompt=True)
 
-    def ttm_prompt(self, question: str, thoughts: list[str], last_answer: str) -> str:
-        return ttm_prompt(self.ttm_tokenizer, question, thoughts, last_answer, self.cfg)
+    def ttm_prompt(self, question: str, thoughts: list[str], last_answer: str, cfg: PipelineConfig | None = None) -> str:
+        return ttm_prompt(self.ttm_tokenizer, question, thoughts, last_answer, cfg or self.cfg)
 
     # -- generation ------------------------------------------------------------------------
 
-    def _call(self, gen: Generator, prompts: list[str], params: GenerationParams, keys: list[Any]) -> list[Completion]:
-        if self.cfg.kv_reuse and isinstance(gen, SessionGenerator):
+    def _call(self, b: Batch, gen: Generator, prompts: list[str], params: GenerationParams, keys: list[Any]) -> list[Completion]:
+        if b.cfg.kv_reuse and isinstance(gen, SessionGenerator):
             return gen.generate(prompts, params, sessions=keys)
         return gen.generate(prompts, params)
 
-    def _needs_features(self, collect: bool) -> bool:
-        return collect or self.cfg.mode in ("router", "depth")
+    def _needs_features(self, b: Batch) -> bool:
+        return b.collect or b.mode in ("router", "depth")
 
-    def answer_params(self, collect: bool) -> GenerationParams:
-        feats = self._needs_features(collect)
-        needs_hidden = feats and (collect or "hidden" in getattr(self.router, "features", ()))
-        s = self.sampling
-        return GenerationParams(max_new_tokens=self.cfg.answer_max_new_tokens, stop=list(self.cfg.answer_stop),
+    def answer_params(self, b: Batch) -> GenerationParams:
+        feats = self._needs_features(b)
+        needs_hidden = feats and (b.collect or "hidden" in getattr(self.router, "features", ()))
+        s = b.sampling
+        return GenerationParams(max_new_tokens=b.cfg.answer_max_new_tokens, stop=list(b.cfg.answer_stop),
                                 logprobs=feats, hidden=needs_hidden, temperature=s.temperature, top_p=s.top_p, seed=s.seed)
 
-    def thought_params(self) -> GenerationParams:
-        s = self.sampling
-        return GenerationParams(max_new_tokens=self.cfg.thought_max_new_tokens, stop=list(self.cfg.thought_stop),
+    def thought_params(self, b: Batch) -> GenerationParams:
+        s = b.sampling
+        return GenerationParams(max_new_tokens=b.cfg.thought_max_new_tokens, stop=list(b.cfg.thought_stop),
                                 temperature=s.temperature, top_p=s.top_p, seed=s.seed)
 
     # -- the loop --------------------------------------------------------------------------
 
-    def run(self, questions: Sequence[tuple[str, str]], collect: bool = False,
-            on_event: Callable[[str, Trace], None] | None = None,
-            histories: Sequence[Sequence[dict[str, str]]] | None = None,
-            keep: Callable[[Trace], bool] | None = None,
-            admit: Callable[[int], Sequence[tuple[str, str, Sequence[dict[str, str]]]]] | None = None) -> list[Trace]:
-        """Answer `(id, question)` pairs; returns one trace per question, in order.
+    def run(self, questions: Sequence[tuple[str, str] | Question], collect: bool = False,
+            on_event: Callable[[str, Trace], None] | None = None, *, cfg: PipelineConfig | None = None,
+            sampling: Sampling | None = None, serving: Serving | None = None) -> list[Trace]:
+        """Answer `(id, question)` pairs or `Question`s; returns one trace per question, in order.
 
-        `collect` forces thoughts up to `max_thoughts` whatever the mode says and keeps every answer's
-        router features (router training). `on_event(kind, trace)` is called after each answer
-        (`answer`), router decision (`decision`) and thought (`thought`), and once when a question is
-        finished (`done`, its final answer set), for live display. `histories[i]` are earlier chat turns
-        put before question i in the base model's context. A question for which `keep(trace)` turns false
-        is dropped before the next model call (stop reason `cancelled`).
-
-        `admit(free)` lets new questions join a running batch (continuous batching, modes never, always and
-        router): before each base-model call it is asked for at most `free` more `(id, question, history)`,
-        with `free` = `batch_size` minus the questions still going; they get their first answer in that same
-        call and continue with the rest. Their traces are returned after the others.
+        `collect` forces thoughts up to `max_thoughts` whatever the mode says and keeps every answer's router
+        features (router training). `on_event(kind, trace)` is called after each answer (`answer`), router decision
+        (`decision`) and thought (`thought`), and once when a question is finished (`done`, its final answer set),
+        for live display. `cfg` and `sampling` are this call's settings (default: the pipeline's). `serving` drops
+        cancelled questions and admits new ones into the last batch (`Serving`); their traces come after the others.
         """
-        if histories is not None and len(histories) != len(questions):
-            raise ValueError(f"got {len(histories)} histories for {len(questions)} questions.")
+        cfg = cfg or self.cfg
+        items = [as_question(q) for q in questions]
         out: list[Trace] = []
-        size = max(1, self.cfg.batch_size)
-        for start in range(0, len(questions), size):
-            traces = [Trace(id=qid, question=q, mode="always" if collect else self.cfg.mode,
-                            history=list(histories[start + j]) if histories is not None else [])
-                      for j, (qid, q) in enumerate(questions[start:start + size])]
-            last = start + size >= len(questions)
-            out += self._run_batch(traces, collect, on_event, keep, admit if last else None)
+        size = max(1, cfg.batch_size)
+        for start in range(0, len(items), size):
+            self._batches += 1
+            mode = "always" if collect else cfg.mode
+            b = Batch(cfg, sampling or self.sampling, mode, self._batches,
+                      [Trace(id=q.id, question=q.text, mode=mode, history=list(q.history)) for q in items[start:start + size]],
+                      collect, on_event, serving, admits=start + size >= len(items))
+            try:
+                self._depth_loop(b) if mode == "depth" else self._loop(b)
+            finally:
+                self._end_sessions(b.keys)
+            self._finish(b, range(len(b.traces)))
+            out += b.traces
         return out
 
-    def _run_batch(self, traces: list[Trace], collect: bool, on_event: Callable[[str, Trace], None] | None,
-                   keep: Callable[[Trace], bool] | None = None,
-                   admit: Callable[[int], Sequence[tuple[str, str, Sequence[dict[str, str]]]]] | None = None) -> list[Trace]:
-        mode = traces[0].mode
-        thoughts: list[list[str]] = [[] for _ in traces]
-        self._batches += 1
-        keys = [("pcot", self._batches, i) for i in range(len(traces))]
-        active = list(range(len(traces)))
-        finished: set[int] = set()
+    def _loop(self, b: Batch) -> None:
+        """The paper's loop: the base answers; while the router says go, the TTM thinks and the base answers again."""
+        ids = self._kept(b, list(range(len(b.traces))))
+        ids += self._admitted(b, ids)
+        self._answer(b, ids)
+        while ids:
+            ids = self._kept(b, self._decide(b, ids))
+            wrote = self._think(b, ids)
+            self._finish(b, [i for i in ids if i not in wrote])  # a TTM with nothing more to say: no re-answer
+            ids = self._kept(b, wrote)
+            ids += self._admitted(b, ids)
+            self._answer(b, ids)
 
-        def done(ids: Iterable[int]) -> None:
-            for i in ids:
-                if i not in finished:
-                    finished.add(i)
-                    traces[i].final_answer = traces[i].answers[-1].final if traces[i].answers else ""
-                    self._end_sessions([keys[i]])  # its cached context is no longer needed
-                    if on_event:
-                        on_event("done", traces[i])
+    def _depth_loop(self, b: Batch) -> None:
+        """Depth mode: the depth router reads the question, the TTM writes that many thoughts, the base answers once."""
+        ids = self._kept(b, list(range(len(b.traces))))
+        sessions = [b.keys[i] + ("base",) for i in ids] if b.cfg.kv_reuse and isinstance(self.base, SessionGenerator) else None
+        assert self.router is not None
+        prompts = [self.base_prompt(b.traces[i].question, [], b.traces[i].history, b.cfg) for i in ids]
+        depth = self.router.depth(prompts, self.base, sessions, b.cfg.max_thoughts) if ids else []
+        for i, d in zip(ids, depth):
+            b.traces[i].depth = d
+        for round_ in range(max(depth, default=0)):
+            self._think(b, self._kept(b, [i for i in ids if round_ < b.traces[i].depth and not self._ttm_done(b.traces[i])]))
+        ids = self._kept(b, ids)
+        for i in ids:
+            b.traces[i].stop_reason = "depth"
+        self._answer(b, ids)
 
-        def kept(ids: list[int]) -> list[int]:
-            if keep is None:
-                return ids
-            gone = [i for i in ids if not keep(traces[i])]
-            for i in gone:
-                traces[i].stop_reason = "cancelled"
-            done(gone)
-            return [i for i in ids if i not in gone]
+    def select(self, trace: Trace) -> int:
+        """Which of the trace's answers the loop returns: the last."""
+        return len(trace.answers) - 1
 
-        def admitted(going: int) -> list[int]:
-            """New questions joining the batch (their traces, thoughts and session keys appended)."""
-            free = max(0, self.cfg.batch_size - going)
-            if admit is None or not free:
-                return []
-            new = list(admit(free))[:free]
-            for qid, q, history in new:
-                traces.append(Trace(id=qid, question=q, mode=mode, history=list(history)))
-                thoughts.append([])
-                keys.append(("pcot", self._batches, len(keys)))
-            return list(range(len(traces) - len(new), len(traces)))
+    def _finish(self, b: Batch, ids: Iterable[int]) -> None:
+        """Questions that stop: their final answer is set, their cached context freed, `done` sent."""
+        for i in ids:
+            if i not in b.finished:
+                b.finished.add(i)
+                t = b.traces[i]
+                t.final_answer = t.answers[self.select(t)].final if t.answers else ""
+                self._end_sessions([b.keys[i]])
+                b.emit("done", i)
 
-        try:
-            if mode == "depth":
-                active = kept(active)
-                sessions = ([keys[i] + ("base",) for i in active]
-                            if self.cfg.kv_reuse and isinstance(self.base, SessionGenerator) else None)
-                depth = self.router.depth([self.base_prompt(traces[i].question, [], traces[i].history) for i in active],
-                                          self.base, sessions, self.cfg.max_thoughts) if active else []
-                for i, d in zip(active, depth):
-                    traces[i].depth = d
-                for round_ in range(max(depth, default=0)):
-                    self._think(kept([i for i in active if round_ < traces[i].depth and not self._ttm_done(traces[i])]),
-                                traces, thoughts, keys, on_event)
-                active = kept(active)
-                for i in active:
-                    traces[i].stop_reason = "depth"
-                self._answer(active, traces, thoughts, keys, collect, on_event)
-                done(active)
-            else:
-                active = kept(active)
-                active += admitted(len(active))
-                self._answer(active, traces, thoughts, keys, collect, on_event)
-                while active:
-                    go = self._decide(active, traces, mode, on_event)
-                    done(i for i in active if not go[i])
-                    active = kept([i for i in active if go[i]])
-                    if active:
-                        before = {i: len(traces[i].thoughts) for i in active}
-                        self._think(active, traces, thoughts, keys, on_event)
-                        # A TTM that wrote nothing has nothing more to say; skip the re-answer.
-                        wrote = [i for i in active if len(traces[i].thoughts) > before[i]]
-                        for i in set(active) - set(wrote):
-                            traces[i].stop_reason = "ttm_done"
-                        done(sorted(set(active) - set(wrote)))
-                        active = kept(wrote)
-                    new = admitted(len(active))
-                    self._answer(active + new, traces, thoughts, keys, collect, on_event)
-                    active += new
-                done(active)
-        finally:
-            self._end_sessions(keys)
-        done(range(len(traces)))
-        return traces
+    def _kept(self, b: Batch, ids: list[int]) -> list[int]:
+        """The questions still wanted (`Serving.keep`); the others stop as `cancelled`."""
+        if b.serving is None:
+            return ids
+        gone = [i for i in ids if not b.serving.keep(b.traces[i])]
+        for i in gone:
+            b.traces[i].stop_reason = "cancelled"
+        self._finish(b, gone)
+        return [i for i in ids if i not in gone]
+
+    def _admitted(self, b: Batch, going: list[int]) -> list[int]:
+        """New questions joining the batch (`Serving.admit`), up to `batch_size` questions in all."""
+        free = max(0, b.cfg.batch_size - len(going))
+        if b.serving is None or not b.admits or not free:
+            return []
+        return [b.add(as_question(q)) for q in list(b.serving.admit(free))[:free]]
 
     def ttm_thoughts(self, questions: Sequence[tuple[str, str]]) -> list[list[str]]:
         """The thoughts the TTM writes for each `(id, question)` when the loop calls it up to `max_thoughts` times
@@ -334,19 +377,18 @@ class Pipeline:
         out: list[list[str]] = []
         size = max(1, self.cfg.batch_size)
         for start in range(0, len(questions), size):
-            traces = [Trace(id=qid, question=q, mode="always") for qid, q in questions[start:start + size]]
-            thoughts: list[list[str]] = [[] for _ in traces]
             self._batches += 1
-            keys = [("pcot", self._batches, i) for i in range(len(traces))]
+            b = Batch(self.cfg, self.sampling, "always", self._batches,
+                      [Trace(id=qid, question=q, mode="always") for qid, q in questions[start:start + size]])
             try:
+                ids = list(range(len(b.traces)))
                 for _ in range(self.cfg.max_thoughts):
-                    active = [i for i in range(len(traces)) if not self._ttm_done(traces[i])]
-                    if not active:
+                    ids = [i for i in self._think(b, ids) if not self._ttm_done(b.traces[i])]
+                    if not ids:
                         break
-                    self._think(active, traces, thoughts, keys, None)
             finally:
-                self._end_sessions(keys)
-            out += thoughts
+                self._end_sessions(b.keys)
+            out += b.thoughts
         return out
 
     def _end_sessions(self, keys: Sequence[Any]) -> None:
@@ -358,78 +400,73 @@ class Pipeline:
     def _ttm_done(self, trace: Trace) -> bool:
         return trace.stop_reason == "ttm_done"
 
-    def _decide(self, active: list[int], traces: list[Trace], mode: str,
-                on_event: Callable[[str, Trace], None] | None = None) -> dict[int, bool]:
-        """Whether each active question gets another thought after its last answer."""
-        go: dict[int, bool] = {}
-        for i in active:
-            t = traces[i]
-            if mode == "never":
+    def _decide(self, b: Batch, ids: list[int]) -> list[int]:
+        """The questions that get another thought after their last answer; the others stop (never, max_thoughts, the
+        TTM has ended, or the router's score is under its threshold)."""
+        go: list[int] = []
+        for i in ids:
+            t = b.traces[i]
+            if b.mode == "never":
                 t.stop_reason = "never"
-            elif len(t.thoughts) >= self.cfg.max_thoughts:
+            elif len(t.thoughts) >= b.cfg.max_thoughts:
                 t.stop_reason = "max_thoughts"
-            elif self._ttm_done(t):
-                pass
-            else:
-                go[i] = True
-        if mode == "router":
-            ask = [i for i in active if go.get(i)]
-            if ask:
-                steps = [self._step_input(traces[i]) for i in ask]
-                scores = self.router.score(steps)
-                threshold = self.cfg.threshold if self.cfg.threshold is not None else self.router.threshold
-                for i, s in zip(ask, scores):
-                    traces[i].answers[-1].router_score = float(s)
-                    if s < threshold:
-                        go[i] = False
-                        traces[i].stop_reason = "router"
-                    if on_event:
-                        on_event("decision", traces[i])
-        return {i: go.get(i, False) for i in active}
+            elif not self._ttm_done(t):
+                go.append(i)
+        if b.mode == "router" and go:
+            assert self.router is not None
+            scores = self.router.score([b.traces[i].features[-1] for i in go])
+            threshold = b.cfg.threshold if b.cfg.threshold is not None else self.router.threshold
+            for i, s in zip(list(go), scores):
+                b.traces[i].answers[-1].router_score = float(s)
+                if s < threshold:
+                    go.remove(i)
+                    b.traces[i].stop_reason = "router"
+                b.emit("decision", i)
+        self._finish(b, [i for i in ids if i not in go])
+        return go
 
-    def _step_input(self, trace: Trace) -> StepInput:
-        return trace.features[-1]
-
-    def _think(self, active: list[int], traces: list[Trace], thoughts: list[list[str]], keys: list[Any],
-               on_event: Callable[[str, Trace], None] | None) -> None:
-        if not active:
-            return
-        prompts = [self.ttm_prompt(traces[i].question, thoughts[i], traces[i].answers[-1].text if traces[i].answers else "")
-                   for i in active]
-        outs = self._call(self.ttm, prompts, self.thought_params(), [keys[i] + ("ttm",) for i in active])
-        for i, c in zip(active, outs):
-            text = c.text.strip()
+    def _think(self, b: Batch, ids: list[int]) -> list[int]:
+        """The TTM writes the next thought of each question; returns those that got one. A TTM that wrote nothing, or
+        ended its turn with this thought, has nothing more to say (stop reason `ttm_done`)."""
+        if not ids:
+            return []
+        prompts = [self.ttm_prompt(b.traces[i].question, b.thoughts[i], b.traces[i].answers[-1].text if b.traces[i].answers else "",
+                                   b.cfg) for i in ids]
+        outs = self._call(b, self.ttm, prompts, self.thought_params(b), [b.keys[i] + ("ttm",) for i in ids])
+        wrote: list[int] = []
+        for i, c in zip(ids, outs):
+            t, text = b.traces[i], c.text.strip()
             # The TTM ended its turn (end-of-sequence, not a stop string): this is its last thought.
             ended = c.finish_reason == "stop" and c.stop_string is None
             if text:
-                thoughts[i].append(text)
-                traces[i].thoughts.append(Thought(text=text, tokens=c.completion_tokens, seconds=c.seconds,
-                                                  prompt_tokens=c.prompt_tokens, cached_tokens=c.cached_tokens))
-                traces[i].seconds += c.seconds
-                if on_event:
-                    on_event("thought", traces[i])
+                b.thoughts[i].append(text)
+                t.thoughts.append(Thought(text=text, tokens=c.completion_tokens, seconds=c.seconds,
+                                          prompt_tokens=c.prompt_tokens, cached_tokens=c.cached_tokens))
+                t.seconds += c.seconds
+                wrote.append(i)
+                b.emit("thought", i)
             if ended or not text:
-                traces[i].stop_reason = "ttm_done"
+                t.stop_reason = "ttm_done"
+        return wrote
 
-    def _answer(self, active: list[int], traces: list[Trace], thoughts: list[list[str]], keys: list[Any], collect: bool,
-                on_event: Callable[[str, Trace], None] | None) -> None:
-        if not active:
+    def _answer(self, b: Batch, ids: list[int]) -> None:
+        """The base model answers each question with its thoughts so far in context."""
+        if not ids:
             return
-        prompts = [self.base_prompt(traces[i].question, thoughts[i], traces[i].history) for i in active]
-        outs = self._call(self.base, prompts, self.answer_params(collect), [keys[i] + ("base",) for i in active])
-        for i, c in zip(active, outs):
-            t = traces[i]
+        prompts = [self.base_prompt(b.traces[i].question, b.thoughts[i], b.traces[i].history, b.cfg) for i in ids]
+        outs = self._call(b, self.base, prompts, self.answer_params(b), [b.keys[i] + ("base",) for i in ids])
+        for i, c in zip(ids, outs):
+            t = b.traces[i]
             final = final_answer(c.text)
             lp = c.token_logprobs
             t.answers.append(Answer(text=c.text, final=final, tokens=c.completion_tokens, prompt_tokens=c.prompt_tokens,
                                     cached_tokens=c.cached_tokens, seconds=c.seconds,
                                     logprob_mean=sum(lp) / len(lp) if lp else None, finish_reason=c.finish_reason))
             t.seconds += c.seconds
-            if self._needs_features(collect):
+            if self._needs_features(b):
                 changed = len(t.answers) > 1 and t.answers[-2].final != final
                 t.features.append(StepInput(t.question, len(t.answers) - 1, c, changed))
-            if on_event:
-                on_event("answer", t)
+            b.emit("answer", i)
 
 
 def write_traces(traces: Iterable[Trace], path: Any) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from pseudocot.config.schema import ServeConfig
 from pseudocot.errors import PseudocotError, RequestError
-from pseudocot.pipeline import Pipeline, Sampling, Trace
+from pseudocot.pipeline import Pipeline, Question, Sampling, Trace
 from pseudocot.serve.protocol import ChatRequest
 
 log = logging.getLogger("pseudocot.serve")
@@ -51,6 +51,10 @@ class Job:
             self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, payload))
         except RuntimeError:  # the loop has closed: the server is gone, nobody is listening
             pass
+
+    def question(self) -> Question:
+        """The request as the loop's question (its earlier turns as history)."""
+        return Question(self.id, self.request.question, self.request.history_messages())
 
     @property
     def queue_seconds(self) -> float:
@@ -238,10 +242,10 @@ class Batcher:
         pipe = self.pipeline
         assert pipe is not None
         r = batch[0].request
-        pipe.cfg = dataclasses.replace(self._settings(r), batch_size=self.limits.max_batch)
+        settings = dataclasses.replace(self._settings(r), batch_size=self.limits.max_batch)
         key = r.batch_key()
-        pipe.sampling = Sampling(temperature=r.temperature, top_p=r.top_p, seed=r.seed)
-        threshold = pipe.cfg.threshold if pipe.cfg.threshold is not None else getattr(pipe.router, "threshold", None)
+        sampling = Sampling(temperature=r.temperature, top_p=r.top_p, seed=r.seed)
+        threshold = settings.threshold if settings.threshold is not None else getattr(pipe.router, "threshold", None)
         started = time.perf_counter()
         with self._cond:  # counted before any answer goes out, so a client that reads them sees its request
             self.stats["batches"] += 1
@@ -270,33 +274,9 @@ class Batcher:
                 with self._cond:  # its place is free: /health stops counting it
                     self._running = [j for j in self._running if j is not job]
 
-        admitted = 0
-
-        def admit(free: int) -> list[tuple[str, str, list[dict[str, str]]]]:
-            nonlocal admitted
-            with self._cond:
-                free = min(free, self.limits.max_admitted - admitted)
-                if free <= 0 or not self._queue or self._queue[0].request.batch_key() != key:
-                    # Nothing to add, this batch has taken its share (it must end some time, so that its
-                    # finished questions' traces are freed), or a job with other settings is first in line.
-                    return []
-                new = [j for j in self._queue if j.request.batch_key() == key][:free]
-                self._queue = [j for j in self._queue if j not in new]
-                self._running = self._running + new
-                self.stats["requests"] += len(new)
-                self.stats["admitted"] += len(new)
-                admitted += len(new)
-            new = self._admissible(new)
-            joined = time.perf_counter()
-            for j in new:
-                j.started, j.batch_size = joined, self.limits.max_batch - free + len(new)
-                by_id[j.id] = j
-            return [(j.id, j.request.question, j.request.history_messages()) for j in new]
-
         try:
-            pipe.run([(j.id, j.request.question) for j in batch], on_event=on_event,
-                     histories=[j.request.history_messages() for j in batch], keep=lambda t: not by_id[t.id].cancelled,
-                     admit=admit)
+            pipe.run([j.question() for j in batch], on_event=on_event, cfg=settings, sampling=sampling,
+                     serving=_Serving(self, key, by_id))
         except RequestError as e:
             self._fail(list(by_id.values()), e)
         except PseudocotError as e:  # the server's set-up, not the request (e.g. a model without a chat template)
@@ -318,3 +298,36 @@ class Batcher:
     def _fail(jobs: list[Job], error: RequestError) -> None:
         for j in jobs:
             j.emit("error", error)
+
+
+class _Serving:
+    """What the batcher adds to one batch's loop (`pipeline.Serving`): a job whose client went away is dropped, and
+    waiting jobs with the batch's settings take the places of finished questions (continuous batching)."""
+
+    def __init__(self, batcher: Batcher, key: Any, by_id: dict[str, Job]) -> None:
+        self.batcher, self.key, self.by_id = batcher, key, by_id
+        self.admitted = 0
+
+    def keep(self, trace: Trace) -> bool:
+        return not self.by_id[trace.id].cancelled
+
+    def admit(self, free: int) -> list[Question]:
+        b = self.batcher
+        with b._cond:
+            free = min(free, b.limits.max_admitted - self.admitted)
+            if free <= 0 or not b._queue or b._queue[0].request.batch_key() != self.key:
+                # Nothing to add, this batch has taken its share (it must end some time, so that its
+                # finished questions' traces are freed), or a job with other settings is first in line.
+                return []
+            new = [j for j in b._queue if j.request.batch_key() == self.key][:free]
+            b._queue = [j for j in b._queue if j not in new]
+            b._running = b._running + new
+            b.stats["requests"] += len(new)
+            b.stats["admitted"] += len(new)
+            self.admitted += len(new)
+        new = b._admissible(new)
+        joined = time.perf_counter()
+        for j in new:
+            j.started, j.batch_size = joined, b.limits.max_batch - free + len(new)
+            self.by_id[j.id] = j
+        return [j.question() for j in new]
