@@ -79,6 +79,11 @@ def test_tiny_model_eval_never_always_router(trained_tiny, tmp_path):
     n_params = sum(p.numel() for p in model.parameters())
     assert never["parameters"] == {"base": n_params, "total": n_params}
     assert always["parameters"] == {"base": n_params, "ttm": n_params, "total": 2 * n_params}
+    # FLOPs per question: 2 x parameters x the tokens each model ran through (both models here are the same tiny one)
+    for s in (never, always, router):
+        traces = read_traces(out / s["traces"])
+        assert s["flops_per_question"] == pytest.approx(sum(2.0 * n_params * sum(t.processed.values()) for t in traces) / 16)
+    assert never["flops_per_question"] < router["flops_per_question"] < always["flops_per_question"]
     for key in ("router_vs_never", "always_vs_never", "router_vs_always"):
         c = saved["comparisons"][key]
         assert {"delta", "ci95", "p_value"} <= set(c) and 0 <= c["p_value"] <= 1
@@ -87,6 +92,7 @@ def test_tiny_model_eval_never_always_router(trained_tiny, tmp_path):
     report = (out / "report.md").read_text()
     assert report.startswith("# Evaluation report\n\n3 systems (never, always, router) on arith (16 questions")
     assert "| System | arith accuracy | arith BLEU | arith ROUGE-L |" in report
+    assert "| Thought calls | Tokens (base + TTM) | FLOPs |" in report
     for f in FIGURES:
         assert f"(figures/{f})" in report
         check_png(out / "figures" / f)

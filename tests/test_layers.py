@@ -15,7 +15,7 @@ import pseudocot
 
 LAYERS: dict[str, int] = {
     # the ground: no pseudocot imports but each other's, downward
-    "pseudocot": 0, "pseudocot.errors": 0, "pseudocot.files": 0, "pseudocot.progress": 0, "pseudocot.dotted": 1,
+    "pseudocot": 0, "pseudocot.errors": 0, "pseudocot.files": 0, "pseudocot.progress": 0, "pseudocot.cost": 0, "pseudocot.dotted": 1,
     "pseudocot.config": 1, "pseudocot.losses": 1,
     "pseudocot.layout": 2, "pseudocot.data": 2,
     "pseudocot.freshness": 3, "pseudocot.tasks": 3, "pseudocot.models": 3,

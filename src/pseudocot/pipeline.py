@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pseudocot.config.schema import Config, Mode, PipelineConfig
+from pseudocot.cost import processed_tokens
 from pseudocot.data.chat import base_messages, final_answer, render, ttm_prompt
 from pseudocot.errors import ConfigError, DataError, ModelError
 from pseudocot.generate.base import Completion, GenerationParams, Generator, SessionGenerator
@@ -138,18 +139,26 @@ class Trace:
         """Generated tokens per model: `base` (every answer) and `ttm` (every thought)."""
         return {"base": sum(a.tokens for a in self.answers), "ttm": sum(t.tokens for t in self.thoughts)}
 
+    @property
+    def processed(self) -> dict[str, int]:
+        """Tokens each model ran through, prompts less what its cache held plus what it generated (`cost`: FLOPs are
+        2 x parameters x these)."""
+        return {"base": sum(processed_tokens(a.prompt_tokens, a.cached_tokens, a.tokens) for a in self.answers),
+                "ttm": sum(processed_tokens(t.prompt_tokens, t.cached_tokens, t.tokens) for t in self.thoughts)}
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("features")
         d.pop("history")
         d["thought_calls"] = self.thought_calls
         d["tokens"] = self.tokens
+        d["processed"] = self.processed
         d["final_text"] = self.final_text
         return d
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> Trace:
-        row = {k: v for k, v in row.items() if k not in ("thought_calls", "tokens", "final_text")}
+        row = {k: v for k, v in row.items() if k not in ("thought_calls", "tokens", "processed", "final_text")}
         row["answers"] = [Answer(**a) for a in row.get("answers", [])]
         row["thoughts"] = [Thought(**t) for t in row.get("thoughts", [])]
         return cls(**row)

@@ -32,7 +32,7 @@ FIGURES = ("accuracy.png", "accuracy_vs_parameters.png", "thought_calls.png")
 COLUMNS = ["source", "task", "system", "kind", "mode", "n", "seeds", "accuracy", "ci_low", "ci_high", "accuracy_std",
            "bleu", "rougeL", "faithfulness", "faithfulness_n", "answer_matches_last_value", "thought_calls_per_question",
            "generated_tokens_per_question", "base_tokens_per_question", "ttm_tokens_per_question",
-           "seconds_per_question", "wall_seconds", "parameters"]
+           "seconds_per_question", "wall_seconds", "parameters", "flops_per_question"]
 
 
 def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -87,7 +87,7 @@ def table_rows(results: Sequence[dict[str, Any]], names: Sequence[str]) -> list[
                     "base_tokens_per_question": tokens.get("base", tokens.get("model")),
                     "ttm_tokens_per_question": tokens.get("ttm"),
                     "seconds_per_question": s.get("seconds_per_question"), "wall_seconds": s.get("wall_seconds"),
-                    "parameters": params.get("total"),
+                    "parameters": params.get("total"), "flops_per_question": s.get("flops_per_question"),
                     "router_curve": s.get("router_curve"),
                 })
     return rows
@@ -125,6 +125,16 @@ def _p(p: float) -> str:
 def _p_is(p: float) -> str:
     """`p = 0.02` or `p < 0.001`, for prose."""
     return f"p = {p:.2g}" if p >= 0.001 else "p < 0.001"
+
+
+def _flops(x: float | None) -> str:
+    """FLOPs in engineering units: 1.23e9 -> "1.23 G"."""
+    if x is None:
+        return "–"
+    for unit, size in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= size:
+            return f"{x / size:.3g} {unit}"
+    return f"{x:.3g}"
 
 
 def _params(n: int | None) -> str:
@@ -218,10 +228,11 @@ def render_markdown(results: Sequence[dict[str, Any]], names: Sequence[str], fig
     out += ["## Faithfulness and cost", "",
             "Faithfulness: share of true `a op b = c` statements in what the system wrote (over the n texts that state "
             "any); answer = last value: share of those texts whose answer is the last statement's result. Cost per "
-            "question: thought calls, generated tokens (base + TTM for the pipeline), seconds of generation; parameters "
-            "count base and TTM together for systems that think.", ""]
+            "question: thought calls, generated tokens (base + TTM for the pipeline), estimated forward FLOPs (2 x "
+            "parameters x tokens each model ran through, cached prefixes not charged: `pseudocot.cost`), seconds of "
+            "generation; parameters count base and TTM together for systems that think.", ""]
     header = ["System", "Task", "Faithfulness (n)", "Answer = last value", "Thought calls", "Tokens (base + TTM)",
-              "Seconds", "Parameters"]
+              "FLOPs", "Seconds", "Parameters"]
     body = []
     for r in rows:
         tokens = _num(r["generated_tokens_per_question"])
@@ -229,9 +240,9 @@ def render_markdown(results: Sequence[dict[str, Any]], names: Sequence[str], fig
             tokens += f" ({_num(r['base_tokens_per_question'])} + {_num(r['ttm_tokens_per_question'])})"
         body.append([r["system"], r["task"], f"{_pct(r['faithfulness'])}% ({r['faithfulness_n']})" if r["faithfulness"] is not None else "–",
                      f"{_pct(r['answer_matches_last_value'])}%" if r["answer_matches_last_value"] is not None else "–",
-                     _num(r["thought_calls_per_question"], 2), tokens, _num(r["seconds_per_question"], 3),
-                     _params(r["parameters"])])
-    out += [_md_table(header, body, ["l", "l"] + ["r"] * 6), ""]
+                     _num(r["thought_calls_per_question"], 2), tokens, _flops(r["flops_per_question"]),
+                     _num(r["seconds_per_question"], 3), _params(r["parameters"])])
+    out += [_md_table(header, body, ["l", "l"] + ["r"] * 7), ""]
 
     if comps:
         out += ["## Paired comparisons", "",

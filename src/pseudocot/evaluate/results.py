@@ -11,8 +11,10 @@ Per system and task (`score_system`), over the questions of the task and every s
   (`faithfulness_n` of them); `answer_matches_last_value`: share of those texts whose extracted answer
   equals the last statement's result.
 - cost: `thought_calls_per_question`, `generated_tokens_per_question` (every model together) and
-  `generated_tokens_per_question_by_model`, `seconds_per_question` (the question's share of its
-  generation calls), `wall_seconds` (wall time of the system's generation chunks, summed).
+  `generated_tokens_per_question_by_model`, `processed_tokens_per_question_by_model` (prompt tokens not
+  reused from a cache plus generated, what FLOPs count: `pseudocot.cost`), `seconds_per_question` (the
+  question's share of its generation calls), `wall_seconds` (wall time of the system's generation
+  chunks, summed).
 
 `compare` gives, for systems A and B on the same questions, `delta` (accuracy of A minus B) with a
 paired bootstrap `ci95` and `p_bootstrap`, and `p_value`, the exact McNemar test on the first seed's
@@ -28,6 +30,7 @@ import numpy as np
 
 from pseudocot.data.example import CHOICE_LETTERS, Example
 from pseudocot.evaluate import metrics
+from pseudocot.pipeline import Trace
 from pseudocot.tasks.task import Task, pick_choice
 
 
@@ -54,6 +57,8 @@ def score_system(task: Task, examples: Sequence[Example], rows_per_seed: dict[in
     rouges: list[float] = []
     calls, tokens, seconds, wall = [], [], [], 0.0
     by_model: dict[str, list[float]] = {}
+    processed: dict[str, list[float]] = {}
+    all_processed = True  # an endpoint's old cached answers may have none
     has_ref = [i for i, e in enumerate(examples) if e.reasoning]
     for s, seed in enumerate(seeds):
         rows = rows_per_seed[seed]
@@ -75,6 +80,13 @@ def score_system(task: Task, examples: Sequence[Example], rows_per_seed: dict[in
             tokens.append(sum(row["tokens"].values()))
             for model, n in row["tokens"].items():
                 by_model.setdefault(model, []).append(n)
+            used = row.get("processed")
+            if used is None and row.get("trace"):  # answered before processed tokens were kept: the trace has them
+                used = Trace.from_dict(row["trace"]).processed
+            if used is None:
+                all_processed = False
+            for model, n in (used or {}).items():
+                processed.setdefault(model, []).append(n)
             seconds.append(row.get("seconds", 0.0))
             wall += row.get("wall_seconds", 0.0)
             predictions.append({"id": ex.id, "seed": seed, "prediction": row["text"], "reasoning": row["reasoning"],
@@ -103,6 +115,7 @@ def score_system(task: Task, examples: Sequence[Example], rows_per_seed: dict[in
         "answer_matches_last_value": _mean([float(x) for x in follows]),
         "thought_calls_per_question": _mean(calls), "generated_tokens_per_question": _mean(tokens),
         "generated_tokens_per_question_by_model": {k: _mean(v) for k, v in by_model.items()},
+        "processed_tokens_per_question_by_model": {k: _mean(v) for k, v in processed.items()} if all_processed else None,
         "seconds_per_question": _mean(seconds), "wall_seconds": wall,
     }
     for name in names:

@@ -36,8 +36,10 @@ results.json
 METRICS (see `evaluate.results`): kind, mode, models, n, seeds, sampled, accuracy, ci95 [low, high],
 accuracy_per_seed, accuracy_std, extraction, accuracy_by_extraction, bleu, rougeL, reasoning_n,
 faithfulness, faithfulness_n, answer_matches_last_value, thought_calls_per_question,
-generated_tokens_per_question, generated_tokens_per_question_by_model, seconds_per_question,
-wall_seconds, parameters {per model, total} or null, router_curve (router mode, the validation
+generated_tokens_per_question, generated_tokens_per_question_by_model,
+processed_tokens_per_question_by_model, seconds_per_question, wall_seconds, parameters {per model, total}
+or null, flops_per_question (estimated forward FLOPs, `pseudocot.cost`; null where a parameter count or the
+processed tokens are unknown), router_curve (router mode, the validation
 threshold sweep from router.json) or absent, predictions and traces (paths relative to results.json).
 COMPARISON: a, b, delta (accuracy A - B), ci95, p_value (exact McNemar), test, a_only, b_only,
 p_bootstrap, n. So `results["systems"]["router"]["accuracy"]` and
@@ -162,6 +164,7 @@ def missing(out: Path, tasks: Sequence[EvalTask], entries: Sequence[SystemEntry]
 def build_results(out: Path, tasks: Sequence[EvalTask], entries: Sequence[SystemEntry], ecfg: EvalConfig,
                   run_name: str) -> dict[str, Any]:
     """results.json's content from the cache; also writes the predictions and traces files."""
+    from pseudocot.cost import flops
     from pseudocot.data.jsonl import write_jsonl
     from pseudocot.evaluate.results import comparisons, score_system, total_parameters
     from pseudocot.files import atomic_open
@@ -187,8 +190,11 @@ def build_results(out: Path, tasks: Sequence[EvalTask], entries: Sequence[System
                 files["traces"] = str(trace_path)
             counted = read_system_meta(_meta_path(out, entry)).get("parameters")
             info = {k: v for k, v in entry.info.items() if k != "parameters"}
-            systems[entry.name] = {**info, "sampled": entry.sampled, **m,
-                                   "parameters": entry.info.get("parameters") or total_parameters(counted), **files}
+            parameters = entry.info.get("parameters") or total_parameters(counted)
+            processed = m["processed_tokens_per_question_by_model"]
+            systems[entry.name] = {**info, "sampled": entry.sampled, **m, "parameters": parameters,
+                                   "flops_per_question": flops(processed, parameters) if processed is not None else None,
+                                   **files}
             correct[entry.name] = right
             wall += m["wall_seconds"]
         per_task[task.name] = {"data": task.data, "n_questions": len(task.examples),

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pseudocot.config import Config, SystemConfig
+from pseudocot.cost import processed_tokens
 from pseudocot.data.example import Example
 from pseudocot.errors import DataError
 from pseudocot.freshness import eval_system_key
@@ -44,6 +45,8 @@ class Response:
     """Generated tokens per model (`base`, `ttm`; `model` for a single model)."""
     thought_calls: int = 0
     """Thoughts the TTM wrote."""
+    processed: dict[str, int] | None = None
+    """Tokens each model ran through: prompts less what a cache held, plus generated (`pseudocot.cost`)."""
     seconds: float = 0.0
     """This question's share of the generation calls' wall time."""
     trace: dict[str, Any] | None = None
@@ -107,7 +110,8 @@ class PipelineSystem:
         for t, ll in zip(traces, lls):
             thoughts = [x.text for x in t.thoughts]
             out.append(Response(id=t.id, text=t.final_text, reasoning="\n".join(thoughts + [t.final_text]),
-                                tokens=t.tokens, thought_calls=t.thought_calls, seconds=t.seconds, trace=t.to_dict(),
+                                tokens=t.tokens, thought_calls=t.thought_calls, processed=t.processed, seconds=t.seconds,
+                                trace=t.to_dict(),
                                 loglikelihoods=ll))
         return out
 
@@ -147,7 +151,8 @@ class GeneratorSystem:
         if loglikelihood:  # a local model (its prompts are text); an endpoint is refused inside
             lls = list(option_loglikelihoods(self.generator, task, examples, prompts))
         return [Response(id=e.id, text=c.text, reasoning="\n".join(p for p in (c.reasoning, c.text) if p),
-                         tokens={"model": c.completion_tokens}, seconds=c.seconds, loglikelihoods=ll)
+                         tokens={"model": c.completion_tokens}, seconds=c.seconds, loglikelihoods=ll,
+                         processed={"model": processed_tokens(c.prompt_tokens, c.cached_tokens, c.completion_tokens)})
                 for e, c, ll in zip(examples, outs, lls)]
 
     def parameters(self) -> dict[str, int] | None:
