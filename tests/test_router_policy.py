@@ -306,3 +306,35 @@ def test_depth_labels():
     # never right within the trace -> 0 (a right answer past `available` does not count)
     correct = np.array([[F, F, T], [F, F, F], [F, T, T]])
     np.testing.assert_array_equal(depth_labels(correct, np.array([1, 2, 0])), [0, 0, 0])
+
+
+# FLOPs of each question when it stops after 0, 1, 2 thoughts (answer 0 costs 10, each thought + re-answer 4 more;
+# q3 has one thought, so stopping "after 2" costs what its whole trace does).
+COST = np.array([[10.0, 14.0, 18.0], [10.0, 14.0, 18.0], [10.0, 14.0, 18.0], [10.0, 14.0, 14.0]])
+ALWAYS_FLOPS = (18 + 18 + 18 + 14) / 4
+
+
+def test_outcomes_carry_flops_and_their_rate_against_always():
+    o = outcome_at_depth(CORRECT, AVAILABLE, np.array([0, 1, 2, 1]), COST)
+    assert o.flops_per_question == pytest.approx((10 + 14 + 18 + 14) / 4)
+    assert o.flops_rate == pytest.approx(14 / ALWAYS_FLOPS)
+    assert outcome_at_depth(CORRECT, AVAILABLE, AVAILABLE, COST).flops_rate == pytest.approx(1.0)
+    assert outcome_at_depth(CORRECT, AVAILABLE, AVAILABLE).flops_per_question is None  # no costs: no FLOPs
+    assert "flops_rate" not in outcome_at_depth(CORRECT, AVAILABLE, AVAILABLE).as_dict()
+    # random at p = 2/3 (1 call per question, closed form above): stop after 0/1/2 with 1/3, 2/9, 4/9
+    r = random_at_rate(CORRECT, AVAILABLE, 1.0, COST)
+    assert r.flops_per_question == pytest.approx((3 * (10 / 3 + 14 * 2 / 9 + 18 * 4 / 9) + (10 / 3 + 14 * 2 / 3)) / 4)
+    # the heuristic at 0 calls: every question stops at answer 0
+    assert heuristic_at_rate(CORRECT, AVAILABLE, QUESTIONS, 0.0, COST).flops_per_question == pytest.approx(10.0)
+
+
+def test_choose_threshold_within_a_flops_budget():
+    pts = curve(CORRECT, AVAILABLE, SCORES, COST)
+    assert all(p[1].flops_rate is not None for p in pts)
+    t, o = choose_threshold(pts, "flops", 0.0, 0.0, 1.0)  # everything fits: the best accuracy, fewest calls
+    assert o.accuracy == pytest.approx(1.0)
+    t, o = choose_threshold(pts, "flops", 0.0, 0.0, 12.0 / ALWAYS_FLOPS)  # only near-never fits
+    assert o.flops_rate <= 12.0 / ALWAYS_FLOPS + 1e-12
+    assert max(p[1].accuracy for p in pts if p[1].flops_rate <= 12.0 / ALWAYS_FLOPS + 1e-12) == o.accuracy
+    with pytest.raises(ConfigError, match="FLOPs are unknown"):
+        choose_threshold(curve(CORRECT, AVAILABLE, SCORES), "flops", 0.0, 0.0, 0.5)

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from pseudocot.config import load_config
 from pseudocot.layout import RunLayout
+from pseudocot.pipeline import read_traces
 from pseudocot.stages import router as router_stage
 from tiny_run import write_tiny_run
 
@@ -32,7 +33,15 @@ def test_router_stage_trains_and_saves(run, monkeypatch):
     assert info["max_thoughts"] == 2 and np.isfinite(info["threshold"])
     val = info["validation"]
     for k in ("never", "always", "router", "random_same_calls", "heuristic_same_calls", "depth", "oracle"):
-        assert set(val[k]) == {"accuracy", "calls_per_question", "call_rate"}
+        assert set(val[k]) == {"accuracy", "calls_per_question", "call_rate", "flops_per_question", "flops_rate"}
+    # FLOPs: 2 x parameters x processed tokens of the validation traces, always at rate 1, never the cheapest
+    assert info["parameters"]["base"] == info["parameters"]["ttm"] > 0  # the same tiny model plays both here
+    assert val["always"]["flops_rate"] == pytest.approx(1.0)
+    assert 0 < val["never"]["flops_rate"] <= val["router"]["flops_rate"] <= 1.0 + 1e-9
+    traces = read_traces(out / "traces" / "val-0000.jsonl")
+    n = info["parameters"]["base"]
+    always = sum(2.0 * n * sum(t.processed.values()) for t in traces) / len(traces)
+    assert val["always"]["flops_per_question"] == pytest.approx(always, rel=1e-5)
     # The curve runs from always (every thought) to never (none), and the chosen point is on it.
     curve = info["curve"]
     assert curve[0]["call_rate"] == pytest.approx(1.0) and curve[-1]["call_rate"] == 0.0

@@ -44,7 +44,7 @@ def test_unknown_router_feature_is_one_line(tmp_path):
 
 def test_bad_router_objective_is_one_line(tmp_path):
     one_line_error(["router", "--config", "smoke", f"run.out_dir={tmp_path}", "router.objective=fastest"],
-                   "router.objective", "'penalty', 'call_rate'")
+                   "router.objective", "'penalty', 'call_rate', 'flops'")
 
 
 def test_router_policy_raises_a_user_error_for_a_bad_objective():

@@ -321,8 +321,10 @@ def distill_key(cfg: Config) -> str:
 
 def router_key(cfg: Config) -> str:
     """The key of the router stage: its traces' key and its own training settings."""
+    # The FLOPs budget counts only where it is the objective (routers trained before it existed keep their key).
+    unused = {"task"} | ({"target_flops_rate"} if cfg.router.objective != "flops" else set())
     return digest({"stage": "router", "traces": router_traces_key(cfg),
-                   "router": {k: v for k, v in to_dict(cfg.router).items() if k != "task"}})
+                   "router": {k: v for k, v in to_dict(cfg.router).items() if k not in unused}})
 
 
 def eval_key(cfg: Config) -> str:

@@ -501,12 +501,15 @@ class RouterConfig(Section):
     """Most passes over the training rows."""
     patience: Positive = 25
     """Stop after this many epochs without a better validation loss (the best epoch is kept)."""
-    objective: Literal["penalty", "call_rate"] = "penalty"
-    """How the threshold is chosen on validation: maximise accuracy - penalty x call rate, or the best accuracy at most target_call_rate."""
+    objective: Literal["penalty", "call_rate", "flops"] = "penalty"
+    """How the threshold is chosen on validation: maximise accuracy - penalty x call rate, the best accuracy at most
+    target_call_rate, or the best accuracy at most target_flops_rate (estimated FLOPs, `pseudocot.cost`)."""
     penalty: Weight = 0.05
     """Accuracy given up per unit of call rate (call rate 1 = as many thoughts as always)."""
     target_call_rate: Fraction = 0.5
     """Call-rate budget (relative to always) for objective call_rate."""
+    target_flops_rate: Fraction = 0.5
+    """FLOPs budget (relative to always's estimated FLOPs per question) for objective flops."""
     depth: bool = True
     """Also train the depth router (question only -> number of thoughts) for mode depth."""
     seed: int = 0

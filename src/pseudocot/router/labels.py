@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pseudocot.cost import flops, processed_tokens
 from pseudocot.data.example import Example
 from pseudocot.errors import DataError
 from pseudocot.router.features import assemble
@@ -63,3 +64,19 @@ def score_matrix(probs: np.ndarray, traces: Sequence[Any], available: np.ndarray
         scores[q, :m] = probs[k:k + m]
         k += m
     return scores
+
+
+def cost_matrix(traces: Sequence[Any], available: np.ndarray, max_thoughts: int, parameters: dict[str, int] | None
+                ) -> np.ndarray | None:
+    """(N, M+1) estimated FLOPs of each question when it stops after i thoughts: its answers 0..i and thoughts
+    1..i (`pseudocot.cost`; a stop past the trace's last thought costs the whole trace). None without parameters."""
+    if not parameters or "base" not in parameters or "ttm" not in parameters:
+        return None
+    out = np.zeros((len(traces), max_thoughts + 1))
+    for q, (t, m) in enumerate(zip(traces, available)):
+        for i in range(max_thoughts + 1):
+            k = min(i, int(m))
+            used = {"base": sum(processed_tokens(a.prompt_tokens, a.cached_tokens, a.tokens) for a in t.answers[: k + 1]),
+                    "ttm": sum(processed_tokens(x.prompt_tokens, x.cached_tokens, x.tokens) for x in t.thoughts[:k])}
+            out[q, i] = flops(used, parameters) or 0.0
+    return out

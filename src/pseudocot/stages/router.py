@@ -52,6 +52,16 @@ def _collect_chunk(pipe: Pipeline, prompts: list[str], examples: list[Example], 
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
 
 
+def model_parameters(pipe: Pipeline) -> dict[str, int] | None:
+    """The base model's and the TTM's parameter counts (tied weights once), for the FLOPs of the traces."""
+    from pseudocot.models.tiny import count_parameters
+
+    models = {"base": getattr(pipe.base, "model", None), "ttm": getattr(pipe.ttm, "model", None)}
+    if not all(callable(getattr(m, "parameters", None)) for m in models.values()):
+        return None
+    return {name: int(count_parameters(m)) for name, m in models.items()}
+
+
 def collect(pipe: Pipeline, task: Task, examples: list[Example], layout: RunLayout, split: str, chunk: int
             ) -> tuple[list[Any], dict[str, torch.Tensor]]:
     """Forced traces of `examples` and their router inputs, chunk by chunk (finished chunks are kept)."""
@@ -116,24 +126,27 @@ def main(cfg: Config) -> dict[str, Any]:
     with torch.no_grad():
         probs = torch.sigmoid(mlp(x_va).squeeze(-1)).numpy()
     scores = labels.score_matrix(probs, va_traces, va_avail, max_thoughts)
-    points = policy.curve(va_correct, va_avail, scores)
-    threshold, chosen = policy.choose_threshold(points, rcfg.objective, rcfg.penalty, rcfg.target_call_rate)
+    parameters = model_parameters(pipe)
+    cost = labels.cost_matrix(va_traces, va_avail, max_thoughts, parameters)
+    points = policy.curve(va_correct, va_avail, scores, cost)
+    threshold, chosen = policy.choose_threshold(points, rcfg.objective, rcfg.penalty, rcfg.target_call_rate,
+                                                rcfg.target_flops_rate)
     step.threshold = policy.finite_threshold(threshold, points)
 
     questions = task.prompts(val_ex)
-    never = policy.outcome_at_depth(va_correct, va_avail, np.zeros(len(val_ex), dtype=int))
-    always = policy.outcome_at_depth(va_correct, va_avail, va_avail)
+    never = policy.outcome_at_depth(va_correct, va_avail, np.zeros(len(val_ex), dtype=int), cost)
+    always = policy.outcome_at_depth(va_correct, va_avail, va_avail, cost)
     val = {
         "questions": len(val_ex),
         "never": never.as_dict(), "always": always.as_dict(), "router": chosen.as_dict(),
-        "random_same_calls": policy.random_at_rate(va_correct, va_avail, chosen.calls_per_question).as_dict(),
-        "heuristic_same_calls": policy.heuristic_at_rate(va_correct, va_avail, questions, chosen.calls_per_question).as_dict(),
-        "oracle": policy.outcome_at_depth(va_correct, va_avail, policy.depth_labels(va_correct, va_avail)).as_dict(),
+        "random_same_calls": policy.random_at_rate(va_correct, va_avail, chosen.calls_per_question, cost).as_dict(),
+        "heuristic_same_calls": policy.heuristic_at_rate(va_correct, va_avail, questions, chosen.calls_per_question, cost).as_dict(),
+        "oracle": policy.outcome_at_depth(va_correct, va_avail, policy.depth_labels(va_correct, va_avail), cost).as_dict(),
     }
     info: dict[str, Any] = {
         "features": names, "max_thoughts": max_thoughts, "threshold": step.threshold, "task": task.name,
         "extraction": task.primary, "objective": rcfg.objective, "penalty": rcfg.penalty,
-        "target_call_rate": rcfg.target_call_rate,
+        "target_call_rate": rcfg.target_call_rate, "target_flops_rate": rcfg.target_flops_rate, "parameters": parameters,
         "step": {"input_dim": int(x_tr.shape[1]), "hidden_size": rcfg.hidden_size, **fit_info},
         "train": {"questions": len(train_ex), "rows": len(tr_rows), "helps": int(tr_helps.sum()), "hurts": int(tr_hurts.sum())},
         "validation": val,
@@ -149,7 +162,7 @@ def main(cfg: Config) -> dict[str, Any]:
         depth = DepthRouter(dmodel)
         with torch.no_grad():
             chosen_depth = dmodel(q_va).argmax(-1).numpy()
-        val["depth"] = policy.outcome_at_depth(va_correct, va_avail, chosen_depth).as_dict()
+        val["depth"] = policy.outcome_at_depth(va_correct, va_avail, chosen_depth, cost).as_dict()
         info["depth"] = {"input_dim": int(q_tr.shape[1]), "hidden_size": rcfg.hidden_size, "classes": max_thoughts + 1, **dinfo}
     Router(step, depth, info).save(out)
     return info
