@@ -100,6 +100,25 @@ def test_a_run_with_grpo_gets_its_reward_curves(two_runs, tmp_path):
     assert not (tmp_path / "plain" / "figures" / "grpo_rewards.png").exists()
 
 
+def test_the_cost_figure_draws_systems_and_the_routers_validation_policies(two_runs, tmp_path):
+    results = json.loads((two_runs[0] / "results.json").read_text())
+    write_report([results], tmp_path / "none", ["r.json"])  # fake models: no parameter per model, so no FLOPs
+    assert not (tmp_path / "none" / "figures" / "flops.png").exists()
+    systems = results["tasks"]["arith"]["systems"]
+    for name, f in (("never", 1.0e6), ("always", 4.0e6), ("router", 2.5e6)):
+        systems[name]["flops_per_question"] = f
+    systems["router"]["router_curve"] = [{"accuracy": a, "calls_per_question": c, "call_rate": c / 2.6, "flops_per_question": f}
+                                         for a, c, f in ((0.4, 0.0, 1.0e6), (0.8, 1.2, 2.4e6), (0.95, 2.6, 4.0e6))]
+    systems["router"]["router_validation"] = {
+        k: {"accuracy": a, "calls_per_question": 1.2, "call_rate": 0.45, "flops_per_question": f}
+        for k, a, f in (("random_same_calls", 0.6, 2.4e6), ("heuristic_same_calls", 0.65, 2.5e6), ("oracle", 0.97, 2.2e6))}
+    written = write_report([results], tmp_path, ["r.json"])
+    check_png(written["flops.png"])
+    md = (tmp_path / "report.md").read_text()
+    assert "![Accuracy against estimated FLOPs per question" in md and "| FLOPs |" in md
+    assert "| 2.5 M |" in md  # the router's FLOPs in the cost table
+
+
 @pytest.mark.parametrize("content, message", [
     (None, "no such results file"),
     ("{", "not valid JSON"),

@@ -1,7 +1,8 @@
 """The report's figures as PNG, drawn with matplotlib's Agg canvas (no display, no pyplot state).
 
 Each function takes the report's rows (`report.table_rows`) and writes one file; `draw_all` writes
-them and returns their names. A run with GRPO also gets its reward curves (`grpo_rewards_figure`).
+them and returns their names (`flops.png`, accuracy against estimated FLOPs, where the systems' costs are
+known). A run with GRPO also gets its reward curves (`grpo_rewards_figure`).
 """
 
 from __future__ import annotations
@@ -174,6 +175,50 @@ def thought_calls_figure(rows: Sequence[dict[str, Any]], path: Path) -> None:
     _save(fig, path)
 
 
+VALIDATION_POLICIES = (("never", "never"), ("always", "always"), ("random_same_calls", "random, same calls"),
+                      ("heuristic_same_calls", "heuristic, same calls"), ("oracle", "oracle"), ("depth", "depth router"))
+"""The policies of `router.json`'s validation block drawn on the cost figure, and their labels."""
+
+
+def flops_figure(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Accuracy against estimated FLOPs per question (`pseudocot.cost`), one panel per task: every evaluated system
+    with its interval; where a router was evaluated, its validation threshold sweep and the validation policies it was
+    judged against (never, always, random and the heuristic at its calls, the oracle, the depth router) as open marks."""
+    costed = [r for r in rows if r.get("flops_per_question")]
+    tasks = list(dict.fromkeys(r["task"] for r in costed))
+    colors = _colors(rows)
+    fig = _figure(6.4 * len(tasks), 4.6)
+    axes = fig.subplots(1, len(tasks), squeeze=False)[0]
+    for ax, task in zip(axes, tasks):
+        mine = [r for r in costed if r["task"] == task]
+        for r in mine:
+            curve = [c for c in r.get("router_curve") or [] if c.get("flops_per_question")]
+            if curve:
+                pts = sorted((c["flops_per_question"], 100 * c["accuracy"]) for c in curve)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "--", color=colors[r["system"]], alpha=0.6,
+                        linewidth=1.2, label=f"{r['system']}: threshold sweep (validation)")
+            val = r.get("router_validation") or {}
+            for i, (key, label) in enumerate(VALIDATION_POLICIES):
+                o = val.get(key) or {}
+                if o.get("flops_per_question"):
+                    ax.plot(o["flops_per_question"], 100 * o["accuracy"], marker="osD^vP"[i], fillstyle="none",
+                            linestyle="none", color="grey", markersize=7, label=f"{label} (validation)")
+        for r in mine:
+            ax.errorbar(r["flops_per_question"], 100 * r["accuracy"], yerr=_err(r), fmt="o", color=colors[r["system"]],
+                        capsize=4, markersize=8)
+        _label_points(ax, [(r["flops_per_question"], 100 * r["accuracy"], r["system"]) for r in mine])
+        hi = max(r["flops_per_question"] for r in mine)
+        ax.set_xlim(0, hi * 1.3)
+        _percent_axis(ax, min(105, 100 * max(r["ci_high"] for r in mine) + 10))
+        ax.set_xlabel("estimated FLOPs per question (2 x parameters x tokens run)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"{task}: accuracy against compute (bars: 95% interval)", fontsize=10)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="lower right")
+    _save(fig, path)
+
+
 def grpo_rewards_figure(curve: Sequence[dict[str, Any]], path: Path) -> None:
     """Each GRPO reward's mean per logged step (left), and the share of groups whose rewards did not differ
     (right: those groups teach nothing), from the grpo stage's `metrics.json` curve."""
@@ -210,6 +255,9 @@ def draw_all(rows: Sequence[dict[str, Any]], folder: Path, grpo_curve: Sequence[
     parameters_figure(rows, folder / "accuracy_vs_parameters.png")
     thought_calls_figure(rows, folder / "thought_calls.png")
     made = ["accuracy.png", "accuracy_vs_parameters.png", "thought_calls.png"]
+    if any(r.get("flops_per_question") for r in rows):
+        flops_figure(rows, folder / "flops.png")
+        made.append("flops.png")
     if grpo_curve:
         grpo_rewards_figure(grpo_curve, folder / "grpo_rewards.png")
         made.append("grpo_rewards.png")

@@ -88,7 +88,7 @@ def table_rows(results: Sequence[dict[str, Any]], names: Sequence[str]) -> list[
                     "ttm_tokens_per_question": tokens.get("ttm"),
                     "seconds_per_question": s.get("seconds_per_question"), "wall_seconds": s.get("wall_seconds"),
                     "parameters": params.get("total"), "flops_per_question": s.get("flops_per_question"),
-                    "router_curve": s.get("router_curve"),
+                    "router_curve": s.get("router_curve"), "router_validation": s.get("router_validation"),
                 })
     return rows
 
@@ -258,6 +258,8 @@ def render_markdown(results: Sequence[dict[str, Any]], names: Sequence[str], fig
         captions = {"accuracy.png": "Accuracy per system with 95% intervals.",
                     "accuracy_vs_parameters.png": "Accuracy against parameter count (base + TTM counted together).",
                     "thought_calls.png": "Accuracy against thought calls per question: never, always and the router.",
+                    "flops.png": "Accuracy against estimated FLOPs per question: every system, and the router's validation "
+                                 "sweep beside the policies it was judged against (random, heuristic, oracle).",
                     "grpo_rewards.png": "GRPO: each reward's mean per step, and the share of groups whose rewards did not differ."}
         out += ["## Figures", ""]
         for f in figures:

@@ -221,11 +221,11 @@ def _build_openai(cfg: Config, s: SystemConfig) -> System:
     return GeneratorSystem(gen, _generation_params(s), chat=s.chat, parameter_count=s.parameters)
 
 
-def _router_curve(folder: Path | None) -> list[dict[str, Any]] | None:
+def _router_info(folder: Path | None) -> dict[str, Any]:
     meta = folder / ROUTER_INFO if folder else None
     if meta is None or not meta.is_file():
-        return None
-    return json.loads(meta.read_text()).get("curve")
+        return {}
+    return json.loads(meta.read_text())
 
 
 def system_entries(cfg: Config) -> list[SystemEntry]:
@@ -240,7 +240,8 @@ def system_entries(cfg: Config) -> list[SystemEntry]:
                       "router": str(where.router) if where.router and s.mode in ("router", "depth") else None}
             info.update(mode=s.mode, models={k: v for k, v in models.items() if v})
             if s.mode == "router":
-                info["router_curve"] = _router_curve(where.router)
+                router = _router_info(where.router)
+                info["router_curve"], info["router_validation"] = router.get("curve"), router.get("validation")
             build: Callable[[], System] = lambda cfg=cfg, s=s: _build_pipeline(cfg, s)  # noqa: E731
         elif s.kind == "hf":
             info.update(models={k: v for k, v in (("model", s.model), ("adapter", s.adapter)) if v})
