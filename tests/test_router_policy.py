@@ -338,3 +338,27 @@ def test_choose_threshold_within_a_flops_budget():
     assert max(p[1].accuracy for p in pts if p[1].flops_rate <= 12.0 / ALWAYS_FLOPS + 1e-12) == o.accuracy
     with pytest.raises(ConfigError, match="FLOPs are unknown"):
         choose_threshold(curve(CORRECT, AVAILABLE, SCORES), "flops", 0.0, 0.0, 0.5)
+
+
+def test_router_fit_is_the_same_whatever_the_process_drew_before():
+    """Dropout draws from the global generator: the fit seeds it (router.seed), so two runs of one config train the
+    same router even when model loading or sampling drew different random numbers before, and the caller's
+    generator is left as it was."""
+    import torch
+
+    from pseudocot.config.schema import RouterConfig
+    from pseudocot.router.model import fit
+
+    g = torch.Generator().manual_seed(1)
+    x, x_val = torch.randn(64, 5, generator=g), torch.randn(16, 5, generator=g)
+    y, y_val = x[:, 0] > 0, x_val[:, 0] > 0
+    cfg = RouterConfig(dropout=0.3, max_epochs=5, hidden_size=8)
+    states = []
+    for drawn in (0, 1000):
+        torch.manual_seed(123)
+        torch.rand(drawn)
+        before = torch.get_rng_state()
+        model, _ = fit(x, y, x_val, y_val, 1, cfg)
+        assert torch.equal(torch.get_rng_state(), before)
+        states.append(model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

@@ -137,3 +137,41 @@ def test_chat_without_a_run_is_one_line_error(tmp_path):
     result = CliRunner().invoke(cli, ["chat", "--run", str(tmp_path / "nope")])
     assert result.exit_code == 1
     assert result.output.strip().startswith("error:") and "config.yaml" in result.output
+
+
+def test_a_router_that_reads_the_thoughts_sees_in_the_loop_what_it_trained_on(run):
+    """`thought` features: the stage computes them from the traces' text, the loop from the thoughts it just wrote;
+    both must be the same numbers, or the router would be judged on inputs it never saw."""
+    import torch
+
+    from pseudocot.freshness import router_chunk
+    from pseudocot.pipeline import load_pipeline
+    from pseudocot.tasks import get_task
+    from pseudocot.train.rows import read_split
+
+    cfg = load_config(run, ["router.features=[logprobs, iteration, changed, thought]"])
+    info = router_stage.main(cfg)
+    assert info["features"] == ["logprobs", "iteration", "changed", "thought"]
+    layout = RunLayout.of(cfg)
+    task = get_task(cfg.router_task().name, **cfg.router_task().options)
+    exs = read_split(layout.split("train"), "train")[: cfg.router.train_questions]
+    pipe = load_pipeline(cfg, mode="always")
+    traces, parts = router_stage.collect(pipe, task, exs, layout, "train", router_chunk(cfg))
+    forced = pipe.run([(e.id, p) for e, p in zip(exs, task.prompts(exs))], collect=True)
+    assert torch.equal(parts["thought"], torch.tensor([s.thought for t in forced for s in t.features]))
+    assert parts["thought"][:, 0].any() and not parts["thought"][:, 0].all()  # answers with and without thoughts
+    live = load_pipeline(cfg).run([(e.id, p) for e, p in zip(exs[:8], task.prompts(exs[:8]))])
+    assert all(t.answers[0].router_score is not None for t in live if len(t.answers) > 1 or t.stop_reason == "router")
+
+
+def test_thought_features_read_the_last_thought_and_the_question():
+    from pseudocot.pipeline import thought_features
+
+    q = "Sam has 5 books. He gets 6 more. A friend gives him 2 more. How many books does Sam have?"
+    assert thought_features(q, [], "13") == [0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+    # the answer is the thought's value; one true statement; 2 of the question's 3 numbers used; 5 words
+    assert thought_features(q, ["5 + 6 = 11"], "11") == [1.0, 1.0, 1.0, 1.0, 2 / 3, 0.5]
+    # a false statement, an answer that is not its value, every number used
+    assert thought_features(q, ["5 + 6 = 11", "11 + 2 = 14"], "13") == [1.0, 0.0, 1.0, 0.0, 1.0, 0.5]
+    # an answer line: no statement, its number agrees
+    assert thought_features(q, ["5 + 6 = 11", "11 + 2 = 13", "The answer is 13."], "13") == [1.0, 1.0, 0.0, 1.0, 1.0, 0.4]

@@ -22,6 +22,7 @@ the chat and the report read.
 
 from __future__ import annotations
 
+import re
 import typing
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -173,6 +174,34 @@ class StepInput:
     completion: Completion
     changed: bool
     """The committed answer differs from the previous one (False for the first)."""
+    thought: list[float] | None = None
+    """`thought_features` of the thoughts in the answer's context."""
+
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def thought_features(question: str, thoughts: Sequence[str], final: str) -> list[float]:
+    """What the thoughts before an answer say about it (the router's `thought` feature), 6 values: a thought exists;
+    the answer equals the last number the last thought wrote; the last thought has an arithmetic statement
+    (`synth.arithmetic`); the share of its statements that are true (1 with none); the share of the question's
+    distinct numbers that appear in the thoughts; the last thought's length in words / 10.
+
+    >>> thought_features("Ann has 5 pens and gets 3.", ["5 + 3 = 8"], "8")
+    [1.0, 1.0, 1.0, 1.0, 1.0, 0.5]
+    """
+    from pseudocot.synth.arithmetic import statements
+
+    if not thoughts:
+        return [0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+    last = thoughts[-1]
+    values = _NUMBER.findall(last)
+    found = statements(last)
+    asked = set(_NUMBER.findall(question))
+    used = set(_NUMBER.findall("\n".join(thoughts)))
+    return [1.0, float(bool(values) and values[-1] == final.strip()), float(bool(found)),
+            sum(st.ok for st in found) / len(found) if found else 1.0, len(asked & used) / len(asked) if asked else 1.0,
+            len(last.split()) / 10]
 
 
 @dataclass(frozen=True)
@@ -474,7 +503,8 @@ class Pipeline:
             t.seconds += c.seconds
             if self._needs_features(b):
                 changed = len(t.answers) > 1 and t.answers[-2].final != final
-                t.features.append(StepInput(t.question, len(t.answers) - 1, c, changed))
+                t.features.append(StepInput(t.question, len(t.answers) - 1, c, changed,
+                                            thought_features(t.question, b.thoughts[i], final)))
             b.emit("answer", i)
 
 

@@ -31,7 +31,7 @@ TinyPreset = Literal["tiny-3xs", "tiny-2xs", "tiny-xs", "tiny-xs-3l", "tiny-s", 
 """The tiny Llama sizes of `pseudocot.models.tiny` (its PRESETS table has exactly these keys)."""
 Dtype = Literal["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"]
 Mode = Literal["never", "always", "router", "depth"]
-RouterFeature = Literal["hidden", "logprobs", "iteration", "changed"]
+RouterFeature = Literal["hidden", "logprobs", "iteration", "changed", "thought"]
 ArithOp = Literal["+", "-", "*", "/"]
 
 MIN_TOKENIZER_VOCAB = 256 + 7

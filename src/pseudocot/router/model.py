@@ -38,10 +38,17 @@ class MLP(nn.Module):
 def fit(x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor, out: int, cfg: Any) -> tuple[MLP, dict[str, Any]]:
     """Train an MLP (binary with one output, else K classes) with AdamW, keeping the epoch with the
     lowest validation loss and stopping after `cfg.patience` epochs without one."""
-    gen = torch.Generator().manual_seed(cfg.seed)
+    # Dropout draws from the global generator: seed it for the whole fit (in a fork, so the caller's state is left as
+    # it was), or the router would follow whatever the process drew before (model loading, sampling) and differ
+    # between two runs of the same config.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = MLP(x.shape[1], cfg.hidden_size, out, cfg.dropout)
+        return _fit(x, y, x_val, y_val, out, cfg)
+
+
+def _fit(x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor, out: int, cfg: Any) -> tuple[MLP, dict[str, Any]]:
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model = MLP(x.shape[1], cfg.hidden_size, out, cfg.dropout)
     model.mean.copy_(x.mean(0))
     model.std.copy_(x.std(0).clamp_min(1e-6) if len(x) > 1 else torch.ones(x.shape[1]))
     loss_fn = (lambda z, t: nn.functional.binary_cross_entropy_with_logits(z.squeeze(-1), t.float())) if out == 1 \

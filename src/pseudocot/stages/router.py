@@ -26,7 +26,7 @@ from pseudocot.data.example import Example
 from pseudocot.errors import DataError
 from pseudocot.freshness import read_key, router_chunk, router_key, router_traces_key, write_key
 from pseudocot.layout import KEY_FILE, RunLayout
-from pseudocot.pipeline import Pipeline, load_pipeline, read_traces, write_traces
+from pseudocot.pipeline import Pipeline, load_pipeline, read_traces, thought_features, write_traces
 from pseudocot.progress import progress
 from pseudocot.router import labels, policy
 from pseudocot.router.features import step_parts
@@ -76,9 +76,14 @@ def collect(pipe: Pipeline, task: Task, examples: list[Example], layout: RunLayo
         files = layout.router_traces_chunk(split, k)
         if not all(f.is_file() for f in files):
             _collect_chunk(pipe, [prompts[i] for i in rows], [examples[i] for i in rows], files)
-        traces += read_traces(files[0])
+        chunk_traces = read_traces(files[0])
+        traces += chunk_traces
         for name, t in load_file(str(files[1])).items():
             parts.setdefault(name, []).append(t)
+        # What the thoughts say about each answer comes from the traces' text (chunks collected before it existed too).
+        parts.setdefault("thought", []).append(torch.tensor(
+            [thought_features(t.question, [x.text for x in t.thoughts[:i]], a.final) for t in chunk_traces
+             for i, a in enumerate(t.answers)], dtype=torch.float32))
     return traces, {name: torch.cat(ts) for name, ts in parts.items()}
 
 
