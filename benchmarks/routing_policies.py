@@ -120,8 +120,8 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
             for name, o in r["policies"].items():
                 fl = "–" if o.get("flops_rate") is None else f"{o['flops_rate']:.2f}"
                 re_ = f"{o['reanswers']:.2f} ({o['reanswer_rate']:.2f})" if "reanswers" in o else f"({o['reanswer_rate']:.2f})"
-                print(f"| {'/'.join(Path(r['run']).parts[-2:])} | {name} | {100 * o['accuracy']:.1f} | {o['thought_calls']:.2f} ({o['call_rate']:.2f}) "
-                      f"| {re_} | {fl} |")
+                run = "/".join(Path(r["run"]).parts[-2:])
+                print(f"| {run} | {name} | {100 * o['accuracy']:.1f} | {o['thought_calls']:.2f} ({o['call_rate']:.2f}) | {re_} | {fl} |")
     print(json.dumps(rows), flush=True)
     return rows
 
