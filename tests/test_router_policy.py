@@ -362,3 +362,24 @@ def test_router_fit_is_the_same_whatever_the_process_drew_before():
         assert torch.equal(torch.get_rng_state(), before)
         states.append(model.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_depth_mode_pays_one_answer_with_all_its_thoughts():
+    """Mode depth: the TTM writes i thoughts, the base answers once with them all in context (its whole prompt
+    charged); the rate is against the loop's always."""
+    from types import SimpleNamespace as NS
+
+    from pseudocot.router.labels import cost_matrix
+
+    answers = [NS(prompt_tokens=20 + 6 * i, cached_tokens=0 if i == 0 else 18 + 6 * i, tokens=4) for i in range(3)]
+    thoughts = [NS(prompt_tokens=15 + 5 * j, cached_tokens=0 if j == 0 else 15 + 5 * j - 1, tokens=5) for j in range(2)]
+    t = NS(answers=answers, thoughts=thoughts)
+    params = {"base": 100, "ttm": 10}
+    loop = cost_matrix([t], np.array([2]), 2, params)
+    depth = cost_matrix([t], np.array([2]), 2, params, depth=True)
+    # the loop after 2 thoughts: base (20 + 4) + (26 - 24 + 4) + (32 - 30 + 4), TTM (15 + 5) + (20 - 19 + 5)
+    assert loop[0, 2] == 2 * (100 * (24 + 6 + 6) + 10 * (20 + 6))
+    # depth 2: one answer over its whole 32-token prompt, the same two thoughts
+    assert depth[0, 2] == 2 * (100 * (32 + 4) + 10 * (20 + 6))
+    o = outcome_at_depth(np.array([[False, False, True]]), np.array([2]), np.array([2]), depth, reference=loop)
+    assert o.flops_rate == pytest.approx(depth[0, 2] / loop[0, 2])

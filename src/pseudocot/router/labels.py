@@ -66,17 +66,20 @@ def score_matrix(probs: np.ndarray, traces: Sequence[Any], available: np.ndarray
     return scores
 
 
-def cost_matrix(traces: Sequence[Any], available: np.ndarray, max_thoughts: int, parameters: dict[str, int] | None
-                ) -> np.ndarray | None:
-    """(N, M+1) estimated FLOPs of each question when it stops after i thoughts: its answers 0..i and thoughts
-    1..i (`pseudocot.cost`; a stop past the trace's last thought costs the whole trace). None without parameters."""
+def cost_matrix(traces: Sequence[Any], available: np.ndarray, max_thoughts: int, parameters: dict[str, int] | None,
+                depth: bool = False) -> np.ndarray | None:
+    """(N, M+1) estimated FLOPs of each question when it stops after i thoughts (`pseudocot.cost`; a stop past the
+    trace's last thought costs the whole trace); None without both parameter counts. The loop pays answers 0..i and
+    thoughts 1..i; with `depth` (mode depth: the TTM writes i thoughts, then the base answers once) thoughts 1..i and
+    one answer with all of them in its context, its whole prompt charged."""
     if not parameters or "base" not in parameters or "ttm" not in parameters:
         return None
     out = np.zeros((len(traces), max_thoughts + 1))
     for q, (t, m) in enumerate(zip(traces, available)):
         for i in range(max_thoughts + 1):
             k = min(i, int(m))
-            used = {"base": sum(processed_tokens(a.prompt_tokens, a.cached_tokens, a.tokens) for a in t.answers[: k + 1]),
+            answers = [t.answers[k]] if depth else t.answers[: k + 1]
+            used = {"base": sum(processed_tokens(a.prompt_tokens, 0 if depth else a.cached_tokens, a.tokens) for a in answers),
                     "ttm": sum(processed_tokens(x.prompt_tokens, x.cached_tokens, x.tokens) for x in t.thoughts[:k])}
             out[q, i] = flops(used, parameters) or 0.0
     return out

@@ -44,11 +44,14 @@ class Outcome:
         return out
 
 
-def _with_cost(o: Outcome, cost: np.ndarray | None, available: np.ndarray, flops: float | None) -> Outcome:
-    """`o` with its FLOPs per question (`flops`) and their rate against always's, when `cost` is known."""
+def _with_cost(o: Outcome, cost: np.ndarray | None, available: np.ndarray, flops: float | None,
+               reference: np.ndarray | None = None) -> Outcome:
+    """`o` with its FLOPs per question (`flops`) and their rate against always's (under `reference`, the loop's costs,
+    when `cost` is another mode's), when `cost` is known."""
     if cost is None or flops is None or not len(available):
         return o
-    always = float(cost[np.arange(len(available)), available].mean())
+    ref = cost if reference is None else reference
+    always = float(ref[np.arange(len(available)), available].mean())
     return Outcome(o.accuracy, o.calls_per_question, o.call_rate, flops, flops / max(always, 1e-30))
 
 
@@ -56,12 +59,15 @@ def _always_calls(available: np.ndarray) -> float:
     return float(available.mean()) if len(available) else 0.0
 
 
-def outcome_at_depth(correct: np.ndarray, available: np.ndarray, depth: np.ndarray, cost: np.ndarray | None = None) -> Outcome:
-    """Each question stops after `depth[q]` thoughts (clipped to what its trace has)."""
+def outcome_at_depth(correct: np.ndarray, available: np.ndarray, depth: np.ndarray, cost: np.ndarray | None = None,
+                     reference: np.ndarray | None = None) -> Outcome:
+    """Each question stops after `depth[q]` thoughts (clipped to what its trace has); its FLOPs from `cost`, their
+    rate against always's under `reference` (default: `cost`)."""
     n = np.minimum(depth, available).astype(int)
     acc = float(correct[np.arange(len(n)), n].mean()) if len(n) else 0.0
     o = Outcome(acc, float(n.mean()) if len(n) else 0.0, float(n.mean()) / max(_always_calls(available), 1e-12))
-    return _with_cost(o, cost, available, float(cost[np.arange(len(n)), n].mean()) if cost is not None and len(n) else None)
+    return _with_cost(o, cost, available, float(cost[np.arange(len(n)), n].mean()) if cost is not None and len(n) else None,
+                      reference)
 
 
 def stop_depths(scores: np.ndarray, available: np.ndarray, thresholds: np.ndarray) -> np.ndarray:

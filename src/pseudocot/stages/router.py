@@ -167,7 +167,8 @@ def main(cfg: Config) -> dict[str, Any]:
         depth = DepthRouter(dmodel)
         with torch.no_grad():
             chosen_depth = dmodel(q_va).argmax(-1).numpy()
-        val["depth"] = policy.outcome_at_depth(va_correct, va_avail, chosen_depth, cost).as_dict()
+        depth_cost = labels.cost_matrix(va_traces, va_avail, max_thoughts, parameters, depth=True)
+        val["depth"] = policy.outcome_at_depth(va_correct, va_avail, chosen_depth, depth_cost, reference=cost).as_dict()
         info["depth"] = {"input_dim": int(q_tr.shape[1]), "hidden_size": rcfg.hidden_size, "classes": max_thoughts + 1, **dinfo}
     Router(step, depth, info).save(out)
     return info
