@@ -298,3 +298,50 @@ def test_a_calls_settings_are_arguments_and_leave_the_pipeline_as_it_was(trained
     assert pipe.cfg is before and pipe.sampling is sampling
     assert all(len(t.thoughts) <= 1 and all(a.tokens <= 8 for a in t.answers) for t in traces)
     assert _texts(pipe.run(questions[:4])) == _texts(_pipe(trained_tiny, "always", max_thoughts=2).run(questions[:4]))
+
+
+class ThoughtReader:
+    """A router that reads the thought before the re-answer (`router.reads: thought`): it accepts each question's first
+    thought and rejects the second."""
+
+    features = ("logprobs", "thought")
+    threshold = 0.5
+    reads = "thought"
+
+    def __init__(self):
+        self.steps = []
+
+    def score(self, steps):
+        self.steps += steps
+        return [1.0 if s.iteration == 0 else 0.0 for s in steps]
+
+
+def test_a_rejected_thought_is_never_shown_to_the_base_and_is_paid_for(trained_tiny, questions):
+    model, tok = trained_tiny
+
+    class Recording(HFGenerator):
+        seen: list = []
+
+        def generate(self, prompts, params, sessions=None):
+            self.seen += prompts
+            return super().generate(prompts, params, sessions=sessions)
+
+    base = Recording(model, tok, batch_size=16)
+    router = ThoughtReader()
+    pipe = _pipe(trained_tiny, "router", router=router, max_thoughts=3, base=base)
+    traces = pipe.run(questions)
+    two = [t for t in traces if len(t.thoughts) == 2]
+    assert two, "the TTM wrote a second thought for no question"
+    for t in two:
+        first, second = t.thoughts
+        assert not first.rejected and second.rejected and t.stop_reason == "router"
+        assert len(t.answers) == 2 and t.shown_thoughts == [first.text] and t.final_answer == t.answers[1].final
+        # the base saw the question alone, then with the accepted thought; never the rejected one after it
+        mine = [p for p in base.seen if t.question in p]
+        assert set(mine) == {pipe.base_prompt(t.question, []), pipe.base_prompt(t.question, [first.text])}
+        # the rejected thought's TTM call is counted
+        assert t.thought_calls == 2 and t.processed["ttm"] == sum(x.prompt_tokens - x.cached_tokens + x.tokens for x in t.thoughts)
+    # the router read each thought with the answer before it: the step of answer 0 carries thought 1's features
+    assert all(s.thought[0] == 1.0 for s in router.steps)
+    first_steps = [s for s in router.steps if s.iteration == 0]
+    assert len(first_steps) == sum(1 for t in traces if t.thoughts)

@@ -383,3 +383,20 @@ def test_depth_mode_pays_one_answer_with_all_its_thoughts():
     assert depth[0, 2] == 2 * (100 * (32 + 4) + 10 * (20 + 6))
     o = outcome_at_depth(np.array([[False, False, True]]), np.array([2]), np.array([2]), depth, reference=loop)
     assert o.flops_rate == pytest.approx(depth[0, 2] / loop[0, 2])
+
+
+def test_a_router_that_reads_the_thought_pays_for_the_one_it_rejects():
+    # stopping after n thoughts of 2 available (q3: 1): the thought read and rejected is one more call
+    o = outcome_at_depth(CORRECT, AVAILABLE, np.array([0, 1, 2, 1]), rejected=True)
+    assert o.calls_per_question == pytest.approx((1 + 2 + 2 + 1) / 4)  # q0 wrote 1, rejected it; q1 2; q2 2; q3 1 (its last)
+    assert o.accuracy == outcome_at_depth(CORRECT, AVAILABLE, np.array([0, 1, 2, 1])).accuracy  # the same answers
+    from types import SimpleNamespace as NS
+
+    from pseudocot.router.labels import cost_matrix
+
+    t = NS(answers=[NS(prompt_tokens=10, cached_tokens=0, tokens=2)] * 3,
+           thoughts=[NS(prompt_tokens=5, cached_tokens=0, tokens=3)] * 2)
+    params = {"base": 100, "ttm": 10}
+    plain, first = cost_matrix([t], np.array([2]), 2, params), cost_matrix([t], np.array([2]), 2, params, rejected=True)
+    assert first[0, 0] - plain[0, 0] == 2 * 10 * 8  # stop at answer 0: thought 1 was written and rejected
+    assert first[0, 2] == plain[0, 2]  # stop after the last thought: nothing rejected

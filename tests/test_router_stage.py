@@ -175,3 +175,32 @@ def test_thought_features_read_the_last_thought_and_the_question():
     assert thought_features(q, ["5 + 6 = 11", "11 + 2 = 14"], "13") == [1.0, 0.0, 1.0, 0.0, 1.0, 0.5]
     # an answer line: no statement, its number agrees
     assert thought_features(q, ["5 + 6 = 11", "11 + 2 = 13", "The answer is 13."], "13") == [1.0, 1.0, 0.0, 1.0, 1.0, 0.4]
+
+
+def test_a_router_that_reads_the_thought_first_trains_and_runs(run):
+    from pseudocot.config import load_config as load
+    from pseudocot.errors import ConfigError
+    from pseudocot.pipeline import load_pipeline
+    from pseudocot.tasks import get_task
+    from pseudocot.train.rows import read_split
+
+    with pytest.raises(ConfigError, match="router.reads"):
+        load(run, ["router.reads=thought"])  # without the thought feature it would read nothing
+    cfg = load(run, ["router.reads=thought", "router.features=[logprobs, iteration, changed, thought]"])
+    info = router_stage.main(cfg)
+    assert info["reads"] == "thought" and info["key"] != router_stage.main(load(run, ["router.features=[logprobs, iteration, changed, thought]"]))["key"]
+    # it pays for the thought it rejects: at its strictest threshold every question still has one thought written (and
+    # rejected), where a router that decides first writes none; at its loosest it is always
+    curve = info["curve"]
+    assert curve[0]["call_rate"] == pytest.approx(1.0) and curve[0]["accuracy"] == info["validation"]["always"]["accuracy"]
+    assert curve[-1]["accuracy"] == info["validation"]["never"]["accuracy"] and curve[-1]["calls_per_question"] > 0
+    cfg = load(run, ["router.reads=thought", "router.features=[logprobs, iteration, changed, thought]"])
+    router_stage.main(cfg)
+    pipe = load_pipeline(cfg)
+    assert pipe.router.reads == "thought"
+    task = get_task(cfg.router_task().name, **cfg.router_task().options)
+    exs = read_split(RunLayout.of(cfg).split("test"), "test")[:12]
+    traces = pipe.run([(e.id, p) for e, p in zip(exs, task.prompts(exs))])
+    for t in traces:
+        assert len(t.answers) == len(t.shown_thoughts) + 1  # the base re-answered after each accepted thought only
+        assert all(x.rejected == (t.stop_reason == "router" and k == len(t.thoughts) - 1) for k, x in enumerate(t.thoughts))

@@ -321,10 +321,15 @@ def distill_key(cfg: Config) -> str:
 
 def router_key(cfg: Config) -> str:
     """The key of the router stage: its traces' key and its own training settings."""
-    # The FLOPs budget counts only where it is the objective (routers trained before it existed keep their key).
-    unused = {"task"} | ({"target_flops_rate"} if cfg.router.objective != "flops" else set())
+    # Settings added after routers were first trained count only away from their defaults, so those routers keep
+    # their keys (and are not trained again) while a router that uses them gets a key of its own.
+    unused = {"task"} | {k for k, default in ROUTER_SETTINGS_ADDED.items() if getattr(cfg.router, k) == default}
     return digest({"stage": "router", "traces": router_traces_key(cfg),
                    "router": {k: v for k, v in to_dict(cfg.router).items() if k not in unused}})
+
+
+ROUTER_SETTINGS_ADDED = {"target_flops_rate": 0.5, "reads": "answer"}
+"""Router settings newer than the first trained routers, and the default at which they change nothing."""
 
 
 def eval_key(cfg: Config) -> str:

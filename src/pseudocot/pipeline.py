@@ -22,6 +22,7 @@ the chat and the report read.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import typing
 from collections.abc import Callable, Iterable, Sequence
@@ -91,6 +92,9 @@ class Thought:
     """Tokens in its context."""
     cached_tokens: int = 0
     """Context tokens reused from the previous call instead of encoded again."""
+    rejected: bool = False
+    """A router that reads each thought before the re-answer (`router.reads: thought`) turned it down: the base model
+    never saw it (its TTM call is still counted)."""
 
 
 @dataclass
@@ -130,6 +134,11 @@ class Trace:
     @property
     def thought_calls(self) -> int:
         return len(self.thoughts)
+
+    @property
+    def shown_thoughts(self) -> list[str]:
+        """The thoughts the base model had in its context (every one but a rejected one), in order."""
+        return [t.text for t in self.thoughts if not t.rejected]
 
     @property
     def final_text(self) -> str:
@@ -349,14 +358,19 @@ class Pipeline:
         return out
 
     def _loop(self, b: Batch) -> None:
-        """The paper's loop: the base answers; while the router says go, the TTM thinks and the base answers again."""
+        """The paper's loop: the base answers; while the router says go, the TTM thinks and the base answers again.
+        A router that reads the thought (`router.reads: thought`) decides after the TTM has written it instead: the
+        base re-answers only with the thoughts it accepts."""
+        first = b.mode == "router" and getattr(self.router, "reads", "answer") == "thought"
         ids = self._kept(b, list(range(len(b.traces))))
         ids += self._admitted(b, ids)
         self._answer(b, ids)
         while ids:
-            ids = self._kept(b, self._decide(b, ids))
-            wrote = self._think(b, ids)
+            ids = self._kept(b, self._decide(b, ids, ask_router=not first))
+            wrote = self._think(b, ids, show=not first)
             self._finish(b, [i for i in ids if i not in wrote])  # a TTM with nothing more to say: no re-answer
+            if first:
+                wrote = self._accept(b, wrote)
             ids = self._kept(b, wrote)
             ids += self._admitted(b, ids)
             self._answer(b, ids)
@@ -438,9 +452,9 @@ class Pipeline:
     def _ttm_done(self, trace: Trace) -> bool:
         return trace.stop_reason == "ttm_done"
 
-    def _decide(self, b: Batch, ids: list[int]) -> list[int]:
+    def _decide(self, b: Batch, ids: list[int], ask_router: bool = True) -> list[int]:
         """The questions that get another thought after their last answer; the others stop (never, max_thoughts, the
-        TTM has ended, or the router's score is under its threshold)."""
+        TTM has ended, or, with `ask_router` in mode router, the router's score is under its threshold)."""
         go: list[int] = []
         for i in ids:
             t = b.traces[i]
@@ -450,22 +464,50 @@ class Pipeline:
                 t.stop_reason = "max_thoughts"
             elif not self._ttm_done(t):
                 go.append(i)
-        if b.mode == "router" and go:
-            assert self.router is not None
-            scores = self.router.score([b.traces[i].features[-1] for i in go])
-            threshold = b.cfg.threshold if b.cfg.threshold is not None else self.router.threshold
-            for i, s in zip(list(go), scores):
-                b.traces[i].answers[-1].router_score = float(s)
-                if s < threshold:
-                    go.remove(i)
-                    b.traces[i].stop_reason = "router"
-                b.emit("decision", i)
+        if b.mode == "router" and ask_router and go:
+            go = self._routed(b, go, [b.traces[i].features[-1] for i in go])
         self._finish(b, [i for i in ids if i not in go])
         return go
 
-    def _think(self, b: Batch, ids: list[int]) -> list[int]:
+    def _routed(self, b: Batch, ids: list[int], steps: list[StepInput]) -> list[int]:
+        """The router scores each question's step; those under the threshold stop (stop reason `router`)."""
+        assert self.router is not None
+        scores = self.router.score(steps)
+        threshold = b.cfg.threshold if b.cfg.threshold is not None else self.router.threshold
+        go = []
+        for i, s in zip(ids, scores):
+            b.traces[i].answers[-1].router_score = float(s)
+            if s >= threshold:
+                go.append(i)
+            else:
+                b.traces[i].stop_reason = "router"
+            b.emit("decision", i)
+        return go
+
+    def _accept(self, b: Batch, ids: list[int]) -> list[int]:
+        """A router that reads the thought: it scores each question's last answer with the thought the TTM has just
+        written; an accepted thought joins what the base model sees, a rejected one stops the question (marked
+        `rejected`, never shown to the base)."""
+        if not ids:
+            return []
+        steps = []
+        for i in ids:
+            t = b.traces[i]
+            steps.append(dataclasses.replace(t.features[-1], thought=thought_features(
+                t.question, [*b.thoughts[i], t.thoughts[-1].text], t.answers[-1].final)))
+        go = self._routed(b, ids, steps)
+        for i in ids:
+            if i in go:
+                b.thoughts[i].append(b.traces[i].thoughts[-1].text)
+            else:
+                b.traces[i].thoughts[-1].rejected = True
+        self._finish(b, [i for i in ids if i not in go])
+        return go
+
+    def _think(self, b: Batch, ids: list[int], show: bool = True) -> list[int]:
         """The TTM writes the next thought of each question; returns those that got one. A TTM that wrote nothing, or
-        ended its turn with this thought, has nothing more to say (stop reason `ttm_done`)."""
+        ended its turn with this thought, has nothing more to say (stop reason `ttm_done`). With `show` false the
+        thought is not yet among those the base model sees (`_accept` decides)."""
         if not ids:
             return []
         prompts = [self.ttm_prompt(b.traces[i].question, b.thoughts[i], b.traces[i].answers[-1].text if b.traces[i].answers else "",
@@ -477,7 +519,8 @@ class Pipeline:
             # The TTM ended its turn (end-of-sequence, not a stop string): this is its last thought.
             ended = c.finish_reason == "stop" and c.stop_string is None
             if text:
-                b.thoughts[i].append(text)
+                if show:
+                    b.thoughts[i].append(text)
                 t.thoughts.append(Thought(text=text, tokens=c.completion_tokens, seconds=c.seconds,
                                           prompt_tokens=c.prompt_tokens, cached_tokens=c.cached_tokens))
                 t.seconds += c.seconds
@@ -548,8 +591,6 @@ def _local_generator(folder: Path | None, what: str, cfg: Config) -> Any:
 
 def ttm_thoughts_of(cfg: Config, folder: Path, questions: Sequence[tuple[str, str]], sampling: Sampling | None = None) -> list[list[str]]:
     """The thoughts the TTM in `folder` writes for each `(id, question)` on its own (`Pipeline.ttm_thoughts`)."""
-    import dataclasses
-
     ttm = _local_generator(folder, "ttm", cfg)
     return Pipeline(None, ttm, dataclasses.replace(cfg.pipeline, mode="always"), sampling=sampling).ttm_thoughts(questions)
 
@@ -559,8 +600,6 @@ def load_pipeline(cfg: Config, mode: str | None = None, need_router: bool | None
     """The run's Pseudo-CoT system in `mode` (default: `pipeline.mode`), built from local folders
     (`RunLayout`: the run's own, or those `pipeline.base/ttm/router` name); `need_ttm` /
     `need_router` load those even when the mode does not use them (to switch later)."""
-    import dataclasses
-
     from pseudocot.router.model import Router
 
     pcfg = dataclasses.replace(cfg.pipeline, mode=mode or cfg.pipeline.mode)

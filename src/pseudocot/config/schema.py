@@ -510,6 +510,10 @@ class RouterConfig(Section):
     """Call-rate budget (relative to always) for objective call_rate."""
     target_flops_rate: Fraction = 0.5
     """FLOPs budget (relative to always's estimated FLOPs per question) for objective flops."""
+    reads: Literal["answer", "thought"] = "answer"
+    """When the router decides: after each base answer, before the TTM thinks (`answer`, the paper's loop), or after
+    the TTM has written the next thought, before the base re-answers (`thought`: it reads that thought; a rejected
+    thought is never shown to the base, and its TTM call is counted). Use `thought` in router.features with it."""
     depth: bool = True
     """Also train the depth router (question only -> number of thoughts) for mode depth."""
     seed: int = 0
@@ -895,6 +899,9 @@ class Config(Section):
                 raise FieldError("base.thoughts_from", f"is {self.base.thoughts_from} but pipeline.ttm_prompt uses {{answer}}, "
                                                        "the base model's answer, which does not exist before the base is trained; "
                                                        "use {question} and {thoughts} only")
+        if self.router.reads == "thought" and "thought" not in self.router.features:
+            raise FieldError("router.reads", "is thought but router.features has no 'thought': the router would pay for each "
+                                             "thought before deciding and never read it; add thought to router.features")
         if self.grpo.enabled and self.grpo.target == "ttm":
             p = self.pipeline
             if not p.ttm_continues_thoughts:

@@ -67,11 +67,12 @@ def score_matrix(probs: np.ndarray, traces: Sequence[Any], available: np.ndarray
 
 
 def cost_matrix(traces: Sequence[Any], available: np.ndarray, max_thoughts: int, parameters: dict[str, int] | None,
-                depth: bool = False) -> np.ndarray | None:
+                depth: bool = False, rejected: bool = False) -> np.ndarray | None:
     """(N, M+1) estimated FLOPs of each question when it stops after i thoughts (`pseudocot.cost`; a stop past the
     trace's last thought costs the whole trace); None without both parameter counts. The loop pays answers 0..i and
     thoughts 1..i; with `depth` (mode depth: the TTM writes i thoughts, then the base answers once) thoughts 1..i and
-    one answer with all of them in its context, its whole prompt charged."""
+    one answer with all of them in its context, its whole prompt charged; with `rejected` (a router that reads the
+    thought first) a stop before the trace's last thought also pays the thought it rejected."""
     if not parameters or "base" not in parameters or "ttm" not in parameters:
         return None
     out = np.zeros((len(traces), max_thoughts + 1))
@@ -79,7 +80,8 @@ def cost_matrix(traces: Sequence[Any], available: np.ndarray, max_thoughts: int,
         for i in range(max_thoughts + 1):
             k = min(i, int(m))
             answers = [t.answers[k]] if depth else t.answers[: k + 1]
+            written = k + 1 if rejected and k < m else k
             used = {"base": sum(processed_tokens(a.prompt_tokens, 0 if depth else a.cached_tokens, a.tokens) for a in answers),
-                    "ttm": sum(processed_tokens(x.prompt_tokens, x.cached_tokens, x.tokens) for x in t.thoughts[:k])}
+                    "ttm": sum(processed_tokens(x.prompt_tokens, x.cached_tokens, x.tokens) for x in t.thoughts[:written])}
             out[q, i] = flops(used, parameters) or 0.0
     return out

@@ -140,6 +140,11 @@ class Router:
     def threshold(self) -> float:
         return self.step.threshold
 
+    @property
+    def reads(self) -> str:
+        """`answer`: it decides after each base answer; `thought`: after the TTM's next thought (`router.reads`)."""
+        return str(self.info.get("reads", "answer"))
+
     def score(self, steps: Sequence[Any]) -> list[float]:
         return self.step.score(steps)
 

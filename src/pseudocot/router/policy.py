@@ -60,12 +60,15 @@ def _always_calls(available: np.ndarray) -> float:
 
 
 def outcome_at_depth(correct: np.ndarray, available: np.ndarray, depth: np.ndarray, cost: np.ndarray | None = None,
-                     reference: np.ndarray | None = None) -> Outcome:
+                     reference: np.ndarray | None = None, rejected: bool = False) -> Outcome:
     """Each question stops after `depth[q]` thoughts (clipped to what its trace has); its FLOPs from `cost`, their
-    rate against always's under `reference` (default: `cost`)."""
+    rate against always's under `reference` (default: `cost`). With `rejected` (a router that reads the thought
+    first) a question that stops before its last thought also wrote the thought it rejected: one more call, whose
+    cost `cost` includes (`labels.cost_matrix(..., rejected=True)`)."""
     n = np.minimum(depth, available).astype(int)
     acc = float(correct[np.arange(len(n)), n].mean()) if len(n) else 0.0
-    o = Outcome(acc, float(n.mean()) if len(n) else 0.0, float(n.mean()) / max(_always_calls(available), 1e-12))
+    calls = (n + (n < available)) if rejected else n
+    o = Outcome(acc, float(calls.mean()) if len(n) else 0.0, float(calls.mean()) / max(_always_calls(available), 1e-12))
     return _with_cost(o, cost, available, float(cost[np.arange(len(n)), n].mean()) if cost is not None and len(n) else None,
                       reference)
 
@@ -81,13 +84,14 @@ def stop_depths(scores: np.ndarray, available: np.ndarray, thresholds: np.ndarra
     return np.minimum(first, available[None, :])
 
 
-def curve(correct: np.ndarray, available: np.ndarray, scores: np.ndarray, cost: np.ndarray | None = None
-          ) -> list[tuple[float, Outcome]]:
-    """(threshold, outcome) for every threshold that changes the policy, from always to never."""
+def curve(correct: np.ndarray, available: np.ndarray, scores: np.ndarray, cost: np.ndarray | None = None,
+          rejected: bool = False) -> list[tuple[float, Outcome]]:
+    """(threshold, outcome) for every threshold that changes the policy, from always to never (`rejected`: the
+    router reads each thought before the re-answer, see `outcome_at_depth`)."""
     uniq = np.unique(scores[np.isfinite(scores)])
     thresholds = np.concatenate([[-np.inf], uniq, [np.inf]])
     depths = stop_depths(scores, available, thresholds)
-    return [(float(t), outcome_at_depth(correct, available, d, cost)) for t, d in zip(thresholds, depths)]
+    return [(float(t), outcome_at_depth(correct, available, d, cost, rejected=rejected)) for t, d in zip(thresholds, depths)]
 
 
 def choose_threshold(points: list[tuple[float, Outcome]], objective: str, penalty: float,

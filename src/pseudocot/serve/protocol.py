@@ -262,7 +262,7 @@ def new_id() -> str:
 
 
 def reasoning_text(trace: Trace) -> str:
-    return "".join(t.text + "\n" for t in trace.thoughts)
+    return "".join(t + "\n" for t in trace.shown_thoughts)
 
 
 def model_tokens(trace: Trace) -> dict[str, dict[str, int]]:

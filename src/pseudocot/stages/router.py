@@ -62,9 +62,11 @@ def model_parameters(pipe: Pipeline) -> dict[str, int] | None:
     return {name: int(count_parameters(m)) for name, m in models.items()}
 
 
-def collect(pipe: Pipeline, task: Task, examples: list[Example], layout: RunLayout, split: str, chunk: int
-            ) -> tuple[list[Any], dict[str, torch.Tensor]]:
-    """Forced traces of `examples` and their router inputs, chunk by chunk (finished chunks are kept)."""
+def collect(pipe: Pipeline, task: Task, examples: list[Example], layout: RunLayout, split: str, chunk: int,
+            reads: str = "answer") -> tuple[list[Any], dict[str, torch.Tensor]]:
+    """Forced traces of `examples` and their router inputs, chunk by chunk (finished chunks are kept). The `thought`
+    input of answer i reads the thoughts before it, or (`reads` thought) also the next one, which a router that
+    decides after the TTM has written sees."""
     from safetensors.torch import load_file
 
     layout.router_traces_dir.mkdir(parents=True, exist_ok=True)
@@ -81,8 +83,9 @@ def collect(pipe: Pipeline, task: Task, examples: list[Example], layout: RunLayo
         for name, t in load_file(str(files[1])).items():
             parts.setdefault(name, []).append(t)
         # What the thoughts say about each answer comes from the traces' text (chunks collected before it existed too).
+        ahead = 1 if reads == "thought" else 0
         parts.setdefault("thought", []).append(torch.tensor(
-            [thought_features(t.question, [x.text for x in t.thoughts[:i]], a.final) for t in chunk_traces
+            [thought_features(t.question, [x.text for x in t.thoughts[: i + ahead]], a.final) for t in chunk_traces
              for i, a in enumerate(t.answers)], dtype=torch.float32))
     return traces, {name: torch.cat(ts) for name, ts in parts.items()}
 
@@ -113,8 +116,8 @@ def main(cfg: Config) -> dict[str, Any]:
                         f"{len(val_ex)} (router.train_questions={rcfg.train_questions}, router.val_questions={rcfg.val_questions}).")
     pipe = load_pipeline(cfg, mode="always")
     chunk = router_chunk(cfg)
-    tr_traces, tr_parts = collect(pipe, task, train_ex, layout, "train", chunk)
-    va_traces, va_parts = collect(pipe, task, val_ex, layout, "val", chunk)
+    tr_traces, tr_parts = collect(pipe, task, train_ex, layout, "train", chunk, rcfg.reads)
+    va_traces, va_parts = collect(pipe, task, val_ex, layout, "val", chunk, rcfg.reads)
 
     tr_correct, tr_avail = labels.outcomes(tr_traces, train_ex, task, max_thoughts)
     va_correct, va_avail = labels.outcomes(va_traces, val_ex, task, max_thoughts)
@@ -133,7 +136,10 @@ def main(cfg: Config) -> dict[str, Any]:
     scores = labels.score_matrix(probs, va_traces, va_avail, max_thoughts)
     parameters = model_parameters(pipe)
     cost = labels.cost_matrix(va_traces, va_avail, max_thoughts, parameters)
-    points = policy.curve(va_correct, va_avail, scores, cost)
+    first = rcfg.reads == "thought"  # it pays for the thought it rejects
+    points = policy.curve(va_correct, va_avail, scores,
+                          labels.cost_matrix(va_traces, va_avail, max_thoughts, parameters, rejected=True) if first else cost,
+                          rejected=first)
     threshold, chosen = policy.choose_threshold(points, rcfg.objective, rcfg.penalty, rcfg.target_call_rate,
                                                 rcfg.target_flops_rate)
     step.threshold = policy.finite_threshold(threshold, points)
@@ -151,7 +157,8 @@ def main(cfg: Config) -> dict[str, Any]:
     info: dict[str, Any] = {
         "features": names, "max_thoughts": max_thoughts, "threshold": step.threshold, "task": task.name,
         "extraction": task.primary, "objective": rcfg.objective, "penalty": rcfg.penalty,
-        "target_call_rate": rcfg.target_call_rate, "target_flops_rate": rcfg.target_flops_rate, "parameters": parameters,
+        "target_call_rate": rcfg.target_call_rate, "target_flops_rate": rcfg.target_flops_rate, "reads": rcfg.reads,
+        "parameters": parameters,
         "step": {"input_dim": int(x_tr.shape[1]), "hidden_size": rcfg.hidden_size, **fit_info},
         "train": {"questions": len(train_ex), "rows": len(tr_rows), "helps": int(tr_helps.sum()), "hurts": int(tr_hurts.sum())},
         "validation": val,
