@@ -188,7 +188,8 @@ def test_a_router_that_reads_the_thought_first_trains_and_runs(run):
         load(run, ["router.reads=thought"])  # without the thought feature it would read nothing
     cfg = load(run, ["router.reads=thought", "router.features=[logprobs, iteration, changed, thought]"])
     info = router_stage.main(cfg)
-    assert info["reads"] == "thought" and info["key"] != router_stage.main(load(run, ["router.features=[logprobs, iteration, changed, thought]"]))["key"]
+    answer_first = router_stage.main(load(run, ["router.features=[logprobs, iteration, changed, thought]"]))
+    assert info["reads"] == "thought" and info["key"] != answer_first["key"]
     # it pays for the thought it rejects: at its strictest threshold every question still has one thought written (and
     # rejected), where a router that decides first writes none; at its loosest it is always
     curve = info["curve"]
