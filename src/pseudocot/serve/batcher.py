@@ -246,6 +246,7 @@ class Batcher:
         key = r.batch_key()
         sampling = Sampling(temperature=r.temperature, top_p=r.top_p, seed=r.seed)
         threshold = settings.threshold if settings.threshold is not None else getattr(pipe.router, "threshold", None)
+        reads = getattr(pipe.router, "reads", "answer")  # thought: the decision comes after the thought it judges
         started = time.perf_counter()
         with self._cond:  # counted before any answer goes out, so a client that reads them sees its request
             self.stats["batches"] += 1
@@ -264,7 +265,7 @@ class Batcher:
                                     "tokens": a.tokens})
             elif kind == "decision":
                 job.emit("router", {"event": "router", "index": len(trace.answers) - 1, "score": trace.answers[-1].router_score,
-                                    "threshold": threshold, "continue": trace.stop_reason != "router"})
+                                    "threshold": threshold, "continue": trace.stop_reason != "router", "reads": reads})
             elif kind == "thought":
                 t = trace.thoughts[-1]
                 job.emit("thought", {"event": "thought", "index": len(trace.thoughts) - 1, "text": t.text, "tokens": t.tokens})

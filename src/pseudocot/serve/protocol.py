@@ -262,7 +262,9 @@ def new_id() -> str:
 
 
 def reasoning_text(trace: Trace) -> str:
-    return "".join(t + "\n" for t in trace.shown_thoughts)
+    """Every thought the TTM wrote, one per line, as the stream sends them (a thought a router that reads thoughts
+    turned down is among them: its `router` event says it was dropped, and the base model never saw it)."""
+    return "".join(t.text + "\n" for t in trace.thoughts)
 
 
 def model_tokens(trace: Trace) -> dict[str, dict[str, int]]:
