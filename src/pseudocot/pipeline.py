@@ -546,8 +546,9 @@ class Pipeline:
             t.seconds += c.seconds
             if self._needs_features(b):
                 changed = len(t.answers) > 1 and t.answers[-2].final != final
+                reads = b.collect or "thought" in getattr(self.router, "features", ())  # not computed for nobody
                 t.features.append(StepInput(t.question, len(t.answers) - 1, c, changed,
-                                            thought_features(t.question, b.thoughts[i], final)))
+                                            thought_features(t.question, b.thoughts[i], final) if reads else None))
             b.emit("answer", i)
 
 

@@ -143,6 +143,22 @@ def parameters_figure(rows: Sequence[dict[str, Any]], path: Path) -> None:
     _save(fig, path)
 
 
+def _sweep(ax: Any, r: dict[str, Any], colors: dict[str, Any], x: str) -> None:
+    """A router's validation threshold sweep (`router_curve`) as a dashed line, against its points' `x`."""
+    curve = [c for c in r.get("router_curve") or [] if c.get(x) is not None]
+    if curve:
+        pts = sorted((c[x], 100 * c["accuracy"]) for c in curve)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "--", color=colors[r["system"]], alpha=0.6,
+                linewidth=1.2, label=f"{r['system']}: threshold sweep (validation)")
+
+
+def _systems(ax: Any, rows: Sequence[dict[str, Any]], colors: dict[str, Any], x: Any) -> None:
+    """Each system's accuracy at `x(row)` with its interval, named beside it."""
+    for r in rows:
+        ax.errorbar(x(r), 100 * r["accuracy"], yerr=_err(r), fmt="o", color=colors[r["system"]], capsize=4, markersize=8)
+    _label_points(ax, [(x(r), 100 * r["accuracy"], r["system"]) for r in rows])
+
+
 def thought_calls_figure(rows: Sequence[dict[str, Any]], path: Path) -> None:
     """Accuracy against thought calls per question for the pipeline systems, one panel per task; a
     router's validation threshold sweep drawn as a line where results carry it."""
@@ -154,15 +170,8 @@ def thought_calls_figure(rows: Sequence[dict[str, Any]], path: Path) -> None:
     for ax, task in zip(axes, tasks):
         mine = [r for r in pipeline if r["task"] == task]
         for r in mine:
-            curve = r.get("router_curve")
-            if curve:
-                pts = sorted((c["calls_per_question"], 100 * c["accuracy"]) for c in curve)
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "--", color=colors[r["system"]], alpha=0.6,
-                        linewidth=1.2, label=f"{r['system']}: threshold sweep (validation)")
-        for r in mine:
-            ax.errorbar(r["thought_calls_per_question"] or 0.0, 100 * r["accuracy"], yerr=_err(r), fmt="o",
-                        color=colors[r["system"]], capsize=4, markersize=8)
-        _label_points(ax, [(r["thought_calls_per_question"] or 0.0, 100 * r["accuracy"], r["system"]) for r in mine])
+            _sweep(ax, r, colors, "calls_per_question")
+        _systems(ax, mine, colors, lambda r: r["thought_calls_per_question"] or 0.0)
         hi = max([r["thought_calls_per_question"] or 0.0 for r in mine] + [1.0])
         ax.set_xlim(-0.08 * hi, hi * 1.25)
         _percent_axis(ax, min(105, 100 * max(r["ci_high"] for r in mine) + 10))
@@ -192,21 +201,14 @@ def flops_figure(rows: Sequence[dict[str, Any]], path: Path) -> None:
     for ax, task in zip(axes, tasks):
         mine = [r for r in costed if r["task"] == task]
         for r in mine:
-            curve = [c for c in r.get("router_curve") or [] if c.get("flops_per_question")]
-            if curve:
-                pts = sorted((c["flops_per_question"], 100 * c["accuracy"]) for c in curve)
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "--", color=colors[r["system"]], alpha=0.6,
-                        linewidth=1.2, label=f"{r['system']}: threshold sweep (validation)")
+            _sweep(ax, r, colors, "flops_per_question")
             val = r.get("router_validation") or {}
             for i, (key, label) in enumerate(VALIDATION_POLICIES):
                 o = val.get(key) or {}
                 if o.get("flops_per_question"):
                     ax.plot(o["flops_per_question"], 100 * o["accuracy"], marker="osD^vP"[i], fillstyle="none",
                             linestyle="none", color="grey", markersize=7, label=f"{label} (validation)")
-        for r in mine:
-            ax.errorbar(r["flops_per_question"], 100 * r["accuracy"], yerr=_err(r), fmt="o", color=colors[r["system"]],
-                        capsize=4, markersize=8)
-        _label_points(ax, [(r["flops_per_question"], 100 * r["accuracy"], r["system"]) for r in mine])
+        _systems(ax, mine, colors, lambda r: r["flops_per_question"])
         hi = max(r["flops_per_question"] for r in mine)
         ax.set_xlim(0, hi * 1.3)
         _percent_axis(ax, min(105, 100 * max(r["ci_high"] for r in mine) + 10))
