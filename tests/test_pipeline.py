@@ -345,3 +345,98 @@ def test_a_rejected_thought_is_never_shown_to_the_base_and_is_paid_for(trained_t
     assert all(s.thought[0] == 1.0 for s in router.steps)
     first_steps = [s for s in router.steps if s.iteration == 0]
     assert len(first_steps) == sum(1 for t in traces if t.thoughts)
+
+
+class Scripted:
+    """A plain `Generator` that writes by rule: `rule(prompt, params)` -> text (ended by a stop string)."""
+
+    def __init__(self, tokenizer, rule):
+        self.tokenizer, self.rule, self.params = tokenizer, rule, []
+
+    def generate(self, prompts, params):
+        from pseudocot.generate.base import Completion
+
+        self.params.append(params)
+        return [Completion(text=self.rule(p, params), prompt_tokens=len(p) // 4, completion_tokens=4, seconds=0.0,
+                           finish_reason="stop", stop_string="\n", token_logprobs=[-0.1] * 4) for p in prompts]
+
+
+ANN = "Ann has 5 pens and gets 3. How many pens does she have?"
+
+
+def _ann_base(prompt, params):
+    """The base answers from the thoughts it was shown: 5 alone, 8 after the good thought, 12 after the bad one."""
+    return "12" if "8 + 3 = 12" in prompt else ("8" if "5 + 3 = 8" in prompt else "5")
+
+
+def _selecting_router(select):
+    """A real `Router` whose step head always continues and whose answer head, set by hand, reads the `thought`
+    feature: an answer after a thought with false arithmetic scores low."""
+    import torch
+
+    from pseudocot.router.model import MLP, AnswerHead, Router, StepRouter
+
+    def mlp(weights, bias):
+        m = MLP(6, 1, 1, 0.0)
+        with torch.no_grad():
+            m.net[0].weight.copy_(torch.tensor([weights]))
+            m.net[0].bias.fill_(bias)
+            m.net[3].weight.fill_(1.0)
+            m.net[3].bias.fill_(-2.0)
+        return m.eval()
+
+    step = StepRouter(mlp([0.0] * 6, 10.0), ["thought"], 0.5, 2)
+    answer = AnswerHead(mlp([0.5, 0.0, 0.0, 10.0, 0.0, 0.0], -5.0), ["thought"], 2)  # a thought exists; its arithmetic
+    return Router(step, None, {"select": select, "reads": "answer", "max_thoughts": 2}, answer)
+
+
+@pytest.mark.parametrize("select", ["best", "last"])
+def test_a_harmful_second_thought_the_selecting_router_returns_the_answer_before_it(trained_tiny, select):
+    _, tok = trained_tiny
+    ttm = Scripted(tok, lambda p, params: "8 + 3 = 12" if "5 + 3 = 8" in p else "5 + 3 = 8")
+    pipe = Pipeline(Scripted(tok, _ann_base), ttm, PipelineConfig(mode="router", max_thoughts=2), _selecting_router(select))
+    (t,) = pipe.run([("ann", ANN)])
+    assert [a.final for a in t.answers] == ["5", "8", "12"] and t.thought_calls == 2  # the loop went on to the end
+    if select == "best":
+        s = [a.answer_score for a in t.answers]
+        assert s[2] < 0.5 < s[0] < s[1]
+        assert t.selected == 1 and t.final_answer == "8" and t.final_text == "8"
+        assert t.returned_thoughts == ["5 + 3 = 8"]  # what the returned answer read
+    else:
+        assert all(a.answer_score is None for a in t.answers)
+        assert t.selected == 2 and t.final_answer == "12"
+    back = Trace.from_dict(t.to_dict())
+    assert back.selected == t.selected and back.final_text == t.final_text
+    assert Trace.from_dict({k: v for k, v in t.to_dict().items() if k != "selected"}).final_text == "12"  # older traces
+
+
+class Picky:
+    """A router that reads the thought first and accepts only a thought whose arithmetic is true."""
+
+    features = ("thought",)
+    threshold = 0.5
+    reads = "thought"
+
+    def score(self, steps):
+        return [s.thought[3] for s in steps]  # the share of the thought's statements that are true
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_best_of_k_writes_a_rejected_thought_again_sampled(trained_tiny, k):
+    _, tok = trained_tiny
+    # greedy the TTM writes a false statement, sampled a true one on its second sample, then it has nothing more
+    ttm = Scripted(tok, lambda p, params: "" if "5 + 3 = 8" in p else ("5 + 3 = 8" if params.seed == 2 else "5 + 3 = 9"))
+    base = Scripted(tok, _ann_base)
+    cfg = PipelineConfig(mode="router", max_thoughts=2, thought_samples=k, resample_temperature=0.9)
+    (t,) = Pipeline(base, ttm, cfg, Picky()).run([("ann", ANN)])
+    texts = [(x.text, x.rejected) for x in t.thoughts]
+    if k == 1:
+        assert texts == [("5 + 3 = 9", True)] and t.final_answer == "5" and t.stop_reason == "router"
+    elif k == 2:  # the second try (seed 1) is false again: the question stops, both tries paid for
+        assert texts == [("5 + 3 = 9", True), ("5 + 3 = 9", True)] and t.final_answer == "5" and t.stop_reason == "router"
+        assert [p.temperature for p in ttm.params] == [0.0, 0.9] and ttm.params[1].seed == 1
+    else:  # the third try is true: the base sees it alone and answers again
+        assert texts == [("5 + 3 = 9", True), ("5 + 3 = 9", True), ("5 + 3 = 8", False)]
+        assert t.shown_thoughts == ["5 + 3 = 8"] and t.final_answer == "8" and t.thought_calls == 3
+        assert [a.final for a in t.answers] == ["5", "8"] and t.stop_reason == "ttm_done"
+    assert len(t.answers) == len(t.shown_thoughts) + 1

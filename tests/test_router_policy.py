@@ -400,3 +400,44 @@ def test_a_router_that_reads_the_thought_pays_for_the_one_it_rejects():
     plain, first = cost_matrix([t], np.array([2]), 2, params), cost_matrix([t], np.array([2]), 2, params, rejected=True)
     assert first[0, 0] - plain[0, 0] == 2 * 10 * 8  # stop at answer 0: thought 1 was written and rejected
     assert first[0, 2] == plain[0, 2]  # stop after the last thought: nothing rejected
+
+
+def test_selected_correct_returns_the_best_scored_answer_so_far():
+    from pseudocot.router.labels import selected_correct
+
+    # answers 0..2 of one question: right, right, wrong; the head likes answer 1 best, then 0
+    correct = np.array([[True, True, False], [False, True, True]])
+    scores = np.array([[0.6, 0.9, 0.1], [0.5, 0.5, -np.inf]])
+    available = np.array([2, 1])
+    picked = selected_correct(correct, scores, available)
+    assert picked[0].tolist() == [True, True, True]  # stopping after 2 thoughts still returns answer 1
+    # a tie goes to the later answer; past the trace's end its last answer is the latest
+    assert picked[1].tolist() == [False, True, True]
+
+
+def test_next_step_classes_hand_example():
+    from pseudocot.router.labels import next_step_classes
+
+    correct = np.array([[False, True, False, False], [True, True, True, True]])
+    assert next_step_classes(correct, np.array([3, 2])).tolist() == [1, 2, 0, 0, 0]
+
+
+def test_ece_and_temperature_scaling():
+    import torch
+
+    from pseudocot.router.calibration import calibrate, ece, fit_temperature, probabilities
+
+    # a perfectly confident, always right head has no error; one that says 0.9 and is right half the time has 0.4
+    assert ece(torch.tensor([1.0, 1.0]), torch.tensor([1, 1])) == 0.0
+    assert ece(torch.tensor([0.9, 0.9]), torch.tensor([1, 0])) == pytest.approx(0.4)
+    # top-class error of a 3-class head: confidence 0.7, right 1 of 2
+    p = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.7, 0.2]])
+    assert ece(p, torch.tensor([0, 2])) == pytest.approx(0.2)
+    # logits twice too sharp: labels drawn from sigmoid(z / 2) -> a fitted temperature near 2, and a smaller error
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(20000, 1, generator=gen) * 4
+    y = (torch.rand(20000, generator=gen) < torch.sigmoid(z.squeeze(-1) / 2)).long()
+    t = fit_temperature(z, y)
+    assert 1.8 < t < 2.2  # the binomial noise of 20,000 draws moves it by a few hundredths
+    temperature, report = calibrate(z, y)
+    assert report["ece_calibrated"] < report["ece"] and ece(probabilities(z, temperature), y) < report["ece"]

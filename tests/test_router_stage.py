@@ -205,3 +205,46 @@ def test_a_router_that_reads_the_thought_first_trains_and_runs(run):
     for t in traces:
         assert len(t.answers) == len(t.shown_thoughts) + 1  # the base re-answered after each accepted thought only
         assert all(x.rejected == (t.stop_reason == "router" and k == len(t.thoughts) - 1) for k, x in enumerate(t.thoughts))
+
+
+def test_a_selecting_router_on_value_labels_trains_and_returns_what_the_simulation_says(run):
+    """`router.select: best` with `router.labels: value`: the answer head and its calibration are saved, and the live
+    loop returns, of the answers before it stops, the one the head scores highest, as the simulation does."""
+    from pseudocot.config import load_config as load
+    from pseudocot.pipeline import load_pipeline
+    from pseudocot.router import labels, policy
+    from pseudocot.tasks import get_task
+    from pseudocot.train.rows import read_split
+
+    cfg = load(run, ["router.select=best", "router.labels=value"])
+    info = router_stage.main(cfg)
+    out = RunLayout.of(cfg).root / "router"
+    assert (out / "answer.safetensors").is_file()
+    assert info["select"] == "best" and info["labels"] == "value" and info["step"]["outputs"] == 3
+    for head in ("step", "answer"):
+        c = info["calibration"][head]
+        assert 0 <= c["ece"] <= 1 and 0 <= c["ece_calibrated"] <= 1 and c["temperature"] > 0
+    assert set(info["validation"]["always_best_answer"]) >= {"accuracy", "call_rate"}
+    pipe = load_pipeline(cfg)
+    assert pipe.router.select == "best"
+    task = get_task(cfg.router_task().name, **cfg.router_task().options)
+    exs = read_split(RunLayout.of(cfg).split("test"), "test")
+    qs = [(e.id, p) for e, p in zip(exs, task.prompts(exs))]
+    live = pipe.run(qs)
+    forced = load_pipeline(cfg, mode="always").run(qs, collect=True)
+    correct, available = labels.outcomes(forced, exs, task, 2)
+    steps = np.full((len(qs), 2), -np.inf)
+    answers = np.full((len(qs), 3), -np.inf)
+    for q, t in enumerate(forced):
+        if available[q]:
+            steps[q, : available[q]] = pipe.router.score(t.features[: available[q]])
+        answers[q, : len(t.answers)] = pipe.router.answer_scores(t.features)
+    depth = policy.stop_depths(steps, available, np.array([pipe.router.threshold]))[0]
+    assert [t.thought_calls for t in live] == depth.tolist()
+    for t, f, d, a in zip(live, forced, depth, answers):
+        chosen = max(range(d + 1), key=lambda i: (a[i], i))  # the best score, the later answer on a tie
+        assert t.selected == chosen and t.final_answer == f.answers[chosen].final
+        assert t.final_text == t.answers[chosen].text and all(x.answer_score is not None for x in t.answers)
+    picked = labels.selected_correct(correct, answers, available)
+    assert np.mean([task.is_correct(t.final_text, e) for t, e in zip(live, exs)]) == pytest.approx(
+        picked[np.arange(len(qs)), depth].mean())

@@ -103,9 +103,12 @@ def model_fingerprint(folder: str | os.PathLike[str] | None) -> str | None:
 _BASE_PROMPTS = ("base_prompt", "base_prompt_with_thoughts", "system_prompt")
 _TTM_PROMPTS = ("ttm_prompt", "ttm_continues_thoughts", "ttm_system_prompt", "thought_stop", "thought_max_new_tokens",
                 "max_thoughts")
-_RUNTIME = ("mode", "threshold", "batch_size", "kv_reuse", "base", "ttm", "router")
+_RUNTIME = ("mode", "threshold", "batch_size", "kv_reuse", "base", "ttm", "router", "thought_samples", "resample_temperature")
 """Settings that never change a forced trace: how questions are batched (greedy batches equal one
 question at a time), and which folders (their contents are fingerprinted instead)."""
+PIPELINE_SETTINGS_ADDED = {"thought_samples": 1, "resample_temperature": 0.7}
+"""Runtime settings newer than the first evaluations: they count in an answer's key only away from their defaults (at
+which they change nothing), so cached answers stay valid."""
 
 
 def pipeline_settings(p: PipelineConfig, reader: str) -> dict[str, Any]:
@@ -124,7 +127,8 @@ def pipeline_settings(p: PipelineConfig, reader: str) -> dict[str, Any]:
     if reader == "traces":
         return {k: v for k, v in d.items() if k not in _RUNTIME}
     if reader == "eval":
-        return {k: v for k, v in d.items() if k not in _RUNTIME or k in ("mode", "threshold")}
+        return {k: v for k, v in d.items() if k not in _RUNTIME or k in ("mode", "threshold")
+                or (k in PIPELINE_SETTINGS_ADDED and v != PIPELINE_SETTINGS_ADDED[k])}
     raise ValueError(f"unknown pipeline reader {reader!r}")
 
 
@@ -328,7 +332,7 @@ def router_key(cfg: Config) -> str:
                    "router": {k: v for k, v in to_dict(cfg.router).items() if k not in unused}})
 
 
-ROUTER_SETTINGS_ADDED = {"target_flops_rate": 0.5, "reads": "answer"}
+ROUTER_SETTINGS_ADDED = {"target_flops_rate": 0.5, "reads": "answer", "labels": "helps", "select": "last"}
 """Router settings newer than the first trained routers, and the default at which they change nothing."""
 
 

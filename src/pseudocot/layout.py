@@ -46,6 +46,7 @@ KEY_FILE = "key.txt"
 ROUTER_INFO = "router.json"
 ROUTER_WEIGHTS = "router.safetensors"
 DEPTH_WEIGHTS = "depth.safetensors"
+ANSWER_WEIGHTS = "answer.safetensors"
 
 
 def safe_name(name: str) -> str:

@@ -76,6 +76,8 @@ class Answer:
     """Mean log-probability of its tokens (when the router asked for them)."""
     router_score: float | None = None
     """The router's probability that another thought helps (router mode)."""
+    answer_score: float | None = None
+    """The answer head's probability that this answer is right (mode router with `router.select: best`)."""
     finish_reason: str = ""
     """`stop` (end of turn or a stop string) or `length` (answer_max_new_tokens reached)."""
 
@@ -118,7 +120,7 @@ class Trace:
     """Every base answer, in order: answer i has the first i thoughts in its context."""
     thoughts: list[Thought] = field(default_factory=list)
     final_answer: str = ""
-    """The last answer's committed value."""
+    """The returned answer's committed value."""
     stop_reason: str = ""
     """never, router, max_thoughts, ttm_done (the TTM ended its reasoning), depth, or cancelled (the caller
     dropped the question, e.g. a server client that went away)."""
@@ -130,6 +132,8 @@ class Trace:
     """Router inputs of each answer (not serialised)."""
     history: list[dict[str, str]] = field(default_factory=list, repr=False)
     """Earlier turns of a conversation, put before the question in the base model's context (not serialised)."""
+    selected: int | None = None
+    """Which answer the loop returned (`Pipeline.select`); None: the last."""
 
     @property
     def thought_calls(self) -> int:
@@ -141,8 +145,22 @@ class Trace:
         return [t.text for t in self.thoughts if not t.rejected]
 
     @property
+    def returned(self) -> Answer | None:
+        """The answer the loop returned: `selected`, else the last."""
+        if not self.answers:
+            return None
+        return self.answers[self.selected if self.selected is not None else -1]
+
+    @property
     def final_text(self) -> str:
-        return self.answers[-1].text if self.answers else ""
+        a = self.returned
+        return a.text if a is not None else ""
+
+    @property
+    def returned_thoughts(self) -> list[str]:
+        """The thoughts in the returned answer's context (answer i has the first i shown thoughts)."""
+        shown = self.shown_thoughts
+        return shown if self.selected is None else shown[: self.selected]
 
     @property
     def tokens(self) -> dict[str, int]:
@@ -314,6 +332,10 @@ class Pipeline:
     def _needs_features(self, b: Batch) -> bool:
         return b.collect or b.mode in ("router", "depth")
 
+    def _selects(self, b: Batch) -> bool:
+        """Whether the router's answer head scores every answer, to return the best (`router.select: best`)."""
+        return b.mode == "router" and not b.collect and getattr(self.router, "select", "last") == "best"
+
     def answer_params(self, b: Batch) -> GenerationParams:
         feats = self._needs_features(b)
         needs_hidden = feats and (b.collect or "hidden" in getattr(self.router, "features", ()))
@@ -321,8 +343,14 @@ class Pipeline:
         return GenerationParams(max_new_tokens=b.cfg.answer_max_new_tokens, stop=list(b.cfg.answer_stop),
                                 logprobs=feats, hidden=needs_hidden, temperature=s.temperature, top_p=s.top_p, seed=s.seed)
 
-    def thought_params(self, b: Batch) -> GenerationParams:
+    def thought_params(self, b: Batch, attempt: int = 0) -> GenerationParams:
+        """How the TTM writes a thought; a second or later try (`attempt` > 0, best-of-k) is sampled at
+        `resample_temperature` (or the batch's own, if higher), seeded by the batch's seed and the try."""
         s = b.sampling
+        if attempt:
+            return GenerationParams(max_new_tokens=b.cfg.thought_max_new_tokens, stop=list(b.cfg.thought_stop),
+                                    temperature=max(s.temperature, b.cfg.resample_temperature), top_p=s.top_p,
+                                    seed=(s.seed or 0) * 1009 + attempt)
         return GenerationParams(max_new_tokens=b.cfg.thought_max_new_tokens, stop=list(b.cfg.thought_stop),
                                 temperature=s.temperature, top_p=s.top_p, seed=s.seed)
 
@@ -392,8 +420,14 @@ class Pipeline:
         self._answer(b, ids)
 
     def select(self, trace: Trace) -> int:
-        """Which of the trace's answers the loop returns: the last."""
-        return len(trace.answers) - 1
+        """Which of the trace's answers the loop returns: the one the router's answer head scores highest (the later
+        one on a tie) where it scored them (`router.select: best`), else the last."""
+        best = len(trace.answers) - 1
+        for i, a in enumerate(trace.answers):
+            if a.answer_score is not None and (trace.answers[best].answer_score is None
+                                               or a.answer_score >= trace.answers[best].answer_score):
+                best = i
+        return best
 
     def _finish(self, b: Batch, ids: Iterable[int]) -> None:
         """Questions that stop: their final answer is set, their cached context freed, `done` sent."""
@@ -401,7 +435,8 @@ class Pipeline:
             if i not in b.finished:
                 b.finished.add(i)
                 t = b.traces[i]
-                t.final_answer = t.answers[self.select(t)].final if t.answers else ""
+                t.selected = self.select(t) if t.answers else None
+                t.final_answer = t.answers[t.selected].final if t.selected is not None else ""
                 self._end_sessions([b.keys[i]])
                 b.emit("done", i)
 
@@ -460,7 +495,7 @@ class Pipeline:
             t = b.traces[i]
             if b.mode == "never":
                 t.stop_reason = "never"
-            elif len(t.thoughts) >= b.cfg.max_thoughts:
+            elif len(b.thoughts[i]) >= b.cfg.max_thoughts:  # thoughts shown (best-of-k's rejected tries not counted)
                 t.stop_reason = "max_thoughts"
             elif not self._ttm_done(t):
                 go.append(i)
@@ -486,33 +521,46 @@ class Pipeline:
 
     def _accept(self, b: Batch, ids: list[int]) -> list[int]:
         """A router that reads the thought: it scores each question's last answer with the thought the TTM has just
-        written; an accepted thought joins what the base model sees, a rejected one stops the question (marked
-        `rejected`, never shown to the base)."""
-        if not ids:
-            return []
-        steps = []
-        for i in ids:
-            t = b.traces[i]
-            steps.append(dataclasses.replace(t.features[-1], thought=thought_features(
-                t.question, [*b.thoughts[i], t.thoughts[-1].text], t.answers[-1].final)))
-        go = self._routed(b, ids, steps)
-        for i in ids:
-            if i in go:
-                b.thoughts[i].append(b.traces[i].thoughts[-1].text)
-            else:
+        written; an accepted thought joins what the base model sees. A rejected one is marked `rejected` (never shown
+        to the base); the TTM writes it again, sampled, up to `thought_samples` tries in all (best-of-k: the first
+        try the router accepts is kept), and a question with none accepted stops."""
+        go: list[int] = []
+        trying, attempt = ids, 0
+        while trying:
+            steps = []
+            for i in trying:
+                t = b.traces[i]
+                steps.append(dataclasses.replace(t.features[-1], thought=thought_features(
+                    t.question, [*b.thoughts[i], t.thoughts[-1].text], t.answers[-1].final)))
+            took = self._routed(b, trying, steps)
+            go += took
+            rejected = [i for i in trying if i not in took]
+            for i in rejected:
                 b.traces[i].thoughts[-1].rejected = True
+            attempt += 1
+            if attempt >= b.cfg.thought_samples:
+                break
+            for i in rejected:  # best-of-k: the TTM writes it again, sampled
+                b.traces[i].stop_reason = ""
+            trying = self._think(b, rejected, show=False, attempt=attempt)
+            for i in rejected:
+                if i not in trying and not b.traces[i].stop_reason:
+                    b.traces[i].stop_reason = "router"
+        for i in go:
+            b.thoughts[i].append(b.traces[i].thoughts[-1].text)
         self._finish(b, [i for i in ids if i not in go])
-        return go
+        return sorted(go)
 
-    def _think(self, b: Batch, ids: list[int], show: bool = True) -> list[int]:
+    def _think(self, b: Batch, ids: list[int], show: bool = True, attempt: int = 0) -> list[int]:
         """The TTM writes the next thought of each question; returns those that got one. A TTM that wrote nothing, or
         ended its turn with this thought, has nothing more to say (stop reason `ttm_done`). With `show` false the
-        thought is not yet among those the base model sees (`_accept` decides)."""
+        thought is not yet among those the base model sees (`_accept` decides); `attempt` > 0 writes it again after
+        the router rejected one (`thought_params`)."""
         if not ids:
             return []
         prompts = [self.ttm_prompt(b.traces[i].question, b.thoughts[i], b.traces[i].answers[-1].text if b.traces[i].answers else "",
                                    b.cfg) for i in ids]
-        outs = self._call(b, self.ttm, prompts, self.thought_params(b), [b.keys[i] + ("ttm",) for i in ids])
+        outs = self._call(b, self.ttm, prompts, self.thought_params(b, attempt), [b.keys[i] + ("ttm",) for i in ids])
         wrote: list[int] = []
         for i, c in zip(ids, outs):
             t, text = b.traces[i], c.text.strip()
@@ -549,6 +597,11 @@ class Pipeline:
                 reads = b.collect or "thought" in getattr(self.router, "features", ())  # not computed for nobody
                 t.features.append(StepInput(t.question, len(t.answers) - 1, c, changed,
                                             thought_features(t.question, b.thoughts[i], final) if reads else None))
+        if self._selects(b):
+            assert self.router is not None
+            for i, s in zip(ids, self.router.answer_scores([b.traces[i].features[-1] for i in ids])):
+                b.traces[i].answers[-1].answer_score = float(s)
+        for i in ids:
             b.emit("answer", i)
 
 

@@ -439,6 +439,11 @@ class PipelineConfig(Section):
     """Questions answered together; the batch shrinks as questions finish."""
     kv_reuse: bool = True
     """Local models reuse the keys/values of the context they have already encoded."""
+    thought_samples: Positive = 1
+    """A router that reads the thought (`router.reads: thought`) and rejects it has the TTM write it again, up to this
+    many tries in all, sampled at `resample_temperature`, before the question stops (best-of-k; 1: no second try)."""
+    resample_temperature: Annotated[float, Gt(0)] = 0.7
+    """Sampling temperature of a thought written again after the router rejected one."""
     threshold: float | None = None
     """Override the router's threshold: continue while its score is at least this (null: the trained one)."""
     base: str | None = None
@@ -514,6 +519,13 @@ class RouterConfig(Section):
     """When the router decides: after each base answer, before the TTM thinks (`answer`, the paper's loop), or after
     the TTM has written the next thought, before the base re-answers (`thought`: it reads that thought; a rejected
     thought is never shown to the base, and its TTM call is counted). Use `thought` in router.features with it."""
+    labels: Literal["helps", "value"] = "helps"
+    """What the step router learns: `helps` (the answer is wrong and a later one is right) or `value` (the next
+    thought's marginal value: it turns a wrong answer right, a right one wrong, or neither; scored as the expected
+    change in correctness, (1 + P(helps) - P(hurts)) / 2)."""
+    select: Literal["last", "best"] = "last"
+    """Which answer the loop returns in mode router: its last (`last`), or the one the answer head (trained on every
+    answer: is it right?) scores highest (`best`); the threshold is chosen for this choice."""
     depth: bool = True
     """Also train the depth router (question only -> number of thoughts) for mode depth."""
     seed: int = 0

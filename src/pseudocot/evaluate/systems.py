@@ -103,12 +103,12 @@ class PipelineSystem:
         questions = task.prompts(examples)
         traces = self.pipeline.run(list(zip([e.id for e in examples], questions)))
         lls: list[list[float] | None] = [None] * len(examples)
-        if loglikelihood:  # the base model's final prompt: the question and every thought the system wrote
-            contexts = [self.pipeline.base_prompt(q, t.shown_thoughts) for q, t in zip(questions, traces)]
+        if loglikelihood:  # the returned answer's prompt: the question and the thoughts before that answer
+            contexts = [self.pipeline.base_prompt(q, t.returned_thoughts) for q, t in zip(questions, traces)]
             lls = list(option_loglikelihoods(self.pipeline.base, task, examples, contexts))
         out = []
         for t, ll in zip(traces, lls):
-            thoughts = t.shown_thoughts
+            thoughts = t.returned_thoughts  # those the returned answer read
             out.append(Response(id=t.id, text=t.final_text, reasoning="\n".join(thoughts + [t.final_text]),
                                 tokens=t.tokens, thought_calls=t.thought_calls, processed=t.processed, seconds=t.seconds,
                                 trace=t.to_dict(),

@@ -40,6 +40,45 @@ def outcomes(traces: Sequence[Any], examples: Sequence[Example], task: Task, max
     return correct, available
 
 
+def selected_correct(correct: np.ndarray, answer_scores: np.ndarray, available: np.ndarray) -> np.ndarray:
+    """(N, M+1) whether the answer a selecting loop returns is right when it stops after i thoughts: of answers
+    0..i (the trace's last one past its end), the one the correctness head scores highest, the later one on a tie.
+    `answer_scores` (N, M+1) has the head's score of each answer (anything where the trace has none). Every policy
+    of `policy` reads this matrix in place of `correct` to be judged with answer selection."""
+    out = np.zeros_like(correct, dtype=bool)
+    for q, m in enumerate(available):
+        best = 0
+        for i in range(correct.shape[1]):
+            k = min(i, int(m))
+            if answer_scores[q, k] >= answer_scores[q, best]:
+                best = k
+            out[q, i] = correct[q, best]
+    return out
+
+
+def answer_matrix(probs: np.ndarray, traces: Sequence[Any], max_thoughts: int) -> np.ndarray:
+    """(N, M+1) the correctness head's score of every answer (one row per answer, in trace order; -inf past a trace's
+    last answer)."""
+    out = np.full((len(traces), max_thoughts + 1), -np.inf)
+    k = 0
+    for q, t in enumerate(traces):
+        n = len(t.answers)
+        out[q, :n] = probs[k:k + n]
+        k += n
+    return out
+
+
+def next_step_classes(correct: np.ndarray, available: np.ndarray) -> np.ndarray:
+    """The marginal value of the next thought after each answer that could be followed by one (the rows of
+    `rows_of`): 0 neutral (the next answer is as right as this one), 1 helps (wrong, then right), 2 hurts (right, then
+    wrong)."""
+    out = []
+    for c, m in zip(correct, available):
+        for i in range(int(m)):
+            out.append(0 if c[i] == c[i + 1] else (1 if c[i + 1] else 2))
+    return np.array(out, dtype=int)
+
+
 def step_matrix(parts: dict[str, torch.Tensor], names: list[str], max_thoughts: int) -> torch.Tensor:
     """(rows, D) router inputs, one row per answer, from the collected per-answer parts."""
     n = len(parts["iteration"])

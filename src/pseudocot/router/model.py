@@ -1,8 +1,10 @@
 """The router networks, their training with early stopping, and their files.
 
-`StepRouter` scores an answer (probability that another thought turns it right); `DepthRouter`
-reads only the question and picks a number of thoughts. Both are a standardisation layer and a
-one-hidden-layer MLP, saved as safetensors beside `router.json`.
+`StepRouter` scores an answer (probability that another thought turns it right, or, trained on the next step's
+marginal value, its expected gain); `AnswerHead` scores how likely an answer is right, so the loop can return the
+best-scored answer of a trajectory; `DepthRouter` reads only the question and picks a number of thoughts. Each is a
+standardisation layer and a one-hidden-layer MLP, saved as safetensors beside `router.json`; the step and answer
+heads divide their logits by a temperature fitted on validation (`router.calibration`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from torch import nn
 
 from pseudocot.errors import ConfigError, ModelError
 from pseudocot.files import atomic_path, atomic_write_text
-from pseudocot.layout import DEPTH_WEIGHTS, ROUTER_INFO, ROUTER_WEIGHTS
+from pseudocot.layout import ANSWER_WEIGHTS, DEPTH_WEIGHTS, ROUTER_INFO, ROUTER_WEIGHTS
 from pseudocot.router.features import question_vector, step_vector
 
 
@@ -90,18 +92,45 @@ def _load(path: Path, dim: int, hidden: int, out: int) -> MLP:
     return model
 
 
-class StepRouter:
-    """Scores answers; the pipeline continues while the score is at least `threshold`."""
+def value_score(probs: torch.Tensor) -> torch.Tensor:
+    """A step scored on its marginal value, classes (neutral, helps, hurts) -> (1 + P(helps) - P(hurts)) / 2: the
+    expected change in correctness of one more thought, mapped to [0, 1] (0.5: no change expected)."""
+    return (1 + probs[..., 1] - probs[..., 2]) / 2
 
-    def __init__(self, model: MLP, features: Sequence[str], threshold: float, max_thoughts: int) -> None:
+
+class StepRouter:
+    """Scores answers; the pipeline continues while the score is at least `threshold`. `labels` is what it was
+    trained on (`router.labels`): `helps` (one output, the probability that a later thought turns a wrong answer
+    right) or `value` (three, the next thought's neutral / helps / hurts, scored by `value_score`)."""
+
+    def __init__(self, model: MLP, features: Sequence[str], threshold: float, max_thoughts: int, labels: str = "helps",
+                 temperature: float = 1.0) -> None:
         self.model, self.features, self.threshold, self.max_thoughts = model, list(features), threshold, max_thoughts
+        self.labels, self.temperature = labels, temperature
 
     def vectors(self, steps: Sequence[Any]) -> torch.Tensor:
         return torch.stack([step_vector(s, self.features, self.max_thoughts) for s in steps])
 
-    def score(self, steps: Sequence[Any]) -> list[float]:
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,) for one output (sigmoid), (B, K) for several (softmax), of the calibrated logits of inputs `x`."""
         with torch.no_grad():
-            return torch.sigmoid(self.model(self.vectors(steps)).squeeze(-1)).tolist()
+            z = self.model(x) / self.temperature
+            return torch.sigmoid(z.squeeze(-1)) if z.shape[-1] == 1 else torch.softmax(z, -1)
+
+    def score_vectors(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.probabilities(x)
+        return value_score(p) if self.labels == "value" else p
+
+    def score(self, steps: Sequence[Any]) -> list[float]:
+        return self.score_vectors(self.vectors(steps)).tolist()
+
+
+class AnswerHead(StepRouter):
+    """The probability that an answer is right (`Task.is_correct`), from the same inputs as the step router (the
+    thoughts before the answer only); the loop returns the trajectory's best-scored answer (`router.select: best`)."""
+
+    def __init__(self, model: MLP, features: Sequence[str], max_thoughts: int, temperature: float = 1.0) -> None:
+        super().__init__(model, features, 0.0, max_thoughts, "helps", temperature)
 
 
 class DepthRouter:
@@ -129,8 +158,9 @@ def question_completions(base: Any, prompts: Sequence[str], sessions: Sequence[H
 class Router:
     """What `pseudocot router` saved: the step router, and the depth router when trained."""
 
-    def __init__(self, step: StepRouter, depth_router: DepthRouter | None, info: dict[str, Any]) -> None:
-        self.step, self.depth_router, self.info = step, depth_router, info
+    def __init__(self, step: StepRouter, depth_router: DepthRouter | None, info: dict[str, Any],
+                 answer: AnswerHead | None = None) -> None:
+        self.step, self.depth_router, self.info, self.answer = step, depth_router, info, answer
 
     @property
     def features(self) -> list[str]:
@@ -145,8 +175,19 @@ class Router:
         """`answer`: it decides after each base answer; `thought`: after the TTM's next thought (`router.reads`)."""
         return str(self.info.get("reads", "answer"))
 
+    @property
+    def select(self) -> str:
+        """`last`: the loop returns its last answer; `best`: the one the answer head scores highest (`router.select`)."""
+        return str(self.info.get("select", "last")) if self.answer is not None else "last"
+
     def score(self, steps: Sequence[Any]) -> list[float]:
         return self.step.score(steps)
+
+    def answer_scores(self, steps: Sequence[Any]) -> list[float]:
+        """The answer head's probability that each answer is right."""
+        if self.answer is None:
+            raise ConfigError("this router has no answer head; train it again with `pseudocot router` to select answers.")
+        return self.answer.score(steps)
 
     def depth(self, prompts: Sequence[str], base: Any, sessions: Sequence[Hashable] | None, max_thoughts: int) -> list[int]:
         if self.depth_router is None:
@@ -158,6 +199,8 @@ class Router:
         _save(self.step.model, folder / ROUTER_WEIGHTS)
         if self.depth_router is not None:
             _save(self.depth_router.model, folder / DEPTH_WEIGHTS)
+        if self.answer is not None:
+            _save(self.answer.model, folder / ANSWER_WEIGHTS)
         atomic_write_text(folder / ROUTER_INFO, json.dumps(self.info, indent=2) + "\n")
 
     @classmethod
@@ -168,10 +211,15 @@ class Router:
             raise ModelError(f"{meta}: no router here; train one with `pseudocot router`.")
         info = json.loads(meta.read_text())
         s = info["step"]
-        step = StepRouter(_load(folder / ROUTER_WEIGHTS, s["input_dim"], s["hidden_size"], 1),
-                          info["features"], info["threshold"], info["max_thoughts"])
-        depth = None
+        step = StepRouter(_load(folder / ROUTER_WEIGHTS, s["input_dim"], s["hidden_size"], s.get("outputs", 1)),
+                          info["features"], info["threshold"], info["max_thoughts"], info.get("labels", "helps"),
+                          s.get("temperature", 1.0))
+        depth = answer = None
         if info.get("depth"):
             d = info["depth"]
             depth = DepthRouter(_load(folder / DEPTH_WEIGHTS, d["input_dim"], d["hidden_size"], d["classes"]))
-        return cls(step, depth, info)
+        if info.get("answer"):
+            a = info["answer"]
+            answer = AnswerHead(_load(folder / ANSWER_WEIGHTS, a["input_dim"], a["hidden_size"], 1), info["features"],
+                                info["max_thoughts"], a.get("temperature", 1.0))
+        return cls(step, depth, info, answer)

@@ -289,13 +289,14 @@ def summary(trace: Trace, queue_seconds: float, batch_size: int) -> dict[str, An
     return {
         "mode": trace.mode, "thought_calls": trace.thought_calls, "stop_reason": trace.stop_reason,
         "router_scores": [a.router_score for a in trace.answers], "answers": [a.text for a in trace.answers],
+        "answer_scores": [a.answer_score for a in trace.answers], "selected": trace.selected,
         "depth": trace.depth, "tokens": model_tokens(trace),
         "seconds": round(trace.seconds, 4), "queue_seconds": round(queue_seconds, 4), "batch_size": batch_size,
     }
 
 
 def finish_reason(trace: Trace) -> str:
-    return "length" if trace.answers and trace.answers[-1].finish_reason == "length" else "stop"
+    return "length" if trace.returned is not None and trace.returned.finish_reason == "length" else "stop"
 
 
 def completion(cid: str, created: int, trace: Trace, queue_seconds: float, batch_size: int) -> dict[str, Any]:

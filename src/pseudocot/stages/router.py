@@ -28,9 +28,9 @@ from pseudocot.freshness import read_key, router_chunk, router_key, router_trace
 from pseudocot.layout import KEY_FILE, RunLayout
 from pseudocot.pipeline import Pipeline, load_pipeline, read_traces, thought_features, write_traces
 from pseudocot.progress import progress
-from pseudocot.router import labels, policy
+from pseudocot.router import calibration, labels, policy
 from pseudocot.router.features import step_parts
-from pseudocot.router.model import DepthRouter, Router, StepRouter, fit, question_completions
+from pseudocot.router.model import AnswerHead, DepthRouter, Router, StepRouter, fit, question_completions
 from pseudocot.stages import prepare
 from pseudocot.tasks import Task, get_task
 from pseudocot.train.rows import read_split
@@ -66,7 +66,8 @@ def collect(pipe: Pipeline, task: Task, examples: list[Example], layout: RunLayo
             reads: str = "answer") -> tuple[list[Any], dict[str, torch.Tensor]]:
     """Forced traces of `examples` and their router inputs, chunk by chunk (finished chunks are kept). The `thought`
     input of answer i reads the thoughts before it, or (`reads` thought) also the next one, which a router that
-    decides after the TTM has written sees."""
+    decides after the TTM has written sees; `thought_answer` always reads the thoughts before it (the answer head's
+    input)."""
     from safetensors.torch import load_file
 
     layout.router_traces_dir.mkdir(parents=True, exist_ok=True)
@@ -82,11 +83,12 @@ def collect(pipe: Pipeline, task: Task, examples: list[Example], layout: RunLayo
         traces += chunk_traces
         for name, t in load_file(str(files[1])).items():
             parts.setdefault(name, []).append(t)
-        # What the thoughts say about each answer comes from the traces' text (chunks collected before it existed too).
-        ahead = 1 if reads == "thought" else 0
-        parts.setdefault("thought", []).append(torch.tensor(
-            [thought_features(t.question, [x.text for x in t.thoughts[: i + ahead]], a.final) for t in chunk_traces
-             for i, a in enumerate(t.answers)], dtype=torch.float32))
+        # What the thoughts say about each answer comes from the traces' text (chunks collected before it existed too):
+        # `thought_answer` reads the thoughts before the answer (the answer head's), `thought` the step router's.
+        for name, ahead in (("thought_answer", 0), ("thought", 1 if reads == "thought" else 0)):
+            parts.setdefault(name, []).append(torch.tensor(
+                [thought_features(t.question, [x.text for x in t.thoughts[: i + ahead]], a.final) for t in chunk_traces
+                 for i, a in enumerate(t.answers)], dtype=torch.float32))
     return traces, {name: torch.cat(ts) for name, ts in parts.items()}
 
 
@@ -127,17 +129,34 @@ def main(cfg: Config) -> dict[str, Any]:
         raise DataError("no answer in the router's traces could be followed by a thought (the TTM wrote none); "
                         "check the TTM and pipeline.ttm_prompt, or raise pipeline.max_thoughts.")
     names = list(rcfg.features)
+    value = rcfg.labels == "value"
     x_tr = labels.step_matrix(tr_parts, names, max_thoughts)[labels.rows_of(tr_traces, tr_avail)]
     x_va = labels.step_matrix(va_parts, names, max_thoughts)[labels.rows_of(va_traces, va_avail)]
-    mlp, fit_info = fit(x_tr, torch.tensor(tr_helps), x_va, torch.tensor(va_helps), 1, rcfg)
-    step = StepRouter(mlp, names, 0.0, max_thoughts)
+    y_tr = torch.tensor(labels.next_step_classes(tr_correct, tr_avail)) if value else torch.tensor(tr_helps)
+    y_va = torch.tensor(labels.next_step_classes(va_correct, va_avail)) if value else torch.tensor(va_helps)
+    mlp, fit_info = fit(x_tr, y_tr, x_va, y_va, 3 if value else 1, rcfg)
     with torch.no_grad():
-        probs = torch.sigmoid(mlp(x_va).squeeze(-1)).numpy()
-    scores = labels.score_matrix(probs, va_traces, va_avail, max_thoughts)
+        temperature, step_calibration = calibration.calibrate(mlp(x_va), y_va, rcfg.seed)
+    step = StepRouter(mlp, names, 0.0, max_thoughts, rcfg.labels, temperature)
+    scores = labels.score_matrix(step.score_vectors(x_va).numpy(), va_traces, va_avail, max_thoughts)
+
+    # The answer head: is this answer right? Every answer is a row, read with the thoughts before it.
+    a_tr = labels.step_matrix({**tr_parts, "thought": tr_parts["thought_answer"]}, names, max_thoughts)
+    a_va = labels.step_matrix({**va_parts, "thought": va_parts["thought_answer"]}, names, max_thoughts)
+    c_tr = torch.tensor(np.concatenate([tr_correct[q, : len(t.answers)] for q, t in enumerate(tr_traces)]))
+    c_va = torch.tensor(np.concatenate([va_correct[q, : len(t.answers)] for q, t in enumerate(va_traces)]))
+    amlp, answer_fit = fit(a_tr, c_tr, a_va, c_va, 1, rcfg)
+    with torch.no_grad():
+        answer_temperature, answer_calibration = calibration.calibrate(amlp(a_va), c_va, rcfg.seed)
+    answer = AnswerHead(amlp, names, max_thoughts, answer_temperature)
+    picked = labels.selected_correct(va_correct, labels.answer_matrix(answer.score_vectors(a_va).numpy(), va_traces,
+                                                                      max_thoughts), va_avail)
+    returned = picked if rcfg.select == "best" else va_correct  # whether the answer each policy ends with is right
+
     parameters = model_parameters(pipe)
     cost = labels.cost_matrix(va_traces, va_avail, max_thoughts, parameters)
     first = rcfg.reads == "thought"  # it pays for the thought it rejects
-    points = policy.curve(va_correct, va_avail, scores,
+    points = policy.curve(returned, va_avail, scores,
                           labels.cost_matrix(va_traces, va_avail, max_thoughts, parameters, rejected=True) if first else cost,
                           rejected=first)
     threshold, chosen = policy.choose_threshold(points, rcfg.objective, rcfg.penalty, rcfg.target_call_rate,
@@ -153,13 +172,19 @@ def main(cfg: Config) -> dict[str, Any]:
         "random_same_calls": policy.random_at_rate(va_correct, va_avail, chosen.calls_per_question, cost).as_dict(),
         "heuristic_same_calls": policy.heuristic_at_rate(va_correct, va_avail, questions, chosen.calls_per_question, cost).as_dict(),
         "oracle": policy.outcome_at_depth(va_correct, va_avail, policy.depth_labels(va_correct, va_avail), cost).as_dict(),
+        # Answer selection alone: every thought, then the best-scored answer.
+        "always_best_answer": policy.outcome_at_depth(picked, va_avail, va_avail, cost).as_dict(),
     }
     info: dict[str, Any] = {
         "features": names, "max_thoughts": max_thoughts, "threshold": step.threshold, "task": task.name,
         "extraction": task.primary, "objective": rcfg.objective, "penalty": rcfg.penalty,
         "target_call_rate": rcfg.target_call_rate, "target_flops_rate": rcfg.target_flops_rate, "reads": rcfg.reads,
-        "parameters": parameters,
-        "step": {"input_dim": int(x_tr.shape[1]), "hidden_size": rcfg.hidden_size, **fit_info},
+        "labels": rcfg.labels, "select": rcfg.select, "parameters": parameters,
+        "step": {"input_dim": int(x_tr.shape[1]), "hidden_size": rcfg.hidden_size, "outputs": 3 if value else 1,
+                 "temperature": temperature, **fit_info},
+        "answer": {"input_dim": int(a_tr.shape[1]), "hidden_size": rcfg.hidden_size, "temperature": answer_temperature,
+                   **answer_fit},
+        "calibration": {"step": step_calibration, "answer": answer_calibration},
         "train": {"questions": len(train_ex), "rows": len(tr_rows), "helps": int(tr_helps.sum()), "hurts": int(tr_hurts.sum())},
         "validation": val,
         "curve": [{"threshold": policy.finite_threshold(t, points), **o.as_dict()} for t, o in points],
@@ -177,5 +202,5 @@ def main(cfg: Config) -> dict[str, Any]:
         depth_cost = labels.cost_matrix(va_traces, va_avail, max_thoughts, parameters, depth=True)
         val["depth"] = policy.outcome_at_depth(va_correct, va_avail, chosen_depth, depth_cost, reference=cost).as_dict()
         info["depth"] = {"input_dim": int(q_tr.shape[1]), "hidden_size": rcfg.hidden_size, "classes": max_thoughts + 1, **dinfo}
-    Router(step, depth, info).save(out)
+    Router(step, depth, info, answer).save(out)
     return info
