@@ -21,8 +21,8 @@ LAYERS: dict[str, int] = {
     "pseudocot.freshness": 3, "pseudocot.tasks": 3, "pseudocot.models": 3,
     "pseudocot.generate": 4,
     "pseudocot.train": 5, "pseudocot.router": 5, "pseudocot.synth": 5,  # train: on-policy batches sample with generate
-    "pseudocot.pipeline": 6, "pseudocot.rewards": 6,
-    "pseudocot.evaluate": 7, "pseudocot.chat": 7, "pseudocot.serve": 7,
+    "pseudocot.pipeline": 6,
+    "pseudocot.evaluate": 7, "pseudocot.chat": 7, "pseudocot.serve": 7, "pseudocot.rewards": 7,  # base_correct: the loop
     # entry points: stages, then the command line
     "pseudocot.stages": 8,
     "pseudocot.cli": 9, "pseudocot.__main__": 10,

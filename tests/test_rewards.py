@@ -9,6 +9,7 @@ import torch
 
 from pseudocot.config import PipelineConfig
 from pseudocot.data.chat import base_messages, render
+from pseudocot.data.example import Example
 from pseudocot.errors import ConfigError
 from pseudocot.rewards import REWARDS, RewardContext, bind, build_rewards, get_reward, zero_spread_share
 from pseudocot.tasks import get_task
@@ -149,3 +150,30 @@ def test_base_correct_rewards_the_thought_the_base_model_needs(thought_reader):
 def test_base_correct_without_a_base_model_fails_in_one_line(ctx):
     with pytest.raises(ConfigError, match="base_correct needs the base model"):
         call("base_correct", ctx, ["3 + 4 = 7"], ["7"])
+
+
+def test_base_correct_scores_the_answer_the_loop_returns(thought_reader):
+    """The reward's answer is the one `pseudocot eval` would score: the loop in mode always, its TTM writing the
+    completion's lines, returns the same text."""
+    from pseudocot.generate.base import Completion
+    from pseudocot.generate.hf import HFGenerator
+    from pseudocot.pipeline import Pipeline
+
+    model, tok, _ = thought_reader
+
+    class Lines:  # a TTM that writes the completion's lines, one per call
+        tokenizer = tok
+
+        def generate(self, prompts, params):
+            return [Completion(text="3 + 4 = 7" if "3 + 4 = 7" not in p else "", prompt_tokens=1, completion_tokens=1,
+                               seconds=0.0, finish_reason="stop", stop_string="\n") for p in prompts]
+
+    p = PipelineConfig(mode="always", max_thoughts=1)
+    base = HFGenerator(model, tok, batch_size=8, kv_reuse=True)
+    (loop,) = Pipeline(base, Lines(), p).run([("q", Q)])
+    assert loop.shown_thoughts == ["3 + 4 = 7"]
+    (alone,) = Pipeline(base, None, PipelineConfig(mode="never", max_thoughts=1), base_tokenizer=tok).answer_with([("q", Q)], [["3 + 4 = 7"]])
+    assert alone.final_text == loop.final_text and alone.final_answer == "7"
+    ctx = RewardContext(task=get_task("arith"), pipeline=p, base=base, base_tokenizer=tok)
+    assert get_reward("base_correct")([""], ["3 + 4 = 7"], ctx=ctx, question=[Q], answer=["7"]) == [
+        float(get_task("arith").is_correct(loop.final_text, Example(id="q", question=Q, answer="7")))]

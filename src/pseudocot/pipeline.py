@@ -275,6 +275,8 @@ class Batch:
     thoughts: list[list[str]] = field(default_factory=list)
     keys: list[Any] = field(default_factory=list)
     finished: set[int] = field(default_factory=set)
+    own_sessions: bool = True
+    """Free each question's sessions when it finishes (False: the caller named the sessions and frees them)."""
 
     def __post_init__(self) -> None:
         self.thoughts = [[] for _ in self.traces]
@@ -380,7 +382,7 @@ class Pipeline:
             try:
                 self._depth_loop(b) if mode == "depth" else self._loop(b)
             finally:
-                self._end_sessions(b.keys)
+                self.end_sessions(b.keys)
             self._finish(b, range(len(b.traces)))
             out += b.traces
         return out
@@ -437,7 +439,8 @@ class Pipeline:
                 t = b.traces[i]
                 t.selected = self.select(t) if t.answers else None
                 t.final_answer = t.answers[t.selected].final if t.selected is not None else ""
-                self._end_sessions([b.keys[i]])
+                if b.own_sessions:
+                    self.end_sessions([b.keys[i]])
                 b.emit("done", i)
 
     def _kept(self, b: Batch, ids: list[int]) -> list[int]:
@@ -457,6 +460,33 @@ class Pipeline:
             return []
         return [b.add(as_question(q)) for q in list(b.serving.admit(free))[:free]]
 
+    def answer_with(self, questions: Sequence[tuple[str, str] | Question], thoughts: Sequence[Sequence[str]],
+                    sessions: Sequence[tuple[Any, ...]] | None = None) -> list[Trace]:
+        """The loop's answer step alone: the base model answers each question with the given thoughts in its context
+        (GRPO's `base_correct` reward reads a TTM completion's lines as the thoughts the loop would show), rendered,
+        generated and returned exactly as `run` does it, one answer per question. `sessions` names each question's
+        session (questions that share a prefix may share one); the caller then frees them (`end_sessions`)."""
+        self._batches += 1
+        items = [as_question(q) for q in questions]
+        b = Batch(self.cfg, self.sampling, "always", self._batches,
+                  [Trace(id=q.id, question=q.text, mode="always", history=list(q.history)) for q in items],
+                  own_sessions=sessions is None)
+        if sessions is not None:
+            b.keys = [tuple(k) for k in sessions]
+        for i, ts in enumerate(thoughts):
+            b.thoughts[i] = [str(x) for x in ts]
+            b.traces[i].thoughts = [Thought(text=x, tokens=0, seconds=0.0) for x in b.thoughts[i]]  # written elsewhere
+        ids = list(range(len(b.traces)))
+        try:
+            self._answer(b, ids)
+        finally:
+            if sessions is None:
+                self.end_sessions(b.keys)
+        for i in ids:
+            b.traces[i].stop_reason = "max_thoughts"
+        self._finish(b, ids)
+        return b.traces
+
     def ttm_thoughts(self, questions: Sequence[tuple[str, str]]) -> list[list[str]]:
         """The thoughts the TTM writes for each `(id, question)` when the loop calls it up to `max_thoughts` times
         without base answers in between (the base model's training rows, `base.thoughts_from`): batched, with KV
@@ -474,12 +504,12 @@ class Pipeline:
                     if not ids:
                         break
             finally:
-                self._end_sessions(b.keys)
+                self.end_sessions(b.keys)
             out += b.thoughts
         return out
 
-    def _end_sessions(self, keys: Sequence[Any]) -> None:
-        """Forget what both models encoded for these questions."""
+    def end_sessions(self, keys: Sequence[Any]) -> None:
+        """Forget what both models encoded for these questions (their session keys, as `answer_with` takes them)."""
         for gen, role in ((self.base, "base"), (self.ttm, "ttm")):
             if isinstance(gen, SessionGenerator):
                 gen.end_sessions([k + (role,) for k in keys])

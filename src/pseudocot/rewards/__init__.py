@@ -13,10 +13,11 @@ means "does not apply to this completion": TRL leaves it out of the weighted sum
 - `format`: 1 when it passes the synth filter's format check (one step per line, a final answer
   line, not cut off at the token limit);
 - `length`: minus `length_penalty_per_token` for each token beyond `length_budget_tokens`;
-- `base_correct` (for the TTM): its lines are put in the base model's context as thoughts, rendered
-  exactly as the pipeline renders them, and the reward is 1 when the base model's greedy answer is
-  right. A generation batch's answers run as one batch: each question's prompt is encoded once and
-  its group of completions reuses it (`generate.sessions`). One difference from the pipeline: a line
+- `base_correct` (for the TTM): its lines are put in the base model's context as thoughts and the base
+  answers through the loop's own answer step (`Pipeline.answer_with`: the prompts, stops, sessions and
+  returned answer of `pseudocot eval` and `serve`); the reward is 1 when that answer is right. A
+  generation batch's answers run as one batch: each question's prompt is encoded once and its group
+  of completions reuses it (`generate.sessions`). One difference from the pipeline: a line
   longer than `pipeline.thought_max_new_tokens` is read whole here, where the pipeline would cut it.
 
 `bind` wraps each for the trainer under its registry name; the wrapper also logs, per reward and
@@ -28,6 +29,7 @@ says so when a reward returns None for a whole batch.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import logging
@@ -36,11 +38,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from pseudocot.config.schema import GRPO_REWARDS, PipelineConfig
-from pseudocot.data.chat import base_messages, render, thoughts_from_text
+from pseudocot.data.chat import thoughts_from_text
 from pseudocot.data.example import Example
 from pseudocot.dotted import lookup
 from pseudocot.errors import ConfigError
-from pseudocot.generate.base import GenerationParams, Generator, SessionGenerator
+from pseudocot.generate.base import Generator
+from pseudocot.pipeline import Pipeline
 from pseudocot.synth.arithmetic import parse_number, statements
 from pseudocot.synth.filter import Candidate, FilterSettings, answer_follows, format_check
 from pseudocot.tasks.extract import INVALID
@@ -158,29 +161,25 @@ def base_correct(prompts: Sequence[Any], completions: Sequence[str], *, ctx: Rew
     golds = gold_examples(len(completions), **columns)
     p = ctx.pipeline
     questions = list(columns["question"])
-    # One session per question: its prompt without thoughts is encoded once (the answer the pipeline starts from),
-    # then every completion of its group reuses that prefix and encodes only its thoughts.
+    # The loop's own answer step (`Pipeline.answer_with`). One session per question: its prompt without thoughts is
+    # encoded once (the answer the loop starts from), then every completion of its group reuses that prefix and
+    # encodes only its thoughts.
+    pipe = Pipeline(ctx.base, None, dataclasses.replace(p, mode="never"), base_tokenizer=ctx.base_tokenizer)
     first = {q: i for i, q in reversed(list(enumerate(questions)))}
     keys = [("grpo", first[q]) for q in questions]
-    params = GenerationParams(max_new_tokens=p.answer_max_new_tokens, stop=list(p.answer_stop))
-    sessions = isinstance(ctx.base, SessionGenerator)
     try:
         unique = sorted(set(first.values()))
-        plain = [render(ctx.base_tokenizer, base_messages(questions[i], [], p), add_generation_prompt=True) for i in unique]
-        answers0 = (ctx.base.generate(plain, params, sessions=[keys[i] for i in unique]) if sessions
-                    else ctx.base.generate(plain, params))
-        with_thoughts = [render(ctx.base_tokenizer, base_messages(q, thoughts_from_text(c, p.max_thoughts), p),
-                                add_generation_prompt=True) for q, c in zip(questions, completions)]
-        answers = ctx.base.generate(with_thoughts, params, sessions=keys) if sessions else ctx.base.generate(with_thoughts, params)
+        answers0 = pipe.answer_with([(str(i), questions[i]) for i in unique], [[] for _ in unique], [keys[i] for i in unique])
+        answers = pipe.answer_with([(str(i), q) for i, q in enumerate(questions)],
+                                   [thoughts_from_text(c, p.max_thoughts) for c in completions], keys)
     finally:
-        if sessions:
-            ctx.base.end_sessions(sorted(set(keys)))
+        pipe.end_sessions(sorted(set(keys)))
     log_metric = columns.get("log_metric")
     if log_metric is not None:
-        scored0 = [ctx.task.reward(a.text, golds[i]) for i, a in zip(unique, answers0) if golds[i] is not None]
+        scored0 = [ctx.task.reward(a.final_text, golds[i]) for i, a in zip(unique, answers0) if golds[i] is not None]
         if scored0:
             log_metric("base_correct/without_thoughts", sum(scored0) / len(scored0))
-    return [None if g is None else ctx.task.reward(a.text, g) for a, g in zip(answers, golds)]
+    return [None if g is None else ctx.task.reward(a.final_text, g) for a, g in zip(answers, golds)]
 
 
 REWARDS: dict[str, Reward] = {"correct": correct, "arithmetic": arithmetic, "follows": follows, "format": format,
