@@ -365,3 +365,40 @@ def test_serve_refuses_an_open_host_without_a_key(serve_run, monkeypatch):
     result = CliRunner().invoke(cli, ["serve", "--run", str(serve_run), "--host", "0.0.0.0"])
     assert result.exit_code == 1
     assert result.output.startswith("error: serve.host=0.0.0.0") and "PSEUDOCOT_API_KEY" in result.output
+
+
+def test_a_thought_first_answer_selecting_router_end_to_end(tmp_path, trained_tiny):
+    """A router that reads each thought before the re-answer and returns its best-scored answer, served: a dropped
+    thought is in the reasoning but not in the base's answers; the content is the selected answer."""
+    from pseudocot.config import load_config
+    from pseudocot.layout import RunLayout
+    from pseudocot.stages import router as router_stage
+    from tiny_run import write_tiny_run
+
+    cfg = load_config(write_tiny_run(tmp_path, *trained_tiny, name="first"),
+                      ["router.reads=thought", "router.features=[logprobs, iteration, changed, thought]", "router.select=best"])
+    router_stage.main(cfg)
+    server = start_server(RunLayout.of(cfg).root)
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key=server.api_key, max_retries=0, timeout=120)
+        # threshold 1: no score reaches it, so the first thought is written, read and dropped
+        kw = {"model": "pseudocot", "messages": _user(Q2), "extra_body": {"pseudocot": {"threshold": 1.0}}}
+        whole = client.chat.completions.create(**kw)
+        info = whole.model_extra["pseudocot"]
+        assert info["thought_calls"] == 1 and len(info["answers"]) == 1 and info["stop_reason"] == "router"
+        assert whole.choices[0].message.model_extra["reasoning_content"]  # the dropped thought, shown as reasoning
+        assert whole.choices[0].message.content == info["answers"][0] and info["selected"] == 0
+        chunks, reasoning, content = _stream(client, **kw)
+        events = [c.model_extra["pseudocot"] for c in chunks if (c.model_extra or {}).get("pseudocot")]
+        router = [e for e in events if e["event"] == "router"]
+        assert len(router) == 1 and router[0]["reads"] == "thought" and router[0]["continue"] is False
+        assert [e["event"] for e in events].index("thought") < [e["event"] for e in events].index("router")
+        assert content == whole.choices[0].message.content and reasoning == whole.choices[0].message.model_extra["reasoning_content"]
+        # threshold 0: every thought is taken; the content is the answer the answer head scores highest
+        eager = client.chat.completions.create(model="pseudocot", messages=_user(Q2), extra_body={"pseudocot": {"threshold": 0.0}})
+        info = eager.model_extra["pseudocot"]
+        assert len(info["answers"]) == info["thought_calls"] + 1 and all(s is not None for s in info["answer_scores"])
+        best = max(range(len(info["answers"])), key=lambda i: (info["answer_scores"][i], i))
+        assert info["selected"] == best and eager.choices[0].message.content == info["answers"][best]
+    finally:
+        server.stop()

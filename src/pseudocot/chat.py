@@ -24,7 +24,8 @@ def _printer(echo: Callable[[str], None], threshold: float | None) -> Callable[[
     def on_event(kind: str, trace: Any) -> None:
         if kind == "answer":
             a = trace.answers[-1]
-            echo(click.style(f"  answer {len(trace.answers) - 1}: ", fg="cyan") + a.text.strip())
+            sure = f" (right: {a.answer_score:.2f})" if a.answer_score is not None else ""  # the answer head's score
+            echo(click.style(f"  answer {len(trace.answers) - 1}{sure}: ", fg="cyan") + a.text.strip())
         elif kind == "thought":
             echo(click.style(f"  thought {len(trace.thoughts)}: ", fg="yellow") + trace.thoughts[-1].text)
         elif kind == "decision":
@@ -88,6 +89,7 @@ def chat_loop(run_dir: Path, mode: str | None, overrides: tuple[str, ...] = (), 
             echo(f"error: {e}")
             continue
         tokens = sum(trace.tokens.values())
+        chosen = f", returned answer {trace.selected}" if trace.selected is not None and trace.selected < len(trace.answers) - 1 else ""
         echo(click.style(f"= {trace.final_text.strip()}", bold=True)
              + click.style(f"   ({trace.thought_calls} thought{'' if trace.thought_calls == 1 else 's'}, {tokens} tokens, {trace.seconds:.2f} s, "
-                           f"stopped: {trace.stop_reason})", dim=True))
+                           f"stopped: {trace.stop_reason}{chosen})", dim=True))

@@ -262,7 +262,7 @@ class Batcher:
             if kind == "answer":
                 a = trace.answers[-1]
                 job.emit("answer", {"event": "answer", "index": len(trace.answers) - 1, "text": a.text, "final": a.final,
-                                    "tokens": a.tokens})
+                                    "tokens": a.tokens, "score": a.answer_score})
             elif kind == "decision":
                 job.emit("router", {"event": "router", "index": len(trace.answers) - 1, "score": trace.answers[-1].router_score,
                                     "threshold": threshold, "continue": trace.stop_reason != "router", "reads": reads})
