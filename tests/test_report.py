@@ -117,6 +117,17 @@ def test_the_cost_figure_draws_systems_and_the_routers_validation_policies(two_r
     md = (tmp_path / "report.md").read_text()
     assert "![Accuracy against estimated FLOPs per question" in md and "| FLOPs |" in md
     assert "| 2.5 M |" in md  # the router's FLOPs in the cost table
+    assert "## Router calibration" not in md  # a router without calibration (older router.json): no section
+
+
+def test_the_report_gives_the_routers_calibration(two_runs, tmp_path):
+    results = json.loads((two_runs[0] / "results.json").read_text())
+    results["tasks"]["arith"]["systems"]["router"]["router_calibration"] = {
+        "step": {"ece": 0.081, "ece_calibrated": 0.023, "temperature": 1.7}, "answer": {"ece": 0.012, "ece_calibrated": 0.02, "temperature": 0.9}}
+    write_report([results], tmp_path, ["r.json"])
+    md = (tmp_path / "report.md").read_text()
+    assert "## Router calibration" in md
+    assert "| router | step | 8.1% | 2.3% | 1.70 |" in md and "| router | answer | 1.2% | 2.0% | 0.90 |" in md
 
 
 @pytest.mark.parametrize("content, message", [

@@ -89,6 +89,7 @@ def table_rows(results: Sequence[dict[str, Any]], names: Sequence[str]) -> list[
                     "seconds_per_question": s.get("seconds_per_question"), "wall_seconds": s.get("wall_seconds"),
                     "parameters": params.get("total"), "flops_per_question": s.get("flops_per_question"),
                     "router_curve": s.get("router_curve"), "router_validation": s.get("router_validation"),
+                    "router_calibration": s.get("router_calibration"),
                 })
     return rows
 
@@ -243,6 +244,16 @@ def render_markdown(results: Sequence[dict[str, Any]], names: Sequence[str], fig
                      _num(r["thought_calls_per_question"], 2), tokens, _flops(r["flops_per_question"]),
                      _num(r["seconds_per_question"], 3), _params(r["parameters"])])
     out += [_md_table(header, body, ["l", "l"] + ["r"] * 7), ""]
+
+    calibrated = {r["system"]: r["router_calibration"] for r in rows if r.get("router_calibration")}
+    if calibrated:
+        out += ["## Router calibration", "",
+                "Expected calibration error of the router's heads on its validation rows (10 bins): the step head (go on?) "
+                "and the answer head (is this answer right?), before temperature scaling and after it (cross-fitted on "
+                "two halves of the rows); scaling keeps the order of the scores, so every decision is the same.", ""]
+        body = [[name, head, f"{100 * c['ece']:.1f}%", f"{100 * c['ece_calibrated']:.1f}%", f"{c['temperature']:.2f}"]
+                for name, heads in calibrated.items() for head, c in heads.items()]
+        out += [_md_table(["System", "Head", "ECE", "ECE, scaled", "Temperature"], body, ["l", "l", "r", "r", "r"]), ""]
 
     if comps:
         out += ["## Paired comparisons", "",

@@ -242,6 +242,7 @@ def system_entries(cfg: Config) -> list[SystemEntry]:
             if s.mode == "router":
                 router = _router_info(where.router)
                 info["router_curve"], info["router_validation"] = router.get("curve"), router.get("validation")
+                info["router_calibration"] = router.get("calibration")
             build: Callable[[], System] = lambda cfg=cfg, s=s: _build_pipeline(cfg, s)  # noqa: E731
         elif s.kind == "hf":
             info.update(models={k: v for k, v in (("model", s.model), ("adapter", s.adapter)) if v})
