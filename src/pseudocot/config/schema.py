@@ -520,8 +520,9 @@ class RouterConfig(Section):
     the TTM has written the next thought, before the base re-answers (`thought`: it reads that thought; a rejected
     thought is never shown to the base, and its TTM call is counted). Use `thought` in router.features with it."""
     labels: Literal["helps", "value"] = "helps"
-    """What the step router learns: `helps` (the answer is wrong and a later one is right) or `value` (three classes:
-    helps; hurts, the answer is right and the next one wrong; neither), scored (1 + P(helps) - P(hurts)) / 2."""
+    """What the step router learns: `helps` (the answer is wrong and a later one is right) or `value` (the next
+    thought's marginal value: it turns a wrong answer right, a right one wrong, or neither; scored as the expected
+    change in correctness, (1 + P(helps) - P(hurts)) / 2)."""
     select: Literal["last", "best"] = "last"
     """Which answer the loop returns in mode router: its last (`last`), or the one the answer head (trained on every
     answer: is it right?) scores highest (`best`); the threshold is chosen for this choice."""

@@ -69,13 +69,14 @@ def answer_matrix(probs: np.ndarray, traces: Sequence[Any], max_thoughts: int) -
 
 
 def next_step_classes(correct: np.ndarray, available: np.ndarray) -> np.ndarray:
-    """The value of going on after each answer that could be followed by a thought (the rows of `rows_of`), in three
-    classes: 1 helps (the answer is wrong and a later one is right), 2 hurts (it is right and the next one wrong), 0
-    neither (`policy.step_labels`' two labels, as classes)."""
-    from pseudocot.router.policy import step_labels
-
-    _, helps, hurts = step_labels(correct, available)
-    return np.where(helps, 1, np.where(hurts, 2, 0)).astype(int)
+    """The marginal value of the next thought after each answer that could be followed by one (the rows of
+    `rows_of`): 0 neutral (the next answer is as right as this one), 1 helps (wrong, then right), 2 hurts (right, then
+    wrong)."""
+    out = []
+    for c, m in zip(correct, available):
+        for i in range(int(m)):
+            out.append(0 if c[i] == c[i + 1] else (1 if c[i + 1] else 2))
+    return np.array(out, dtype=int)
 
 
 def step_matrix(parts: dict[str, torch.Tensor], names: list[str], max_thoughts: int) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """The router networks, their training with early stopping, and their files.
 
-`StepRouter` scores an answer (probability that another thought turns it right, or, trained on three classes,
-helps / hurts / neither, the expected gain of going on); `AnswerHead` scores how likely an answer is right, so the loop can return the
+`StepRouter` scores an answer (probability that another thought turns it right, or, trained on the next step's
+marginal value, its expected gain); `AnswerHead` scores how likely an answer is right, so the loop can return the
 best-scored answer of a trajectory; `DepthRouter` reads only the question and picks a number of thoughts. Each is a
 standardisation layer and a one-hidden-layer MLP, saved as safetensors beside `router.json`; the step and answer
 heads divide their logits by a temperature fitted on validation (`router.calibration`).
@@ -93,15 +93,15 @@ def _load(path: Path, dim: int, hidden: int, out: int) -> MLP:
 
 
 def value_score(probs: torch.Tensor) -> torch.Tensor:
-    """A step scored on the value of going on, classes (neither, helps, hurts) -> (1 + P(helps) - P(hurts)) / 2, in
-    [0, 1] (0.5: neither expected)."""
+    """A step scored on its marginal value, classes (neutral, helps, hurts) -> (1 + P(helps) - P(hurts)) / 2: the
+    expected change in correctness of one more thought, mapped to [0, 1] (0.5: no change expected)."""
     return (1 + probs[..., 1] - probs[..., 2]) / 2
 
 
 class StepRouter:
     """Scores answers; the pipeline continues while the score is at least `threshold`. `labels` is what it was
     trained on (`router.labels`): `helps` (one output, the probability that a later thought turns a wrong answer
-    right) or `value` (three, neither / helps / hurts, scored by `value_score`)."""
+    right) or `value` (three, the next thought's neutral / helps / hurts, scored by `value_score`)."""
 
     def __init__(self, model: MLP, features: Sequence[str], threshold: float, max_thoughts: int, labels: str = "helps",
                  temperature: float = 1.0) -> None:
