@@ -103,6 +103,7 @@ def test_always_writes_thoughts_and_reanswers(trained_tiny, questions):
         if t.stop_reason == "max_thoughts":
             assert len(t.thoughts) == 2
         assert all(x.text and "\n" not in x.text and x.tokens > 0 for x in t.thoughts)
+        assert t.selected == len(t.answers) - 1 and t.returned_thoughts == t.shown_thoughts  # the last answer
     # The TTM continues its own reasoning: thought 1 is the first line of its plain answer.
     pipe = _pipe(trained_tiny, "always")
     model, tok = trained_tiny
@@ -136,6 +137,7 @@ def test_depth_mode_thinks_first_then_answers_once(trained_tiny, questions):
         assert t.depth == i % 3 and t.stop_reason == "depth"
         assert len(t.answers) == 1
         assert len(t.thoughts) <= t.depth
+        assert t.selected == 0 and t.returned_thoughts == t.shown_thoughts  # its one answer read every thought
 
 
 @pytest.mark.parametrize("mode", ["always", "router"])

@@ -158,9 +158,10 @@ class Trace:
 
     @property
     def returned_thoughts(self) -> list[str]:
-        """The thoughts in the returned answer's context (answer i has the first i shown thoughts)."""
+        """The thoughts in the returned answer's context: in the loop answer i has the first i shown thoughts; in mode
+        depth the one answer has them all."""
         shown = self.shown_thoughts
-        return shown if self.selected is None else shown[: self.selected]
+        return shown if self.selected is None or self.mode == "depth" else shown[: self.selected]
 
     @property
     def tokens(self) -> dict[str, int]:
