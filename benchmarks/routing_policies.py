@@ -6,7 +6,8 @@ Each answer is scored by the run's primary task (`Task.is_correct`); costs are t
 as estimated FLOPs (`pseudocot.cost`). Policies:
 
 - `never`, `always`, and `oracle` (stop at the first right answer: the upper bound of any stopping rule);
-- `router`: the run's own evaluated router system (its numbers, for the same questions);
+- `router`: the run's own evaluated router system (its numbers, for the same questions), and random and heuristic
+  routing at its number of thoughts per question (`router.policy`: exact expectations);
 - thought-first rules (issue 22: read the thought before paying for the re-answer): after answer i the TTM writes
   thought i+1; the base re-answers only if the rule accepts it, else the loop stops with answer i (the rejected
   thought's TTM cost counted). `agree` stops when answer i is the last value the new thought wrote; `agree+cover`
@@ -34,6 +35,7 @@ from pseudocot.config import load_config
 from pseudocot.cost import flops
 from pseudocot.layout import RunLayout
 from pseudocot.pipeline import Trace, read_traces, thought_features
+from pseudocot.router import labels, policy
 from pseudocot.stages.synth import task_of
 from pseudocot.train.rows import read_split
 
@@ -105,6 +107,16 @@ def policies(run: Path) -> dict[str, Any]:
                          "call_rate": round(r["thought_calls_per_question"] / always_thoughts, 3),
                          "reanswer_rate": round(r["thought_calls_per_question"] / always_thoughts, 3),
                          "flops_rate": round(r["flops_per_question"] / always_flops, 3) if r.get("flops_per_question") else None}
+        # random and heuristic routing at the router's thought calls (exact expectations, `router.policy`)
+        m = max(len(t.thoughts) for t in traces)
+        correct, available = labels.outcomes(traces, [examples[t.id] for t in traces], task, m)
+        cost = labels.cost_matrix(traces, available, m, parameters)
+        for name, o in (("random, router's calls", policy.random_at_rate(correct, available, r["thought_calls_per_question"], cost)),
+                        ("heuristic, router's calls", policy.heuristic_at_rate(correct, available, [t.question for t in traces],
+                                                                               r["thought_calls_per_question"], cost))):
+            out[name] = {"accuracy": round(o.accuracy, 4), "thought_calls": round(o.calls_per_question, 3),
+                         "call_rate": round(o.call_rate, 3), "reanswer_rate": round(o.call_rate, 3),
+                         "flops_rate": round(o.flops_rate, 3) if o.flops_rate is not None else None}
     for name, rule in RULES.items():
         out[f"thought-first {name}"] = outcome([thought_first(t, rule) for t in traces])
     return {"run": str(run), "questions": n, "policies": out}
