@@ -350,12 +350,10 @@ class Pipeline:
         """How the TTM writes a thought; a second or later try (`attempt` > 0, best-of-k) is sampled at
         `resample_temperature` (or the batch's own, if higher), seeded by the batch's seed and the try."""
         s = b.sampling
-        if attempt:
-            return GenerationParams(max_new_tokens=b.cfg.thought_max_new_tokens, stop=list(b.cfg.thought_stop),
-                                    temperature=max(s.temperature, b.cfg.resample_temperature), top_p=s.top_p,
-                                    seed=(s.seed or 0) * 1009 + attempt)
+        temperature, seed = (max(s.temperature, b.cfg.resample_temperature), (s.seed or 0) * 1009 + attempt) if attempt \
+            else (s.temperature, s.seed)
         return GenerationParams(max_new_tokens=b.cfg.thought_max_new_tokens, stop=list(b.cfg.thought_stop),
-                                temperature=s.temperature, top_p=s.top_p, seed=s.seed)
+                                temperature=temperature, top_p=s.top_p, seed=seed)
 
     # -- the loop --------------------------------------------------------------------------
 

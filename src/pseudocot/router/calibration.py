@@ -47,7 +47,9 @@ def ece(probs: torch.Tensor, labels: torch.Tensor, bins: int = BINS) -> float:
     return err / len(labels)
 
 
-def _nll(logits: torch.Tensor, labels: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """Mean log-loss of `labels` under the logits / `temperature`: binary cross-entropy for one output, cross-entropy
+    for several (what the router's heads train on and the temperature is fitted to)."""
     z = logits / temperature
     if z.shape[-1] == 1:
         return torch.nn.functional.binary_cross_entropy_with_logits(z.squeeze(-1), labels.float())
@@ -64,7 +66,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
     def loss(log_t: float) -> float:
         with torch.no_grad():
-            return float(_nll(logits.double(), labels, torch.tensor(np.exp(log_t), dtype=torch.float64)))
+            return float(nll(logits.double(), labels, torch.tensor(np.exp(log_t), dtype=torch.float64)))
 
     a, b = hi - g * (hi - lo), lo + g * (hi - lo)
     fa, fb = loss(a), loss(b)

@@ -56,16 +56,20 @@ def selected_correct(correct: np.ndarray, answer_scores: np.ndarray, available: 
     return out
 
 
+def _spread(values: np.ndarray, counts: Sequence[int], width: int) -> np.ndarray:
+    """(N, width): question q's `counts[q]` consecutive `values` first in its row, -inf after them."""
+    out = np.full((len(counts), width), -np.inf)
+    k = 0
+    for q, n in enumerate(counts):
+        out[q, :n] = values[k:k + n]
+        k += n
+    return out
+
+
 def answer_matrix(probs: np.ndarray, traces: Sequence[Any], max_thoughts: int) -> np.ndarray:
     """(N, M+1) the correctness head's score of every answer (one row per answer, in trace order; -inf past a trace's
     last answer)."""
-    out = np.full((len(traces), max_thoughts + 1), -np.inf)
-    k = 0
-    for q, t in enumerate(traces):
-        n = len(t.answers)
-        out[q, :n] = probs[k:k + n]
-        k += n
-    return out
+    return _spread(probs, [len(t.answers) for t in traces], max_thoughts + 1)
 
 
 def next_step_classes(correct: np.ndarray, available: np.ndarray) -> np.ndarray:
@@ -97,12 +101,7 @@ def rows_of(traces: Sequence[Any], available: np.ndarray) -> list[int]:
 
 def score_matrix(probs: np.ndarray, traces: Sequence[Any], available: np.ndarray, max_thoughts: int) -> np.ndarray:
     """(N, M) router scores after each answer that could be followed by a thought (-inf elsewhere)."""
-    scores = np.full((len(traces), max_thoughts), -np.inf)
-    k = 0
-    for q, m in enumerate(available):
-        scores[q, :m] = probs[k:k + m]
-        k += m
-    return scores
+    return _spread(probs, [int(m) for m in available], max_thoughts)
 
 
 def cost_matrix(traces: Sequence[Any], available: np.ndarray, max_thoughts: int, parameters: dict[str, int] | None,

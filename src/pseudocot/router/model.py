@@ -21,6 +21,7 @@ from torch import nn
 from pseudocot.errors import ConfigError, ModelError
 from pseudocot.files import atomic_path, atomic_write_text
 from pseudocot.layout import ANSWER_WEIGHTS, DEPTH_WEIGHTS, ROUTER_INFO, ROUTER_WEIGHTS
+from pseudocot.router.calibration import nll, probabilities
 from pseudocot.router.features import question_vector, step_vector
 
 
@@ -53,20 +54,18 @@ def _fit(x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor, y_val: torch.Ten
     model = MLP(x.shape[1], cfg.hidden_size, out, cfg.dropout)
     model.mean.copy_(x.mean(0))
     model.std.copy_(x.std(0).clamp_min(1e-6) if len(x) > 1 else torch.ones(x.shape[1]))
-    loss_fn = (lambda z, t: nn.functional.binary_cross_entropy_with_logits(z.squeeze(-1), t.float())) if out == 1 \
-        else (lambda z, t: nn.functional.cross_entropy(z, t.long()))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     best, best_loss, best_epoch, epoch = copy.deepcopy(model.state_dict()), float("inf"), 0, 0
     for epoch in range(1, cfg.max_epochs + 1):
         model.train()
         for idx in torch.randperm(len(x), generator=gen).split(cfg.batch_size):
-            loss = loss_fn(model(x[idx]), y[idx])
+            loss = nll(model(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         model.eval()
         with torch.no_grad():
-            val = float(loss_fn(model(x_val), y_val)) if len(x_val) else float(loss)
+            val = float(nll(model(x_val), y_val)) if len(x_val) else float(loss)
         if val < best_loss - 1e-6:
             best, best_loss, best_epoch = copy.deepcopy(model.state_dict()), val, epoch
         elif epoch - best_epoch >= cfg.patience:
@@ -114,8 +113,7 @@ class StepRouter:
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """(B,) for one output (sigmoid), (B, K) for several (softmax), of the calibrated logits of inputs `x`."""
         with torch.no_grad():
-            z = self.model(x) / self.temperature
-            return torch.sigmoid(z.squeeze(-1)) if z.shape[-1] == 1 else torch.softmax(z, -1)
+            return probabilities(self.model(x), self.temperature)
 
     def score_vectors(self, x: torch.Tensor) -> torch.Tensor:
         p = self.probabilities(x)
