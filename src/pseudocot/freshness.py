@@ -156,7 +156,10 @@ def _data_inputs(layout: RunLayout, train_file: str | None, val_file: str | None
 
 def _source_files(cfg: Config) -> list[Any]:
     out: list[Any] = []
+    layout = RunLayout.of(cfg)
     for s in cfg.data.sources:
+        if s.format == "questions":  # the questions stage's splits
+            out += [file_fingerprint(layout.questions_file(f"{split}.jsonl")) for split in ("train", "val", "test")]
         for split in ("train", "val", "test"):
             path = getattr(s, split)
             if path:
@@ -232,6 +235,45 @@ def synth_generation_key(cfg: Config) -> str:
                    "chunk": s.chunk_questions if t and t.path else None})
 
 
+def questions_generation_key(cfg: Config, retry: bool = False) -> str:
+    """The key of the teacher's replies to document chunks (first tries, or second tries at malformed replies): who
+    writes, the prompts and the sampling. Rows are matched to chunks by their span and text, so the documents and
+    the chunking are not in it."""
+    s, d, t = cfg.synth, cfg.synth.documents, cfg.synth.teacher
+    teacher = None
+    if t is not None:
+        runtime = ("concurrency", "max_retries", "timeout_seconds", "api_key_env") + (() if t.path else ("batch_size",))
+        teacher = {k: v for k, v in to_dict(t).items() if k not in runtime}
+    sampling = [d.retry_temperature if retry else s.temperature, s.top_p, s.max_new_tokens, s.stop, s.seed + (1 if retry else 0)]
+    return digest({"stage": "questions-replies", "retry": retry, "teacher": teacher,
+                   "weights": model_fingerprint(t.path) if t and t.path else None,
+                   "prompt": [d.prompt, d.items_per_chunk, s.system_prompt], "sampling": sampling,
+                   "chunk": s.chunk_questions if t and t.path else None})
+
+
+def documents_fingerprint(cfg: Config) -> list[str | None]:
+    """The content of every document file or folder `synth.documents.paths` names."""
+    return [file_fingerprint(p) for p in cfg.synth.documents.paths]
+
+
+def questions_shard_key(cfg: Config) -> str:
+    """The key of one shard of the questions stage: its replies (first tries and retries) and the chunks."""
+    d = cfg.synth.documents
+    return digest({"stage": "questions-shard", "replies": [questions_generation_key(cfg), questions_generation_key(cfg, True)],
+                   "documents": documents_fingerprint(cfg), "chunks": [d.text_field, d.chunk_tokens, d.chunk_overlap, d.tokenizer,
+                                                                      model_fingerprint(d.tokenizer) if d.tokenizer else None, d.max_chunks]})
+
+
+def questions_key(cfg: Config) -> str:
+    """The key of the questions stage: the section, the replies' keys, the documents, the filter's shared settings
+    (format limits) and a local judge's weights."""
+    s = cfg.synth
+    judge = s.judge if "judge" in s.documents.checks else None
+    return digest({"stage": "questions", "own": s.documents, "shard": questions_shard_key(cfg),
+                   "format": [s.min_steps, s.max_steps, s.max_step_chars],
+                   "judge": [to_dict(judge), model_fingerprint(judge.path) if judge.path else None] if judge else None})
+
+
 def synth_questions_fingerprint(cfg: Config) -> str | None:
     """The content of the questions the synth stage solves (a `datasets` folder without its `:split`)."""
     path = str(RunLayout.of(cfg).synth_questions)
@@ -305,7 +347,7 @@ def synth_key(cfg: Config) -> str:
     """The key of the synth stage: its section (not how it is sharded, nor who writes: the candidates' key says
     that), its candidates' key, the task that scores them, the questions and a local judge's weights."""
     task = cfg.synth_task()
-    own = {k: v for k, v in to_dict(cfg.synth).items() if k not in ("shard", "teacher")}
+    own = {k: v for k, v in to_dict(cfg.synth).items() if k not in ("shard", "teacher", "documents")}
     judge = cfg.synth.judge
     return digest({"stage": "synth", "own": own, "candidates": synth_generation_key(cfg),
                    "task": {"name": task.name, "options": task.options}, "questions": synth_questions_fingerprint(cfg),

@@ -4,6 +4,7 @@
       config.yaml  run.log  run_state.json  logs/<stage>.log
       data/        train.jsonl val.jsonl test.jsonl stats.json [rejects.jsonl]
       tokenizer/   the trained tokenizer (tiny models trained from scratch)
+      questions/   chunks.jsonl replies.jsonl retry/ kept.jsonl rejects.jsonl train/val/test.jsonl stats.json
       synth/       candidates.jsonl kept.jsonl rejects.jsonl stats.json
       teacher/     the reasoning teacher            } a trained-model folder: the model or adapter,
       distill/     <stage>/ per stage, summary.json } its tokenizer, metrics.json, checkpoints/,
@@ -150,6 +151,21 @@ class RunLayout:
     @property
     def tokenizer_dir(self) -> Path:
         return self.root / "tokenizer"
+
+    @property
+    def questions_dir(self) -> Path:
+        return self.root / "questions"
+
+    def questions_work(self, shard: tuple[int, int] | None = None) -> Path:
+        """Where the teacher's replies to document chunks are appended: questions/, or questions/shards/<i>-of-<n>/."""
+        return self.questions_dir if shard is None else self.questions_dir / "shards" / f"{shard[0]}-of-{shard[1]}"
+
+    def questions_file(self, name: str, shard: tuple[int, int] | None = None) -> Path:
+        """Of the questions stage (`pseudocot synth questions`), or one shard's: `chunks.jsonl` (every chunk and its
+        span), `replies.jsonl` + `key.txt` (the teacher's first replies), `retry/replies.jsonl` (its second try at a
+        malformed one), `kept.jsonl` (Example JSONL), `rejects.jsonl`, `train.jsonl`/`val.jsonl`/`test.jsonl` (the
+        kept questions split by document), `judge.jsonl`, `stats.json`."""
+        return self.questions_work(shard) / name
 
     @property
     def synth_dir(self) -> Path:

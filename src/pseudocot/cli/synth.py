@@ -3,6 +3,9 @@
     pseudocot synth --config C [--shard i/n] [k=v ...]     # the stage: candidates, kept, rejects, stats
     pseudocot synth merge --config C                        # join the shards, then filter
     pseudocot synth filter --task gsm8k --data gold.jsonl --candidates c.jsonl --out kept.jsonl [--checks ...]
+    pseudocot synth questions --config C [--shard i/n] [k=v ...]   # questions from your documents (synth.documents)
+    pseudocot synth questions merge --config C
+    pseudocot synth qfilter --docs DOCS/ --candidates items.jsonl --out kept.jsonl [--checks ...]
 """
 
 from __future__ import annotations
@@ -13,6 +16,23 @@ from pathlib import Path
 import click
 
 from pseudocot.cli.groups import StageGroup, config_option, parse_fields
+
+
+def _judge_spec(base_url: str | None, model: str | None, api_key_env: str):  # -> TeacherEndpointConfig | None
+    """The judge endpoint the --judge-* options name, or None."""
+    from pseudocot.config import TeacherEndpointConfig
+    from pseudocot.config.checks import FieldError
+    from pseudocot.errors import ConfigError
+
+    if bool(base_url) != bool(model):
+        raise ConfigError("--judge-base-url and --judge-model go together; give both (the endpoint and the model it serves).")
+    if not base_url:
+        return None
+    try:
+        return TeacherEndpointConfig(base_url=base_url, model=model, api_key_env=api_key_env)
+    except FieldError as e:
+        flag = {"path": "base-url"}.get(e.key, e.key.replace("_", "-"))
+        raise ConfigError(f"--judge-{flag}: {e.message}.") from None
 
 
 def _echo(stats: dict) -> None:
@@ -89,7 +109,7 @@ def filter_command(task_name: str, data: Path | None, candidates: Path, out: Pat
 
     Prints one JSON summary as the last line: {"candidates", "kept", "keep_rate", "rejected": {reason: count}}.
     """
-    from pseudocot.config import SynthConfig, TeacherEndpointConfig
+    from pseudocot.config import SynthConfig
     from pseudocot.config.checks import FieldError
     from pseudocot.errors import ConfigError
     from pseudocot.stages import synth as synth_stage
@@ -97,15 +117,7 @@ def filter_command(task_name: str, data: Path | None, candidates: Path, out: Pat
     from pseudocot.tasks import get_task
 
     names = [c.strip() for c in checks.split(",") if c.strip()]
-    judge_spec = None
-    if bool(judge_base_url) != bool(judge_model):
-        raise ConfigError("--judge-base-url and --judge-model go together; give both (the endpoint and the model it serves).")
-    if judge_base_url or judge_model:
-        try:
-            judge_spec = TeacherEndpointConfig(base_url=judge_base_url, model=judge_model, api_key_env=judge_api_key_env)
-        except FieldError as e:
-            flag = {"path": "base-url"}.get(e.key, e.key.replace("_", "-"))
-            raise ConfigError(f"--judge-{flag}: {e.message}.") from None
+    judge_spec = _judge_spec(judge_base_url, judge_model, judge_api_key_env)
     try:
         settings = SynthConfig(checks=names, min_agreement=min_agreement, min_steps=min_steps, max_steps=max_steps,
                                max_step_chars=max_step_chars, judge=judge_spec)
@@ -126,4 +138,100 @@ def filter_command(task_name: str, data: Path | None, candidates: Path, out: Pat
         if judge is not None:
             judge.teacher.close()
     click.echo(f"synth filter: kept {summary['kept']} of {summary['candidates']} -> {out}", err=True)
+    click.echo(json.dumps(summary))
+
+
+@synth_group.group("questions", cls=StageGroup, invoke_without_command=True)
+@config_option
+@click.option("--shard", default=None, metavar="I/N",
+              help="Ask about only the i-th of n contiguous parts of the chunks (0 <= i < n); sets synth.shard.")
+@click.pass_context
+def questions_group(ctx: click.Context, config_name: str, shard: str | None) -> None:
+    """Questions from your own documents: a teacher writes question, answer and reasoning per chunk; the checks keep
+    the grounded, self-contained, non-repeated ones.
+
+    \b
+    pseudocot synth questions --config C synth.documents.paths=[docs/] synth.teacher.base_url=URL synth.teacher.model=NAME
+    pseudocot synth questions --config C --shard 0/4        # one of four processes; then `synth questions merge`
+
+    Reads .txt, .md, .pdf, .html and .jsonl (synth.documents.text_field) under synth.documents.paths; chunks keep their
+    document and character span. Replies are appended as they come, so a killed run started again asks only for what
+    is missing; a malformed reply is asked once more, then rejected with its reason. Writes <run>/questions/: kept.jsonl
+    (Example JSONL, source = NAME#START-END), rejects.jsonl, train/val/test.jsonl split by document, stats.json.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from pseudocot.config import load_config
+    from pseudocot.stages import questions as questions_stage
+
+    flags = [f"synth.shard={shard}"] if shard else []
+    cfg = load_config(config_name, (*ctx.meta.get("overrides", []), *flags))
+    stats = questions_stage.main(cfg)
+    if not shard:
+        click.echo(json.dumps({k: stats.get(k) for k in ("documents", "chunks", "items", "kept", "rejected_by_check")}))
+
+
+@questions_group.command("merge")
+@config_option
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+def questions_merge(config_name: str, overrides: tuple[str, ...]) -> None:
+    """Join the replies every shard wrote (all must be complete), then filter them (no teacher is run)."""
+    from pseudocot.config import load_config
+    from pseudocot.stages import questions as questions_stage
+
+    stats = questions_stage.merge(load_config(config_name, overrides))
+    click.echo(json.dumps({k: stats.get(k) for k in ("documents", "chunks", "items", "kept", "rejected_by_check")}))
+
+
+@synth_group.command("qfilter")
+@click.option("--docs", "docs", multiple=True, required=True, type=click.Path(exists=True, path_type=Path), metavar="DIR_OR_FILE",
+              help="The documents (repeatable): a row's source PATH#START-END is PATH relative to the folder (or a file's name).")
+@click.option("--candidates", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="JSONL rows {question, answer, reasoning, source} (reasoning: text, one step per line, or a list of steps).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Kept items as Example JSONL; the rejects go to OUT.rejects.jsonl with their failed checks.")
+@click.option("--checks", default="grounded,self_contained,duplicate,format,arithmetic,follows", show_default=True,
+              help="Comma-separated: grounded, self_contained, duplicate, format, arithmetic, follows, judge, or package.module:function.")
+@click.option("--duplicate-threshold", type=click.FloatRange(0, 1, min_open=True), default=0.6, show_default=True,
+              help="duplicate: similarity (Jaccard of character 4-grams) from which a later question is a near-duplicate.")
+@click.option("--min-word-overlap", type=click.FloatRange(0, 1), default=0.6, show_default=True,
+              help="grounded: share of a non-numeric answer's content words that must be in its chunk.")
+@click.option("--min-topic-overlap", type=click.FloatRange(0, 1), default=0.15, show_default=True,
+              help="grounded: share of the question's and reasoning's content words that must be in its chunk.")
+@click.option("--text-field", default="text", show_default=True, help=".jsonl documents: the field holding each row's text.")
+@click.option("--judge-base-url", default=None, help="judge: an OpenAI-compatible endpoint (e.g. http://localhost:8000/v1).")
+@click.option("--judge-model", default=None, help="judge: the model name the endpoint serves.")
+@click.option("--judge-api-key-env", default="OPENAI_API_KEY", show_default=True, help="judge: the variable holding the API key.")
+def qfilter_command(docs: tuple[Path, ...], candidates: Path, out: Path, checks: str, duplicate_threshold: float, min_word_overlap: float,
+                    min_topic_overlap: float, text_field: str, judge_base_url: str | None, judge_model: str | None, judge_api_key_env: str) -> None:
+    """Check questions written from documents, without a teacher: grounded in their source span, self-contained,
+    not near-duplicates, and the reasoning checks. No model is needed unless `judge` is among the checks.
+
+    Prints one JSON summary as the last line: {"candidates", "kept", "keep_rate", "rejected", "rejected_by_check"}.
+    """
+    from pseudocot.config import DocumentsConfig, SynthConfig
+    from pseudocot.config.checks import FieldError
+    from pseudocot.errors import ConfigError
+    from pseudocot.stages import questions as questions_stage
+    from pseudocot.synth.teacher import Judge, Teacher
+
+    names = [c.strip() for c in checks.split(",") if c.strip()]
+    judge_spec = _judge_spec(judge_base_url, judge_model, judge_api_key_env)
+    try:
+        documents = DocumentsConfig(checks=names, duplicate_threshold=duplicate_threshold, min_word_overlap=min_word_overlap,
+                                    min_topic_overlap=min_topic_overlap, text_field=text_field)
+        synth = SynthConfig(judge=judge_spec, documents=documents)
+    except FieldError as e:
+        hint = " (give --judge-base-url and --judge-model)" if e.key == "judge" else ""
+        raise ConfigError(f"--{e.key.replace('_', '-')}: {e.message}{hint}.") from None
+    judge = None
+    if "judge" in names and judge_spec is not None:
+        judge = Judge(Teacher(judge_spec), synth.judge_prompt, out.with_name(out.name.removesuffix(".jsonl") + ".judge.jsonl"))
+    try:
+        summary = questions_stage.qfilter([str(d) for d in docs], candidates, out, names, questions_stage.filter_settings(synth, documents, judge),
+                                          warn=lambda line: click.echo(line, err=True))
+    finally:
+        if judge is not None:
+            judge.teacher.close()
+    click.echo(f"synth qfilter: kept {summary['kept']} of {summary['candidates']} -> {out}", err=True)
     click.echo(json.dumps(summary))

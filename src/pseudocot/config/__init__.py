@@ -26,6 +26,7 @@ from pseudocot.config.schema import (
     DataConfig,
     DistillConfig,
     DistillStageConfig,
+    DocumentsConfig,
     EvalConfig,
     EvalTaskConfig,
     FinetuneConfig,
@@ -50,7 +51,7 @@ from pseudocot.errors import ConfigError
 
 __all__ = [
     "DEFAULT_PRESET", "PRESET_DIR", "ArithConfig", "Config", "ConfigError", "DataConfig", "DistillConfig",
-    "DistillStageConfig", "EvalConfig", "EvalTaskConfig", "FieldError", "FinetuneConfig", "GrpoConfig", "LoraConfig", "ModelSpec",
+    "DistillStageConfig", "DocumentsConfig", "EvalConfig", "EvalTaskConfig", "FieldError", "FinetuneConfig", "GrpoConfig", "LoraConfig", "ModelSpec",
     "PipelineConfig", "RouterConfig", "RunConfig", "ServeConfig", "SourceConfig", "SynthConfig", "SystemConfig",
     "TeacherEndpointConfig", "TeacherWritesConfig", "TokenizerConfig", "TrainConfig",
     "field_docs", "from_dict", "load_config", "parse_override", "parse_shard", "presets",

@@ -94,9 +94,10 @@ class ArithConfig(Section):
 class SourceConfig(Section):
     name: Annotated[str, PlainName()] = "arith"
     """Name of this source; it is written into each example's `source` field."""
-    format: Literal["arith", "gsm8k", "mmlu", "jsonl", "csv", "hf_disk"] = "arith"
+    format: Literal["arith", "gsm8k", "mmlu", "jsonl", "csv", "hf_disk", "questions"] = "arith"
     """How to read it: the built-in task (`arith`, settings under `data.arith`), GSM8K JSONL, MMLU CSV, generic
-    JSONL or CSV, or a `datasets` folder saved with `save_to_disk`."""
+    JSONL or CSV, a `datasets` folder saved with `save_to_disk`, or `questions`: the questions stage's kept questions
+    from `synth.documents`, split by document (no files to name)."""
     train: str | None = None
     """Training file (for `hf_disk`: `FOLDER` or `FOLDER:SPLIT`); null for a source used only for evaluation."""
     val: str | None = None
@@ -670,8 +671,34 @@ JUDGE_PROMPT = ("You check worked solutions. Read the problem and the solution b
                 "Problem: {question}\n\nSolution:\n{solution}")
 """`synth.judge_prompt`'s default: a logical-correctness rubric with a 0/1 verdict."""
 
-SYNTH_CHECKS = ("format", "answer", "arithmetic", "follows", "consistency", "judge")
-"""The faithfulness checks of `pseudocot.synth.filter`, in the order they run (`judge` last: it costs calls)."""
+SYNTH_CHECKS = ("format", "answer", "arithmetic", "follows", "consistency", "grounded", "self_contained", "duplicate", "judge")
+"""The checks of `pseudocot.synth.filter`, in the order they run: per question, then over the whole set
+(`grounded`, `self_contained`), then over what is left (`duplicate`; `judge` last: it costs calls)."""
+
+QUESTIONS_PROMPT = (
+    "Read the text below and write up to {k} questions a reader could answer from it, each with its answer and the "
+    "reasoning that reaches the answer from the text. Mix the kinds: a fact the text states, a computation of several "
+    "steps from the text's numbers, a concept the text explains. Each question must stand on its own: name what it asks "
+    "about and never refer to \"the text\", \"the passage\" or \"the document\". Write the reasoning as short steps, "
+    "one per line, with each calculation written out (like `48 / 2 = 24`).\n\n"
+    "Reply with only a JSON list, no other text: "
+    '[{{"question": "...", "answer": "...", "reasoning": ["step 1", "step 2"]}}]\n\n'
+    "Text:\n{text}")
+"""`synth.documents.prompt`'s default: up to {k} self-contained questions of three kinds, as a JSON list."""
+
+GROUNDED_PROMPT = ("Here is a text, a question about it and an answer. Answer 1 if the text states the answer or it "
+                   "follows from what the text says; answer 0 if it does not. Reply with the single digit 0 or 1.\n\n"
+                   "Text:\n{text}\n\nQuestion: {question}\nAnswer: {answer}")
+"""`synth.documents.grounded_prompt`'s default: is the answer supported by the chunk (0/1)."""
+
+SELF_CONTAINED_PROMPT = ("Here is a question written from a document the reader has not seen. Answer 1 if it names "
+                         "everything it asks about, so it can be understood and answered without that document; "
+                         "answer 0 if it refers to a text, passage, section or figure the reader cannot see. Reply "
+                         "with the single digit 0 or 1.\n\nQuestion: {question}")
+"""`synth.documents.self_contained_prompt`'s default: does the question stand on its own (0/1)."""
+
+QUESTION_CHECKS = ["grounded", "self_contained", "duplicate", "format", "arithmetic", "follows"]
+"""`synth.documents.checks`' default."""
 
 
 @dataclass
@@ -707,6 +734,73 @@ class TeacherEndpointConfig(Section):
             raise FieldError("path", "or `base_url` must be given, not both: a local model folder or an endpoint")
         if self.base_url and not self.model:
             raise FieldError("model", "is needed with base_url: the model name the endpoint serves")
+
+
+@dataclass
+class DocumentsConfig(Section):
+    paths: list[str] = field(default_factory=list)
+    """Files or folders of documents (.txt, .md, .pdf, .html, .jsonl) the teacher writes questions from (empty: none;
+    `pseudocot run` runs the questions stage before `data` when this is set)."""
+    text_field: Annotated[str, NonEmpty()] = "text"
+    """.jsonl documents: the field that holds each row's text."""
+    chunk_tokens: Annotated[int, Ge(16)] = 384
+    """Tokens per chunk (a chunk ends early at a sentence or line break in its second half)."""
+    chunk_overlap: Count = 48
+    """Tokens a chunk shares with the one before it."""
+    tokenizer: str | None = None
+    """The tokenizer that counts chunk tokens (a folder); null: the local teacher's, else whitespace-separated words."""
+    max_chunks: Positive | None = None
+    """Use the first this many chunks (null: all)."""
+    items_per_chunk: Positive = 3
+    """Questions asked per chunk ({k} in the prompt); a reply's items beyond it are dropped."""
+    prompt: str = QUESTIONS_PROMPT
+    """The user turn sent to the teacher per chunk ({text}: the chunk, {k}: items_per_chunk); the reply must hold a
+    JSON list of {question, answer, reasoning} objects."""
+    retry_temperature: Annotated[float, Gt(0)] = 0.7
+    """A malformed reply is asked once more, sampled at this temperature (and another seed); then it is rejected."""
+    checks: list[str] = field(default_factory=lambda: list(QUESTION_CHECKS))
+    """Checks an item must pass: grounded, self_contained, duplicate, format, arithmetic, follows, judge (with synth.judge:
+    it also decides grounding and self-containment where the rules cannot), or package.module:function."""
+    duplicate_threshold: Annotated[float, Gt(0), Le(1)] = 0.6
+    """duplicate: Jaccard similarity of two questions' character 4-grams (after lower-casing and dropping punctuation,
+    numbers kept and required equal) at which the later one is a near-duplicate."""
+    min_word_overlap: Fraction = 0.6
+    """grounded, an answer without numbers: share of its content words that must appear in the chunk."""
+    min_topic_overlap: Fraction = 0.15
+    """grounded: share of the question's and reasoning's distinct content words that must appear in the chunk."""
+    grounded_prompt: str = GROUNDED_PROMPT
+    """judge: is the answer supported by the chunk ({text}, {question}, {answer})."""
+    self_contained_prompt: str = SELF_CONTAINED_PROMPT
+    """judge: does the question stand without the chunk ({question})."""
+    val_documents: Fraction = 0.1
+    """Share of the documents whose questions form the validation split (split by document, never by question)."""
+    test_documents: Fraction = 0.2
+    """Share of the documents whose questions form the test split."""
+    seed: int = 0
+    """Seed of the document split."""
+
+    def validate(self) -> None:
+        for name, allowed in (("prompt", ("text", "k")), ("grounded_prompt", ("text", "question", "answer")),
+                              ("self_contained_prompt", ("question",))):
+            try:
+                getattr(self, name).format(**{k: "" for k in allowed})
+            except (KeyError, IndexError, ValueError) as e:
+                raise FieldError(name, f"cannot be filled ({type(e).__name__}: {e}); use only "
+                                       f"{', '.join('{' + k + '}' for k in allowed)} and write literal braces as {{{{ }}}}") from None
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise FieldError("chunk_overlap", f"must be smaller than chunk_tokens = {self.chunk_tokens}")
+        _check_names(self.checks)
+        if self.val_documents + self.test_documents >= 1:
+            raise FieldError("test_documents", "and val_documents must leave some documents for training (their sum below 1)")
+
+
+def _check_names(checks: list[str]) -> None:
+    unknown = next((c for c in checks if c not in SYNTH_CHECKS and ":" not in c), None)
+    if unknown:
+        raise FieldError("checks", f"has unknown check '{unknown}'; use {', '.join(SYNTH_CHECKS)} or package.module:function")
+    twice = next((c for i, c in enumerate(checks) if c in checks[:i]), None)
+    if twice:
+        raise FieldError("checks", f"names '{twice}' twice")
 
 
 @dataclass
@@ -768,6 +862,9 @@ class SynthConfig(Section):
     """judge: the rubric ({question}, {solution}); the reply's first 0 or 1 is the verdict."""
     shard: str | None = None
     """This process's share of the questions, `i/n` (whole chunks); `pseudocot synth merge` filters once all are done."""
+    documents: DocumentsConfig = field(default_factory=DocumentsConfig)
+    """Questions from your own documents (`pseudocot synth questions`): the teacher above writes question, answer and
+    reasoning per chunk, with this section's prompt, and its sampling (temperature, top_p, max_new_tokens, seed)."""
 
     def validate(self) -> None:
         for name, allowed in (("prompt", ("question",)), ("judge_prompt", ("question", "solution"))):
@@ -776,13 +873,8 @@ class SynthConfig(Section):
             except (KeyError, IndexError, ValueError) as e:
                 raise FieldError(name, f"cannot be filled ({type(e).__name__}: {e}); use only "
                                        f"{', '.join('{' + k + '}' for k in allowed)} and write literal braces as {{{{ }}}}") from None
-        unknown = next((c for c in self.checks if c not in SYNTH_CHECKS and ":" not in c), None)
-        if unknown:
-            raise FieldError("checks", f"has unknown check '{unknown}'; use {', '.join(SYNTH_CHECKS)} or package.module:function")
-        twice = next((c for i, c in enumerate(self.checks) if c in self.checks[:i]), None)
-        if twice:
-            raise FieldError("checks", f"names '{twice}' twice")
-        if "judge" in self.checks and self.judge is None:
+        _check_names(self.checks)
+        if ("judge" in self.checks or "judge" in self.documents.checks) and self.judge is None:
             raise FieldError("judge", "is needed when checks has judge: an endpoint (base_url, model) or a local path")
         if self.min_steps > self.max_steps:
             raise FieldError("min_steps", f"must be at most max_steps = {self.max_steps}")

@@ -5,13 +5,14 @@ training, and per-split statistics. The `data` stage (`pseudocot.stages.data`) w
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any
 
 from pseudocot.config.schema import Config, SourceConfig
 from pseudocot.data import arith
 from pseudocot.data.example import Example
-from pseudocot.data.jsonl import Reject
+from pseudocot.data.jsonl import Reject, read_examples
 from pseudocot.data.loaders import load_file
 from pseudocot.data.mix import mix
 from pseudocot.errors import DataError
@@ -23,6 +24,16 @@ def load_source(src: SourceConfig, cfg: Config, rejects: list[Reject]) -> dict[s
     """One source's splits; a missing `val` is carved out of `train` (`data.val_fraction`)."""
     if src.format == "arith":
         return arith.generate_splits(cfg.data.arith)
+    if src.format == "questions":
+        from pseudocot.layout import RunLayout
+
+        layout = RunLayout.of(cfg)
+        files = {split: layout.questions_file(f"{split}.jsonl") for split in SPLITS}
+        if not all(f.is_file() for f in files.values()):
+            raise DataError(f"data source '{src.name}' (questions): {layout.questions_dir} has no split questions yet; "
+                            "run `pseudocot synth questions` first (synth.documents.paths names the documents).")
+        return {split: [dataclasses.replace(e, source=e.source or src.name) for e in read_examples(f).examples]
+                for split, f in files.items()}
     parts: dict[str, list[Example]] = {}
     for split in SPLITS:
         path = getattr(src, split)

@@ -31,7 +31,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,8 +189,12 @@ def _row(q: Example, sample: int, seed: int, c: Completion) -> dict[str, Any]:
 
 def generate(questions: Sequence[Example], teacher: Teacher, file: CandidateFile, *, prompt: str, samples: int,
              params: GenerationParams, chunk_questions: int, shard: tuple[int, int] | None,
-             progress: bool = True, desc: str = "synth") -> GenerationStats:
-    """Write every missing solution of this shard's questions into `file`."""
+             progress: bool = True, desc: str = "synth", render: Callable[[Example], str] | None = None) -> GenerationStats:
+    """Write every missing solution of this shard's questions into `file`. The user turn is `prompt` filled with
+    the question (`render(question)` where given: a document chunk's prompt has other fields)."""
+    if render is None:
+        def render(q: Example) -> str:
+            return prompt.format(question=question_text(q))
     stats = GenerationStats()
     moved = file.open()
     if moved:
@@ -204,9 +208,9 @@ def generate(questions: Sequence[Example], teacher: Teacher, file: CandidateFile
     t0 = time.perf_counter()
     try:
         if teacher.local:
-            _generate_local(questions, teacher, file, prompt, samples, params, mine, done, stats, bar)
+            _generate_local(questions, teacher, file, render, samples, params, mine, done, stats, bar)
         else:
-            _generate_endpoint(questions, teacher, file, prompt, params, missing, stats, bar)
+            _generate_endpoint(questions, teacher, file, render, params, missing, stats, bar)
     finally:
         bar.close()
         stats.seconds = time.perf_counter() - t0
@@ -219,7 +223,7 @@ def _count(stats: GenerationStats, rows: Sequence[dict[str, Any]]) -> None:
     stats.completion_tokens += sum(r["completion_tokens"] for r in rows)
 
 
-def _generate_local(questions: Sequence[Example], teacher: Teacher, file: CandidateFile, prompt: str, samples: int,
+def _generate_local(questions: Sequence[Example], teacher: Teacher, file: CandidateFile, render: Callable[[Example], str], samples: int,
                     params: GenerationParams, mine: Sequence[range], done: dict[tuple[str, int], Any],
                     stats: GenerationStats, bar: Any) -> None:
     for ch in mine:
@@ -228,7 +232,7 @@ def _generate_local(questions: Sequence[Example], teacher: Teacher, file: Candid
             continue
         # The whole chunk, even the rows already written: its batches and seed make the same samples again.
         seed = chunk_seed(int(params.seed or 0), ch.start)
-        texts = [teacher.prompt(prompt.format(question=question_text(questions[i]))) for i, _ in pairs]
+        texts = [teacher.prompt(render(questions[i])) for i, _ in pairs]
         outs = teacher.generate(texts, GenerationParams(max_new_tokens=params.max_new_tokens, temperature=params.temperature,
                                                         top_p=params.top_p, stop=list(params.stop), seed=seed))
         rows = [_row(questions[i], s, seed, c) for (i, s), c in zip(pairs, outs) if (questions[i].id, s) not in done]
@@ -237,7 +241,7 @@ def _generate_local(questions: Sequence[Example], teacher: Teacher, file: Candid
         bar.update(len(rows))
 
 
-def _generate_endpoint(questions: Sequence[Example], teacher: Teacher, file: CandidateFile, prompt: str,
+def _generate_endpoint(questions: Sequence[Example], teacher: Teacher, file: CandidateFile, render: Callable[[Example], str],
                        params: GenerationParams, missing: Sequence[tuple[int, int]], stats: GenerationStats, bar: Any) -> None:
     base_seed = int(params.seed or 0)
     todo = iter(missing)
@@ -249,7 +253,7 @@ def _generate_endpoint(questions: Sequence[Example], teacher: Teacher, file: Can
         p = GenerationParams(max_new_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
                              stop=list(params.stop), seed=seed)
         try:
-            c = teacher.complete(teacher.prompt(prompt.format(question=question_text(questions[i]))), p)
+            c = teacher.complete(teacher.prompt(render(questions[i])), p)
         except EndpointError as e:
             raise EndpointError(f"question {questions[i].id} sample {s}: {str(e).rstrip('.')}") from None
         return _row(questions[i], s, seed, c)

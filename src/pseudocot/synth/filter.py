@@ -18,9 +18,20 @@ dotted-path escape hatch (`package.module:function`) for your own:
   (self-consistency; works without gold answers); samples that disagree with it are dropped.
 - `judge`: an LLM grades the solution with a logical-correctness rubric (0/1), cached.
 
-A check takes the candidates of one question (`judge`: every candidate that passed the other checks,
-so it costs as few calls as possible and they run concurrently) and returns one list of reasons per
-candidate.
+Three more read a question written from a document (`pseudocot synth questions`; the candidate's
+`context` is the chunk it was written from; the rules are `synth.grounding`'s):
+- `grounded`: the answer is supported by the chunk: its numbers are in the chunk or follow from the
+  chunk's numbers by the reasoning's true arithmetic; an answer without numbers has most of its content
+  words in the chunk. Where the rule says no and a judge is configured, the judge decides.
+- `self_contained`: the question does not point at a text the reader cannot see (`According to the
+  passage`); with a judge, the judge is also asked whether it can be answered without the chunk.
+- `duplicate`: a near-duplicate (MinHash over the normalised question, numbers kept) of a question
+  kept before it, of another id, is dropped.
+
+A check takes the candidates of one question and returns one list of reasons per candidate; `grounded`
+and `self_contained` take every candidate at once (a judge's calls then run together), `duplicate` and
+`judge` every candidate that passed the other checks (so a rejected question never shadows a good one,
+and the judge costs as few calls as possible).
 
     pseudocot synth filter --task gsm8k --data gold.jsonl --candidates c.jsonl --out kept.jsonl
 """
@@ -33,10 +44,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pseudocot.config.schema import GROUNDED_PROMPT, SELF_CONTAINED_PROMPT
 from pseudocot.data.example import Example
 from pseudocot.dotted import lookup
 from pseudocot.errors import ConfigError
 from pseudocot.synth.arithmetic import close, parse_number, statements
+from pseudocot.synth.grounding import leans_on_text, near_duplicates, support
 from pseudocot.tasks.extract import INVALID
 from pseudocot.tasks.task import Task
 
@@ -79,6 +92,8 @@ class Candidate:
     """`length` when the teacher was cut off at max_new_tokens."""
     row: dict[str, Any] = field(default_factory=dict)
     """The candidate row as read (written back beside the verdict)."""
+    context: str | None = None
+    """The text the question was written from (a document chunk), for `grounded`; None: none known."""
     steps: list[str] = field(default_factory=list)
     final: str | None = None
     answer: str = INVALID
@@ -97,7 +112,15 @@ class FilterSettings:
     max_steps: int = 40
     max_step_chars: int = 600
     judge: Any = None
-    """A `synth.judge.Judge` (for the `judge` check)."""
+    """A `synth.judge.Judge` (for the `judge` check, and the judge's part of `grounded` and `self_contained`)."""
+    duplicate_threshold: float = 0.6
+    """duplicate: the Jaccard similarity of normalised questions from which the later one is a near-duplicate."""
+    min_word_overlap: float = 0.6
+    """grounded: share of a non-numeric answer's content words that must be in the chunk."""
+    min_topic_overlap: float = 0.15
+    """grounded: share of the question's and reasoning's content words that must be in the chunk."""
+    grounded_prompt: str = GROUNDED_PROMPT
+    self_contained_prompt: str = SELF_CONTAINED_PROMPT
 
     def __post_init__(self) -> None:
         if self.extraction is None:
@@ -256,9 +279,65 @@ def judge_check(cands: Sequence[Candidate], s: FilterSettings) -> Reasons:
             else ["judge:rejected: the judge found the reasoning wrong"] for v in verdicts]
 
 
+def _reasoning(c: Candidate) -> str:
+    return "\n".join(c.steps)
+
+
+def grounded_check(cands: Sequence[Candidate], s: FilterSettings) -> Reasons:
+    out: Reasons = []
+    for c in cands:
+        if c.context is None:
+            out.append(["grounded:no-source: the item names no text it was written from"])
+            continue
+        answer = c.answer if c.answer != INVALID else (c.final or "")
+        verdict = support(c.context, c.question, answer, _reasoning(c), s.min_word_overlap, s.min_topic_overlap)
+        out.append([] if verdict.ok else [verdict.reason])
+    if s.judge is not None:  # where the rule says no, the judge decides
+        asked = [i for i, (c, r) in enumerate(zip(cands, out)) if r and c.context is not None]
+        rows = [{"text": str(cands[i].context), "question": cands[i].question, "answer": cands[i].answer} for i in asked]
+        for i, v in zip(asked, s.judge.ask(s.grounded_prompt, rows) if rows else []):
+            out[i] = [] if v == 1 else [f"{out[i][0]}; the judge " + ("agrees" if v == 0 else "gave no verdict")]
+    return out
+
+
+def self_contained_check(cands: Sequence[Candidate], s: FilterSettings) -> Reasons:
+    out: Reasons = []
+    for c in cands:
+        words = leans_on_text(c.question)
+        out.append([f"self_contained:refers: the question leans on a text the reader cannot see ('{words}')"] if words else [])
+    if s.judge is not None:
+        asked = [i for i, r in enumerate(out) if not r]
+        for i, v in zip(asked, s.judge.ask(s.self_contained_prompt, [{"question": cands[i].question} for i in asked]) if asked else []):
+            if v != 1:
+                out[i] = ["self_contained:judge: the judge " + ("cannot answer it without its text" if v == 0 else "gave no verdict")]
+    return out
+
+
+def duplicate_check(cands: Sequence[Candidate], s: FilterSettings) -> Reasons:
+    out: Reasons = []
+    first: dict[str, str] = {}  # a question's id -> the key it was indexed under
+    items = []
+    for i, c in enumerate(cands):
+        first.setdefault(c.id, str(i))
+        items.append((str(i), c.question))
+    for c, hit in zip(cands, near_duplicates(items, s.duplicate_threshold)):
+        other = cands[int(hit[0])] if hit else None
+        if other is None or other.id == c.id:  # the samples of one question share it: not duplicates
+            out.append([])
+        else:
+            out.append([f"duplicate:near: repeats the question of {other.id} (similarity {hit[1]:.2f})"])  # type: ignore[index]
+    return out
+
+
 CHECKS: dict[str, Check] = {"format": format_check, "answer": answer_check, "arithmetic": arithmetic_check,
-                            "follows": follows_check, "consistency": consistency_check, "judge": judge_check}
+                            "follows": follows_check, "consistency": consistency_check, "grounded": grounded_check,
+                            "self_contained": self_contained_check, "duplicate": duplicate_check, "judge": judge_check}
 """The checks by plain name; `judge` always runs last, on what the others kept."""
+
+WHOLE_SET = ("grounded", "self_contained")
+"""Checks that take every candidate at once."""
+SURVIVORS = ("duplicate", "judge")
+"""Checks that take, in this order, every candidate the checks before them kept."""
 
 
 def get_check(name: str) -> Check:
@@ -280,9 +359,10 @@ class FilterResult:
     def summary(self) -> dict[str, Any]:
         """`{"candidates", "kept", "rejected": {code: candidates}}` (a candidate counts under each code it failed)."""
         codes = Counter(reason.split(": ", 1)[0] for _, reasons in self.rejected for reason in reasons)
+        checks = Counter(check for _, reasons in self.rejected for check in {r.split(":", 1)[0] for r in reasons})
         n = len(self.kept) + len(self.rejected)
         return {"candidates": n, "kept": len(self.kept), "keep_rate": round(len(self.kept) / n, 4) if n else None,
-                "rejected": dict(sorted(codes.items()))}
+                "rejected": dict(sorted(codes.items())), "rejected_by_check": dict(sorted(checks.items()))}
 
 
 def _apply(check_name: str, check: Check, cands: Sequence[Candidate], s: FilterSettings) -> Reasons:
@@ -304,15 +384,15 @@ def run_filter(cands: Sequence[Candidate], settings: FilterSettings, checks: Seq
     for c in cands:
         groups.setdefault(c.id, []).append(c)
     for name, fn in fns:
-        if name == "judge":
+        if name in SURVIVORS:
             continue
-        for group in groups.values():
+        for group in [list(cands)] if name in WHOLE_SET else groups.values():
             for c, r in zip(group, _apply(name, fn, group, settings)):
                 reasons[id(c)] += r
-    if "judge" in checks:
+    for name in SURVIVORS:
         survivors = [c for c in cands if not reasons[id(c)]]
-        if survivors:
-            for c, r in zip(survivors, _apply("judge", CHECKS["judge"], survivors, settings)):
+        if name in checks and survivors:
+            for c, r in zip(survivors, _apply(name, CHECKS[name], survivors, settings)):
                 reasons[id(c)] += r
     kept = [c for c in cands if not reasons[id(c)]]
     return FilterResult(kept, [(c, reasons[id(c)]) for c in cands if reasons[id(c)]])

@@ -131,8 +131,8 @@ class Judge:
                 except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
                     raise ConfigError(f"{cache}: not a judge cache (a line without key and verdict); delete it to ask again.") from None
 
-    def _key(self, question: str, solution: str) -> str:
-        blob = json.dumps([self.template, self.identity, question, solution]).encode()
+    def _key(self, template: str, values: Sequence[str]) -> str:
+        blob = json.dumps([template, self.identity, *values]).encode()
         return hashlib.sha256(blob).hexdigest()[:24]
 
     def _record(self, key: str, reply: str) -> int | None:
@@ -145,14 +145,18 @@ class Judge:
         return verdict
 
     def verdicts(self, items: Sequence[tuple[str, str]]) -> list[int | None]:
-        """1 (sound), 0 (not) or None (no verdict in the reply) per (question, solution)."""
-        keys = [self._key(q, s) for q, s in items]
-        todo: dict[str, tuple[str, str]] = {}
-        for k, item in zip(keys, items):
+        """1 (sound), 0 (not) or None (no verdict in the reply) per (question, solution), by the judge's rubric."""
+        return self.ask(self.template, [{"question": q, "solution": s} for q, s in items])
+
+    def ask(self, template: str, rows: Sequence[dict[str, str]]) -> list[int | None]:
+        """1, 0 or None per row of fields that fill `template` (another rubric: is an answer grounded in a text)."""
+        keys = [self._key(template, list(row.values())) for row in rows]
+        todo: dict[str, dict[str, str]] = {}
+        for k, row in zip(keys, rows):
             if k not in self.known:
-                todo.setdefault(k, item)
+                todo.setdefault(k, row)
         got: dict[str, int | None] = {}
-        prompts = {k: self.teacher.prompt(self.template.format(question=q, solution=s)) for k, (q, s) in todo.items()}
+        prompts = {k: self.teacher.prompt(template.format(**row)) for k, row in todo.items()}
         if self.teacher.local:
             for k, c in zip(prompts, self.teacher.generate(list(prompts.values()), self.params)):
                 got[k] = self._record(k, c.text)
