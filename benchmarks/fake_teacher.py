@@ -32,6 +32,9 @@ before answering (a client with a shorter timeout retries, and the late answer c
 the retry is a duplicate). `down=p` is different: the keys whose hash falls under p answer 503 on
 every attempt (`down=1`: a teacher that fails every request).
 
+`answerer(user message, seed, temperature) -> content`, where given, answers instead of the examples (a teacher
+that writes questions from a document chunk, in the questions stage's tests).
+
 `GET /v1/models` lists the one model `fake-r1`; `GET /stats` gives the counters of `stats()`.
 """
 
@@ -47,7 +50,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -191,7 +194,8 @@ class FakeTeacher:
 
     def __init__(self, examples: Sequence[Example], *, faults: str | Mapping[str, float] = "", slow_seconds: float = 2.0,
                  error_rate: float = 0.0, wrong_rate: float = 0.0, thinking: str = "reasoning_content",
-                 api_key: str | None = None, seed: int = 0, retry_after: str = "0", port: int = 0) -> None:
+                 api_key: str | None = None, seed: int = 0, retry_after: str = "0", port: int = 0,
+                 answerer: Callable[[str, int | None, float | None], str] | None = None) -> None:
         if thinking not in THINKING:
             raise ValueError(f"thinking '{thinking}' is not one of {', '.join(THINKING)}.")
         for name, rate in (("error_rate", error_rate), ("wrong_rate", wrong_rate)):
@@ -202,6 +206,7 @@ class FakeTeacher:
         self.faults = parse_faults(faults)
         self.slow_seconds, self.error_rate, self.wrong_rate = slow_seconds, error_rate, wrong_rate
         self.thinking, self.api_key, self.seed, self.retry_after, self.port = thinking, api_key, seed, retry_after, port
+        self.answerer = answerer
         self.by_question = {e.question: e for e in examples}
         # Longest first: the first question found in a message is the longest match.
         self.by_length = sorted(examples, key=lambda e: len(e.question), reverse=True)
@@ -334,7 +339,10 @@ class FakeTeacher:
         if kind in ("500", "502", "503", "down"):
             status = 503 if kind == "down" else int(kind)
             return status, error_body(f"The server had an error ({kind}).", "server_error", kind), {}, None
-        thinking, content = self.answer(text, seed)
+        if self.answerer is not None:  # another kind of teacher (one that writes questions from a text): its content, no thinking
+            thinking, content = "", self.answerer(text, seed, temperature)
+        else:
+            thinking, content = self.answer(text, seed)
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if self.thinking == "reasoning_content":
             message["reasoning_content"] = thinking

@@ -245,13 +245,13 @@ def stages_command(config_name: str, overrides: tuple[str, ...]) -> None:
     layout = RunLayout.of(cfg)
     for s in table.STAGES:
         on = s.enabled(cfg)
-        click.echo(f"{s.name:8} {'on ' if on else 'off'}  {s.what}")
+        click.echo(f"{s.name:9} {'on ' if on else 'off'}  {s.what}")
         if on:
             reads = ", ".join(r for r in s.reads(cfg) if table.get(r).enabled(cfg)) or "-"
             click.echo(f"{'':13}reads: {reads}; key {s.key(cfg)}; alone: {s.command}")
             click.echo(f"{'':13}--force removes: {', '.join(str(p) for p in s.outputs(layout))}")
         elif s.switch:
-            click.echo(f"{'':13}turned on by {s.switch}=true")
+            click.echo(f"{'':13}turned on by {s.switch}" + ("=true" if s.switch.endswith("enabled") else " (set it)"))
 
 
 @cli.command()

@@ -241,7 +241,7 @@ def chunk_text(text: str, spans: Sequence[tuple[int, int]], max_tokens: int, ove
     while i < n:
         j = min(i + max_tokens, n)  # tokens i..j-1
         if j < n:
-            cut = next((k + 1 for k in range(j - 1, i + max_tokens // 2 - 1, -1) if _break_after(text, spans, k)), None)
+            cut = next((k + 1 for k in range(j - 1, i + max_tokens // 2 - 2, -1) if _break_after(text, spans, k)), None)
             j = cut or j
         out.append((spans[i][0], spans[j - 1][1], j - i))
         if j >= n:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from pathlib import Path
 from typing import Any
 
 from pseudocot.config.schema import Config, SourceConfig
@@ -20,17 +21,15 @@ from pseudocot.errors import DataError
 SPLITS = ("train", "val", "test")
 
 
-def load_source(src: SourceConfig, cfg: Config, rejects: list[Reject]) -> dict[str, list[Example]]:
-    """One source's splits; a missing `val` is carved out of `train` (`data.val_fraction`)."""
+def load_source(src: SourceConfig, cfg: Config, rejects: list[Reject], questions: Path | None = None) -> dict[str, list[Example]]:
+    """One source's splits; a missing `val` is carved out of `train` (`data.val_fraction`). `questions`: the folder
+    of the questions stage, whose train/val/test files a source of format `questions` reads."""
     if src.format == "arith":
         return arith.generate_splits(cfg.data.arith)
     if src.format == "questions":
-        from pseudocot.layout import RunLayout
-
-        layout = RunLayout.of(cfg)
-        files = {split: layout.questions_file(f"{split}.jsonl") for split in SPLITS}
+        files = {split: (questions or Path("questions")) / f"{split}.jsonl" for split in SPLITS}
         if not all(f.is_file() for f in files.values()):
-            raise DataError(f"data source '{src.name}' (questions): {layout.questions_dir} has no split questions yet; "
+            raise DataError(f"data source '{src.name}' (questions): {questions} has no questions split by document yet; "
                             "run `pseudocot synth questions` first (synth.documents.paths names the documents).")
         return {split: [dataclasses.replace(e, source=e.source or src.name) for e in read_examples(f).examples]
                 for split, f in files.items()}
@@ -53,11 +52,11 @@ def load_source(src: SourceConfig, cfg: Config, rejects: list[Reject]) -> dict[s
     return parts
 
 
-def build_splits(cfg: Config) -> tuple[dict[str, list[Example]], list[Reject], dict[str, Any]]:
+def build_splits(cfg: Config, questions: Path | None = None) -> tuple[dict[str, list[Example]], list[Reject], dict[str, Any]]:
     rejects: list[Reject] = []
     per_split: dict[str, dict[str, list[Example]]] = {s: {} for s in SPLITS}
     for src in cfg.data.sources:
-        for split, examples in load_source(src, cfg, rejects).items():
+        for split, examples in load_source(src, cfg, rejects, questions).items():
             if examples:
                 per_split[split][src.name] = examples
     weights = {s.name: s.weight for s in cfg.data.sources}

@@ -24,7 +24,7 @@ def main(cfg: Config) -> dict[str, Any]:
     prepare(cfg)
     layout = RunLayout.of(cfg)
     save_config(cfg, layout.config_file)
-    splits, rejects, extra = build_splits(cfg)
+    splits, rejects, extra = build_splits(cfg, layout.questions_dir)
     if not splits["train"] and not splits["test"]:
         raise DataError("the configured sources gave no training and no test examples; check data.sources.")
     for split, examples in splits.items():

@@ -124,13 +124,13 @@ def main(cfg: Config) -> dict[str, Any]:
         first, retry = _files(layout, cfg, shard)
         params = GenerationParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, stop=list(s.stop), seed=s.seed)
         gen1 = generate(questions, teacher, first, prompt=d.prompt, samples=1, params=params, chunk_questions=s.chunk_questions,
-                        shard=shard, desc="questions", render=render)
+                        shard=shard, desc="questions", render=render, unit="chunk")
         mine = [questions[i] for ch in shard_chunks(chunks(len(questions), s.chunk_questions), shard) for i in ch]
         bad = _malformed(done_pairs(first.rows(), mine), mine, k)
         again = GenerationParams(max_new_tokens=s.max_new_tokens, temperature=d.retry_temperature, top_p=s.top_p, stop=list(s.stop),
                                  seed=s.seed + 1)
         gen2 = generate(bad, teacher, retry, prompt=d.prompt, samples=1, params=again, chunk_questions=s.chunk_questions,
-                        shard=None, desc="questions, second tries", render=render)
+                        shard=None, desc="questions, second tries", render=render, unit="chunk")
         for f, qs in ((first, mine), (retry, bad)):
             write_jsonl(f.path, canonical(f.rows(), qs, 1))  # atomic: completion order becomes chunk order
         generation = {"first": gen1.to_dict(), "retry": gen2.to_dict()}

@@ -66,9 +66,12 @@ def _reasoning_reads(cfg: Config) -> tuple[str, ...]:
 
 
 STAGES: tuple[Stage, ...] = (
+    Stage("questions", "questions written from your documents, checked (synth.documents.paths)", "pseudocot synth questions",
+          _main("questions"), freshness.questions_key, lambda lay: (lay.questions_dir,),
+          enabled=lambda cfg: bool(cfg.synth.documents.paths), reads=lambda cfg: (), switch="synth.documents.paths"),
     Stage("data", "train/val/test splits (and the tokenizer of tiny models)", "pseudocot data",
           _main("data"), freshness.data_key, lambda lay: (lay.data_dir, lay.tokenizer_dir),
-          enabled=lambda cfg: True, reads=lambda cfg: ()),
+          enabled=lambda cfg: True, reads=lambda cfg: ("questions",) if any(s.format == "questions" for s in cfg.data.sources) else ()),
     Stage("synth", "teacher-written reasoning, filtered for faithfulness (synth.enabled)", "pseudocot synth",
           _main("synth"), freshness.synth_key, lambda lay: (lay.synth_dir,),
           enabled=lambda cfg: cfg.synth.enabled, reads=lambda cfg: () if cfg.synth.questions else ("data",),

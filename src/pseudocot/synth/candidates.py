@@ -189,7 +189,8 @@ def _row(q: Example, sample: int, seed: int, c: Completion) -> dict[str, Any]:
 
 def generate(questions: Sequence[Example], teacher: Teacher, file: CandidateFile, *, prompt: str, samples: int,
              params: GenerationParams, chunk_questions: int, shard: tuple[int, int] | None,
-             progress: bool = True, desc: str = "synth", render: Callable[[Example], str] | None = None) -> GenerationStats:
+             progress: bool = True, desc: str = "synth", render: Callable[[Example], str] | None = None,
+             unit: str = "solution") -> GenerationStats:
     """Write every missing solution of this shard's questions into `file`. The user turn is `prompt` filled with
     the question (`render(question)` where given: a document chunk's prompt has other fields)."""
     if render is None:
@@ -204,7 +205,7 @@ def generate(questions: Sequence[Example], teacher: Teacher, file: CandidateFile
     pairs = [(i, s) for ch in mine for i in ch for s in range(samples)]
     missing = [(i, s) for i, s in pairs if (questions[i].id, s) not in done]
     stats.reused = len(pairs) - len(missing)
-    bar = progress_bar(total=len(pairs), initial=stats.reused, desc=desc, unit="solution", disable=not progress or not missing)
+    bar = progress_bar(total=len(pairs), initial=stats.reused, desc=desc, unit=unit, disable=not progress or not missing)
     t0 = time.perf_counter()
     try:
         if teacher.local:

@@ -42,6 +42,8 @@ _PERCENT_WORD = re.compile(r"\s*(?:percent|per\s*cent)\b", re.IGNORECASE)
 _TENS = re.compile(r"\b(twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety)-(one|two|three|four|five|six|seven|eight|nine)\b")
 _WORDS = re.compile(r"[a-z]+")
 
+_EQUALS = re.compile(r"(?:=|\bequals?\b)\s*(?:<<[^<>]*>>)?\s*\\?\$?\s*((?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)")
+
 CONSTANTS = (0.5, 1.0, 2.0, 3.0, 4.0, 7.0, 10.0, 12.0, 24.0, 52.0, 60.0, 100.0, 365.0, 1000.0)
 """Numbers a reasoning may use without finding them in the text: halves, weeks, dozens, hours, percent."""
 
@@ -99,6 +101,18 @@ class Support:
     ok: bool
     reason: str = ""
     """Why not (`code: detail`), when not."""
+
+
+def _reaches(result: float, answer: float) -> bool:
+    """Whether an answer is a computed result as answers give it: the same, in cents or percent (x 100 or / 100),
+    or rounded to a whole number (`33.33...%` is 33, `6.75` packs is 7).
+
+    >>> _reaches(0.1, 10), _reaches(6.75, 7), _reaches(33.333, 33), _reaches(12, 13)
+    (True, True, True, False)
+    """
+    if any(_near(answer, x) for x in (result, result * 100, result / 100)):
+        return True
+    return not float(result).is_integer() and answer in (math.floor(result), math.ceil(result), round(result))
 
 
 def _small(v: float) -> bool:
@@ -159,10 +173,11 @@ def support(text: str, question: str, answer: str, reasoning: str, min_word_over
         shown = ", ".join(f"{v:g}" for v in unknown[:4])
         return Support(False, f"grounded:unsupported: the reasoning computes with {len(unknown)} numbers the text does not have ({shown}) "
                               f"and {len(from_text)} it has")
-    stated = numbers_in(reasoning)
+    # What the reasoning arrives at: its statements' results, and any number an `=` gives (`x = 20`, `48 quarts = 12 gallons`).
+    reached = [*results, *(v for m in _EQUALS.finditer(reasoning) if (v := parse_number(m[1])) is not None)]
     for v in values:
-        if not any(_near(v, x) for x in (*results, *in_text, *stated)):
-            return Support(False, f"grounded:absent: the answer's {v:g} is not in the text and the reasoning does not reach it")
+        if not any(_near(v, x) for x in in_text) and not any(_reaches(x, v) for x in reached):
+            return Support(False, f"grounded:absent: the answer's {v:g} is not in the text and the reasoning does not compute it")
     return Support(True)
 
 
