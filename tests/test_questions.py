@@ -134,6 +134,8 @@ def test_parse_reply_reads_json_in_its_usual_wrappings():
     assert parse_reply('[{"question": "x", "answer": "1", "reasoning": "1"}, {"answer": 2}]', 3).problems == [
         "malformed:item: item 2 has no question"]
     assert parse_reply('[{"question": "x", "ans', 3, "length").error.startswith("malformed:cut-off")
+    cut = '[{"question": "How {many}?", "answer": "2", "reasoning": "1 + 1 = 2 \\" ok"}, {"question": "And the next'
+    assert parse_reply(cut, 3, "length").items == [{"question": "How {many}?", "answer": "2", "reasoning": '1 + 1 = 2 " ok'}]
     assert parse_reply('{"note": "no items"}', 3).error.startswith("malformed:not-items")
 
 
@@ -385,6 +387,9 @@ def test_split_by_document_keeps_a_document_in_one_split():
     assert len(docs["test"]) == 2 and len(docs["val"]) == 1 and len(docs["train"]) == 7
     assert not (docs["train"] & docs["test"]) and not (docs["val"] & docs["test"]) and not (docs["train"] & docs["val"])
     assert split_by_document(ex, 0.1, 0.2, seed=0) == out
+    by_question = split_by_document(ex, 0.1, 0.2, seed=0, by="question")
+    assert [len(by_question[s]) for s in ("train", "val", "test")] == [21, 3, 6]
+    assert {e.meta["document"] for e in by_question["train"]} & {e.meta["document"] for e in by_question["test"]}
 
 
 # --------------------------------------------------------------------------------------------

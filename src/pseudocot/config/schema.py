@@ -772,12 +772,15 @@ class DocumentsConfig(Section):
     """judge: is the answer supported by the chunk ({text}, {question}, {answer})."""
     self_contained_prompt: str = SELF_CONTAINED_PROMPT
     """judge: does the question stand without the chunk ({question})."""
+    split: Literal["document", "question"] = "document"
+    """How the kept questions are split into train/val/test: by document (every question of a document in one split,
+    so evaluation never asks about a text the model trained on), or by question (evaluation on the trained texts)."""
     val_documents: Fraction = 0.1
-    """Share of the documents whose questions form the validation split (split by document, never by question)."""
+    """Share of the documents (or, with split: question, of the questions) that form the validation split."""
     test_documents: Fraction = 0.2
-    """Share of the documents whose questions form the test split."""
+    """Share of the documents (or, with split: question, of the questions) that form the test split."""
     seed: int = 0
-    """Seed of the document split."""
+    """Seed of the split."""
 
     def validate(self) -> None:
         for name, allowed in (("prompt", ("text", "k")), ("grounded_prompt", ("text", "question", "answer")),

@@ -251,7 +251,7 @@ def finish(cfg: Config, found: Sequence[Chunk], files: Sequence[tuple[CandidateF
     kept = [kept_item(c, d.checks, teacher) for c in result.kept]
     write_examples(layout.questions_file("kept.jsonl"), kept)
     write_jsonl(layout.questions_file("rejects.jsonl"), [*malformed, *({**c.row, "reasons": r} for c, r in result.rejected)])
-    splits = split_by_document(kept, d.val_documents, d.test_documents, d.seed)
+    splits = split_by_document(kept, d.val_documents, d.test_documents, d.seed, d.split)
     for name, examples in splits.items():
         write_examples(layout.questions_file(f"{name}.jsonl"), examples)
     summary = result.summary()

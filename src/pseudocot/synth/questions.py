@@ -3,8 +3,9 @@ kept ones as Examples, and the split by document.
 
 A reply is a JSON list of items `{"question", "answer", "reasoning"}` (the reasoning a list of steps or
 one step per line), alone or inside a code fence or some prose; `{"items": [...]}` and one bare item
-are read too. A reply with no readable item is malformed (`malformed:<why>`); an item without a
-question or an answer is rejected on its own (`malformed:item`).
+are read too, and so are the whole items of a list cut off at the token limit. A reply with no
+readable item is malformed (`malformed:<why>`); an item without a question or an answer is rejected
+on its own (`malformed:item`).
 
 An item row (what `pseudocot synth qfilter` reads, and what the questions stage writes to its rejects):
 
@@ -43,6 +44,37 @@ def _json_values(text: str) -> list[Any]:
             out.append(json.loads(t))
         except (json.JSONDecodeError, ValueError):
             continue
+    return out
+
+
+def _objects(text: str) -> list[dict[str, Any]]:
+    """Every complete top-level JSON object in a text, in order: the items a reply cut off at its token limit, or
+    written one after another without a list, did finish."""
+    out, depth, start, in_string, escaped = [], 0, -1, False, False
+    for i, ch in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+            continue
+        if ch == '"':
+            in_string, escaped = True, False
+        elif ch == "{":
+            depth += 1
+            if depth == 1:
+                start = i
+        elif ch == "}" and depth:
+            depth -= 1
+            if depth == 0:
+                try:
+                    value = json.loads(text[start: i + 1])
+                except (json.JSONDecodeError, ValueError):
+                    continue
+                if isinstance(value, dict):
+                    out.append(value)
     return out
 
 
@@ -87,6 +119,8 @@ def parse_reply(text: str, k: int, finish_reason: str = "stop") -> Reply:
         if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
             listed = v
             break
+    if listed is None:  # no whole list: the items that are whole (a reply cut off after some of them)
+        listed = [o for o in _objects(body) if "question" in o] or None
     if listed is None:
         why = ("malformed:cut-off: the reply stopped at max_new_tokens before its JSON closed" if finish_reason == "length" and not values
                else "malformed:no-json: the reply holds no JSON list of items" if not values
@@ -130,15 +164,17 @@ def document_of(ex: Example) -> str:
     return str(ex.meta.get("document") or (parse_source(ex.source) or (ex.source,))[0])
 
 
-def split_by_document(examples: Sequence[Example], val: float, test: float, seed: int) -> dict[str, list[Example]]:
+def split_by_document(examples: Sequence[Example], val: float, test: float, seed: int, by: str = "document") -> dict[str, list[Example]]:
     """train/val/test with every question of a document in one split: the documents are shuffled by `seed`, the
-    first `test` share of them (at least one when there are three or more) gives the test questions, the next `val`."""
-    docs = sorted({document_of(e) for e in examples})
+    first `test` share of them (at least one when there are three or more) gives the test questions, the next `val`.
+    `by="question"`: the same with each question on its own (evaluation then asks about texts the model trained on)."""
+    key = document_of if by == "document" else (lambda e: e.id)
+    docs = sorted({key(e) for e in examples})
     random.Random(seed).shuffle(docs)
     n_test = max(1 if test > 0 and len(docs) >= 3 else 0, round(len(docs) * test))
     n_val = max(1 if val > 0 and len(docs) >= 3 else 0, round(len(docs) * val))
     where = {d: "test" for d in docs[:n_test]} | {d: "val" for d in docs[n_test: n_test + n_val]}
     out: dict[str, list[Example]] = {"train": [], "val": [], "test": []}
     for e in examples:
-        out[where.get(document_of(e), "train")].append(e)
+        out[where.get(key(e), "train")].append(e)
     return out
