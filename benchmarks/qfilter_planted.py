@@ -147,7 +147,7 @@ def main() -> None:
     sizes = build(args.gsm8k, args.out, args.seed)
     print("planted:", json.dumps(sizes))
     results = {"sizes": sizes, "seed": args.seed}
-    default = "grounded,self_contained,duplicate,format,arithmetic,follows"
+    default = "grounded,self_contained,well_formed,duplicate,format,arithmetic,follows"
     results["all"] = run(args.out, default, "all")
     for check in default.split(","):
         results[check] = run(args.out, check, check)

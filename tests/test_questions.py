@@ -117,6 +117,17 @@ def test_chunk_spans_are_exact_and_cover_the_text(tmp_path, max_tokens, overlap,
         chunk_text("a b c", word_spans("a b c"), 4, 4)
 
 
+def test_the_shipped_documents_read_and_chunk_exactly(arith_tokenizer):
+    import pseudocot
+
+    folder = Path(pseudocot.__file__).parent / "configs" / "data" / "docs"
+    found = read_documents([folder], warn=None)
+    assert len(found.documents) == 24 and not found.unreadable and found.skipped == 1  # LICENSE
+    for spans in (word_spans, tokenizer_spans(arith_tokenizer)):
+        for c in chunk_documents(found.documents, spans, 64, 8):
+            assert found.text_of(c.document)[c.start:c.end] == c.text and c.tokens <= 64
+
+
 def test_a_chunk_ends_at_a_sentence_in_its_second_half():
     text = "Alpha beta gamma delta. Epsilon zeta eta theta iota kappa. Lambda mu."
     (a, b, n), *_ = chunk_text(text, word_spans(text), 8, 0)
@@ -185,6 +196,17 @@ def test_self_contained_rejects_a_question_that_leans_on_the_passage():
         assert leans_on_text(q), q
     for q in ("How many text messages did Tim send?", "Who is the author of Hamlet?", "How many loaves are baked each morning?"):
         assert leans_on_text(q) is None, q
+
+
+def test_well_formed_rejects_a_statement_a_calculation_for_an_answer_and_a_looping_reasoning():
+    planted = [{**INTACT, "id": "s", "question": "The bakery bakes 48 loaves of rye bread."},
+               {**INTACT, "id": "c", "answer": "48 + 36 = 84"},
+               {**INTACT, "id": "r", "reasoning": "48 + 36 = 84\n48 + 36 = 84"},
+               {**INTACT, "id": "t", "answer": "48", "reasoning": "48 * 1 = 48"},
+               {**INTACT, "id": "i", "question": "Find the number of loaves the bakery bakes each morning."}]
+    out = _check([INTACT, *planted], "well_formed")
+    assert out["a"] == [] and out["i"] == []
+    assert [out[k][0].split(":")[1] for k in "scrt"] == ["not-a-question", "answer-expression", "repeated", "trivial"]
 
 
 def test_duplicate_rejects_a_paraphrase_differing_in_case_and_punctuation_and_keeps_the_first():

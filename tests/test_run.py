@@ -19,7 +19,8 @@ def _fake_outputs(cfg, name):
     reads (its key), so the stages that read it see a change exactly when it was made from other inputs."""
     layout = RunLayout.of(cfg)
     made = json.dumps({"made_from": stage_key(cfg, name)})
-    files = {"data": [layout.split(s) for s in ("train", "val", "test")] + [layout.tokenizer_dir / "tokenizer.json"],
+    files = {"questions": [layout.questions_file(f"{s}.jsonl") for s in ("train", "val", "test")],
+             "data": [layout.split(s) for s in ("train", "val", "test")] + [layout.tokenizer_dir / "tokenizer.json"],
              "synth": [layout.synth_file("kept.jsonl")],
              "teacher": [layout.teacher_dir / "model.safetensors"],
              "base": [layout.base_dir / "model.safetensors"],
@@ -71,7 +72,7 @@ def _cfg(tmp_path, *overrides):
 
 
 DEFAULT_STAGES = [s.name for s in table.STAGES if not s.switch]
-"""Every stage but synth and grpo, which run only when enabled."""
+"""Every stage but questions, synth and grpo, which run only when enabled."""
 
 
 def test_first_run_runs_every_stage_then_skips(tmp_path, calls):
@@ -104,6 +105,26 @@ def test_synth_runs_after_data_when_enabled_and_the_teacher_chain_reads_it(tmp_p
     # another kept file (synth made from other settings): the teacher and the chain train again, the base does not
     run_mod.main(_cfg(tmp_path, *synth, "synth.samples=8"), echo=calls.echo)
     assert [c[0] for c in calls] == ["synth", "teacher", "distill", "router", "eval"]
+
+
+def test_questions_run_before_data_when_documents_are_set_and_a_questions_source_reads_them(tmp_path, calls):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("The mill has 4 wheels.\n")
+    q = (f"synth.documents.paths=[{docs}]", "synth.teacher.base_url=http://127.0.0.1:9/v1", "synth.teacher.model=m",
+         "data.sources=[{name: docs, format: questions}]")
+    run_mod.main(_cfg(tmp_path, *q), echo=calls.echo)
+    assert [c[0] for c in calls] == ["questions", *DEFAULT_STAGES]
+    assert table.get("data").reads(_cfg(tmp_path, *q)) == ("questions",)
+    calls.clear()
+    (docs / "a.md").write_text("The mill has 5 wheels.\n")  # another document: new questions, and every stage after
+    run_mod.main(_cfg(tmp_path, *q), echo=calls.echo)
+    assert [c[0] for c in calls] == ["questions", *DEFAULT_STAGES]
+    calls.clear()
+    # documents set but no source reads the questions: the data stage does not wait for them, nor rerun with them
+    run_mod.main(_cfg(tmp_path, *q[:3]), echo=calls.echo)
+    assert table.get("data").reads(_cfg(tmp_path, *q[:3])) == ()
+    assert [c[0] for c in calls] == DEFAULT_STAGES
 
 
 def test_grpo_runs_after_the_base_when_enabled_and_the_router_reads_its_ttm(tmp_path, calls):
@@ -273,3 +294,4 @@ def test_help_texts_and_docstrings_name_every_stage():
         assert name in run_mod.__doc__ and name in stages_pkg.__doc__
     assert table.chain() in " ".join(help_text.split())
     assert "turned on by synth.enabled=true" in listed and "turned on by grpo.enabled=true" in listed
+    assert "turned on by synth.documents.paths (set it)" in listed

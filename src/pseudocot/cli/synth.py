@@ -190,8 +190,8 @@ def questions_merge(config_name: str, overrides: tuple[str, ...]) -> None:
               help="JSONL rows {question, answer, reasoning, source} (reasoning: text, one step per line, or a list of steps).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Kept items as Example JSONL; the rejects go to OUT.rejects.jsonl with their failed checks.")
-@click.option("--checks", default="grounded,self_contained,duplicate,format,arithmetic,follows", show_default=True,
-              help="Comma-separated: grounded, self_contained, duplicate, format, arithmetic, follows, judge, or package.module:function.")
+@click.option("--checks", default="grounded,self_contained,well_formed,duplicate,format,arithmetic,follows", show_default=True,
+              help="Comma-separated: grounded, self_contained, well_formed, duplicate, format, arithmetic, follows, judge, or module:function.")
 @click.option("--duplicate-threshold", type=click.FloatRange(0, 1, min_open=True), default=0.6, show_default=True,
               help="duplicate: similarity (Jaccard of character 4-grams) from which a later question is a near-duplicate.")
 @click.option("--min-word-overlap", type=click.FloatRange(0, 1), default=0.6, show_default=True,

@@ -671,7 +671,8 @@ JUDGE_PROMPT = ("You check worked solutions. Read the problem and the solution b
                 "Problem: {question}\n\nSolution:\n{solution}")
 """`synth.judge_prompt`'s default: a logical-correctness rubric with a 0/1 verdict."""
 
-SYNTH_CHECKS = ("format", "answer", "arithmetic", "follows", "consistency", "grounded", "self_contained", "duplicate", "judge")
+SYNTH_CHECKS = ("format", "answer", "arithmetic", "follows", "consistency", "grounded", "self_contained", "well_formed", "duplicate",
+                "judge")
 """The checks of `pseudocot.synth.filter`, in the order they run: per question, then over the whole set
 (`grounded`, `self_contained`), then over what is left (`duplicate`; `judge` last: it costs calls)."""
 
@@ -697,7 +698,7 @@ SELF_CONTAINED_PROMPT = ("Here is a question written from a document the reader 
                          "with the single digit 0 or 1.\n\nQuestion: {question}")
 """`synth.documents.self_contained_prompt`'s default: does the question stand on its own (0/1)."""
 
-QUESTION_CHECKS = ["grounded", "self_contained", "duplicate", "format", "arithmetic", "follows"]
+QUESTION_CHECKS = ["grounded", "self_contained", "well_formed", "duplicate", "format", "arithmetic", "follows"]
 """`synth.documents.checks`' default."""
 
 
@@ -759,7 +760,7 @@ class DocumentsConfig(Section):
     retry_temperature: Annotated[float, Gt(0)] = 0.7
     """A malformed reply is asked once more, sampled at this temperature (and another seed); then it is rejected."""
     checks: list[str] = field(default_factory=lambda: list(QUESTION_CHECKS))
-    """Checks an item must pass: grounded, self_contained, duplicate, format, arithmetic, follows, judge (with synth.judge:
+    """Checks an item must pass: grounded, self_contained, well_formed, duplicate, format, arithmetic, follows, judge (with synth.judge:
     it also decides grounding and self-containment where the rules cannot), or package.module:function."""
     duplicate_threshold: Annotated[float, Gt(0), Le(1)] = 0.6
     """duplicate: Jaccard similarity of two questions' character 4-grams (after lower-casing and dropping punctuation,

@@ -121,7 +121,7 @@ def stage_outputs(layout: RunLayout, name: str) -> list[Path]:
 
 
 def chain() -> str:
-    """The stages in order, optional ones in brackets: `data -> [synth] -> teacher -> ...`."""
+    """The stages in order, optional ones in brackets: `[questions] -> data -> [synth] -> teacher -> ...`."""
     return " -> ".join(f"[{s.name}]" if s.switch else s.name for s in STAGES)
 
 

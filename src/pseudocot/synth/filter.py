@@ -25,6 +25,8 @@ Three more read a question written from a document (`pseudocot synth questions`;
   words in the chunk. Where the rule says no and a judge is configured, the judge decides.
 - `self_contained`: the question does not point at a text the reader cannot see (`According to the
   passage`); with a judge, the judge is also asked whether it can be answered without the chunk.
+- `well_formed`: the item is a question (a `?` or a question or instruction word) with a short answer
+  that is not a calculation, and a reasoning that does not repeat itself or compute nothing (`1400 * 1`).
 - `duplicate`: a near-duplicate (MinHash over the normalised question, numbers kept) of a question
   kept before it, of another id, is dropped.
 
@@ -49,7 +51,7 @@ from pseudocot.data.example import Example
 from pseudocot.dotted import lookup
 from pseudocot.errors import ConfigError
 from pseudocot.synth.arithmetic import close, parse_number, statements
-from pseudocot.synth.grounding import leans_on_text, near_duplicates, support
+from pseudocot.synth.grounding import ill_formed, leans_on_text, near_duplicates, support
 from pseudocot.tasks.extract import INVALID
 from pseudocot.tasks.task import Task
 
@@ -313,6 +315,15 @@ def self_contained_check(cands: Sequence[Candidate], s: FilterSettings) -> Reaso
     return out
 
 
+def well_formed_check(cands: Sequence[Candidate], s: FilterSettings) -> Reasons:
+    out: Reasons = []
+    for c in cands:
+        answer = c.answer if c.answer != INVALID else (c.final or "")
+        why = ill_formed(c.question, str(c.row.get("answer", answer)), c.steps)
+        out.append([why] if why else [])
+    return out
+
+
 def duplicate_check(cands: Sequence[Candidate], s: FilterSettings) -> Reasons:
     out: Reasons = []
     first: dict[str, str] = {}  # a question's id -> the key it was indexed under
@@ -331,7 +342,8 @@ def duplicate_check(cands: Sequence[Candidate], s: FilterSettings) -> Reasons:
 
 CHECKS: dict[str, Check] = {"format": format_check, "answer": answer_check, "arithmetic": arithmetic_check,
                             "follows": follows_check, "consistency": consistency_check, "grounded": grounded_check,
-                            "self_contained": self_contained_check, "duplicate": duplicate_check, "judge": judge_check}
+                            "self_contained": self_contained_check, "well_formed": well_formed_check, "duplicate": duplicate_check,
+                            "judge": judge_check}
 """The checks by plain name; `judge` always runs last, on what the others kept."""
 
 WHOLE_SET = ("grounded", "self_contained")

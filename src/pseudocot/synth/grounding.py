@@ -11,6 +11,8 @@
   text. An answer without numbers is supported when most of its content words occur in the text.
 - `leans_on_text`: does a question point at a text the reader cannot see (`According to the
   passage`, `in this section`, `the author`)?
+- `ill_formed`: is an item not a question with a short answer (a statement for a question, a
+  calculation for an answer, a reasoning that repeats itself or computes nothing)?
 - `NearDuplicates`: MinHash LSH (datasketch) over character 4-grams of the lower-cased question without
   punctuation; a candidate pair is confirmed by its exact Jaccard similarity, equal numbers (`12 apples`
   and `13 apples` are two questions) and at most one content word in one and not the other (`How many
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pseudocot.synth.arithmetic import _NUMBER, parse_number, statements
@@ -205,6 +207,55 @@ def leans_on_text(question: str) -> str | None:
     """
     m = _LEANING.search(question)
     return m.group() if m else None
+
+
+_ASKS = re.compile(r"^\W*(?:what|which|who|whom|whose|when|where|why|how|is|are|was|were|do|does|did|can|could|will|would|"
+                   r"should|has|have|had|find|compute|calculate|determine|give|name|list|state|explain|describe|estimate)\b",
+                   re.IGNORECASE)
+_EXPRESSION = re.compile(r"\d\s*[-+*/×÷x]\s*\d.*=|=\s*\d")
+
+
+_TRIVIAL = re.compile(r"^\s*[\d.,$]+\s*(?:[*×x/÷]\s*1(?:\.0+)?|[-+]\s*0(?:\.0+)?)\s*$|^\s*1\s*[*×x]\s*[\d.,$]+\s*$")
+
+
+def _trivial(expression: str) -> bool:
+    """`1400 * 1`, `1 * 12`, `5 + 0`: a calculation that computes nothing."""
+    return bool(_TRIVIAL.match(expression))
+
+
+def ill_formed(question: str, answer: str, steps: Sequence[str], max_answer_words: int = 12) -> str | None:
+    """Why an item is not a question with a short answer (`well_formed:<why>: ...`), else None: the question asks
+    nothing (no `?`, no question or instruction word), the answer is a calculation or runs over `max_answer_words`
+    words, the reasoning repeats itself (a line twice, or one line that says one thing over and over), or every
+    calculation in it computes nothing (`1400 * 1 = 1400`).
+
+    >>> ill_formed("The cinema has 2 screens.", "2", ["2"])
+    'well_formed:not-a-question: the question asks nothing (no question mark or question word)'
+    >>> ill_formed("How many seats are there?", "180 + 75 = 255", ["180 + 75 = 255"])
+    "well_formed:answer-expression: the answer is a calculation ('180 + 75 = 255'), not its result"
+    >>> ill_formed("A ferry has 1986 crossing times.", "1986", ["1986, 1986, 1986"])
+    'well_formed:not-a-question: the question asks nothing (no question mark or question word)'
+    >>> ill_formed("What year?", "2019", ["2019, 2019, 2019"])
+    'well_formed:repeated: a reasoning line repeats one thing'
+    >>> ill_formed("How many loaves are baked each morning?", "84", ["48 + 36 = 84"]) is None
+    True
+    """
+    if "?" not in question and not _ASKS.match(question):
+        return "well_formed:not-a-question: the question asks nothing (no question mark or question word)"
+    if _EXPRESSION.search(answer):
+        return f"well_formed:answer-expression: the answer is a calculation ('{answer[:60]}'), not its result"
+    if len(answer.split()) > max_answer_words:
+        return f"well_formed:long-answer: the answer has {len(answer.split())} words (at most {max_answer_words}); a passage is not an answer"
+    found = statements("\n".join(steps))
+    if found and all(_trivial(st.expression) for st in found):
+        return "well_formed:trivial: every calculation of the reasoning multiplies or divides by 1, or adds 0"
+    lines = [" ".join(st.lower().split()) for st in steps if st.strip()]
+    twice = next((line for i, line in enumerate(lines) if line in lines[:i]), None)
+    if twice is not None:
+        return f"well_formed:repeated: the reasoning says '{twice[:60]}' twice"
+    if any(len(set(parts)) == 1 and len(parts) >= 3 for parts in ([p.strip() for p in line.split(",")] for line in lines)):
+        return "well_formed:repeated: a reasoning line repeats one thing"
+    return None
 
 
 # --------------------------------------------------------------------------------------------
