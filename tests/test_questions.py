@@ -326,6 +326,10 @@ def test_a_fake_endpoint_writes_items_the_checks_sort_and_the_data_stage_reads(t
                            ["data.sources=[{name: docs, format: questions}]", "data.val_fraction=0"])
     data_stage.main(data_cfg)
     assert sorted(e.question for e in read_examples(layout.split("test")).examples) == sorted(e.question for e in splits["test"])
+    # kept.jsonl is ordinary Example JSONL: a jsonl data source (and synth.questions) read it as is
+    from pseudocot.data.loaders import load_file
+
+    assert [e.question for e in load_file("jsonl", str(layout.questions_file("kept.jsonl")), {}).examples] == [e.question for e in kept]
     # done: a second call asks nothing (the endpoint is gone) and returns the same stats
     assert questions_stage.main(cfg)["key"] == stats["key"]
 
