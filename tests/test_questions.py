@@ -134,6 +134,18 @@ def test_a_chunk_ends_at_a_sentence_in_its_second_half():
     assert text[a:b] == "Alpha beta gamma delta." and n == 4
 
 
+def test_hidden_files_are_not_documents_and_a_jsonl_row_may_hold_any_line_separator(tmp_path):
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    (tmp_path / ".ipynb_checkpoints" / "a.md").write_text("old copy")
+    (tmp_path / ".notes.md").write_text("hidden")
+    rows = [{"text": "first\u2028still the first row\x85and this"}, {"body": "x"}, {"text": "third"}]
+    (tmp_path / "r.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n")
+    found = read_documents([tmp_path], warn=None)
+    assert [d.name for d in found.documents] == ["r.jsonl:1", "r.jsonl:3"]
+    assert found.unreadable == [{"path": "r.jsonl:2", "reason": "no text in field 'text'"}]
+    assert [d.name for d in read_documents([tmp_path], "body", warn=None).documents] == ["r.jsonl:2"]
+
+
 def test_parse_reply_reads_json_in_its_usual_wrappings():
     item = {"question": "How many loaves?", "answer": 84, "reasoning": ["Step 1: 48 + 36 = 84", "Final answer: 84"]}
     for text in (json.dumps([item]), f"Here you are:\n```json\n{json.dumps([item])}\n```", json.dumps({"items": [item]}),
@@ -142,6 +154,8 @@ def test_parse_reply_reads_json_in_its_usual_wrappings():
         assert r.error is None and r.items == [{"question": "How many loaves?", "answer": "84", "reasoning": "48 + 36 = 84"}]
     assert len(parse_reply(json.dumps([item] * 5), 3).items) == 3  # at most k
     assert parse_reply('[{"question": "x"}]', 3).error == "malformed:item: item 1 has no answer"
+    decimals = parse_reply('[{"question": "How much?", "answer": "7", "reasoning": ["1. 3.5 * 2 = 7", "10.25 - 3.25 = 7"]}]', 3)
+    assert decimals.items[0]["reasoning"] == "3.5 * 2 = 7\n10.25 - 3.25 = 7"  # a list label goes, a decimal stays
     assert parse_reply('[{"question": "x", "answer": "1", "reasoning": "1"}, {"answer": 2}]', 3).problems == [
         "malformed:item: item 2 has no question"]
     assert parse_reply('[{"question": "x", "ans', 3, "length").error.startswith("malformed:cut-off")
@@ -181,6 +195,12 @@ def test_grounded_rejects_an_answer_whose_numbers_are_nowhere_in_the_chunk():
     assert out["c"] == [] and out["e"] == []
     assert out["d"][0].startswith("grounded:absent") and out["f"][0].startswith("grounded:words")
     assert _check([INTACT], "grounded", context=None)["a"][0].startswith("grounded:no-source")
+    half = {**INTACT, "id": "h", "question": "What share of the loaves baked each morning are rye bread loaves?",
+            "answer": "4/7", "reasoning": "48 + 36 = 84\n48 / 84 = 0.571"}
+    nobody = {**word, "id": "n", "question": "Who bakes bread at the bakery on a Sunday morning?", "answer": "No one",
+              "reasoning": "The bakery bakes bread each morning."}
+    assert _check([half, nobody], "grounded") == {"h": [], "n": ["grounded:words: 0 of the answer's 1 content words are in the text "
+                                                               "('one' is not)"]}
     # the whole item written about another text
     other = "The ferry carries 120 passengers and makes 6 crossings a day."
     assert support(other, INTACT["question"], "84", INTACT["reasoning"]).reason.startswith("grounded:topic")
@@ -204,9 +224,10 @@ def test_well_formed_rejects_a_statement_a_calculation_for_an_answer_and_a_loopi
                {**INTACT, "id": "r", "reasoning": "48 + 36 = 84\n48 + 36 = 84"},
                {**INTACT, "id": "t", "answer": "48", "reasoning": "48 * 1 = 48"},
                {**INTACT, "id": "i", "question": "Find the number of loaves the bakery bakes each morning."}]
+    planted.append({**INTACT, "id": "e", "answer": " "})
     out = _check([INTACT, *planted], "well_formed")
     assert out["a"] == [] and out["i"] == []
-    assert [out[k][0].split(":")[1] for k in "scrt"] == ["not-a-question", "answer-expression", "repeated", "trivial"]
+    assert [out[k][0].split(":")[1] for k in "scrte"] == ["not-a-question", "answer-expression", "repeated", "trivial", "no-answer"]
 
 
 def test_duplicate_rejects_a_paraphrase_differing_in_case_and_punctuation_and_keeps_the_first():
@@ -222,6 +243,8 @@ def test_duplicate_rejects_a_paraphrase_differing_in_case_and_punctuation_and_ke
     result = run_filter([item_candidate(r, CHUNK) for r in (bad_first, {**INTACT, "id": "y"})], settings, ["grounded", "duplicate"])
     assert [c.id for c in result.kept] == ["y"]
     assert near_duplicates([("1", "A?"), ("2", "a")], 0.6) == [None, ("1", 1.0)]
+    assert near_duplicates([("1", "Which shops are open on Mondays?"), ("2", "Which shops are not open on Mondays?"),
+                            ("3", "How many apples does Tom have?"), ("4", "How many apples does Tom have left?")], 0.6) == [None] * 4
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,7 +348,9 @@ def test_a_fake_endpoint_writes_items_the_checks_sort_and_the_data_stage_reads(t
     data_cfg = load_config(questions_config(tmp_path, "q", "http://127.0.0.1:9/v1", docs_dir),
                            ["data.sources=[{name: docs, format: questions}]", "data.val_fraction=0"])
     data_stage.main(data_cfg)
-    assert sorted(e.question for e in read_examples(layout.split("test")).examples) == sorted(e.question for e in splits["test"])
+    tested = read_examples(layout.split("test")).examples
+    assert sorted(e.question for e in tested) == sorted(e.question for e in splits["test"])
+    assert {e.source for e in tested} == {"docs"} and all(e.meta["span"].startswith(e.meta["document"] + "#") for e in tested)
     # kept.jsonl is ordinary Example JSONL: a jsonl data source (and synth.questions) read it as is
     from pseudocot.data.loaders import load_file
 
@@ -381,7 +406,7 @@ def test_shards_merged_equal_one_run(tmp_path, docs_dir):
     with fake_teacher_module().FakeTeacher([], thinking="none", answerer=fake_questions) as teacher:
         one = load_config(questions_config(tmp_path, "one", teacher.url, docs_dir))
         questions_stage.main(one)
-        sharded = questions_config(tmp_path, "sharded", teacher.url, docs_dir, "", )
+        sharded = questions_config(tmp_path, "sharded", teacher.url, docs_dir)
         for i in range(2):
             questions_stage.main(load_config(sharded, [f"synth.shard={i}/2", "synth.chunk_questions=2"]))
     with pytest.raises(DataError, match="not complete"):
@@ -393,11 +418,31 @@ def test_shards_merged_equal_one_run(tmp_path, docs_dir):
     assert merged["kept"] == json.loads(a.questions_file("stats.json").read_text())["kept"]
 
 
+def test_a_local_teacher_asks_the_same_second_tries_sharded_or_not(tmp_path, serve_run, docs_dir):
+    """The demo's tiny model writes no JSON: every chunk is asked twice; shards must ask what one run asks."""
+    teacher = [f"synth.teacher.path={serve_run / 'base'}", "synth.teacher.base_url=null", "synth.teacher.batch_size=4",
+               "synth.max_new_tokens=12", "synth.chunk_questions=2"]
+    one = load_config(questions_config(tmp_path, "local-one", "http://unused/v1", docs_dir), teacher)
+    stats = questions_stage.main(one)
+    assert stats["malformed_first"] == stats["retried"] == stats["chunks"] and stats["chunk_tokens_counted_by"].endswith("(the teacher's)")
+    sharded = questions_config(tmp_path, "local-sharded", "http://unused/v1", docs_dir)
+    for i in range(2):
+        questions_stage.main(load_config(sharded, [*teacher, f"synth.shard={i}/2"]))
+    questions_stage.merge(load_config(sharded, teacher))
+    a, b = RunLayout.of(one), RunLayout.of(load_config(sharded, teacher))
+    first = sorted(rows(a.questions_file("retry/replies.jsonl")), key=lambda r: r["id"])
+    shards = sorted((r for i in range(2) for r in rows(b.questions_file("retry/replies.jsonl", (i, 2)))), key=lambda r: r["id"])
+    assert [(r["id"], r["seed"], r["completion"]) for r in first] == [(r["id"], r["seed"], r["completion"]) for r in shards]
+    assert a.questions_file("rejects.jsonl").read_bytes() == b.questions_file("rejects.jsonl").read_bytes()
+
+
 def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="synth.documents.prompt"):
         load_config("smoke", ["synth.documents.prompt='{question}'"])
     with pytest.raises(ConfigError, match="synth.documents.checks"):
         load_config("smoke", ["synth.documents.checks=[grounded, typo]"])
+    with pytest.raises(ConfigError, match="synth.checks.*put it in synth.documents.checks"):
+        load_config("smoke", ["synth.checks=[format, grounded]"])
     with pytest.raises(ConfigError, match="synth.documents.paths is empty"):
         questions_stage.main(load_config("smoke", [f"run.out_dir={tmp_path}", "synth.teacher.base_url=http://127.0.0.1:9/v1",
                                                    "synth.teacher.model=m"]))
@@ -447,6 +492,12 @@ def test_qfilter_writes_kept_rejects_and_one_summary_line(tmp_path):
     assert [e.id for e in kept] == ["a"] and kept[0].source == span and kept[0].meta["document"] == "bakery.md"
     rejects = {r["id"]: r["reasons"] for r in rows(tmp_path / "kept.rejects.jsonl")}
     assert rejects["far"][0].startswith("grounded:no-source") and rejects["out"][0].startswith("grounded:no-source")
+    # documents in a JSONL field other than `text`
+    (docs / "rows.jsonl").write_text(json.dumps({"body": CHUNK}) + "\n")
+    path.write_text(json.dumps({**INTACT, "source": f"rows.jsonl:1#0-{len(CHUNK)}"}) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "pseudocot", "synth", "qfilter", "--docs", str(docs), "--candidates", str(path),
+                           "--out", str(out), "--text-field", "body"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 0 and json.loads(proc.stdout.strip().splitlines()[-1])["kept"] == 1, proc.stderr
     # bad input: one line naming the file and line
     path.write_text('{"question": "x"}\n')
     proc = subprocess.run([sys.executable, "-m", "pseudocot", "synth", "qfilter", "--docs", str(docs), "--candidates", str(path),

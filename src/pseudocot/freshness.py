@@ -271,7 +271,7 @@ def questions_key(cfg: Config) -> str:
     judge = s.judge if "judge" in s.documents.checks else None
     return digest({"stage": "questions", "own": s.documents, "shard": questions_shard_key(cfg),
                    "format": [s.min_steps, s.max_steps, s.max_step_chars],
-                   "judge": [to_dict(judge), model_fingerprint(judge.path) if judge.path else None] if judge else None})
+                   "judge": [to_dict(judge), model_fingerprint(judge.path) if judge.path else None, s.judge_prompt] if judge else None})
 
 
 def synth_questions_fingerprint(cfg: Config) -> str | None:

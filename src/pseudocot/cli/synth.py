@@ -229,7 +229,7 @@ def qfilter_command(docs: tuple[Path, ...], candidates: Path, out: Path, checks:
         judge = Judge(Teacher(judge_spec), synth.judge_prompt, out.with_name(out.name.removesuffix(".jsonl") + ".judge.jsonl"))
     try:
         summary = questions_stage.qfilter([str(d) for d in docs], candidates, out, names, questions_stage.filter_settings(synth, documents, judge),
-                                          warn=lambda line: click.echo(line, err=True))
+                                          warn=lambda line: click.echo(line, err=True), text_field=text_field)
     finally:
         if judge is not None:
             judge.teacher.close()

@@ -698,6 +698,9 @@ SELF_CONTAINED_PROMPT = ("Here is a question written from a document the reader 
                          "with the single digit 0 or 1.\n\nQuestion: {question}")
 """`synth.documents.self_contained_prompt`'s default: does the question stand on its own (0/1)."""
 
+DOCUMENT_CHECKS = ("grounded", "self_contained", "well_formed")
+"""Checks that read an item written from a document (its chunk, its own answer): not for `synth.checks`."""
+
 QUESTION_CHECKS = ["grounded", "self_contained", "well_formed", "duplicate", "format", "arithmetic", "follows"]
 """`synth.documents.checks`' default."""
 
@@ -878,6 +881,10 @@ class SynthConfig(Section):
                 raise FieldError(name, f"cannot be filled ({type(e).__name__}: {e}); use only "
                                        f"{', '.join('{' + k + '}' for k in allowed)} and write literal braces as {{{{ }}}}") from None
         _check_names(self.checks)
+        only_items = next((c for c in self.checks if c in DOCUMENT_CHECKS), None)
+        if only_items:
+            raise FieldError("checks", f"has '{only_items}', a check of questions written from documents; put it in "
+                                       "synth.documents.checks (or `pseudocot synth qfilter --checks`)")
         if ("judge" in self.checks or "judge" in self.documents.checks) and self.judge is None:
             raise FieldError("judge", "is needed when checks has judge: an endpoint (base_url, model) or a local path")
         if self.min_steps > self.max_steps:

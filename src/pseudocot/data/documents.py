@@ -84,7 +84,9 @@ class _Text(HTMLParser):
         self.hidden = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in self.HIDDEN:
+        if tag == "body":
+            self.hidden = 0  # a head without its end tag (valid HTML) ends here
+        elif tag in self.HIDDEN:
             self.hidden += 1
         elif tag in self.BLOCKS:
             self.parts.append("\n")
@@ -109,6 +111,8 @@ def html_text(markup: str) -> str:
 
     >>> html_text("<html><head><title>T</title><style>p{}</style></head><body><p>One  two.</p><p>Three &amp; four</p></body></html>")
     'One two.\\n\\nThree & four'
+    >>> html_text("<html><head><meta charset=utf-8><title>T</title><body><p>No end of head.</p>")
+    'No end of head.'
     """
     parser = _Text()
     parser.feed(markup)
@@ -119,14 +123,15 @@ def html_text(markup: str) -> str:
 def pdf_text(path: Path) -> str:
     """pypdf's text of each page, pages joined by a blank line."""
     from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
 
     try:
         reader = PdfReader(str(path))
-        if reader.is_encrypted:
-            raise DataError("the PDF is encrypted")
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise DataError("the PDF is encrypted; save a copy without a password")
         return "\n\n".join((page.extract_text() or "").strip() for page in reader.pages).strip()
-    except (PdfReadError, ValueError, KeyError, TypeError, OSError) as e:
+    except DataError:
+        raise
+    except Exception as e:  # pypdf raises many kinds (PdfReadError, DependencyError for AES, struct errors): one line each
         raise DataError(f"pypdf cannot read it ({type(e).__name__}: {e})") from None
 
 
@@ -141,7 +146,7 @@ def _read(path: Path, name: str, text_field: str, out: Documents) -> None:
     suffix = path.suffix.lower()
     try:
         if suffix == ".jsonl":
-            for i, line in enumerate(_utf8(path).splitlines(), 1):
+            for i, line in enumerate(_utf8(path).split("\n"), 1):  # JSON escapes line breaks: only \n ends a row
                 if not line.strip():
                     continue
                 try:
@@ -168,8 +173,8 @@ def _read(path: Path, name: str, text_field: str, out: Documents) -> None:
 def document_files(paths: Sequence[str | Path]) -> Iterator[tuple[Path, str]]:
     """(file, name) of every document under `paths`, folders recursively in name order."""
     for p in map(Path, paths):
-        if p.is_dir():
-            for f in sorted(q for q in p.rglob("*") if q.is_file()):
+        if p.is_dir():  # hidden files and folders (.git, .ipynb_checkpoints) are not documents
+            for f in sorted(q for q in p.rglob("*") if q.is_file() and not any(part.startswith(".") for part in q.relative_to(p).parts)):
                 yield f, f.relative_to(p).as_posix()
         elif p.is_file():
             yield p, p.name

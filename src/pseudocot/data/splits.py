@@ -31,8 +31,9 @@ def load_source(src: SourceConfig, cfg: Config, rejects: list[Reject], questions
         if not all(f.is_file() for f in files.values()):
             raise DataError(f"data source '{src.name}' (questions): {questions} has no questions split by document yet; "
                             "run `pseudocot synth questions` first (synth.documents.paths names the documents).")
-        return {split: [dataclasses.replace(e, source=e.source or src.name) for e in read_examples(f).examples]
-                for split, f in files.items()}
+        # The source is the data source's name, as for every other format; the chunk stays in meta.span.
+        return {split: [dataclasses.replace(e, source=src.name, meta={**e.meta, "span": e.meta.get("span") or e.source})
+                        for e in read_examples(f).examples] for split, f in files.items()}
     parts: dict[str, list[Example]] = {}
     for split in SPLITS:
         path = getattr(src, split)

@@ -34,8 +34,9 @@ from pseudocot.files import atomic_write_text, read_json_object
 from pseudocot.freshness import questions_generation_key, questions_key, questions_shard_key
 from pseudocot.generate.base import GenerationParams
 from pseudocot.layout import RunLayout
+from pseudocot.progress import progress as progress_bar
 from pseudocot.stages import prepare
-from pseudocot.synth.candidates import CandidateFile, canonical, chunks, done_pairs, generate, shard_chunks
+from pseudocot.synth.candidates import CandidateFile, GenerationStats, canonical, chunks, done_pairs, generate, sample_seed, shard_chunks
 from pseudocot.synth.filter import FilterResult, FilterSettings, run_filter
 from pseudocot.synth.questions import item_candidate, kept_item, parse_reply, split_by_document
 from pseudocot.synth.teacher import Judge, Teacher
@@ -62,7 +63,8 @@ def _spans(d: DocumentsConfig, teacher: Teacher | None) -> tuple[Spans, str]:
     return word_spans, "words"
 
 
-def _chunks(cfg: Config, teacher: Teacher | None) -> tuple[Documents, list[Chunk], str]:
+def _documents(cfg: Config) -> Documents:
+    """The documents `synth.documents.paths` names (before any model loads: a wrong path stops at once)."""
     d = cfg.synth.documents
     if not d.paths:
         raise ConfigError("synth.documents.paths is empty; name the files or folders to write questions from, e.g. "
@@ -71,9 +73,14 @@ def _chunks(cfg: Config, teacher: Teacher | None) -> tuple[Documents, list[Chunk
     if not docs.documents:
         raise DataError(f"{', '.join(d.paths)}: no readable document (.txt, .md, .pdf, .html, .jsonl); "
                         f"{len(docs.unreadable)} could not be read, {docs.skipped} had other suffixes.")
+    return docs
+
+
+def _chunks(cfg: Config, docs: Documents, teacher: Teacher | None) -> tuple[list[Chunk], str]:
+    d = cfg.synth.documents
     spans, counted_by = _spans(d, teacher)
     found = chunk_documents(docs.documents, spans, d.chunk_tokens, d.chunk_overlap)
-    return docs, found[: d.max_chunks] if d.max_chunks else found, counted_by
+    return found[: d.max_chunks] if d.max_chunks else found, counted_by
 
 
 def _as_questions(found: Sequence[Chunk]) -> list[Example]:
@@ -106,12 +113,13 @@ def main(cfg: Config) -> dict[str, Any]:
     if old.get("key") == key and (shard or layout.questions_file("kept.jsonl").is_file()):
         return old  # complete for this config
     save_config(cfg, layout.config_file)
+    docs = _documents(cfg)
     judge = None if shard else _judge(cfg, layout)  # a judge that cannot load stops here, before the teacher's hours
     assert s.teacher is not None
     teacher = Teacher(s.teacher, cfg.run.device, s.system_prompt)
     generation: dict[str, Any] = {}
     try:
-        docs, found, counted_by = _chunks(cfg, teacher)
+        found, counted_by = _chunks(cfg, docs, teacher)
         write_jsonl(layout.questions_file("chunks.jsonl", shard),
                     ({"source": c.source, "document": c.document, "start": c.start, "end": c.end, "tokens": c.tokens, "text": c.text}
                      for c in found))
@@ -127,10 +135,7 @@ def main(cfg: Config) -> dict[str, Any]:
                         shard=shard, desc="questions", render=render, unit="chunk")
         mine = [questions[i] for ch in shard_chunks(chunks(len(questions), s.chunk_questions), shard) for i in ch]
         bad = _malformed(done_pairs(first.rows(), mine), mine, k)
-        again = GenerationParams(max_new_tokens=s.max_new_tokens, temperature=d.retry_temperature, top_p=s.top_p, stop=list(s.stop),
-                                 seed=s.seed + 1)
-        gen2 = generate(bad, teacher, retry, prompt=d.prompt, samples=1, params=again, chunk_questions=s.chunk_questions,
-                        shard=None, desc="questions, second tries", render=render, unit="chunk")
+        gen2 = _retry(bad, teacher, retry, cfg, render)
         for f, qs in ((first, mine), (retry, bad)):
             write_jsonl(f.path, canonical(f.rows(), qs, 1))  # atomic: completion order becomes chunk order
         generation = {"first": gen1.to_dict(), "retry": gen2.to_dict()}
@@ -146,6 +151,34 @@ def main(cfg: Config) -> dict[str, Any]:
               "when every shard is done: pseudocot synth questions merge")
         return stats
     return finish(cfg, found, [(first, retry)], read, [generation], key, judge)
+
+
+def _retry(bad: Sequence[Example], teacher: Teacher, file: CandidateFile, cfg: Config, render: Any) -> GenerationStats:
+    """The second try at each malformed reply, sampled at `retry_temperature` with another seed. An endpoint gets one
+    request per chunk seeded by its id; a local model one batch per chunk, seeded by its id too, so that shards ask
+    what one run asks (a batch of several would depend on which other chunks were malformed in the same shard)."""
+    s, d = cfg.synth, cfg.synth.documents
+
+    def params(seed: int) -> GenerationParams:
+        return GenerationParams(max_new_tokens=s.max_new_tokens, temperature=d.retry_temperature, top_p=s.top_p, stop=list(s.stop), seed=seed)
+
+    if not teacher.local:
+        return generate(bad, teacher, file, prompt=d.prompt, samples=1, params=params(s.seed + 1), chunk_questions=s.chunk_questions,
+                        shard=None, desc="questions, second tries", render=render, unit="chunk")
+    total = GenerationStats()
+    bar = progress_bar(total=len(bad), desc="questions, second tries", unit="chunk", disable=not bad)
+    try:
+        for q in bad:
+            one = generate([q], teacher, file, prompt=d.prompt, samples=1, params=params(sample_seed(s.seed + 1, q.id, 0)),
+                           chunk_questions=1, shard=None, progress=False, render=render)
+            for k in ("generated", "reused", "prompt_tokens", "completion_tokens"):
+                setattr(total, k, getattr(total, k) + getattr(one, k))
+            total.seconds += one.seconds
+            total.stale += one.stale
+            bar.update(1)
+    finally:
+        bar.close()
+    return total
 
 
 def merge(cfg: Config) -> dict[str, Any]:
@@ -303,10 +336,10 @@ def source_texts(rows: Sequence[dict[str, Any]], docs: Documents) -> dict[str, s
 
 
 def qfilter(docs: Sequence[str], candidates: Path, out: Path, checks: Sequence[str], settings: FilterSettings,
-            warn: Any = print) -> dict[str, Any]:
+            warn: Any = print, text_field: str = "text") -> dict[str, Any]:
     """Filter an item file against the documents: kept Examples to `out`, rejects (with their failed checks) beside it."""
-    documents = read_documents(docs, warn=warn)
-    rows = read_item_rows(candidates)
+    rows = read_item_rows(candidates)  # a bad row stops before the documents are read
+    documents = read_documents(docs, text_field, warn=warn)
     result = filter_items(rows, source_texts(rows, documents), settings, checks)
     write_examples(out, (kept_item(c, checks) for c in result.kept))
     write_jsonl(rejects_path(out), ({**c.row, "reasons": r} for c, r in result.rejected))

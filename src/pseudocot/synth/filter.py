@@ -326,12 +326,7 @@ def well_formed_check(cands: Sequence[Candidate], s: FilterSettings) -> Reasons:
 
 def duplicate_check(cands: Sequence[Candidate], s: FilterSettings) -> Reasons:
     out: Reasons = []
-    first: dict[str, str] = {}  # a question's id -> the key it was indexed under
-    items = []
-    for i, c in enumerate(cands):
-        first.setdefault(c.id, str(i))
-        items.append((str(i), c.question))
-    for c, hit in zip(cands, near_duplicates(items, s.duplicate_threshold)):
+    for c, hit in zip(cands, near_duplicates([(str(i), c.question) for i, c in enumerate(cands)], s.duplicate_threshold)):
         other = cands[int(hit[0])] if hit else None
         if other is None or other.id == c.id:  # the samples of one question share it: not duplicates
             out.append([])

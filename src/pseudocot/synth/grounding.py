@@ -16,8 +16,8 @@
 - `NearDuplicates`: MinHash LSH (datasketch) over character 4-grams of the lower-cased question without
   punctuation; a candidate pair is confirmed by its exact Jaccard similarity, equal numbers (`12 apples`
   and `13 apples` are two questions) and at most one content word in one and not the other (`How many
-  dolls do they have?` and `How many dice do they have?` are two questions; an added `really` or
-  `in total` is not a new one).
+  dolls do they have?` and `How many dice do they have?` are two questions, and so are `... open?` and
+  `... not open?`; an added `really` or `in total` is not a new one).
 """
 
 from __future__ import annotations
@@ -50,7 +50,23 @@ CONSTANTS = (0.5, 1.0, 2.0, 3.0, 4.0, 7.0, 10.0, 12.0, 24.0, 52.0, 60.0, 100.0, 
 """Numbers a reasoning may use without finding them in the text: halves, weeks, dozens, hours, percent."""
 
 
-def numbers_in(text: str) -> list[float]:
+_WHOLE_FRACTION = re.compile(r"^\s*\$?(\d{1,6})\s*/\s*(\d{1,6})\s*$")
+
+
+def answer_numbers(answer: str) -> list[float]:
+    """The numbers an answer gives, in digits (`No one` and `the second half` are text, not 1 and 0.5); a whole
+    fraction is its value (`1/2` is 0.5, not 1 and 2).
+
+    >>> answer_numbers("1/2"), answer_numbers("No one"), answer_numbers("$1,200 in 3 weeks")
+    ([0.5], [], [1200.0, 3.0])
+    """
+    m = _WHOLE_FRACTION.match(answer)
+    if m:
+        return [int(m[1]) / int(m[2])] if int(m[2]) else []
+    return numbers_in(answer, words=False)
+
+
+def numbers_in(text: str, words: bool = True) -> list[float]:
     """The numbers a text states, in digits or words (`20%` also as 0.2, `twenty-five` as 25).
 
     >>> numbers_in("She paid $1,200 for twenty-five chairs, a dozen at 20% off.")
@@ -66,6 +82,8 @@ def numbers_in(text: str) -> list[float]:
     for m in _FRACTION.finditer(text):
         if int(m[2]):
             out.append(int(m[1]) / int(m[2]))
+    if not words:
+        return out
     lower = text.lower()
     for m in _TENS.finditer(lower):
         out.append(_WORD_NUMBERS[m[1]] + _WORD_NUMBERS[m[2]])
@@ -87,6 +105,10 @@ STOPWORDS = frozenset(
     "did has have had can could will would should may might must about into over under after before between during".split())
 
 
+MEANING = frozenset("not no never none nothing before after left more less fewer most least first last".split())
+"""Small words that turn a question into another (`open` / `not open`, `have` / `have left`): never a near-duplicate's edit."""
+
+
 def content_words(text: str) -> list[str]:
     return [w for w in _WORDS.findall(text.lower()) if w not in STOPWORDS and len(w) > 1]
 
@@ -106,14 +128,15 @@ class Support:
 
 
 def _reaches(result: float, answer: float) -> bool:
-    """Whether an answer is a computed result as answers give it: the same, in cents or percent (x 100 or / 100),
-    or rounded to a whole number (`33.33...%` is 33, `6.75` packs is 7).
+    """Whether an answer is a computed result as answers give it: the same (to 0.1%), in cents or percent (x 100 or
+    / 100), or rounded to a whole number (`33.33...%` is 33, `6.75` packs is 7).
 
     >>> _reaches(0.1, 10), _reaches(6.75, 7), _reaches(33.333, 33), _reaches(12, 13)
     (True, True, True, False)
     """
-    if any(_near(answer, x) for x in (result, result * 100, result / 100)):
-        return True
+    answer, result = abs(answer), abs(result)  # `-10` and `a loss of 10`
+    if any(math.isclose(answer, x, rel_tol=1e-3, abs_tol=5e-4) for x in (result, result * 100, result / 100)):
+        return True  # the same, as rounded to a few digits (`4/7` and `0.571`)
     return not float(result).is_integer() and answer in (math.floor(result), math.ceil(result), round(result))
 
 
@@ -142,7 +165,7 @@ def support(text: str, question: str, answer: str, reasoning: str, min_word_over
     if of and found / of < min_topic_overlap:
         return Support(False, f"grounded:topic: {found} of the question and reasoning's {of} content words are in the text "
                               f"({found / of:.0%}; at least {min_topic_overlap:.0%})")
-    values = numbers_in(answer)
+    values = answer_numbers(answer)
     if not values:
         words = content_words(answer)
         if not words:
@@ -223,7 +246,7 @@ def _trivial(expression: str) -> bool:
     return bool(_TRIVIAL.match(expression))
 
 
-def ill_formed(question: str, answer: str, steps: Sequence[str], max_answer_words: int = 12) -> str | None:
+def ill_formed(question: str, answer: str, steps: Sequence[str], max_answer_words: int = 30) -> str | None:
     """Why an item is not a question with a short answer (`well_formed:<why>: ...`), else None: the question asks
     nothing (no `?`, no question or instruction word), the answer is a calculation or runs over `max_answer_words`
     words, the reasoning repeats itself (a line twice, or one line that says one thing over and over), or every
@@ -240,6 +263,8 @@ def ill_formed(question: str, answer: str, steps: Sequence[str], max_answer_word
     >>> ill_formed("How many loaves are baked each morning?", "84", ["48 + 36 = 84"]) is None
     True
     """
+    if not answer.strip():
+        return "well_formed:no-answer: the answer is empty"
     if "?" not in question and not _ASKS.match(question):
         return "well_formed:not-a-question: the question asks nothing (no question mark or question word)"
     if _EXPRESSION.search(answer):
@@ -299,7 +324,7 @@ class NearDuplicates:
         from datasketch import MinHash
 
         norm, nums = normalize(question)
-        words = frozenset(_stem(w) for w in content_words(norm))
+        words = frozenset([*(_stem(w) for w in content_words(norm)), *(w for w in norm.split() if w in MEANING)])
         grams = shingles(norm)
         m = MinHash(num_perm=self.num_perm, seed=1)
         m.update_batch([g.encode() for g in sorted(grams)])
@@ -307,7 +332,8 @@ class NearDuplicates:
         for other in self.lsh.query(m):
             o_grams, o_nums, o_words = self.kept[other]
             sim = jaccard(grams, o_grams)
-            if (o_nums == nums and len(words ^ o_words) <= self.max_word_changes and sim >= self.threshold
+            changed = words ^ o_words
+            if (o_nums == nums and len(changed) <= self.max_word_changes and not changed & MEANING and sim >= self.threshold
                     and (best is None or sim > best[1])):
                 best = (other, sim)
         if best is None:

@@ -28,7 +28,7 @@ from pseudocot.synth.filter import Candidate, is_answer_line
 from pseudocot.synth.teacher import split_thinking
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
-_STEP_LABEL = re.compile(r"^\s*(?:step\s*\d+\s*[:.)-]|\d{1,2}[.)])\s*", re.IGNORECASE)
+_STEP_LABEL = re.compile(r"^\s*(?:step\s*\d+\s*[:.)-]|\d{1,2}[.)](?=\s))\s*", re.IGNORECASE)
 
 
 def _json_values(text: str) -> list[Any]:
@@ -153,7 +153,8 @@ def kept_item(c: Candidate, checks: Sequence[str], teacher: str | None = None) -
     """A kept item as an Example: `source` = its chunk (`NAME#START-END`), `meta.document` its document."""
     row = c.row
     where = parse_source(str(row.get("source") or ""))
-    meta: dict[str, Any] = {"document": where[0] if where else None, "questions": {"checks": list(checks)}}
+    meta: dict[str, Any] = {"document": where[0] if where else None, "span": str(row.get("source") or "") or None,
+                            "questions": {"checks": list(checks)}}
     if teacher:
         meta["questions"]["teacher"] = teacher
     return Example(id=str(row["id"]), question=str(row["question"]), answer=str(row["answer"]),
@@ -161,7 +162,8 @@ def kept_item(c: Candidate, checks: Sequence[str], teacher: str | None = None) -
 
 
 def document_of(ex: Example) -> str:
-    return str(ex.meta.get("document") or (parse_source(ex.source) or (ex.source,))[0])
+    span = str(ex.meta.get("span") or ex.source)
+    return str(ex.meta.get("document") or (parse_source(span) or (span,))[0])
 
 
 def split_by_document(examples: Sequence[Example], val: float, test: float, seed: int, by: str = "document") -> dict[str, list[Example]]:
