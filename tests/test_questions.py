@@ -359,6 +359,18 @@ def test_a_fake_endpoint_writes_items_the_checks_sort_and_the_data_stage_reads(t
     assert questions_stage.main(cfg)["key"] == stats["key"]
 
 
+def test_a_teacher_that_fails_every_request_stops_in_one_line_naming_the_chunk(tmp_path, docs_dir):
+    from pseudocot.errors import EndpointError
+
+    with fake_teacher_module().FakeTeacher([], thinking="none", answerer=fake_questions, faults="down=1") as teacher:
+        cfg = load_config(questions_config(tmp_path, "down", teacher.url, docs_dir, "retry_temperature: 0.7"),
+                          ["synth.teacher.max_retries=0"])
+        with pytest.raises(EndpointError) as e:
+            questions_stage.main(cfg)
+    message = str(e.value)
+    assert "\n" not in message and "chunk " in message and "run synth questions again" in message and "0 new chunks" in message
+
+
 def _process(cfg_file: Path, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-m", "pseudocot", "synth", "questions", "--config", str(cfg_file), *extra], env=env,

@@ -211,7 +211,7 @@ def generate(questions: Sequence[Example], teacher: Teacher, file: CandidateFile
         if teacher.local:
             _generate_local(questions, teacher, file, render, samples, params, mine, done, stats, bar)
         else:
-            _generate_endpoint(questions, teacher, file, render, params, missing, stats, bar)
+            _generate_endpoint(questions, teacher, file, render, params, missing, stats, bar, unit, desc)
     finally:
         bar.close()
         stats.seconds = time.perf_counter() - t0
@@ -243,7 +243,8 @@ def _generate_local(questions: Sequence[Example], teacher: Teacher, file: Candid
 
 
 def _generate_endpoint(questions: Sequence[Example], teacher: Teacher, file: CandidateFile, render: Callable[[Example], str],
-                       params: GenerationParams, missing: Sequence[tuple[int, int]], stats: GenerationStats, bar: Any) -> None:
+                       params: GenerationParams, missing: Sequence[tuple[int, int]], stats: GenerationStats, bar: Any,
+                       unit: str = "solution", desc: str = "synth") -> None:
     base_seed = int(params.seed or 0)
     todo = iter(missing)
     limit = teacher.spec.concurrency
@@ -256,7 +257,7 @@ def _generate_endpoint(questions: Sequence[Example], teacher: Teacher, file: Can
         try:
             c = teacher.complete(teacher.prompt(render(questions[i])), p)
         except EndpointError as e:
-            raise EndpointError(f"question {questions[i].id} sample {s}: {str(e).rstrip('.')}") from None
+            raise EndpointError(f"{'chunk' if unit == 'chunk' else 'question'} {questions[i].id} sample {s}: {str(e).rstrip('.')}") from None
         return _row(questions[i], s, seed, c)
 
     with ThreadPoolExecutor(max_workers=limit) as pool:
@@ -281,5 +282,6 @@ def _generate_endpoint(questions: Sequence[Example], teacher: Teacher, file: Can
                 _count(stats, rows)
                 bar.update(len(rows))
     if failure is not None:
+        again = "synth questions" if desc.startswith("questions") else "synth"
         raise EndpointError(f"the teacher failed a request after its retries ({str(failure).rstrip('.')}); {stats.generated} "
-                            "new solutions were written and kept, so run synth again to ask for the rest.")
+                            f"new {unit}s were written and kept, so run {again} again to ask for the rest.")
