@@ -48,3 +48,21 @@ def kill_one_finish_other(killed: list[str], unbroken: list[str], state: Path, s
                     proc.kill()
                     proc.wait()
     assert victim.returncode == -signal.SIGKILL, "the run finished before it could be killed; give it more steps"
+
+
+def kill_when_written(proc: subprocess.Popen, target: Path, lines: int, timeout: float, torn: bytes) -> int:
+    """SIGKILL `proc` (a writer that appends JSONL rows to `target`) once `target` holds `lines` rows, then append
+    `torn`, a row the kill cut short; returns the rows written before the kill. Fails the test when the run ended
+    before it could be killed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if target.is_file() and target.read_bytes().count(b"\n") >= lines:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed; give it more work"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = target.read_bytes().count(b"\n")
+    with target.open("ab") as f:
+        f.write(torn)
+    return written

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from kill_resume import kill_when_written
 from pseudocot.config import load_config
 from pseudocot.data.documents import chunk_documents, chunk_text, read_documents, tokenizer_spans, word_spans
 from pseudocot.data.jsonl import read_examples
@@ -389,19 +388,8 @@ def test_a_run_killed_by_sigkill_then_run_again_gives_the_same_rows_none_twice(t
         assert proc.wait(timeout=300) == 0, proc.stdout.read().decode()[-2000:]
         broken = questions_config(tmp_path, "broken", teacher.url, docs)
         target = RunLayout.of(load_config(broken)).questions_file("replies.jsonl")
-        proc = _process(broken)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if target.is_file() and target.read_bytes().count(b"\n") >= 10:
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, "the run ended before it could be killed; give it more work"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        written = target.read_bytes().count(b"\n")
+        written = kill_when_written(_process(broken), target, 10, 120, b'{"id": "doc-0')  # and a row the kill cut short
         assert 10 <= written < 40
-        with target.open("ab") as f:
-            f.write(b'{"id": "doc-0')  # a row the kill cut short
         proc = _process(broken)
         out = proc.communicate(timeout=300)[0].decode()
         assert proc.returncode == 0, out[-2000:]

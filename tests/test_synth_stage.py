@@ -9,14 +9,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from kill_resume import kill_when_written
 from pseudocot.config import load_config
 from pseudocot.data.jsonl import read_examples
 from pseudocot.errors import EndpointError
@@ -90,19 +89,9 @@ def test_a_run_killed_by_sigkill_ends_with_the_candidates_of_an_unbroken_run(tmp
 
     broken = synth_config(tmp_path, serve_run, "broken", **extra)
     target = RunLayout.of(load_config(broken)).synth_file("candidates.jsonl")
-    proc = _synth_process(broken)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if target.is_file() and target.read_bytes().count(b"\n") >= 64:  # 8 of 60 chunks written
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run ended before it could be killed; give it more work"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    written = target.read_bytes().count(b"\n")
+    # killed once 8 of 60 chunks are written, and a row the kill cut short
+    written = kill_when_written(_synth_process(broken), target, 64, 300, b'{"id": "torn by the ki')
     assert 64 <= written < 480
-    with target.open("ab") as f:
-        f.write(b'{"id": "torn by the ki')  # a row a kill cut short
     proc = _synth_process(broken)
     out = proc.communicate(timeout=600)[0].decode()
     assert proc.returncode == 0, out[-2000:]

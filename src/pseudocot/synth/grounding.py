@@ -145,11 +145,8 @@ def _small(v: float) -> bool:
     return (float(v).is_integer() and abs(v) <= 10) or any(_near(v, c) for c in CONSTANTS)
 
 
-def topic_overlap(text: str, question: str, reasoning: str) -> tuple[int, int]:
-    """(found, of): the distinct content words (stemmed) of the question and reasoning, and how many are in the text."""
-    have = {_stem(w) for w in content_words(text)}
-    words = list(dict.fromkeys(_stem(w) for w in content_words(f"{question} {reasoning}")))
-    return sum(w in have for w in words), len(words)
+def _stems(text: str) -> set[str]:
+    return {_stem(w) for w in content_words(text)}
 
 
 def support(text: str, question: str, answer: str, reasoning: str, min_word_overlap: float = 0.6,
@@ -161,7 +158,9 @@ def support(text: str, question: str, answer: str, reasoning: str, min_word_over
     >>> print(support("Bob walks 3 miles a day.", "How many clips did Ann have left?", "24", "48 / 2 = 24").reason)
     grounded:topic: 0 of the question and reasoning's 4 content words are in the text (0%; at least 15%)
     """
-    found, of = topic_overlap(text, question, reasoning)
+    have = _stems(text)
+    asked = _stems(f"{question} {reasoning}")
+    found, of = len(asked & have), len(asked)
     if of and found / of < min_topic_overlap:
         return Support(False, f"grounded:topic: {found} of the question and reasoning's {of} content words are in the text "
                               f"({found / of:.0%}; at least {min_topic_overlap:.0%})")
@@ -170,7 +169,6 @@ def support(text: str, question: str, answer: str, reasoning: str, min_word_over
         words = content_words(answer)
         if not words:
             return Support(True)
-        have = {_stem(w) for w in content_words(text)}
         hits = sum(_stem(w) in have for w in words)
         if hits / len(words) >= min_word_overlap:
             return Support(True)
@@ -324,7 +322,7 @@ class NearDuplicates:
         from datasketch import MinHash
 
         norm, nums = normalize(question)
-        words = frozenset([*(_stem(w) for w in content_words(norm)), *(w for w in norm.split() if w in MEANING)])
+        words = frozenset(_stems(norm) | {w for w in norm.split() if w in MEANING})
         grams = shingles(norm)
         m = MinHash(num_perm=self.num_perm, seed=1)
         m.update_batch([g.encode() for g in sorted(grams)])
