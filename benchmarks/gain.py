@@ -4,7 +4,9 @@ For each arm (`--arm NAME=KEY=VALUE;KEY=VALUE`, repeatable; the preset itself is
 (`--seeds 0,1,2,3,4`), `pseudocot run PRESET run.seed=S` into `<out-dir>/<arm>/seed-<S>/` (data, tokenizer and test
 questions do not depend on `run.seed`, so every run answers the same questions). An arm's run starts from a copy of
 the first arm's run of the same seed, so the stages the arm does not change are skipped by their keys (an arm that
-changes the base model retrains only the base, the router and evaluation). `--reuse` keeps finished runs.
+changes the base model retrains only the base, the router and evaluation); the first arm's run of a later seed starts
+from the first seed's, so the stages that do not read `run.seed` (data; the docs preset's writer and questions) are
+made once. `--reuse` keeps finished runs.
 
 Reported, per arm: each system's accuracy per seed with its 95% interval, thought calls per question, the TTM's
 faithfulness (the share of its `a op b = c` statements that are true), the run's wall time; over seeds the mean, min,
@@ -188,7 +190,9 @@ def main(argv: list[str]) -> dict[str, Any]:
         for seed in seeds:
             first = run_folder(args.out_dir, arms[0][0], seed)
             for arm, overrides in arms:
-                run_one(args, arm, overrides, seed, first)
+                # the first arm of a later seed starts from the first seed's run: the stages that do not read run.seed
+                # (data, tokenizer; a writer and its questions) are skipped by their keys
+                run_one(args, arm, overrides, seed, first if arm != arms[0][0] else run_folder(args.out_dir, arm, seeds[0]))
     runs = {arm: {s: read_run(run_folder(args.out_dir, arm, s), args.task) for s in seeds
                   if (run_folder(args.out_dir, arm, s) / "eval" / "results.json").is_file()} for arm, _ in arms}
     missing = [f"{arm}/seed-{s}" for arm, _ in arms for s in seeds if s not in runs[arm]]

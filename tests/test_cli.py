@@ -199,7 +199,7 @@ def test_config_show_with_override(tmp_path):
 def test_config_presets():
     result = invoke("config", "presets")
     assert result.exit_code == 0
-    assert result.output.split() == ["demo", "demo-grpo", "gsm8k", "paper-llama3", "paper-ttm", "smoke", "smol"]
+    assert result.output.split() == ["demo", "demo-grpo", "docs", "gsm8k", "paper-llama3", "paper-ttm", "smoke", "smol"]
 
 
 @pytest.mark.parametrize("args, key", [

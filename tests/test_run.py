@@ -19,7 +19,8 @@ def _fake_outputs(cfg, name):
     reads (its key), so the stages that read it see a change exactly when it was made from other inputs."""
     layout = RunLayout.of(cfg)
     made = json.dumps({"made_from": stage_key(cfg, name)})
-    files = {"questions": [layout.questions_file(f"{s}.jsonl") for s in ("train", "val", "test")],
+    files = {"writer": [layout.writer_dir / "model.safetensors"],
+             "questions": [layout.questions_file(f"{s}.jsonl") for s in ("train", "val", "test")],
              "data": [layout.split(s) for s in ("train", "val", "test")] + [layout.tokenizer_dir / "tokenizer.json"],
              "synth": [layout.synth_file("kept.jsonl")],
              "teacher": [layout.teacher_dir / "model.safetensors"],
@@ -125,6 +126,23 @@ def test_questions_run_before_data_when_documents_are_set_and_a_questions_source
     run_mod.main(_cfg(tmp_path, *q[:3]), echo=calls.echo)
     assert table.get("data").reads(_cfg(tmp_path, *q[:3])) == ()
     assert [c[0] for c in calls] == DEFAULT_STAGES
+
+
+def test_the_writer_trains_before_the_questions_stage_which_reads_it(tmp_path, calls):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("The mill has 4 wheels.\n")
+    w = (f"synth.documents.paths=[{docs}]", "writer.enabled=true", "data.sources=[{name: docs, format: questions}]")
+    run_mod.main(_cfg(tmp_path, *w), echo=calls.echo)
+    assert [c[0] for c in calls] == ["writer", "questions", *DEFAULT_STAGES]
+    assert table.get("questions").reads(_cfg(tmp_path, *w)) == ("writer",)
+    calls.clear()
+    run_mod.main(_cfg(tmp_path, *w, "writer.train.max_steps=7"), echo=calls.echo)  # another writer: everything after it
+    assert [c[0] for c in calls] == ["writer", "questions", *DEFAULT_STAGES]
+    calls.clear()
+    # how many chunks it writes for at once: not the writer, but its replies (a padded batch may differ in the last bits)
+    run_mod.main(_cfg(tmp_path, *w, "writer.train.max_steps=7", "writer.batch_size=8"), echo=calls.echo)
+    assert [c[0] for c in calls] == ["questions", *DEFAULT_STAGES]
 
 
 def test_grpo_runs_after_the_base_when_enabled_and_the_router_reads_its_ttm(tmp_path, calls):

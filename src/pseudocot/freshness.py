@@ -239,7 +239,7 @@ def questions_generation_key(cfg: Config, retry: bool = False) -> str:
     """The key of the teacher's replies to document chunks (first tries, or second tries at malformed replies): who
     writes, the prompts and the sampling. Rows are matched to chunks by their span and text, so the documents and
     the chunking are not in it."""
-    s, d, t = cfg.synth, cfg.synth.documents, cfg.synth.teacher
+    s, d, t = cfg.synth, cfg.synth.documents, RunLayout.of(cfg).questions_teacher
     teacher = None
     if t is not None:
         runtime = ("concurrency", "max_retries", "timeout_seconds", "api_key_env") + (() if t.path else ("batch_size",))
@@ -253,7 +253,19 @@ def questions_generation_key(cfg: Config, retry: bool = False) -> str:
 
 def documents_fingerprint(cfg: Config) -> list[str | None]:
     """The content of every document file or folder `synth.documents.paths` names."""
-    return [file_fingerprint(p) for p in cfg.synth.documents.paths]
+    return [file_fingerprint(p) for p in RunLayout.of(cfg).document_paths]
+
+
+def writer_key(cfg: Config) -> str:
+    """The key of the writer stage: its section (not `batch_size`, which only the questions stage reads; its own `seed`,
+    not `run.seed`), the prompt it learns to answer (`synth.documents.prompt`, `items_per_chunk`, `synth.system_prompt`), its pairs (the
+    file, or `data.arith` and the documents its stories must differ from) and a checkpoint's weights."""
+    w, d = cfg.writer, cfg.synth.documents
+    return digest({"stage": "writer", "own": {k: v for k, v in to_dict(w).items() if k != "batch_size"},
+                   "prompt": [d.prompt, d.items_per_chunk, cfg.synth.system_prompt],
+                   "pairs": file_fingerprint(w.pairs) if w.pairs else [cfg.data.arith, documents_fingerprint(cfg), d.text_field],
+                   "weights": model_fingerprint(w.model.path),
+                   "tokenizer": model_fingerprint(w.model.tokenizer) if w.model.tokenizer else None})
 
 
 def questions_shard_key(cfg: Config) -> str:

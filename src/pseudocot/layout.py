@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pseudocot.config.schema import Config
+from pseudocot.config.schema import Config, TeacherEndpointConfig
 from pseudocot.errors import DataError
 
 # Inside any trained-model folder (a stage's output).
@@ -40,7 +40,8 @@ TEACHER_CACHE = "teacher_cache"
 TEACHER_WRITTEN = "written"
 STUDENT_INIT = "student-init"
 BUILTIN_DATA = "builtin:"
-"""An eval task's `data` with this prefix names a file shipped in `pseudocot/configs/data/` (small public benchmark subsets)."""
+"""An eval task's `data` or a document path with this prefix names a file or folder shipped in `pseudocot/configs/data/`
+(small public benchmark subsets, documents)."""
 KEY_FILE = "key.txt"
 """Beside what a stage may resume (checkpoints/, router traces/): the stage key it was written under."""
 # Inside a router folder (`router.model.Router.save` writes it).
@@ -48,6 +49,13 @@ ROUTER_INFO = "router.json"
 ROUTER_WEIGHTS = "router.safetensors"
 DEPTH_WEIGHTS = "depth.safetensors"
 ANSWER_WEIGHTS = "answer.safetensors"
+
+
+def builtin_path(path: str) -> Path:
+    """`builtin:NAME` as the file or folder shipped in `pseudocot/configs/data/NAME`; any other path as it is."""
+    if path.startswith(BUILTIN_DATA):
+        return Path(__file__).parent / "configs" / "data" / path[len(BUILTIN_DATA):]
+    return Path(path)
 
 
 def safe_name(name: str) -> str:
@@ -166,6 +174,33 @@ class RunLayout:
         malformed one), `kept.jsonl` (Example JSONL), `rejects.jsonl`, `train.jsonl`/`val.jsonl`/`test.jsonl` (the
         kept questions split by document), `judge.jsonl`, `stats.json`."""
         return self.questions_work(shard) / name
+
+    @property
+    def document_paths(self) -> list[str]:
+        """`synth.documents.paths`, a `builtin:NAME` one as the folder or file shipped with pseudocot."""
+        return [str(builtin_path(p)) for p in self.cfg.synth.documents.paths]
+
+    @property
+    def writer_dir(self) -> Path:
+        """The question writer trained in the run (`writer.enabled`): model, tokenizer, `metrics.json`, `checkpoints/`."""
+        return self.root / "writer"
+
+    @property
+    def writer_tokenizer_dir(self) -> Path:
+        """A preset writer's tokenizer, trained on its pairs (`key.txt` beside it: the writer key it was trained under)."""
+        return self.writer_dir / "tokenizer"
+
+    def writer_pairs(self, split: str) -> Path:
+        """`writer/pairs/<train|val>.jsonl`: the pairs the writer learnt from."""
+        return self.writer_dir / "pairs" / f"{split}.jsonl"
+
+    @property
+    def questions_teacher(self) -> TeacherEndpointConfig | None:
+        """Who writes the questions: the run's writer when `writer.enabled`, else `synth.teacher`."""
+        w = self.cfg.writer
+        if not w.enabled:
+            return self.cfg.synth.teacher
+        return TeacherEndpointConfig(path=str(self.writer_dir), batch_size=w.batch_size)
 
     @property
     def synth_dir(self) -> Path:
@@ -321,9 +356,7 @@ class RunLayout:
 
     def eval_task_data(self, data: str | None) -> Path:
         """An eval task's data: its own `data` (`builtin:NAME`: a file shipped with pseudocot), else the run's test split."""
-        if data and data.startswith(BUILTIN_DATA):
-            return Path(__file__).parent / "configs" / "data" / data[len(BUILTIN_DATA):]
-        return Path(data) if data else self.split("test")
+        return builtin_path(data) if data else self.split("test")
 
     def inside_run(self, path: Path) -> bool:
         """Whether `path` lies inside the run folder (a folder the config points elsewhere does not)."""

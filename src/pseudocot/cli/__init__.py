@@ -84,19 +84,41 @@ def _print_data_summary(cfg: Config, stats: dict[str, Any]) -> None:
 
 
 @data.command("arith")
-@click.option("--n", "n", type=click.IntRange(min=1), required=True, help="Number of problems.")
+@click.option("--n", "n", type=click.IntRange(min=1), required=True, help="Number of problems (or stories).")
 @click.option("--max-steps", type=click.IntRange(min=1), default=ArithConfig.max_steps, show_default=True, help="Largest number of operations k.")
+@click.option("--step-weights", default=None, metavar="W1,W2,...", help="Relative frequency of k = 1..max-steps (default: uniform).")
+@click.option("--operations", default="+,-,*,/", show_default=True, help="Comma-separated operations to draw from.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same bytes.")
 @click.option("--max-operand", type=click.IntRange(min=2), default=ArithConfig.max_operand, show_default=True)
 @click.option("--max-value", type=click.IntRange(min=4), default=ArithConfig.max_value, show_default=True)
+@click.option("--stories", is_flag=True,
+              help="Write documents instead: one story per row ({text}: the problem without its question), and the "
+                   "questions each story answers after every step to OUT.items.jsonl ({text, items}, writer.pairs' form).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output JSONL file.")
-def data_arith(n: int, max_steps: int, seed: int, max_operand: int, max_value: int, out: Path) -> None:
-    """Write N problems of the built-in multi-step arithmetic task, and OUT.stats.json beside it."""
+def data_arith(n: int, max_steps: int, step_weights: str | None, operations: str, seed: int, max_operand: int, max_value: int,
+               stories: bool, out: Path) -> None:
+    """Write N problems of the built-in multi-step arithmetic task, and OUT.stats.json beside it (with --stories,
+    N story documents and their questions)."""
+    from pseudocot.config import FieldError
     from pseudocot.data import arith
-    from pseudocot.data.jsonl import write_examples
+    from pseudocot.data.jsonl import write_examples, write_jsonl
+    from pseudocot.errors import ConfigError
     from pseudocot.files import atomic_write_text
 
-    cfg = ArithConfig(max_steps=max_steps, seed=seed, max_operand=max_operand, max_value=max_value)
+    try:
+        weights = [float(w) for w in step_weights.split(",")] if step_weights else None
+        cfg = ArithConfig(max_steps=max_steps, step_weights=weights, operations=[o.strip() for o in operations.split(",")],  # type: ignore[misc]
+                          seed=seed, max_operand=max_operand, max_value=max_value)
+    except (ValueError, FieldError) as e:
+        raise ConfigError(f"pseudocot data arith: {e}; see --help.") from None
+    if stories:
+        made = arith.stories(n, cfg, seed=seed)
+        write_jsonl(out, ({"text": text} for text, _ in made))
+        items = out.with_name(out.name.removesuffix(".jsonl") + ".items.jsonl")
+        write_jsonl(items, ({"text": text, "items": qs} for text, qs in made))
+        click.echo(f"wrote {n} stories to {out} and their {sum(len(qs) for _, qs in made)} questions to {items}")
+        click.echo(f"example: {made[0][0]}\n  {made[0][1][-1]['question']} -> {made[0][1][-1]['answer']}")
+        return
     examples = arith.generate(n, cfg)
     write_examples(out, examples)
     stats_path = out.with_name(out.name.removesuffix(".jsonl") + ".stats.json")

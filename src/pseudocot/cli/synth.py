@@ -183,6 +183,30 @@ def questions_merge(config_name: str, overrides: tuple[str, ...]) -> None:
     click.echo(json.dumps({k: stats.get(k) for k in ("documents", "chunks", "items", "kept", "rejected_by_check")}))
 
 
+@synth_group.command("writer")
+@config_option
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+def writer_command(config_name: str, overrides: tuple[str, ...]) -> None:
+    """Train the question writer (`writer` section) that the questions stage then asks in place of synth.teacher.
+
+    \b
+    pseudocot synth writer --config docs                      # -> runs/docs/writer/
+    pseudocot synth writer --config C writer.enabled=true writer.pairs=pairs.jsonl
+
+    It learns to reply to synth.documents.prompt with a JSON list of items, from writer.pairs ({text, items} rows) or,
+    without a file, from stories of the built-in arith task that are not among the documents.
+    """
+    from pseudocot.config import load_config
+    from pseudocot.errors import ConfigError
+    from pseudocot.stages import writer as writer_stage
+
+    cfg = load_config(config_name, overrides)
+    if not cfg.writer.enabled:
+        raise ConfigError("writer.enabled is false, so the questions stage would not use a writer; set writer.enabled=true.")
+    metrics = writer_stage.main(cfg)
+    click.echo(json.dumps({k: metrics.get(k) for k in ("model", "train_pairs", "steps", "train_loss", "val_loss", "skipped")}))
+
+
 @synth_group.command("qfilter")
 @click.option("--docs", "docs", multiple=True, required=True, type=click.Path(exists=True, path_type=Path), metavar="DIR_OR_FILE",
               help="The documents (repeatable): a row's source PATH#START-END is PATH relative to the folder (or a file's name).")

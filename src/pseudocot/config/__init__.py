@@ -44,6 +44,7 @@ from pseudocot.config.schema import (
     TeacherWritesConfig,
     TokenizerConfig,
     TrainConfig,
+    WriterConfig,
     field_docs,
     parse_shard,
 )
@@ -53,7 +54,7 @@ __all__ = [
     "DEFAULT_PRESET", "PRESET_DIR", "ArithConfig", "Config", "ConfigError", "DataConfig", "DistillConfig",
     "DistillStageConfig", "DocumentsConfig", "EvalConfig", "EvalTaskConfig", "FieldError", "FinetuneConfig", "GrpoConfig", "LoraConfig", "ModelSpec",
     "PipelineConfig", "RouterConfig", "RunConfig", "ServeConfig", "SourceConfig", "SynthConfig", "SystemConfig",
-    "TeacherEndpointConfig", "TeacherWritesConfig", "TokenizerConfig", "TrainConfig",
+    "TeacherEndpointConfig", "TeacherWritesConfig", "TokenizerConfig", "TrainConfig", "WriterConfig",
     "field_docs", "from_dict", "load_config", "parse_override", "parse_shard", "presets",
     "resolve_config_path", "save_config", "to_dict", "to_yaml",
 ]

@@ -402,7 +402,7 @@ def _inherit_train(data: dict[str, Any]) -> None:
     shared = data.get("train")
     if not isinstance(shared, dict) or not shared:
         return
-    stages: list[Any] = [data.setdefault(role, {}) for role in ("teacher", "base")]
+    stages: list[Any] = [data.setdefault(role, {}) for role in ("teacher", "base", "writer")]
     distill = data.get("distill")
     if isinstance(distill, dict) and isinstance(distill.get("stages"), list):
         stages += distill["stages"]

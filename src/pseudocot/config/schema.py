@@ -811,6 +811,43 @@ def _check_names(checks: list[str]) -> None:
 
 
 @dataclass
+class WriterConfig(Section):
+    """A question writer trained in the run (Bonito's idea: a model fine-tuned to turn text into tasks), which the
+    questions stage then uses as its teacher in place of `synth.teacher`."""
+
+    enabled: bool = False
+    """`pseudocot run` trains the writer before the questions stage, which then asks it (not `synth.teacher`)."""
+    model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="tiny-xs-3l"))
+    """The writer: a tiny preset trained from scratch (on its own tokenizer, trained on the pairs) or a checkpoint."""
+    method: Literal["full", "lora", "qlora"] = "full"
+    """Full fine-tuning, LoRA or QLoRA (a preset trains in full)."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """Adapter settings for lora and qlora."""
+    pairs: str | None = None
+    """What it learns from: a JSONL of `{text, items: [{question, answer, reasoning}]}` rows; null: stories of the
+    built-in arith task (with `data.arith`'s operations, operands and steps), none of them the text of a document."""
+    n_train: Positive = 4000
+    """Training pairs (the first this many rows of `pairs`, or this many stories)."""
+    n_val: Positive = 200
+    """Validation pairs (the rows after the training ones, or as many more stories)."""
+    vocab_size: Annotated[int, Ge(MIN_TOKENIZER_VOCAB)] = 512
+    """A preset writer's tokenizer: its vocabulary, trained on the pairs' prompts and replies."""
+    seed: int = 0
+    """Seed of the stories, the writer's initialisation and its data order (not `run.seed`: the questions, like the
+    data, stay the same for every training seed of the system)."""
+    batch_size: Positive = 64
+    """Chunks it writes for at once in the questions stage."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_length=320))
+    """Optimisation settings (keys not given here come from the top-level `train`)."""
+
+    def validate(self) -> None:
+        if self.model.from_:
+            raise FieldError("model.from", "is for distillation students; give the writer a `path` or a `preset`")
+        if self.method != "full" and self.model.preset and not self.model.path:
+            raise FieldError("method", f"{self.method} needs a pretrained model.path; a tiny preset is trained from scratch, so use method: full")
+
+
+@dataclass
 class SynthConfig(Section):
     enabled: bool = False
     """`pseudocot run` runs the synth stage after `data`, and the teacher and the distillation chain train on its
@@ -997,6 +1034,8 @@ class Config(Section):
     """Teacher-written reasoning data and its faithfulness filter (`pseudocot synth`)."""
     grpo: GrpoConfig = field(default_factory=GrpoConfig)
     """Reinforcement learning of the TTM (or base) with rewards for correct and faithful reasoning (`pseudocot grpo`)."""
+    writer: WriterConfig = field(default_factory=WriterConfig)
+    """A question writer trained in the run for the questions stage (`pseudocot synth writer`)."""
 
     def synth_task(self) -> EvalTaskConfig:
         """The task that scores the synth candidates' answers: `synth.task`, else the first eval task."""

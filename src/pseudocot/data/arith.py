@@ -68,6 +68,13 @@ def _operand_choices(a: int, op: str, cfg: ArithConfig) -> list[int]:
 
 def make_problem(rng: random.Random, k: int, cfg: ArithConfig) -> tuple[str, list[str], int, list[str]]:
     """One problem with k steps: (question, solution lines, answer, operations)."""
+    parts, lines, value, ops = problem_parts(rng, k, cfg)
+    return " ".join(parts), lines, value, ops
+
+
+def problem_parts(rng: random.Random, k: int, cfg: ArithConfig) -> tuple[list[str], list[str], int, list[str]]:
+    """One problem with k steps as its sentences (the start, one per step, the question), solution lines, answer and
+    operations."""
     while True:
         a = rng.randint(2, 2 * cfg.max_operand)
         value, lines, ops, ok = a, [], [], True
@@ -92,7 +99,7 @@ def make_problem(rng: random.Random, k: int, cfg: ArithConfig) -> tuple[str, lis
     parts = [rng.choice(START).format(a=a, **words)]
     parts += [rng.choice(STEP[op]).format(b=b, **words) for op, b in sentences]
     parts.append(rng.choice(END).format(**words))
-    return " ".join(parts), lines, value, ops
+    return parts, lines, value, ops
 
 
 def generate(n: int, cfg: ArithConfig, seed: int | None = None, exclude: Sequence[str] | set[str] = (),
@@ -116,6 +123,41 @@ def generate(n: int, cfg: ArithConfig, seed: int | None = None, exclude: Sequenc
         taken.add(question)
         out.append(Example(id=f"arith/{split}/{len(out)}", question=question, answer=str(answer),
                            reasoning="\n".join(lines), source="arith", meta={"steps": k, "ops": ops}))
+    return out
+
+
+def story(rng: random.Random, k: int, cfg: ArithConfig) -> tuple[str, list[dict[str, Any]]]:
+    """A story of k steps without its question (a document), and the k questions it answers, one after each step:
+    the story so far and the question, `{question, answer, reasoning}` (the steps as a list)."""
+    parts, lines, _, _ = problem_parts(rng, k, cfg)
+    items = [{"question": " ".join([*parts[: j + 1], parts[-1]]), "answer": lines[j - 1].rsplit("= ", 1)[1],
+              "reasoning": lines[:j]} for j in range(1, k + 1)]
+    return " ".join(parts[:-1]), items
+
+
+def stories(n: int, cfg: ArithConfig, seed: int, exclude: Sequence[str] | set[str] = ()) -> list[tuple[str, list[dict[str, Any]]]]:
+    """n stories with unique texts, none of them in `exclude`, and their questions (`story`); k is drawn as for the
+    problems (`max_steps`, `step_weights`).
+
+    >>> text, items = stories(1, ArithConfig(max_steps=2, step_weights=[0, 1], operations=["+"]), seed=0)[0]
+    >>> len(items), items[0]["question"].startswith(text.split(". ")[0]), items[1]["reasoning"][0] == items[0]["reasoning"][0]
+    (2, True, True)
+    """
+    rng = random.Random(seed)
+    ks = list(range(1, cfg.max_steps + 1))
+    weights = cfg.step_weights or [1.0] * cfg.max_steps
+    taken = set(exclude)
+    out: list[tuple[str, list[dict[str, Any]]]] = []
+    attempts = 0
+    while len(out) < n:
+        attempts += 1
+        if attempts > 50 * n + 1000:
+            raise DataError(f"data.arith: only {len(out)} unique stories could be made out of {n} asked; "
+                            "raise max_operand, max_value or max_steps, or ask for fewer.")
+        text, items = story(rng, rng.choices(ks, weights)[0], cfg)
+        if text not in taken:
+            taken.add(text)
+            out.append((text, items))
     return out
 
 

@@ -204,6 +204,24 @@ def _opening(results: Sequence[dict[str, Any]], rows: list[dict[str, Any]], comp
                    "are in `figures/` and at the end of this report.")
 
 
+def _questions_section(q: dict[str, Any]) -> list[str]:
+    """Where the run's questions came from: the questions stage's documents, items, and what each check rejected."""
+    splits = q.get("splits") or {}
+    parts = ", ".join(f"{name} {v['questions']} questions of {v['documents']} documents" for name, v in splits.items())
+    out = ["## Questions from documents", "",
+           f"The questions were written by `{q.get('teacher')}` from {q.get('documents')} documents ({q.get('chunks')} chunks): "
+           f"{q.get('items')} items, of which the checks kept {q.get('kept')} ({_pct(q.get('keep_rate'))}%); "
+           f"{q.get('malformed') or 0} replies held no readable item after their second try. Split by document: {parts}. "
+           "An item failing several checks counts under each.", ""]
+    reasons = q.get("rejected") or {}
+    body = [[check, str(n), ", ".join(f"`{r}` {m}" for r, m in sorted(reasons.items(), key=lambda kv: -kv[1])
+                                      if r.split(":")[0] == check)]
+            for check, n in sorted((q.get("rejected_by_check") or {}).items(), key=lambda kv: -kv[1])]
+    if body:
+        out += [_md_table(["Check", "Rejected", "Reasons"], body, ["l", "r", "l"]), ""]
+    return out
+
+
 def render_markdown(results: Sequence[dict[str, Any]], names: Sequence[str], figures: Sequence[str]) -> str:
     rows = table_rows(results, names)
     comps = comparison_rows(results, names)
@@ -244,6 +262,10 @@ def render_markdown(results: Sequence[dict[str, Any]], names: Sequence[str], fig
                      _num(r["thought_calls_per_question"], 2), tokens, _flops(r["flops_per_question"]),
                      _num(r["seconds_per_question"], 3), _params(r["parameters"])])
     out += [_md_table(header, body, ["l", "l"] + ["r"] * 7), ""]
+
+    questions = next((r["questions"] for r in results if r.get("questions")), None)
+    if questions:
+        out += _questions_section(questions)
 
     calibrated = {r["system"]: r["router_calibration"] for r in rows if r.get("router_calibration")}
     if calibrated:

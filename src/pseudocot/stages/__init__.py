@@ -1,6 +1,7 @@
 """The stages: one module per stage, each a readable `main(cfg)` (config, build, loop, save) over the
 library packages below it, like torchtune's recipes and TRL's scripts.
 
+    writer    -> <run>/writer/                 pseudocot synth writer
     questions -> <run>/questions/              pseudocot synth questions
     data      -> <run>/data/, tokenizer/       pseudocot data
     synth     -> <run>/synth/                  pseudocot synth

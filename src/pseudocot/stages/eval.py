@@ -34,6 +34,18 @@ def grpo_summary(cfg: Config) -> dict[str, Any] | None:
     return {k: metrics.get(k) for k in ("target", "method", "rewards", "steps", "curve")}
 
 
+def questions_summary(cfg: Config) -> dict[str, Any] | None:
+    """What the run's questions stage wrote and kept (who wrote, documents, items, kept and rejected per check, the
+    splits), for the report, when the run's data reads its questions; None otherwise."""
+    if not any(src.format == "questions" for src in cfg.data.sources):
+        return None
+    stats = read_json_object(RunLayout.of(cfg).questions_file("stats.json"))
+    if not stats.get("key"):
+        return None
+    return {k: stats.get(k) for k in ("teacher", "documents", "chunks", "replies", "malformed", "items", "kept", "keep_rate",
+                                      "rejected", "rejected_by_check", "splits")}
+
+
 def main(cfg: Config, shard: str | None = None, entries: Sequence[SystemEntry] | None = None,
          answer: bool = True, figures: bool = True) -> dict[str, Any] | None:
     """Run (or, with `answer=False`, only merge) the evaluation; returns the results, or None when
@@ -66,5 +78,8 @@ def main(cfg: Config, shard: str | None = None, entries: Sequence[SystemEntry] |
         grpo = grpo_summary(cfg)
         if grpo:
             results["grpo"] = grpo
+        questions = questions_summary(cfg)
+        if questions:
+            results["questions"] = questions
     write_results(results, out, figures=figures)
     return results

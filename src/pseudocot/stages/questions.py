@@ -33,7 +33,7 @@ from pseudocot.errors import ConfigError, DataError
 from pseudocot.files import atomic_write_text, read_json_object
 from pseudocot.freshness import questions_generation_key, questions_key, questions_shard_key
 from pseudocot.generate.base import GenerationParams
-from pseudocot.layout import RunLayout
+from pseudocot.layout import RunLayout, has_model
 from pseudocot.progress import progress as progress_bar
 from pseudocot.stages import prepare
 from pseudocot.synth.candidates import CandidateFile, GenerationStats, canonical, chunks, done_pairs, generate, sample_seed, shard_chunks
@@ -69,7 +69,7 @@ def _documents(cfg: Config) -> Documents:
     if not d.paths:
         raise ConfigError("synth.documents.paths is empty; name the files or folders to write questions from, e.g. "
                           "synth.documents.paths=[docs/].")
-    docs = read_documents(d.paths, d.text_field)
+    docs = read_documents(RunLayout.of(cfg).document_paths, d.text_field)
     if not docs.documents:
         raise DataError(f"{', '.join(d.paths)}: no readable document (.txt, .md, .pdf, .html, .jsonl); "
                         f"{len(docs.unreadable)} could not be read, {docs.skipped} had other suffixes.")
@@ -102,10 +102,14 @@ def main(cfg: Config) -> dict[str, Any]:
     """Write this process's share of the replies (first tries, then one more try at each malformed one); without a
     shard, filter them too. Returns the stats."""
     prepare(cfg)
-    from pseudocot.stages.synth import _need_teacher
-
-    _need_teacher(cfg)
     layout, s, d = RunLayout.of(cfg), cfg.synth, cfg.synth.documents
+    spec = layout.questions_teacher
+    if spec is None:
+        from pseudocot.stages.synth import _need_teacher
+
+        _need_teacher(cfg)
+    elif cfg.writer.enabled and not has_model(layout.writer_dir):
+        raise DataError(f"writer.enabled is true but there is no writer at {layout.writer_dir}; run pseudocot synth writer first.")
     shard = parse_shard(s.shard)
     key = questions_shard_key(cfg) if shard else questions_key(cfg)
     stats_file = layout.questions_file("stats.json", shard)
@@ -115,8 +119,8 @@ def main(cfg: Config) -> dict[str, Any]:
     save_config(cfg, layout.config_file)
     docs = _documents(cfg)
     judge = None if shard else _judge(cfg, layout)  # a judge that cannot load stops here, before the teacher's hours
-    assert s.teacher is not None
-    teacher = Teacher(s.teacher, cfg.run.device, s.system_prompt)
+    assert spec is not None
+    teacher = Teacher(spec, cfg.run.device, s.system_prompt)
     generation: dict[str, Any] = {}
     try:
         found, counted_by = _chunks(cfg, docs, teacher)

@@ -1,6 +1,6 @@
 """`pseudocot run CONFIG`: every configured stage in order into one run folder.
 
-    [questions] -> data -> [synth] -> teacher -> distill -> base -> [grpo] -> router -> eval
+    [writer] -> [questions] -> data -> [synth] -> teacher -> distill -> base -> [grpo] -> router -> eval
 
 The stages, what each reads and when it is enabled are one table (`pseudocot.stages.table`;
 `pseudocot stages` prints it). Each stage has a key (`pseudocot.freshness`): the hash of the config it

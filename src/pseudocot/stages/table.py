@@ -66,9 +66,13 @@ def _reasoning_reads(cfg: Config) -> tuple[str, ...]:
 
 
 STAGES: tuple[Stage, ...] = (
+    Stage("writer", "a question writer trained for the questions stage (writer.enabled)", "pseudocot synth writer",
+          _main("writer"), freshness.writer_key, lambda lay: (lay.writer_dir,),
+          enabled=lambda cfg: cfg.writer.enabled and bool(cfg.synth.documents.paths), reads=lambda cfg: (), switch="writer.enabled"),
     Stage("questions", "questions written from your documents, checked (synth.documents.paths)", "pseudocot synth questions",
           _main("questions"), freshness.questions_key, lambda lay: (lay.questions_dir,),
-          enabled=lambda cfg: bool(cfg.synth.documents.paths), reads=lambda cfg: (), switch="synth.documents.paths"),
+          enabled=lambda cfg: bool(cfg.synth.documents.paths), reads=lambda cfg: ("writer",) if cfg.writer.enabled else (),
+          switch="synth.documents.paths"),
     Stage("data", "train/val/test splits (and the tokenizer of tiny models)", "pseudocot data",
           _main("data"), freshness.data_key, lambda lay: (lay.data_dir, lay.tokenizer_dir),
           enabled=lambda cfg: True, reads=lambda cfg: ("questions",) if any(s.format == "questions" for s in cfg.data.sources) else ()),
@@ -121,7 +125,7 @@ def stage_outputs(layout: RunLayout, name: str) -> list[Path]:
 
 
 def chain() -> str:
-    """The stages in order, optional ones in brackets: `[questions] -> data -> [synth] -> teacher -> ...`."""
+    """The stages in order, optional ones in brackets: `[writer] -> [questions] -> data -> [synth] -> ...`."""
     return " -> ".join(f"[{s.name}]" if s.switch else s.name for s in STAGES)
 
 

@@ -53,7 +53,6 @@ def tokenize_examples(examples: Sequence[Example], tokenizer: Any, with_reasonin
     its context (`thought_pairs`); `written[i]`, where given, adds a row per number of the thoughts a model
     wrote for example i (j >= 1: the row without thoughts is the gold one); `gold=False` keeps only the row
     without thoughts of the gold ones for the examples with written thoughts."""
-    rows, cut = [], 0
 
     def pairs_of(i: int, ex: Example) -> list[tuple[str, str]]:
         if thoughts is None:
@@ -63,7 +62,13 @@ def tokenize_examples(examples: Sequence[Example], tokenizer: Any, with_reasonin
         out = thought_pairs(tokenizer, ex, thoughts) if gold or mine is None else thought_pairs(tokenizer, ex, thoughts, [])
         return out + (thought_pairs(tokenizer, ex, thoughts, mine, first=1) if mine else [])
 
-    pairs = [(i, pair) for i, ex in enumerate(examples) for pair in pairs_of(i, ex)]
+    return tokenize_pairs([(i, pair) for i, ex in enumerate(examples) for pair in pairs_of(i, ex)], tokenizer, max_length)
+
+
+def tokenize_pairs(pairs: Sequence[tuple[int, tuple[str, str]]], tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
+    """Rendered (prompt, completion) pairs, each with the index of what it came from, as rows of `input_ids` and
+    `labels` (the prompt masked with -100: the loss is on the completion only), cut at `max_length`."""
+    rows, cut = [], 0
     # One batched call per side: the fast tokenizer encodes a list far quicker than one text at a time.
     p_all = tokenizer([p for _, (p, _) in pairs], add_special_tokens=False)["input_ids"] if pairs else []
     c_all = tokenizer([c for _, (_, c) in pairs], add_special_tokens=False)["input_ids"] if pairs else []
