@@ -110,6 +110,11 @@ def test_the_writer_learns_from_stories_that_are_not_documents_then_writes_the_q
     stats = questions_stage.main(cfg)
     assert stats["teacher"] == str(layout.writer_dir) and stats["chunks"] == 4 and stats["replies"] == 4
     assert stats["items"] + stats["malformed"] >= 1  # three steps teach no JSON: its replies are read, retried, rejected
+    import shutil
+
+    moved = load_config(writer_config(tmp_path), [f"run.out_dir={tmp_path / 'moved'}"])
+    shutil.copytree(layout.writer_dir, RunLayout.of(moved).writer_dir)
+    assert questions_generation_key(moved) == key  # the same writer in another run folder: the same replies
     (layout.writer_dir / "config.json").write_text((layout.writer_dir / "config.json").read_text() + " ")
     assert questions_generation_key(cfg) != key
     # what the writer learns to answer is in its key; the system's training seed is not (every seed gets the same questions)
@@ -132,3 +137,86 @@ def test_a_pairs_file_is_read_and_a_bad_row_named(tmp_path):
         writer_stage.make_pairs(cfg)
     with pytest.raises(DataError, match="no writer at"):
         questions_stage.main(load_config(writer_config(tmp_path), ["run.name=none"]))
+
+
+def test_the_report_says_where_the_questions_came_from_and_what_each_check_rejected(tmp_path):
+    from pseudocot.evaluate.report import _questions_section
+    from pseudocot.stages.eval import questions_summary
+
+    cfg = load_config(writer_config(tmp_path), ["data.sources=[{name: docs, format: questions}]"])
+    assert questions_summary(cfg) is None  # no questions stage has run
+    assert questions_summary(load_config(writer_config(tmp_path))) is None  # the data does not read them
+    stats = {"key": "k", "teacher": "runs/docs/writer", "documents": 3000, "chunks": 3000, "malformed": 0, "items": 6881,
+             "kept": 6643, "keep_rate": 0.9654, "rejected": {"arithmetic:false": 205, "duplicate:near": 25, "grounded:absent": 2},
+             "rejected_by_check": {"arithmetic": 205, "duplicate": 25, "grounded": 2},
+             "splits": {"train": {"questions": 4648, "documents": 2093}, "test": {"questions": 1339, "documents": 598}}}
+    path = RunLayout.of(cfg).questions_file("stats.json")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(stats))
+    summary = questions_summary(cfg)
+    assert summary is not None and summary["kept"] == 6643
+    text = "\n".join(_questions_section(summary))
+    assert "from 3000 documents (3000 chunks): 6881 items, of which the checks kept 6643 (96.5%)" in text
+    assert "| arithmetic | 205 | `arithmetic:false` 205 |" in text and "test 1339 questions of 598 documents" in text
+
+
+def test_the_truth_benchmark_tells_gold_items_from_wrong_and_misstated_ones():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("truth", Path(__file__).parents[1] / "benchmarks" / "docs_questions_truth.py")
+    truth = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(truth)
+    text, items = arith.stories(1, STORIES, seed=11)[0]
+    gold, texts = {text: items}, {"s.jsonl:1": text}
+    src = f"s.jsonl:1#0-{len(text)}"
+    last = items[-1]
+    reworded = last["question"].rsplit(". ", 1)[0] + ". How many are there at the end?"
+    assert truth.judge({**last, "reasoning": "\n".join(last["reasoning"]), "question": reworded, "source": src}, texts, gold) == "gold"
+    assert truth.judge({**last, "reasoning": "1 + 1 = 2", "source": src}, texts, gold) == "right answer, other reasoning"
+    assert truth.judge({**last, "answer": str(int(last["answer"]) + 1), "source": src}, texts, gold) == "wrong answer"
+    assert truth.judge({**last, "question": "Somebody has 99 pens. How many?", "source": src}, texts, gold) == "does not restate"
+
+
+def test_run_on_questions_from_stories_end_to_end_with_the_report_section(tmp_path):
+    """`pseudocot run` at smoke size on questions an endpoint writes from 150 stories (each reply the generator's own
+    items, one in ten with a false step): questions -> data -> ... -> eval, the report saying what the checks kept."""
+    import os
+    import subprocess
+    import sys
+
+    from test_synth_stage import fake_teacher_module
+
+    made = arith.stories(150, STORIES, seed=21)
+    by_text = dict(made)
+
+    def answer(text: str, seed: int | None, temperature: float | None) -> str:
+        story = text.split("on: ", 1)[1]
+        items = [dict(it) for it in by_text[story]]
+        if sum(map(ord, story)) % 10 == 0:  # a writer's slip: a false last step
+            items[-1] = {**items[-1], "reasoning": [*items[-1]["reasoning"][:-1], "1 + 1 = 3"]}
+        return json.dumps(items)
+
+    docs = tmp_path / "stories.jsonl"
+    docs.write_text("".join(json.dumps({"text": t}) + "\n" for t, _ in made))
+    with fake_teacher_module().FakeTeacher([], thinking="none", answerer=answer) as teacher:
+        config = tmp_path / "docs-smoke.yaml"
+        config.write_text("\n".join([
+            "extends: smoke", f"run: {{name: ds, out_dir: {tmp_path}}}",
+            "data: {sources: [{name: stories, format: questions}]}",
+            "synth:", f"  teacher: {{base_url: '{teacher.url}', model: writer, concurrency: 4}}", "  temperature: 0.0",
+            "  documents:", f"    paths: ['{docs}']", "    prompt: 'Questions ({k}) on: {text}'", "    chunk_tokens: 128",
+            "    chunk_overlap: 0"]) + "\n")
+        proc = subprocess.run([sys.executable, "-m", "pseudocot", "run", str(config)], capture_output=True, text=True,
+                              env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = tmp_path / "ds"
+    stats = json.loads((run / "questions" / "stats.json").read_text())
+    slips = sum(sum(map(ord, t)) % 10 == 0 for t, _ in made)
+    assert stats["rejected_by_check"]["arithmetic"] == slips > 0 and stats["items"] == sum(len(i) for _, i in made)
+    results = json.loads((run / "eval" / "results.json").read_text())
+    held_out = {json.loads(line)["question"] for line in (run / "questions" / "test.jsonl").read_text().splitlines()}
+    tested = [json.loads(line)["question"] for line in (run / "data" / "test.jsonl").read_text().splitlines()]
+    assert results["questions"]["kept"] == stats["kept"] and results["tasks"]["arith"]["n_questions"] == len(tested) > 0
+    assert set(tested) <= held_out  # evaluated on the questions of the held-out stories
+    report = (run / "eval" / "report.md").read_text()
+    assert "## Questions from documents" in report and f"| arithmetic | {slips} | `arithmetic:false` {slips} |" in report

@@ -229,6 +229,8 @@ def synth_generation_key(cfg: Config) -> str:
     teacher = None
     if t is not None:
         runtime = ("concurrency", "max_retries", "timeout_seconds", "api_key_env") + (() if t.path else ("batch_size",))
+        # the run's own writer is its weights (below), wherever the run folder is (a copied run keeps its replies)
+        runtime += ("path",) if cfg.writer.enabled else ()
         teacher = {k: v for k, v in to_dict(t).items() if k not in runtime}
     return digest({"stage": "synth-candidates", "teacher": teacher, "weights": model_fingerprint(t.path) if t and t.path else None,
                    "prompt": [s.prompt, s.system_prompt], "sampling": [s.temperature, s.top_p, s.max_new_tokens, s.stop, s.seed],
@@ -243,6 +245,8 @@ def questions_generation_key(cfg: Config, retry: bool = False) -> str:
     teacher = None
     if t is not None:
         runtime = ("concurrency", "max_retries", "timeout_seconds", "api_key_env") + (() if t.path else ("batch_size",))
+        # the run's own writer is its weights (below), wherever the run folder is (a copied run keeps its replies)
+        runtime += ("path",) if cfg.writer.enabled else ()
         teacher = {k: v for k, v in to_dict(t).items() if k not in runtime}
     sampling = [d.retry_temperature if retry else s.temperature, s.top_p, s.max_new_tokens, s.stop, s.seed + (1 if retry else 0)]
     return digest({"stage": "questions-replies", "retry": retry, "teacher": teacher,

@@ -278,13 +278,14 @@ def stages_command(config_name: str, overrides: tuple[str, ...]) -> None:
 
 @cli.command()
 @click.option("--preset", default="demo", show_default=True,
-              help="`demo` (the full run), `smoke` (small, for CI) or `demo-grpo` (the demo plus GRPO on the TTM).")
+              help="`demo` (the full run), `smoke` (small, for CI), `demo-grpo` (the demo plus GRPO on the TTM) or `docs` (questions "
+                   "written from 3,000 shipped stories by a writer trained in the run, then the demo on them).")
 @click.option("--force", is_flag=True, help="Run every stage again from scratch.")
 @overrides_argument
 def demo(preset: str, force: bool, overrides: tuple[str, ...]) -> None:
     """Run the built-in demo: arith data, tokenizer, tiny models, router, evaluation, report."""
-    if preset not in ("demo", "smoke", "demo-grpo"):
-        raise click.BadParameter(f"'{preset}' is not a demo preset; use demo, smoke or demo-grpo.", param_hint="--preset")
+    if preset not in ("demo", "smoke", "demo-grpo", "docs"):
+        raise click.BadParameter(f"'{preset}' is not a demo preset; use demo, smoke, demo-grpo or docs.", param_hint="--preset")
     cfg = load_config(preset, overrides)
     layout = RunLayout.of(cfg)
     click.echo(f"pseudocot demo ({preset}) -> {layout.root}")

@@ -743,8 +743,9 @@ class TeacherEndpointConfig(Section):
 @dataclass
 class DocumentsConfig(Section):
     paths: list[str] = field(default_factory=list)
-    """Files or folders of documents (.txt, .md, .pdf, .html, .jsonl) the teacher writes questions from (empty: none;
-    `pseudocot run` runs the questions stage before `data` when this is set)."""
+    """Files or folders of documents (.txt, .md, .pdf, .html, .jsonl) the teacher writes questions from (`builtin:docs`,
+    `builtin:stories`: those shipped with pseudocot; empty: none; `pseudocot run` runs the questions stage before `data`
+    when this is set)."""
     text_field: Annotated[str, NonEmpty()] = "text"
     """.jsonl documents: the field that holds each row's text."""
     chunk_tokens: Annotated[int, Ge(16)] = 384
