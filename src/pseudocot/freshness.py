@@ -229,8 +229,6 @@ def synth_generation_key(cfg: Config) -> str:
     teacher = None
     if t is not None:
         runtime = ("concurrency", "max_retries", "timeout_seconds", "api_key_env") + (() if t.path else ("batch_size",))
-        # the run's own writer is its weights (below), wherever the run folder is (a copied run keeps its replies)
-        runtime += ("path",) if cfg.writer.enabled else ()
         teacher = {k: v for k, v in to_dict(t).items() if k not in runtime}
     return digest({"stage": "synth-candidates", "teacher": teacher, "weights": model_fingerprint(t.path) if t and t.path else None,
                    "prompt": [s.prompt, s.system_prompt], "sampling": [s.temperature, s.top_p, s.max_new_tokens, s.stop, s.seed],
