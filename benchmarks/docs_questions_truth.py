@@ -60,8 +60,9 @@ def main(argv: list[str]) -> dict[str, Any]:
     args = parser.parse_args(argv)
     cfg = load_config(args.run / "config.yaml")
     layout = RunLayout.of(cfg)
-    if not layout.questions_file("kept.jsonl").is_file():
-        sys.exit(f"error: {layout.questions_file('kept.jsonl')} is missing; run the questions stage first.")
+    for name in ("kept.jsonl", "rejects.jsonl"):
+        if not layout.questions_file(name).is_file():
+            sys.exit(f"error: {layout.questions_file(name)} is missing; run the questions stage first.")
     gold = truth(cfg)
     texts = {d.name: d.text for d in read_documents(layout.document_paths, cfg.synth.documents.text_field, warn=None).documents}
     out: dict[str, Any] = {"run": str(args.run)}

@@ -82,7 +82,7 @@ def writer_config(tmp_path: Path, *extra: str) -> Path:
              "synth:", "  temperature: 0.0", "  max_new_tokens: 24", "  documents:", f"    paths: ['{docs}']",
              "    prompt: 'Questions ({k}) on: {text}'", "    chunk_tokens: 128", "    chunk_overlap: 0",
              "writer:", "  enabled: true", "  model: {preset: tiny-3xs}", "  n_train: 40", "  n_val: 8", "  vocab_size: 300",
-             "  batch_size: 4", "  train: {max_steps: 3, batch_size: 8, max_length: 400, save_every_steps: 100}"]
+             "  batch_size: 4", "  train: {max_steps: 3, batch_size: 8, max_length: 640, save_every_steps: 100}"]
     path = tmp_path / "w.yaml"
     path.write_text("\n".join([*lines, *extra]) + "\n")
     return path
@@ -121,6 +121,16 @@ def test_the_writer_learns_from_stories_that_are_not_documents_then_writes_the_q
     assert writer_key(load_config(writer_config(tmp_path), ["synth.documents.prompt='Q{k}: {text}'"])) != writer_key(cfg)
     assert writer_key(load_config(writer_config(tmp_path), ["run.seed=3"])) == writer_key(cfg)
     assert writer_key(load_config(writer_config(tmp_path), ["writer.seed=3"])) != writer_key(cfg)
+    # the tokenizer a preset writer trains, and the story settings, are in it; arith settings stories do not read are not
+    assert writer_key(load_config(writer_config(tmp_path), ["tokenizer.min_frequency=5"])) != writer_key(cfg)
+    assert writer_key(load_config(writer_config(tmp_path), ["data.arith.max_operand=8"])) != writer_key(cfg)
+    assert writer_key(load_config(writer_config(tmp_path), ["data.arith.n_test=10", "data.arith.seed=3"])) == writer_key(cfg)
+    # a writer trained for another config is not asked: the questions stage says to train it
+    with pytest.raises(DataError, match="holds no writer trained for this config; run pseudocot synth writer"):
+        questions_stage.main(load_config(writer_config(tmp_path), ["writer.seed=3"]))
+    # a reply cut at max_length never closes its JSON: training on it is refused, naming the key
+    with pytest.raises(DataError, match=r"longer than writer.train.max_length=64 tokens.*raise writer.train.max_length to at least"):
+        writer_stage.main(load_config(writer_config(tmp_path), ["writer.train.max_length=64"]))
 
 
 def test_a_pairs_file_is_read_and_a_bad_row_named(tmp_path):
@@ -132,10 +142,12 @@ def test_a_pairs_file_is_read_and_a_bad_row_named(tmp_path):
     assert train == rows[:10] and val == rows[10:]
     with pytest.raises(DataError, match="12 pairs, but writer.n_train is 12"):
         writer_stage.make_pairs(load_config(writer_config(tmp_path), [f"writer.pairs={pairs}", "writer.n_train=12"]))
-    pairs.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"text": "x", "items": [{"answer": 3}]}) + "\n")
-    with pytest.raises(DataError, match=rf"{pairs}:2: every item needs 'question'"):
-        writer_stage.make_pairs(cfg)
-    with pytest.raises(DataError, match="no writer at"):
+    for bad in ({"text": "x", "items": [{"answer": 3}]}, {"text": "x", "items": [{"question": "How many?", "answer": ""}]},
+                {"text": "x"}, [1, 2]):
+        pairs.write_text(json.dumps(rows[0]) + "\n" + json.dumps(bad) + "\n")
+        with pytest.raises(DataError, match=rf"{pairs}:2: .*; fix the line"):
+            writer_stage.make_pairs(cfg)
+    with pytest.raises(DataError, match="holds no writer trained for this config"):
         questions_stage.main(load_config(writer_config(tmp_path), ["run.name=none"]))
 
 
@@ -220,3 +232,34 @@ def test_run_on_questions_from_stories_end_to_end_with_the_report_section(tmp_pa
     assert set(tested) <= held_out  # evaluated on the questions of the held-out stories
     report = (run / "eval" / "report.md").read_text()
     assert "## Questions from documents" in report and f"| arithmetic | {slips} | `arithmetic:false` {slips} |" in report
+
+
+def test_a_writer_killed_mid_training_resumes_and_ends_as_an_unbroken_one(tmp_path):
+    import os
+    import sys
+
+    import torch
+    from safetensors.torch import load_file
+
+    from kill_resume import kill_one_finish_other
+
+    config = writer_config(tmp_path)
+    steps = ["writer.train.max_steps=8", "writer.train.save_every_steps=2"]
+
+    def command(name: str) -> list[str]:
+        return [sys.executable, "-m", "pseudocot", "synth", "writer", "--config", str(config), f"run.name={name}", *steps]
+
+    killed, unbroken = (RunLayout.of(load_config(config, [f"run.name={n}", *steps])).writer_dir for n in ("killed", "unbroken"))
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    kill_one_finish_other(command("killed"), command("unbroken"), killed / "checkpoints" / "checkpoint-2" / "trainer_state.json", 2,
+                          tmp_path / "logs", Path(__file__).parents[1], env)
+    assert not (killed / "metrics.json").exists()
+    import subprocess
+
+    again = subprocess.run(command("killed"), capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    metrics = json.loads((killed / "metrics.json").read_text())
+    assert metrics["resumed_from"] and metrics["resumed_from"].startswith("checkpoint-") and metrics["steps"] == 8
+    a, b = load_file(killed / "model.safetensors"), load_file(unbroken / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
+    assert (killed / "tokenizer.json").read_bytes() == (unbroken / "tokenizer.json").read_bytes()

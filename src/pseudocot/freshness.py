@@ -261,13 +261,16 @@ def documents_fingerprint(cfg: Config) -> list[str | None]:
 def writer_key(cfg: Config) -> str:
     """The key of the writer stage: its section (not `batch_size`, which only the questions stage reads; its own `seed`,
     not `run.seed`), the prompt it learns to answer (`synth.documents.prompt`, `items_per_chunk`, `synth.system_prompt`), its pairs (the
-    file, or `data.arith` and the documents its stories must differ from) and a checkpoint's weights."""
-    w, d = cfg.writer, cfg.synth.documents
+    file, or `data.arith`'s story settings and the documents its stories must differ from), a checkpoint's weights and
+    the tokenizer (its folder, or `tokenizer.min_frequency` for the one a preset writer trains)."""
+    w, d, a = cfg.writer, cfg.synth.documents, cfg.data.arith
+    stories = [a.max_steps, a.step_weights, a.max_operand, a.max_value, a.operations]  # what `arith.stories` reads
+    own_tokenizer = not (w.model.path or w.model.tokenizer)  # a preset's, trained on the pairs
     return digest({"stage": "writer", "own": {k: v for k, v in to_dict(w).items() if k != "batch_size"},
                    "prompt": [d.prompt, d.items_per_chunk, cfg.synth.system_prompt],
-                   "pairs": file_fingerprint(w.pairs) if w.pairs else [cfg.data.arith, documents_fingerprint(cfg), d.text_field],
+                   "pairs": file_fingerprint(w.pairs) if w.pairs else [stories, documents_fingerprint(cfg), d.text_field],
                    "weights": model_fingerprint(w.model.path),
-                   "tokenizer": model_fingerprint(w.model.tokenizer) if w.model.tokenizer else None})
+                   "tokenizer": cfg.tokenizer.min_frequency if own_tokenizer else model_fingerprint(w.model.tokenizer)})
 
 
 def questions_shard_key(cfg: Config) -> str:

@@ -200,7 +200,8 @@ class RunLayout:
         w = self.cfg.writer
         if not w.enabled:
             return self.cfg.synth.teacher
-        return TeacherEndpointConfig(path=str(self.writer_dir), batch_size=w.batch_size)
+        return TeacherEndpointConfig(path=str(self.writer_dir), batch_size=w.batch_size, dtype=w.model.dtype,
+                                     trust_remote_code=w.model.trust_remote_code)
 
     @property
     def synth_dir(self) -> Path:

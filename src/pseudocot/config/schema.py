@@ -787,6 +787,10 @@ class DocumentsConfig(Section):
     seed: int = 0
     """Seed of the split."""
 
+    def prompt_for(self, text: str) -> str:
+        """The user turn asked about one chunk: `prompt` with the chunk and `items_per_chunk`."""
+        return self.prompt.format(text=text, k=self.items_per_chunk)
+
     def validate(self) -> None:
         for name, allowed in (("prompt", ("text", "k")), ("grounded_prompt", ("text", "question", "answer")),
                               ("self_contained_prompt", ("question",))):

@@ -106,23 +106,30 @@ def generate(n: int, cfg: ArithConfig, seed: int | None = None, exclude: Sequenc
              split: str = "all") -> list[Example]:
     """n problems with unique question texts, none of them in `exclude`."""
     rng = random.Random(cfg.seed if seed is None else seed)
+    out: list[Example] = []
+    for question, lines, answer, ops, k in _unique(n, cfg, exclude, "problems", lambda k: (*make_problem(rng, k, cfg), k), rng):
+        out.append(Example(id=f"arith/{split}/{len(out)}", question=question, answer=str(answer),
+                           reasoning="\n".join(lines), source="arith", meta={"steps": k, "ops": ops}))
+    return out
+
+
+def _unique(n: int, cfg: ArithConfig, exclude: Sequence[str] | set[str], what: str, draw: Any, rng: random.Random) -> list[Any]:
+    """n draws (`draw(k)`, k from 1..max_steps by `step_weights`) whose first element, their text, is new and not in
+    `exclude`."""
     ks = list(range(1, cfg.max_steps + 1))
     weights = cfg.step_weights or [1.0] * cfg.max_steps
     taken = set(exclude)
-    out: list[Example] = []
+    out: list[Any] = []
     attempts = 0
     while len(out) < n:
         attempts += 1
         if attempts > 50 * n + 1000:
-            raise DataError(f"data.arith: only {len(out)} unique problems could be made out of {n} asked; "
+            raise DataError(f"data.arith: only {len(out)} unique {what} could be made out of {n} asked; "
                             "raise max_operand, max_value or max_steps, or ask for fewer.")
-        k = rng.choices(ks, weights)[0]
-        question, lines, answer, ops = make_problem(rng, k, cfg)
-        if question in taken:
-            continue
-        taken.add(question)
-        out.append(Example(id=f"arith/{split}/{len(out)}", question=question, answer=str(answer),
-                           reasoning="\n".join(lines), source="arith", meta={"steps": k, "ops": ops}))
+        made = draw(rng.choices(ks, weights)[0])
+        if made[0] not in taken:
+            taken.add(made[0])
+            out.append(made)
     return out
 
 
@@ -144,21 +151,7 @@ def stories(n: int, cfg: ArithConfig, seed: int, exclude: Sequence[str] | set[st
     (2, True, True)
     """
     rng = random.Random(seed)
-    ks = list(range(1, cfg.max_steps + 1))
-    weights = cfg.step_weights or [1.0] * cfg.max_steps
-    taken = set(exclude)
-    out: list[tuple[str, list[dict[str, Any]]]] = []
-    attempts = 0
-    while len(out) < n:
-        attempts += 1
-        if attempts > 50 * n + 1000:
-            raise DataError(f"data.arith: only {len(out)} unique stories could be made out of {n} asked; "
-                            "raise max_operand, max_value or max_steps, or ask for fewer.")
-        text, items = story(rng, rng.choices(ks, weights)[0], cfg)
-        if text not in taken:
-            taken.add(text)
-            out.append((text, items))
-    return out
+    return _unique(n, cfg, exclude, "stories", lambda k: story(rng, k, cfg), rng)
 
 
 def generate_splits(cfg: ArithConfig) -> dict[str, list[Example]]:

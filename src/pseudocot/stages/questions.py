@@ -31,9 +31,9 @@ from pseudocot.data.example import Example
 from pseudocot.data.jsonl import iter_json_lines, rejects_path, write_examples, write_jsonl
 from pseudocot.errors import ConfigError, DataError
 from pseudocot.files import atomic_write_text, read_json_object
-from pseudocot.freshness import questions_generation_key, questions_key, questions_shard_key
+from pseudocot.freshness import questions_generation_key, questions_key, questions_shard_key, writer_key
 from pseudocot.generate.base import GenerationParams
-from pseudocot.layout import RunLayout, has_model
+from pseudocot.layout import RunLayout, metrics_file
 from pseudocot.progress import progress as progress_bar
 from pseudocot.stages import prepare
 from pseudocot.synth.candidates import CandidateFile, GenerationStats, canonical, chunks, done_pairs, generate, sample_seed, shard_chunks
@@ -108,8 +108,9 @@ def main(cfg: Config) -> dict[str, Any]:
         from pseudocot.stages.synth import _need_teacher
 
         _need_teacher(cfg)
-    elif cfg.writer.enabled and not has_model(layout.writer_dir):
-        raise DataError(f"writer.enabled is true but there is no writer at {layout.writer_dir}; run pseudocot synth writer first.")
+    elif cfg.writer.enabled and read_json_object(metrics_file(layout.writer_dir)).get("key") != writer_key(cfg):
+        raise DataError(f"writer.enabled is true but {layout.writer_dir} holds no writer trained for this config; "
+                        "run pseudocot synth writer first.")
     shard = parse_shard(s.shard)
     key = questions_shard_key(cfg) if shard else questions_key(cfg)
     stats_file = layout.questions_file("stats.json", shard)
@@ -131,7 +132,7 @@ def main(cfg: Config) -> dict[str, Any]:
         k = d.items_per_chunk
 
         def render(q: Example) -> str:
-            return d.prompt.format(text=q.question, k=k)
+            return d.prompt_for(q.question)
 
         first, retry = _files(layout, cfg, shard)
         params = GenerationParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, stop=list(s.stop), seed=s.seed)

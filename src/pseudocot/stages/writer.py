@@ -24,7 +24,7 @@ from pseudocot.config import Config
 from pseudocot.data.jsonl import iter_json_lines, write_jsonl
 from pseudocot.errors import DataError
 from pseudocot.freshness import writer_key
-from pseudocot.layout import RunLayout
+from pseudocot.layout import KEY_FILE, RunLayout
 from pseudocot.stages import prepare
 
 Pair = dict[str, Any]
@@ -32,15 +32,19 @@ Pair = dict[str, Any]
 
 
 def _check_pair(row: Any, where: str) -> Pair:
+    """A `{text, items}` row whose items the questions stage would read back whole (`parse_reply`), else one line."""
+    from pseudocot.synth.questions import parse_reply
+
     if isinstance(row, DataError):
         raise DataError(f"{where}: {row}; fix the line.")
     items = row.get("items") if isinstance(row, dict) else None
     if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not isinstance(items, list) or not items:
         raise DataError(f"{where}: a writer pair needs 'text' (a string) and 'items' (a non-empty list of "
                         "{question, answer, reasoning}); fix the line.")
-    for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("question"), str) or item.get("answer") is None:
-            raise DataError(f"{where}: every item needs 'question' (text) and 'answer' (and 'reasoning'); fix the line.")
+    reply = parse_reply(json.dumps(items, ensure_ascii=False), len(items))
+    problem = reply.error or (reply.problems[0] if reply.problems else None)
+    if problem:
+        raise DataError(f"{where}: the questions stage would not read these items back ({problem}); fix the line.")
     return {"text": row["text"], "items": items}
 
 
@@ -73,10 +77,12 @@ def reply_of(pair: Pair, k: int) -> str:
 
 
 def chat_of(cfg: Config, pair: Pair) -> list[dict[str, str]]:
-    """The pair as the chat the questions stage sends (its system prompt, the prompt with the text) and the reply."""
-    s, d = cfg.synth, cfg.synth.documents
-    messages = [{"role": "system", "content": s.system_prompt}] if s.system_prompt else []
-    return [*messages, {"role": "user", "content": d.prompt.format(text=pair["text"], k=d.items_per_chunk)},
+    """The pair as the chat the questions stage sends (`Teacher.prompt`: its system prompt, the prompt with the text)
+    and the reply."""
+    from pseudocot.synth.teacher import chat_messages
+
+    d = cfg.synth.documents
+    return [*chat_messages(d.prompt_for(pair["text"]), cfg.synth.system_prompt),
             {"role": "assistant", "content": reply_of(pair, d.items_per_chunk)}]
 
 
@@ -91,11 +97,11 @@ def _tokenizer(cfg: Config, train: Sequence[Pair], folder: Path, key: str) -> An
     w = cfg.writer
     if w.model.path or w.model.tokenizer:
         return load_spec_tokenizer(w.model, folder)
-    key_file = folder / "key.txt"
+    key_file = folder / KEY_FILE
     if read_key(key_file) != key:
         key_file.unlink(missing_ok=True)
         d = cfg.synth.documents
-        texts = [t for p in train for t in (d.prompt.format(text=p["text"], k=d.items_per_chunk), reply_of(p, d.items_per_chunk))]
+        texts = [t for p in train for t in (d.prompt_for(p["text"]), reply_of(p, d.items_per_chunk))]
         save_tokenizer(train_tokenizer(texts, w.vocab_size, cfg.tokenizer.min_frequency), folder)
         write_key(key_file, key)
     return load_tokenizer(str(folder))
@@ -123,7 +129,8 @@ def main(cfg: Config) -> dict[str, Any]:
     t = w.train
 
     def rows_of(pairs: Sequence[Pair]) -> list[dict[str, Any]]:
-        return tokenize_pairs([(i, split_last_turn(tokenizer, chat_of(cfg, p))) for i, p in enumerate(pairs)], tokenizer, t.max_length)
+        return tokenize_pairs([(i, split_last_turn(tokenizer, chat_of(cfg, p))) for i, p in enumerate(pairs)], tokenizer, t.max_length,
+                              uncut="writer.train.max_length")  # a reply cut short never closes its JSON
 
     train_rows, val_rows = rows_of(train), rows_of(val)
     # writer.seed, not run.seed: the questions, like the data, stay the same for every training seed of the system.

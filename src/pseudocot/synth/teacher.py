@@ -45,6 +45,12 @@ def split_thinking(text: str, reasoning: str | None = None) -> tuple[str | None,
     return thinking, text.strip()
 
 
+def chat_messages(user: str, system_prompt: str | None = None) -> Messages:
+    """The messages of one request: the system prompt, if any, then the user turn."""
+    messages: Messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [*messages, {"role": "user", "content": user}]
+
+
 class Teacher:
     """A local model (`spec.path`) or an endpoint (`spec.base_url`) that answers prompts."""
 
@@ -67,8 +73,7 @@ class Teacher:
 
     def prompt(self, user: str) -> Any:
         """What one request sends: chat messages (rendered through the chat template for a local model) or text."""
-        messages: Messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
-        messages.append({"role": "user", "content": user})
+        messages = chat_messages(user, self.system_prompt)
         if not self.spec.chat:
             return "\n\n".join(m["content"] for m in messages)
         if self.local:

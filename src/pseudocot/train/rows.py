@@ -65,9 +65,11 @@ def tokenize_examples(examples: Sequence[Example], tokenizer: Any, with_reasonin
     return tokenize_pairs([(i, pair) for i, ex in enumerate(examples) for pair in pairs_of(i, ex)], tokenizer, max_length)
 
 
-def tokenize_pairs(pairs: Sequence[tuple[int, tuple[str, str]]], tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
+def tokenize_pairs(pairs: Sequence[tuple[int, tuple[str, str]]], tokenizer: Any, max_length: int,
+                   uncut: str | None = None) -> list[dict[str, Any]]:
     """Rendered (prompt, completion) pairs, each with the index of what it came from, as rows of `input_ids` and
-    `labels` (the prompt masked with -100: the loss is on the completion only), cut at `max_length`."""
+    `labels` (the prompt masked with -100: the loss is on the completion only), cut at `max_length`. `uncut`: the key
+    that sets `max_length`, when a cut row is an error rather than a warning (a completion that must end whole)."""
     rows, cut = [], 0
     # One batched call per side: the fast tokenizer encodes a list far quicker than one text at a time.
     p_all = tokenizer([p for _, (p, _) in pairs], add_special_tokens=False)["input_ids"] if pairs else []
@@ -79,6 +81,9 @@ def tokenize_pairs(pairs: Sequence[tuple[int, tuple[str, str]]], tokenizer: Any,
         if all(t == IGNORE_INDEX for t in labels[1:]):
             continue  # the prompt alone fills max_length: nothing to learn from this row
         rows.append({"input_ids": ids, "labels": labels, "index": i})
+    if cut and uncut:
+        raise DataError(f"{cut} of {len(pairs)} rows are longer than {uncut}={max_length} tokens, and a cut completion never "
+                        f"ends; raise {uncut} to at least {max(len(a) + len(b) for a, b in zip(p_all, c_all))}.")
     if not rows:
         raise DataError(f"no example fits in train.max_length={max_length} tokens with room for its answer; raise max_length.")
     if cut:
