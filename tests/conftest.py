@@ -151,3 +151,26 @@ def live_server(serve_run):
     server = start_server(serve_run)
     yield server
     server.stop()
+
+
+
+def versions_line() -> str:
+    """The versions the suite runs with (dependencies are bounded below their next major version, not pinned: a fresh
+    install takes the newest within the bounds)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "safetensors"):
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} (not installed)")
+    return "versions: " + ", ".join(found)
+
+
+def pytest_report_header(config):
+    return versions_line()
+
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(versions_line())  # also under -q, which hides the header

@@ -148,3 +148,28 @@ def test_pad_equal_to_eos_does_not_count_as_a_token(trained_tiny, prompts, stop)
     b = ours.generate(prompts, params, sessions=list(range(len(prompts))))
     assert [_key(c) for c in a] == [_key(c) for c in b]
     assert [len(c.token_logprobs) for c in a] == [c.completion_tokens for c in a]
+
+
+def test_the_cache_goes_by_the_current_keyword_without_a_warning_and_stays_on_the_device(trained_tiny, prompts):
+    """transformers 5.x renamed the forward's `past_key_values` to `cache` (the old name warns, then goes in 5.40): the
+    decode loop uses the name the installed decoder takes, and a session's keys/values stay where the model is."""
+    import warnings
+
+    from pseudocot.generate.sessions import cache_argument
+
+    model, tok = trained_tiny
+    assert cache_argument(model.get_decoder()) in ("cache", "past_key_values")
+
+    class Old(torch.nn.Module):
+        def forward(self, input_ids=None, past_key_values=None):  # the earlier signature
+            return input_ids
+
+    assert cache_argument(Old()) == "past_key_values"
+    g = HFGenerator(model, tok, batch_size=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _conversation(g, prompts[:4], 2, GenerationParams(max_new_tokens=8, hidden=True))
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
+    device = next(model.parameters()).device
+    kept = [g.prefixes._items[f"q{i}"] for i in range(4)]
+    assert all(t.device == device for p in kept for t in (*p.keys, *p.values, p.hidden))

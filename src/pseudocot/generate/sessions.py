@@ -15,6 +15,7 @@ Greedy output is token-identical with and without reuse (tested).
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -32,11 +33,11 @@ class EncodedPrefix:
     ids: list[int]
     """The tokens whose keys/values are stored, in order."""
     keys: list[torch.Tensor]
-    """Per layer, (H_kv, L, D)."""
+    """Per layer, (H_kv, L, D), on the model's device."""
     values: list[torch.Tensor]
-    """Per layer, (H_kv, L, D)."""
+    """Per layer, (H_kv, L, D), on the model's device."""
     hidden: torch.Tensor | None
-    """(L, H) final hidden state of each token, kept when hidden states were asked for."""
+    """(L, H) final hidden state of each token, kept when hidden states were asked for (on the model's device)."""
 
     def head(self, n: int) -> EncodedPrefix:
         hidden = None if self.hidden is None else self.hidden[:n]
@@ -104,6 +105,12 @@ def _choose(logits: torch.Tensor, temperature: float, top_p: float, generator: t
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def cache_argument(decoder: Any) -> str:
+    """The keyword a decoder's forward takes its key/value cache by: `cache` in transformers' current API, else the
+    `past_key_values` it replaced (deprecated, to be removed in 5.40)."""
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+
+
 def end_ids(model: Any, tokenizer: Any) -> list[int]:
     """The tokens that end a completion: the model's generation end-of-sequence ids, else the tokenizer's."""
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -121,6 +128,7 @@ def decode(model: Any, prompts: list[list[int]], reused: list[EncodedPrefix | No
     With `keep`, each row's keys/values are handed back for its session's next call.
     """
     decoder, head = model.get_decoder(), logit_head(model)  # the head as the model applies it (scale, soft-cap)
+    kv = cache_argument(decoder)
     device = next(model.parameters()).device
     B = len(prompts)
     c = [0 if p is None else len(p.ids) for p in reused]
@@ -183,14 +191,15 @@ def decode(model: Any, prompts: list[list[int]], reused: list[EncodedPrefix | No
         if keep:
             idx = torch.tensor(cols[r], device=device)
             fed = len(cols[r]) - c[r] - len(new[r])
-            keys = [layer.keys[b].index_select(1, idx).cpu() for layer in cache.layers]
-            values = [layer.values[b].index_select(1, idx).cpu() for layer in cache.layers]
-            h_all = torch.cat([p.to(device) for p in parts], dim=0).cpu() if want_features else None
+            # kept on the model's device: the session's next call reads them there, with no copy either way
+            keys = [layer.keys[b].index_select(1, idx) for layer in cache.layers]
+            values = [layer.values[b].index_select(1, idx) for layer in cache.layers]
+            h_all = torch.cat([p.to(device) for p in parts], dim=0) if want_features else None
             encoded = EncodedPrefix(prompts[r] + tokens[r][:fed], keys, values, h_all)
         results[r] = RowResult(tokens[r], logprobs[r], feats, encoded, c[r])
 
     with torch.no_grad():  # not inference_mode: on-policy distillation samples inside a training step
-        out = decoder(input_ids=block.to(device), attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+        out = decoder(input_ids=block.to(device), attention_mask=mask, position_ids=pos, use_cache=True, **{kv: cache})
         hidden = out.last_hidden_state  # (B, W, H)
         if want_features:
             for r in range(B):
@@ -217,8 +226,7 @@ def decode(model: Any, prompts: list[list[int]], reused: list[EncodedPrefix | No
                 rows = [rows[b] for b in keep_b.tolist()]
                 nxt, mask, next_pos = nxt[keep_b], mask[keep_b], next_pos[keep_b]
             mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-            out = decoder(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                          past_key_values=cache, use_cache=True)
+            out = decoder(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos[:, None], use_cache=True, **{kv: cache})
             for b, r in enumerate(rows):
                 cols[r].append(width)
                 if want_features:
