@@ -15,6 +15,7 @@ Greedy output is token-identical with and without reuse (tested).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -107,8 +108,13 @@ def _choose(logits: torch.Tensor, temperature: float, top_p: float, generator: t
 
 def cache_argument(decoder: Any) -> str:
     """The keyword a decoder's forward takes its key/value cache by: `cache` in transformers' current API, else the
-    `past_key_values` it replaced (deprecated, to be removed in 5.40)."""
-    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    `past_key_values` it replaced (deprecated, to be removed in 5.40). Read once per decoder class."""
+    return _cache_argument(type(decoder))
+
+
+@functools.cache
+def _cache_argument(cls: type) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
 def end_ids(model: Any, tokenizer: Any) -> list[int]:
