@@ -72,3 +72,39 @@ def start_server(run_dir: Path, api_key: str | None = "test-key", *overrides: st
             raise RuntimeError(f"the test server's models did not load: {service.batcher.error}")
         time.sleep(0.05)
     return live
+
+
+@dataclass
+class LiveEngine:
+    """`pseudocot models serve` on one folder, in a thread of the test process."""
+
+    url: str
+    engine: Any
+    server: Any
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(60)
+
+
+def start_engine(folder: Path, name: str, api_key: str | None = None, batch_wait_ms: float = 5.0) -> LiveEngine:
+    """Serve `folder` at /v1/completions on 127.0.0.1 (a free port) in a thread."""
+    import uvicorn
+
+    from pseudocot.config import GeneratorConfig
+    from pseudocot.generate import open_generator
+    from pseudocot.serve.engine import Engine, create_engine_app
+
+    engine = Engine(open_generator(GeneratorConfig(path=str(folder)), device="cpu"), batch_wait_ms=batch_wait_ms)
+    server = uvicorn.Server(uvicorn.Config(create_engine_app(engine, name, api_key), host="127.0.0.1", port=0,
+                                           log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, name=f"engine-{name}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test engine did not start")
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return LiveEngine(f"http://127.0.0.1:{port}/v1", engine, server, thread)

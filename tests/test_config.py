@@ -374,7 +374,7 @@ def test_every_config_field_has_a_docstring():
     assert missing == []
     # the walk reached the nested sections, including the list item type
     assert {Config, DataConfig, SourceConfig, ArithConfig} <= seen
-    assert len(seen) == 24  # + SynthConfig, TeacherEndpointConfig, GrpoConfig, TeacherWritesConfig, DocumentsConfig, WriterConfig
+    assert len(seen) == 24  # + SynthConfig, GeneratorConfig, GrpoConfig, TeacherWritesConfig, DocumentsConfig, WriterConfig
 
 
 def test_save_config_is_atomic_with_normal_permissions(tmp_path):

@@ -511,11 +511,11 @@ def test_a_judge_decides_grounding_the_rule_cannot_and_asks_about_self_containme
             return "1" if "sourdough" in text.split("Answer:")[-1] else "0"
         return "0" if "the recipe" in text.split("Question:")[-1] else "1"
 
-    from pseudocot.config import TeacherEndpointConfig
+    from pseudocot.config import GeneratorConfig
     from pseudocot.synth.teacher import Judge, Teacher
 
     with fake_teacher_module().FakeTeacher([], thinking="none", answerer=judge) as server:
-        j = Judge(Teacher(TeacherEndpointConfig(base_url=server.url, model="fake-r1")), "{question} {solution}", tmp_path / "j.jsonl")
+        j = Judge(Teacher(GeneratorConfig(base_url=server.url, model="fake-r1")), "{question} {solution}", tmp_path / "j.jsonl")
         settings = FilterSettings(task=get_task("jsonl", extraction="text"), judge=j)
         items = [{**INTACT, "id": "s", "question": "What bread does the bakery bake?", "answer": "sourdough", "reasoning": "x"},
                  {**INTACT, "id": "t", "question": "What bread does the bakery bake?", "answer": "spelt", "reasoning": "x"},

@@ -101,7 +101,11 @@ def test_streaming_sends_reasoning_before_content_then_usage(client):
             kinds.append("content")
         if c.choices[0].finish_reason:
             kinds.append("finish")
-    assert kinds[-3:] == ["content", "finish", "usage"] and "content" not in kinds[:-3]
+    assert kinds[-2:] == ["finish", "usage"]
+    # The answer comes after every thought, in one run of content chunks (the base model writing it).
+    content_at = [i for i, k in enumerate(kinds) if k == "content"]
+    assert content_at and content_at == list(range(content_at[0], content_at[-1] + 1))
+    assert max(i for i, k in enumerate(kinds) if k == "reasoning") < content_at[0]
     assert kinds.count("reasoning") == whole.model_extra["pseudocot"]["thought_calls"]
     # Greedy: the stream says what the whole response says.
     assert reasoning == whole.choices[0].message.model_extra["reasoning_content"]
@@ -109,6 +113,31 @@ def test_streaming_sends_reasoning_before_content_then_usage(client):
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
     events = [c.model_extra["pseudocot"]["event"] for c in chunks if (c.model_extra or {}).get("pseudocot")]
     assert events[0] == "answer" and events[-1] == "done" and "thought" in events
+
+
+@pytest.mark.parametrize("mode", ["never", "always"])
+def test_the_returned_answer_streams_token_by_token_as_the_base_writes_it(client, mode):
+    long = [q for q in QUESTIONS if q]
+    for q in long:
+        chunks = list(client.chat.completions.create(model=f"pseudocot-{mode}", messages=_user(q), stream=True,
+                                                     stream_options={"include_usage": True}))
+        order = []  # content deltas, and the pseudocot event that says the base model has finished an answer
+        for c in chunks:
+            event = (c.model_extra or {}).get("pseudocot") or {}
+            if c.choices and c.choices[0].delta.content:
+                order.append(("content", c.choices[0].delta.content))
+            if event.get("event") == "answer":
+                order.append(("answer", event))
+        answers = [e for k, e in order if k == "answer"]
+        final = answers[-1]
+        if final["tokens"] < 10:
+            continue
+        deltas = [d for k, d in order if k == "content"]
+        assert len(deltas) >= 3 and "".join(deltas) == final["text"]
+        # The first delta went out before the base model had finished the answer it belongs to.
+        assert order.index(("content", deltas[0])) < order.index(("answer", final))
+        return
+    pytest.fail("no question got an answer of 10 tokens or more")
 
 
 def test_the_model_id_and_the_pseudocot_field_pick_the_mode(client):

@@ -111,6 +111,15 @@ PIPELINE_SETTINGS_ADDED = {"thought_samples": 1, "resample_temperature": 0.7}
 which they change nothing), so cached answers stay valid."""
 
 
+def pipeline_model(layout: RunLayout, role: str) -> Any:
+    """What the pipeline's `role` (base or ttm) is, for a key: its folder's fingerprint, or the engine that serves it
+    (its URL, model name and its tokenizer folder's fingerprint: what an engine's weights are is the server's to say)."""
+    engine = layout.engine(role)
+    if engine is not None:
+        return {"base_url": engine.base_url, "model": engine.model, "tokenizer": model_fingerprint(engine.tokenizer)}
+    return model_fingerprint(layout.base if role == "base" else layout.ttm)
+
+
 def pipeline_settings(p: PipelineConfig, reader: str) -> dict[str, Any]:
     """The pipeline settings that shape what `reader` trains on or measures:
 
@@ -330,7 +339,7 @@ def router_traces_key(cfg: Config) -> str:
                    "pipeline": pipeline_settings(cfg.pipeline, "traces"), "chunk": router_chunk(cfg),
                    "questions": [cfg.router.train_questions, cfg.router.val_questions],
                    "data": _data_inputs(layout, None, None),
-                   "models": [model_fingerprint(layout.base), model_fingerprint(layout.ttm)]})
+                   "models": [pipeline_model(layout, "base"), pipeline_model(layout, "ttm")]})
 
 
 def eval_task_key(task: EvalTaskConfig, data: str | os.PathLike[str], max_questions: int | None) -> str:
@@ -346,10 +355,9 @@ def eval_system_key(cfg: Config, system: SystemConfig) -> str:
     if system.kind == "pipeline":
         scfg = cfg.for_system(system)
         where = RunLayout.of(scfg)
-        models = {"base": where.base, "ttm": where.ttm if system.mode != "never" else None,
-                  "router": where.router if system.mode in ("router", "depth") else None}
-        settings.update(pipeline=pipeline_settings(scfg.pipeline, "eval"),
-                        fingerprints={k: model_fingerprint(v) for k, v in models.items()})
+        settings.update(pipeline=pipeline_settings(scfg.pipeline, "eval"), fingerprints={
+            "base": pipeline_model(where, "base"), "ttm": pipeline_model(where, "ttm") if system.mode != "never" else None,
+            "router": model_fingerprint(where.router) if system.mode in ("router", "depth") else None})
     elif system.kind == "hf":
         settings.update(fingerprints={"model": model_fingerprint(system.model), "adapter": model_fingerprint(system.adapter)})
     return digest(settings)

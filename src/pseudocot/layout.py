@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pseudocot.config.schema import Config, TeacherEndpointConfig
+from pseudocot.config.schema import Config, GeneratorConfig
 from pseudocot.errors import DataError
 
 # Inside any trained-model folder (a stage's output).
@@ -195,12 +195,12 @@ class RunLayout:
         return self.writer_dir / "pairs" / f"{split}.jsonl"
 
     @property
-    def questions_teacher(self) -> TeacherEndpointConfig | None:
+    def questions_teacher(self) -> GeneratorConfig | None:
         """Who writes the questions: the run's writer when `writer.enabled`, else `synth.teacher`."""
         w = self.cfg.writer
         if not w.enabled:
             return self.cfg.synth.teacher
-        return TeacherEndpointConfig(path=str(self.writer_dir), batch_size=w.batch_size, dtype=w.model.dtype,
+        return GeneratorConfig(path=str(self.writer_dir), batch_size=w.batch_size, dtype=w.model.dtype,
                                      trust_remote_code=w.model.trust_remote_code)
 
     @property
@@ -282,19 +282,25 @@ class RunLayout:
         """Whether the GRPO stage's model stands in for `role` (ttm or base) in the pipeline."""
         return self.cfg.grpo.enabled and self.cfg.grpo.target == role
 
+    def engine(self, role: str) -> GeneratorConfig | None:
+        """The endpoint that serves the pipeline's `role` (base or ttm) when `pipeline.<role>` names one (`base_url`),
+        else None: the pipeline loads the local folder `base` / `ttm` gives."""
+        spec = getattr(self.cfg.pipeline, role)
+        return spec if isinstance(spec, GeneratorConfig) and spec.base_url else None
+
     @property
     def tuned_base(self) -> Path:
         """The fine-tuned base model (before any GRPO): `pipeline.base`, else the run's base (its merged/ when written)."""
-        if self.cfg.pipeline.base:
-            return Path(self.cfg.pipeline.base)
+        if folder := _folder(self.cfg.pipeline.base):
+            return folder
         merged = merged_dir(self.base_dir)
         return merged if (merged / "config.json").is_file() else self.base_dir
 
     @property
     def distilled_ttm(self) -> Path | None:
         """The Tiny Thought Model before any GRPO: `pipeline.ttm`, else the last distillation stage (None without stages)."""
-        if self.cfg.pipeline.ttm:
-            return Path(self.cfg.pipeline.ttm)
+        if folder := _folder(self.cfg.pipeline.ttm):
+            return folder
         stages = self.distill_stages()
         return stages[-1][1] if stages else None
 
@@ -424,3 +430,10 @@ def run_config(run_dir: str | os.PathLike[str], overrides: Sequence[str] = ()) -
         raise DataError(f"{path}: no run config here; pass a run folder (runs/<name>) made by `pseudocot` stages.")
     where = (f"run.out_dir={run_dir.resolve().parent}", f"run.name={run_dir.name}")
     return load_config(path, (*where, *overrides))
+
+
+def _folder(spec: str | GeneratorConfig | None) -> Path | None:
+    """The local folder a `pipeline.base` / `pipeline.ttm` value names (a path, or a mapping's `path`), else None."""
+    if isinstance(spec, GeneratorConfig):
+        return Path(spec.path) if spec.path else None
+    return Path(spec) if spec else None

@@ -270,6 +270,7 @@ class Batch:
     traces: list[Trace]
     collect: bool = False
     on_event: Callable[[str, Trace], None] | None = None
+    on_text: Callable[[Trace, str], None] | None = None
     serving: Serving | None = None
     admits: bool = False
     """Whether `serving` may add questions to this batch (only the last batch of a call takes them)."""
@@ -359,7 +360,8 @@ class Pipeline:
 
     def run(self, questions: Sequence[tuple[str, str] | Question], collect: bool = False,
             on_event: Callable[[str, Trace], None] | None = None, *, cfg: PipelineConfig | None = None,
-            sampling: Sampling | None = None, serving: Serving | None = None) -> list[Trace]:
+            sampling: Sampling | None = None, serving: Serving | None = None,
+            on_text: Callable[[Trace, str], None] | None = None) -> list[Trace]:
         """Answer `(id, question)` pairs or `Question`s; returns one trace per question, in order.
 
         `collect` forces thoughts up to `max_thoughts` whatever the mode says and keeps every answer's router
@@ -367,6 +369,8 @@ class Pipeline:
         (`decision`) and thought (`thought`), and once when a question is finished (`done`, its final answer set),
         for live display. `cfg` and `sampling` are this call's settings (default: the pipeline's). `serving` drops
         cancelled questions and admits new ones into the last batch (`Serving`); their traces come after the others.
+        `on_text(trace, delta)` streams an answer the loop will return as the base model writes it, where that is known
+        before it is written (`_returns`); the deltas add up to its text.
         """
         cfg = cfg or self.cfg
         items = [as_question(q) for q in questions]
@@ -377,7 +381,7 @@ class Pipeline:
             mode = "always" if collect else cfg.mode
             b = Batch(cfg, sampling or self.sampling, mode, self._batches,
                       [Trace(id=q.id, question=q.text, mode=mode, history=list(q.history)) for q in items[start:start + size]],
-                      collect, on_event, serving, admits=start + size >= len(items))
+                      collect, on_event, on_text, serving, admits=start + size >= len(items))
             try:
                 self._depth_loop(b) if mode == "depth" else self._loop(b)
             finally:
@@ -607,12 +611,26 @@ class Pipeline:
                 t.stop_reason = "ttm_done"
         return wrote
 
+    def _returns(self, b: Batch, i: int) -> bool:
+        """Whether question i's next answer is the one the loop returns, known before it is written: the only answer
+        (never, depth), or the last one allowed (max_thoughts thoughts shown, or the TTM has ended), unless the router
+        chooses among the answers afterwards (`router.select: best`)."""
+        if b.collect or self._selects(b):
+            return False
+        return b.mode in ("never", "depth") or len(b.thoughts[i]) >= b.cfg.max_thoughts or self._ttm_done(b.traces[i])
+
     def _answer(self, b: Batch, ids: list[int]) -> None:
         """The base model answers each question with its thoughts so far in context."""
         if not ids:
             return
         prompts = [self.base_prompt(b.traces[i].question, b.thoughts[i], b.traces[i].history, b.cfg) for i in ids]
-        outs = self._call(b, self.base, prompts, self.answer_params(b), [b.keys[i] + ("base",) for i in ids])
+        params = self.answer_params(b)
+        if b.on_text is not None:
+            streamed = {k: b.traces[i] for k, i in enumerate(ids) if self._returns(b, i)}
+            on_text = b.on_text
+            if streamed:
+                params.on_text = lambda k, delta: on_text(streamed[k], delta) if k in streamed else None
+        outs = self._call(b, self.base, prompts, params, [b.keys[i] + ("base",) for i in ids])
         for i, c in zip(ids, outs):
             t = b.traces[i]
             final = final_answer(c.text)
@@ -660,16 +678,28 @@ def read_traces(path: Any) -> list[Trace]:
 
 
 def _local_generator(folder: Path | None, what: str, cfg: Config) -> Any:
-    from pseudocot.generate.hf import HFGenerator
-    from pseudocot.models.loading import load_tokenizer
-    from pseudocot.models.lora import load_trained
+    from pseudocot.config.schema import GeneratorConfig
+    from pseudocot.generate.base import open_generator
 
     if not has_model(folder):
         raise ModelError(f"{folder}: no {what} model here; train it first (see `pseudocot --help`) or set pipeline.{what}.")
-    model = load_trained(folder, device=cfg.run.device)
-    model.eval()
-    return HFGenerator(model, load_tokenizer(str(folder)), batch_size=cfg.pipeline.batch_size,
-                       kv_reuse=cfg.pipeline.kv_reuse)
+    spec = GeneratorConfig(path=str(folder))
+    return open_generator(spec, device=cfg.run.device, batch_size=cfg.pipeline.batch_size, kv_reuse=cfg.pipeline.kv_reuse)
+
+
+def pipeline_generator(cfg: Config, role: str) -> Any:
+    """The pipeline's `role` (base or ttm): the engine `pipeline.<role>` names, sent text rendered with its tokenizer's
+    chat template (`/completions`), else the local folder `RunLayout` gives."""
+    from pseudocot.generate.base import open_generator
+
+    layout = RunLayout.of(cfg)
+    engine = layout.engine(role)
+    if engine is not None:
+        return open_generator(engine, chat=False)
+    folder = layout.base if role == "base" else layout.ttm
+    if folder is None:
+        raise ConfigError("the config has no distillation stages, so there is no Tiny Thought Model; set pipeline.ttm.")
+    return _local_generator(folder, role, cfg)
 
 
 def ttm_thoughts_of(cfg: Config, folder: Path, questions: Sequence[tuple[str, str]], sampling: Sampling | None = None) -> list[list[str]]:
@@ -687,16 +717,15 @@ def load_pipeline(cfg: Config, mode: str | None = None, need_router: bool | None
 
     pcfg = dataclasses.replace(cfg.pipeline, mode=mode or cfg.pipeline.mode)
     layout = RunLayout.of(cfg)
-    base = _local_generator(layout.base, "base", cfg)
-    ttm = None
-    if pcfg.mode != "never" or need_router or need_ttm:
-        if layout.ttm is None:
-            raise ConfigError("the config has no distillation stages, so there is no Tiny Thought Model; set pipeline.ttm.")
-        ttm = _local_generator(layout.ttm, "ttm", cfg)
+    base = pipeline_generator(cfg, "base")
+    ttm = pipeline_generator(cfg, "ttm") if pcfg.mode != "never" or need_router or need_ttm else None
     router = None
     if pcfg.mode in ("router", "depth") or need_router:
         if layout.router is None:
             raise ModelError(f"{layout.router_dir}: no trained router; run `pseudocot router` first or set pipeline.router.")
         router = Router.load(layout.router)
+        if "hidden" in router.features and layout.engine("base") is not None:
+            raise ConfigError(f"the router in {layout.router_dir} reads the base model's hidden states, which an engine "
+                              "(pipeline.base.base_url) does not give; train one without them (router.features without hidden).")
         pcfg = dataclasses.replace(pcfg, max_thoughts=router.info.get("max_thoughts", pcfg.max_thoughts))
     return Pipeline(base, ttm, pcfg, router)

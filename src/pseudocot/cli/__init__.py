@@ -208,7 +208,7 @@ def config_presets() -> None:
 
 @cli.group(cls=PseudocotGroup)
 def models() -> None:
-    """Bring checkpoints into a form pseudocot loads (HF folders with safetensors)."""
+    """Bring checkpoints into a form pseudocot loads (HF folders with safetensors), and serve one as an engine."""
 
 
 @models.command("import")
@@ -224,6 +224,29 @@ def models_import(source: str, out: Path, dtype: str, force: bool) -> None:
     from pseudocot.models.importing import import_gguf
 
     click.echo(f"imported {source}: {import_gguf(source, out, dtype=dtype, force=force).line()}")
+
+
+@models.command("serve")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--name", default=None, help="The model id it answers to (default: the folder's name).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; another than loopback needs an API key.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8001, show_default=True, help="TCP port.")
+@click.option("--api-key-env", default="PSEUDOCOT_API_KEY", show_default=True, metavar="VAR",
+              help="Environment variable holding the API key clients must send.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto.")
+@click.option("--max-batch", type=click.IntRange(1), default=32, show_default=True, help="Requests decoded together.")
+@click.option("--batch-wait-ms", type=click.FloatRange(0), default=5.0, show_default=True,
+              help="How long the first request of a batch waits for others.")
+@click.option("--cache-tokens", type=click.IntRange(0), default=65536, show_default=True,
+              help="Prompt tokens whose keys/values are kept for prefix reuse (least recently used dropped first).")
+def models_serve(folder: str, name: str | None, host: str, port: int, api_key_env: str, device: str, max_batch: int,
+                 batch_wait_ms: float, cache_tokens: int) -> None:
+    """Serve a model FOLDER at /v1/completions, as an inference engine would (batched, prefix-cached, vLLM's answer
+    fields): a CPU stand-in for vLLM to point `pipeline.base` / `pipeline.ttm` at."""
+    from pseudocot.serve.engine import serve_model
+
+    serve_model(folder, host=host, port=port, name=name, api_key_env=api_key_env, device=device, max_batch=max_batch,
+                batch_wait_ms=batch_wait_ms, cache_tokens=cache_tokens, echo=click.echo)
 
 
 # ------------------------------------------------------------------------------------ demo

@@ -18,9 +18,9 @@ import click
 from pseudocot.cli.groups import StageGroup, config_option, parse_fields
 
 
-def _judge_spec(base_url: str | None, model: str | None, api_key_env: str):  # -> TeacherEndpointConfig | None
+def _judge_spec(base_url: str | None, model: str | None, api_key_env: str):  # -> GeneratorConfig | None
     """The judge endpoint the --judge-* options name, or None."""
-    from pseudocot.config import TeacherEndpointConfig
+    from pseudocot.config import GeneratorConfig
     from pseudocot.config.checks import FieldError
     from pseudocot.errors import ConfigError
 
@@ -29,7 +29,7 @@ def _judge_spec(base_url: str | None, model: str | None, api_key_env: str):  # -
     if not base_url:
         return None
     try:
-        return TeacherEndpointConfig(base_url=base_url, model=model, api_key_env=api_key_env)
+        return GeneratorConfig(base_url=base_url, model=model, api_key_env=api_key_env)
     except FieldError as e:
         flag = {"path": "base-url"}.get(e.key, e.key.replace("_", "-"))
         raise ConfigError(f"--judge-{flag}: {e.message}.") from None

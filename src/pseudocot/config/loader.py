@@ -248,6 +248,9 @@ def _convert(value: Any, tp: Any, key: str, src: _Src) -> Any:
             if type(None) in args:
                 return None
             raise bad()
+        sections = [a for a in args if dataclasses.is_dataclass(_unannotated(a))]
+        if isinstance(value, dict) and len(sections) == 1:  # a mapping is that section: its own error, not "a or b"
+            return _convert(value, sections[0], key, src)
         errors = []
         for a in args:
             if a is type(None):

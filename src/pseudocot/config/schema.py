@@ -409,6 +409,49 @@ class DistillConfig(Section):
 
 
 @dataclass
+class GeneratorConfig(Section):
+    """A model that writes text: a local folder (`path`) or an OpenAI-compatible endpoint (`base_url` + `model`). The
+    synth teacher, the judge, the questions writer and the pipeline's base and TTM are each one."""
+
+    path: str | None = None
+    """A local model folder (HF save_pretrained) that writes the solutions through the batched generator."""
+    tokenizer: str | None = None
+    """The tokenizer folder. A local model: its own when null. An endpoint in the pipeline (`pipeline.base`,
+    `pipeline.ttm`): needed; pseudocot renders each prompt with its chat template and sends the text to /completions."""
+    dtype: Dtype = "auto"
+    """Local model: weights dtype (auto: bf16 on a capable GPU, fp32 on CPU)."""
+    trust_remote_code: bool = False
+    """Local model: run the checkpoint's own Python code (only for checkpoints you trust)."""
+    base_url: str | None = None
+    """An OpenAI-compatible endpoint instead of a local model, e.g. http://localhost:8000/v1 (vLLM, llama.cpp,
+    SGLang, DeepSeek's API, `pseudocot serve`, `pseudocot models serve`)."""
+    model: str | None = None
+    """Endpoint: the model name it serves (e.g. deepseek-reasoner)."""
+    api_key_env: Annotated[str, NonEmpty()] = "OPENAI_API_KEY"
+    """Endpoint: the environment variable that holds the API key (keys never go into configs or outputs)."""
+    chat: bool = True
+    """Chat messages (the tokenizer's chat template, or /chat/completions) rather than plain text (/completions). The
+    pipeline's models always get text rendered through `tokenizer`."""
+    concurrency: Positive = 8
+    """Endpoint: requests in flight at once."""
+    max_retries: Count = 6
+    """Endpoint: retries of a request after a 429, a 5xx, a timeout or a dropped connection (exponential backoff)."""
+    timeout_seconds: Annotated[float, Gt(0)] = 300.0
+    """Endpoint: how long one request may take before it is retried."""
+    extra_body: dict[str, Any] = field(default_factory=lambda: {"add_special_tokens": False})
+    """Endpoint: fields added to every /completions request. The default tells vLLM and SGLang not to add a second
+    BOS to text that already holds the chat template's; set {} for a server that refuses unknown fields."""
+    batch_size: Positive = 32
+    """Local model: prompts generated together."""
+
+    def validate(self) -> None:
+        if bool(self.path) == bool(self.base_url):
+            raise FieldError("path", "or `base_url` must be given, not both: a local model folder or an endpoint")
+        if self.base_url and not self.model:
+            raise FieldError("model", "is needed with base_url: the model name the endpoint serves")
+
+
+@dataclass
 class PipelineConfig(Section):
     mode: Mode = "router"
     """never: the base alone; always: max_thoughts thoughts; router: the router decides after each answer; depth:
@@ -447,10 +490,11 @@ class PipelineConfig(Section):
     """Sampling temperature of a thought written again after the router rejected one."""
     threshold: float | None = None
     """Override the router's threshold: continue while its score is at least this (null: the trained one)."""
-    base: str | None = None
-    """Base model folder (null: the run's base/, merged/ if there)."""
-    ttm: str | None = None
-    """Tiny Thought Model folder (null: the run's last distillation stage)."""
+    base: str | GeneratorConfig | None = None
+    """Base model folder (null: the run's base/, merged/ if there), or an engine serving it:
+    `{base_url, model, tokenizer, api_key_env}` (vLLM, SGLang, llama.cpp, `pseudocot models serve`)."""
+    ttm: str | GeneratorConfig | None = None
+    """Tiny Thought Model folder (null: the run's last distillation stage), or an engine serving it, as `base`."""
     router: str | None = None
     """Router folder (null: the run's router/)."""
 
@@ -464,6 +508,11 @@ class PipelineConfig(Section):
             except (KeyError, IndexError, ValueError) as e:
                 raise FieldError(name, f"cannot be filled ({type(e).__name__}: {e}); use only "
                                        f"{', '.join('{' + k + '}' for k in allowed)} and write literal braces as {{{{ }}}}") from None
+        for role in ("base", "ttm"):
+            spec = getattr(self, role)
+            if isinstance(spec, GeneratorConfig) and spec.base_url and not spec.tokenizer:
+                raise FieldError(f"{role}.tokenizer", "is needed with base_url: the folder whose chat template renders the "
+                                                      "prompts sent to the engine (the model's own tokenizer)")
 
 
 @dataclass
@@ -706,41 +755,6 @@ QUESTION_CHECKS = ["grounded", "self_contained", "well_formed", "duplicate", "fo
 
 
 @dataclass
-class TeacherEndpointConfig(Section):
-    path: str | None = None
-    """A local model folder (HF save_pretrained) that writes the solutions through the batched generator."""
-    tokenizer: str | None = None
-    """Local model: tokenizer folder (null: the model's own)."""
-    dtype: Dtype = "auto"
-    """Local model: weights dtype (auto: bf16 on a capable GPU, fp32 on CPU)."""
-    trust_remote_code: bool = False
-    """Local model: run the checkpoint's own Python code (only for checkpoints you trust)."""
-    base_url: str | None = None
-    """An OpenAI-compatible endpoint instead of a local model, e.g. http://localhost:8000/v1 (vLLM, llama.cpp,
-    SGLang, DeepSeek's API, `pseudocot serve`)."""
-    model: str | None = None
-    """Endpoint: the model name it serves (e.g. deepseek-reasoner)."""
-    api_key_env: Annotated[str, NonEmpty()] = "OPENAI_API_KEY"
-    """Endpoint: the environment variable that holds the API key (keys never go into configs or outputs)."""
-    chat: bool = True
-    """Chat messages (the tokenizer's chat template, or /chat/completions) rather than plain text (/completions)."""
-    concurrency: Positive = 8
-    """Endpoint: requests in flight at once."""
-    max_retries: Count = 6
-    """Endpoint: retries of a request after a 429, a 5xx, a timeout or a dropped connection (exponential backoff)."""
-    timeout_seconds: Annotated[float, Gt(0)] = 300.0
-    """Endpoint: how long one request may take before it is retried."""
-    batch_size: Positive = 32
-    """Local model: prompts generated together."""
-
-    def validate(self) -> None:
-        if bool(self.path) == bool(self.base_url):
-            raise FieldError("path", "or `base_url` must be given, not both: a local model folder or an endpoint")
-        if self.base_url and not self.model:
-            raise FieldError("model", "is needed with base_url: the model name the endpoint serves")
-
-
-@dataclass
 class DocumentsConfig(Section):
     paths: list[str] = field(default_factory=list)
     """Files or folders of documents (.txt, .md, .pdf, .html, .jsonl) the teacher writes questions from (`builtin:docs`,
@@ -865,7 +879,7 @@ class SynthConfig(Section):
     """Field mapping for `jsonl`, `csv` and `hf_disk`: Example field -> column name."""
     max_questions: Positive | None = None
     """Solve the first this many questions (null: all)."""
-    teacher: TeacherEndpointConfig | None = None
+    teacher: GeneratorConfig | None = None
     """Who writes the solutions: a local model (`path`) or an endpoint (`base_url` + `model`)."""
     prompt: str = SYNTH_PROMPT
     """The user turn sent to the teacher ({question}: the question, with lettered options for multiple choice)."""
@@ -905,7 +919,7 @@ class SynthConfig(Section):
     """format: most reasoning lines."""
     max_step_chars: Positive = 600
     """format: longest reasoning line (a paragraph is not a step)."""
-    judge: TeacherEndpointConfig | None = None
+    judge: GeneratorConfig | None = None
     """judge: the model that grades each solution (an endpoint or a local model); needed when `checks` has judge."""
     judge_prompt: str = JUDGE_PROMPT
     """judge: the rubric ({question}, {solution}); the reply's first 0 or 1 is the verdict."""

@@ -236,7 +236,9 @@ def system_entries(cfg: Config) -> list[SystemEntry]:
         info: dict[str, Any] = {"kind": s.kind}
         if s.kind == "pipeline":
             where = RunLayout.of(cfg.for_system(s))
-            models = {"base": str(where.base), "ttm": str(where.ttm) if where.ttm and s.mode != "never" else None,
+            engines = {r: e and f"{e.base_url}#{e.model}" for r in ("base", "ttm") for e in [where.engine(r)]}
+            models = {"base": engines["base"] or str(where.base),
+                      "ttm": (engines["ttm"] or (str(where.ttm) if where.ttm else None)) if s.mode != "never" else None,
                       "router": str(where.router) if where.router and s.mode in ("router", "depth") else None}
             info.update(mode=s.mode, models={k: v for k, v in models.items() if v})
             if s.mode == "router":

@@ -6,7 +6,7 @@ a local model or a remote endpoint. Prompts are already rendered (chat template 
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -28,6 +28,9 @@ class GenerationParams:
     hidden: bool = False
     """Also return `Completion.features`: the model's final hidden state pooled over prompt and output
     (backends that can see hidden states only)."""
+    on_text: Callable[[int, str], None] | None = field(default=None, compare=False, repr=False)
+    """Streaming: called as `on_text(i, delta)` while prompt i's completion is written, each delta text that will not
+    change (a possible start of a stop string is held back); the deltas of a prompt add up to its `Completion.text`."""
 
 
 @dataclass
@@ -55,6 +58,37 @@ class Completion:
     """Reasoning an endpoint returned apart from the text (`reasoning_content` of a reasoning model)."""
 
 
+class TextStream:
+    """What one completion has streamed so far (`GenerationParams.on_text`): `update` with the text decoded so far gives
+    the part that is safe to send: up to a stop string met, and short of any tail that might begin one or that is an
+    unfinished character."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.sent = ""
+
+    def update(self, text: str) -> str:
+        cuts = [text.find(s) for s in self.stops if s in text]
+        if cuts:
+            safe = text[: min(cuts)]
+        else:
+            hold = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+            safe = text[: len(text) - hold]
+            while safe.endswith("\ufffd"):  # a character whose bytes are not all written yet
+                safe = safe[:-1]
+        return self._advance(safe)
+
+    def finish(self, text: str) -> str:
+        """The rest of the final text (`Completion.text`)."""
+        return self._advance(text)
+
+    def _advance(self, safe: str) -> str:
+        if len(safe) <= len(self.sent) or not safe.startswith(self.sent):
+            return ""
+        delta, self.sent = safe[len(self.sent):], safe
+        return delta
+
+
 @runtime_checkable
 class Generator(Protocol):
     def generate(self, prompts: Sequence[str], params: GenerationParams) -> list[Completion]:
@@ -74,3 +108,32 @@ class SessionGenerator(Generator, Protocol):
     def end_sessions(self, sessions: Sequence[Hashable]) -> None:
         """Forget what these conversations encoded."""
         ...
+
+
+def open_generator(spec: Any, *, device: str = "auto", batch_size: int | None = None, kv_reuse: bool = True,
+                   chat: bool | None = None) -> Any:
+    """The `Generator` a `GeneratorConfig` names: an `HFGenerator` over its local folder, or an `OpenAIGenerator` over
+    its endpoint (with the tokenizer of `spec.tokenizer` loaded as `.tokenizer`, for callers that render prompts).
+    `batch_size` overrides the spec's (local); `chat` overrides its chat flag (the pipeline sends rendered text)."""
+    import os
+
+    if spec.path:
+        from pseudocot.generate.hf import HFGenerator
+        from pseudocot.models.loading import load_tokenizer
+        from pseudocot.models.lora import load_trained
+
+        model = load_trained(spec.path, device=device, dtype=spec.dtype, trust_remote_code=spec.trust_remote_code)
+        model.eval()
+        tokenizer = load_tokenizer(spec.tokenizer or spec.path, trust_remote_code=spec.trust_remote_code)
+        return HFGenerator(model, tokenizer, batch_size=batch_size or spec.batch_size, kv_reuse=kv_reuse)
+    from pseudocot.generate.openai import OpenAIGenerator
+
+    tokenizer = None
+    if spec.tokenizer:
+        from pseudocot.models.loading import load_tokenizer
+
+        tokenizer = load_tokenizer(spec.tokenizer, trust_remote_code=spec.trust_remote_code)
+    return OpenAIGenerator(spec.base_url, spec.model, api_key=os.environ.get(spec.api_key_env),
+                           chat=spec.chat if chat is None else chat, concurrency=spec.concurrency,
+                           max_retries=spec.max_retries, timeout=spec.timeout_seconds, extra_body=spec.extra_body,
+                           tokenizer=tokenizer)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig as HFGenerationConfig
 
-from pseudocot.generate.base import Completion, GenerationParams
+from pseudocot.generate.base import Completion, GenerationParams, TextStream
 from pseudocot.generate.sessions import PrefixStore, decode, end_ids
 from pseudocot.models.loading import load_tokenizer
 from pseudocot.models.lora import load_trained
@@ -96,11 +96,11 @@ class HFGenerator:
             idx = order[start : start + self.batch_size]
             seed = None if params.seed is None else params.seed + b
             batch = [encoded[i] for i in idx]
-            if sessions is None and not params.hidden:
+            if sessions is None and not params.hidden and params.on_text is None:
                 done = self._generate_batch(batch, params, config, seed)
             else:
                 done = self._generate_sessions(batch, [sessions[i] for i in idx] if sessions is not None else None,
-                                               params, seed)
+                                               params, seed, idx)
             for i, completion in zip(idx, done):
                 results[i] = completion
             bar.update(len(idx))
@@ -151,17 +151,21 @@ class HFGenerator:
         self.prefixes.drop(sessions)
 
     def _generate_sessions(self, batch: list[list[int]], keys: list[Hashable] | None, params: GenerationParams,
-                           seed: int | None) -> list[Completion]:
+                           seed: int | None, index: Sequence[int] = ()) -> list[Completion]:
+        """`index[r]`: row r's place in the caller's prompts (what `params.on_text` is told)."""
         reuse = keys is not None and self.kv_reuse
         reused = [self.prefixes.reusable(k, ids, params.hidden) if reuse else None for k, ids in zip(keys or [], batch)]
         if not reused:
             reused = [None] * len(batch)
+        streams = [TextStream(params.stop) for _ in batch] if params.on_text else []
 
         def is_end(r: int, tokens: list[int]) -> bool:
             if tokens[-1] in self.eos_ids:
                 return True
-            if params.stop:
+            if params.stop or streams:
                 text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                if streams and (delta := streams[r].update(text)):
+                    params.on_text(index[r], delta)  # type: ignore[misc]
                 return any(s and s in text for s in params.stop)
             return False
 
@@ -175,6 +179,8 @@ class HFGenerator:
             c = self._finish(row.tokens, len(batch[r]), seconds / len(batch), params,
                              row.logprobs if params.logprobs else None)
             c.features, c.cached_tokens = row.features, row.cached_tokens
+            if streams and (delta := streams[r].finish(c.text)):
+                params.on_text(index[r], delta)  # type: ignore[misc]
             out.append(c)
         return out
 

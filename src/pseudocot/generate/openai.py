@@ -20,7 +20,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -39,7 +39,7 @@ class OpenAIGenerator:
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, chat: bool = False,
                  concurrency: int = 8, max_retries: int = 5, timeout: float = 120.0, backoff_seconds: float = 0.5,
-                 max_backoff_seconds: float = 30.0) -> None:
+                 max_backoff_seconds: float = 30.0, extra_body: dict[str, Any] | None = None, tokenizer: Any = None) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise EndpointError(f"base_url '{base_url}' is not an http(s) URL; give the endpoint, e.g. http://localhost:8000/v1.")
         if concurrency < 1 or max_retries < 0:
@@ -48,7 +48,12 @@ class OpenAIGenerator:
         self.model, self.chat, self.concurrency = model, chat, concurrency
         self.max_retries, self.backoff_seconds, self.max_backoff_seconds = max_retries, backoff_seconds, max_backoff_seconds
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.Client(timeout=timeout, headers=headers)
+        self.client = httpx.Client(timeout=timeout, headers=headers,
+                                   limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency))
+        self.extra_body = dict(extra_body or {})
+        """Fields added to every /completions request (vLLM's `add_special_tokens: false`)."""
+        self.tokenizer = tokenizer
+        """The served model's tokenizer, when the caller renders its prompts (the pipeline); not used here."""
         self.requests = 0
         """HTTP requests sent, retries included."""
         self.retries: Counter[str] = Counter()
@@ -83,17 +88,39 @@ class OpenAIGenerator:
                 body["logprobs"] = True
             return "/chat/completions", body
         body["prompt"] = prompt
+        body.update(self.extra_body)
         if params.logprobs:
             body["logprobs"] = 1
         return "/completions", body
 
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _post(self, path: str, body: dict[str, Any], on_text: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """The response body; with `on_text` the request is streamed (`stream: true`), each text delta handed to it as
+        it comes, and the chunks are put back together into the body a plain request gets."""
         url = self.base_url + path
+        sent = False  # a stream that broke off after handing on text cannot be sent again
+
+        def relay(delta: str) -> None:
+            nonlocal sent
+            sent = True
+            on_text(delta)  # type: ignore[misc]
+
+        if on_text is not None:
+            body = {**body, "stream": True, "stream_options": {"include_usage": True}}
         for attempt in range(self.max_retries + 1):
             last = attempt == self.max_retries
             try:
-                r = self.client.post(url, json=body)
+                if on_text is None:
+                    r = self.client.post(url, json=body)
+                else:
+                    with self.client.stream("POST", url, json=body) as r:
+                        if r.status_code == 200:
+                            self._count(None)
+                            return _assemble(url, r.iter_lines(), relay)
+                        r.read()
             except httpx.TransportError as e:  # connection refused or dropped, timeouts
+                if sent:
+                    raise EndpointError(f"{url}: the stream broke off mid-answer ({type(e).__name__}: {e}); "
+                                        "part of it was already passed on, so it is not sent again.") from None
                 self._count(None if last else "timeout" if isinstance(e, httpx.TimeoutException) else "connection")
                 if last:
                     raise EndpointError(f"{url}: no answer after {attempt + 1} tries ({type(e).__name__}: {e}); "
@@ -131,9 +158,9 @@ class OpenAIGenerator:
         c.seconds = time.perf_counter() - t0
         return c
 
-    def _one(self, prompt: Prompt, params: GenerationParams) -> Completion:
+    def _one(self, prompt: Prompt, params: GenerationParams, on_text: Callable[[str], None] | None = None) -> Completion:
         path, body = self._body(prompt, params)
-        data = self._post(path, body)
+        data = self._post(path, body, on_text)
         try:
             choice = data["choices"][0]
             if path == "/completions":
@@ -147,12 +174,12 @@ class OpenAIGenerator:
             raise EndpointError(f"{self.base_url + path} answered without choices[0]"
                                 f"{'.text' if path == '/completions' else '.message'}; is it an OpenAI-compatible API?") from None
         usage = data.get("usage") or {}
-        finish = choice.get("finish_reason") or "stop"
+        finish = "length" if choice.get("finish_reason") == "length" else "stop"
         return Completion(text=text, prompt_tokens=int(usage.get("prompt_tokens") or 0),
                           completion_tokens=int(usage.get("completion_tokens") or 0), seconds=0.0,
-                          finish_reason="length" if finish == "length" else "stop",
+                          finish_reason=finish, stop_string=stop_string(choice, params.stop) if finish == "stop" else None,
                           token_logprobs=[float(x) for x in lp if x is not None] if params.logprobs and lp else None,
-                          reasoning=reasoning)
+                          cached_tokens=cached_tokens(data), reasoning=reasoning)
 
     def generate(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[Completion]:
         """One completion per prompt, in order; `seconds` is the call's wall time shared among them."""
@@ -161,12 +188,89 @@ class OpenAIGenerator:
         if not prompts:
             return []
         t0 = time.perf_counter()
+        on_text = params.on_text
+
+        def one(i: int) -> Completion:
+            return self._one(prompts[i], params, None if on_text is None else lambda delta: on_text(i, delta))
+
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts))) as pool:
-            out = list(pool.map(lambda p: self._one(p, params), prompts))
+            out = list(pool.map(one, range(len(prompts))))
         share = (time.perf_counter() - t0) / len(prompts)
         for c in out:
             c.seconds = share
         return out
+
+
+def _assemble(url: str, lines: Iterator[str], on_text: Callable[[str], None]) -> dict[str, Any]:
+    """A streamed response (server-sent events: `data: {chunk}` lines, then `data: [DONE]`) as the one body a plain
+    request gets: the texts of the chunks joined (each handed to `on_text` on arrival), the last finish and stop
+    fields, the log-probabilities in order, and the usage of the final chunk."""
+    text, reasoning, logprobs = [], [], []
+    choice: dict[str, Any] = {}
+    usage: dict[str, Any] = {}
+    rest: dict[str, Any] = {}
+    chat = False
+    for line in lines:
+        if not line.startswith("data:"):
+            continue
+        payload = line[len("data:"):].strip()
+        if payload == "[DONE]":
+            break
+        try:
+            chunk = json.loads(payload)
+        except json.JSONDecodeError:
+            raise EndpointError(f"{url} streamed a chunk that is not JSON ({payload[:80]!r}); is it an OpenAI-compatible API?") from None
+        if isinstance(chunk.get("error"), (dict, str)):
+            raise EndpointError(f"{url} failed mid-stream: {chunk['error'].get('message') if isinstance(chunk['error'], dict) else chunk['error']}.")
+        usage = chunk.get("usage") or usage
+        rest.update({k: v for k, v in chunk.items() if k == "timings"})
+        for c in chunk.get("choices") or []:
+            delta = c.get("delta")
+            piece = (delta or {}).get("content") if delta is not None else c.get("text")
+            chat = chat or delta is not None
+            if delta is not None and (delta.get("reasoning_content") or delta.get("reasoning")):
+                reasoning.append(delta.get("reasoning_content") or delta.get("reasoning"))
+            if piece:
+                text.append(piece)
+                on_text(piece)
+            lp = c.get("logprobs") or {}
+            logprobs += lp.get("token_logprobs") or [t.get("logprob") for t in lp.get("content") or []]
+            choice.update({k: v for k, v in c.items() if k in ("finish_reason", *STOP_FIELDS) and (v is not None or k not in choice)})
+    joined = "".join(text)
+    if chat:
+        message = {"content": joined, "reasoning_content": "".join(reasoning) or None}
+        return {"choices": [{**choice, "message": message, "logprobs": {"content": [{"logprob": x} for x in logprobs]}}],
+                "usage": usage, **rest}
+    return {"choices": [{**choice, "text": joined, "logprobs": {"token_logprobs": logprobs}}], "usage": usage, **rest}
+
+
+STOP_FIELDS = ("stop_reason", "matched_stop", "stopping_word")
+"""Where engines say what ended a choice: vLLM's `stop_reason` (the stop string, a stop token id, or null for the end of
+sequence), SGLang's `matched_stop`, llama.cpp's `stopping_word` (empty for the end of sequence)."""
+
+
+def stop_string(choice: dict[str, Any], stops: Sequence[str]) -> str | None:
+    """The stop string that ended a choice whose finish_reason is `stop`, None when the end of sequence did. An engine
+    that does not say which (OpenAI, llama-cpp-python) is read as having met a stop string whenever there were any: a
+    thought then asks the TTM once more rather than ending the loop early."""
+    for key in STOP_FIELDS:
+        if key in choice:
+            value = choice[key]
+            return value if isinstance(value, str) and value else None
+    return stops[0] if stops else None
+
+
+def cached_tokens(data: dict[str, Any]) -> int:
+    """Prompt tokens the engine took from its prefix cache: `usage.prompt_tokens_details.cached_tokens` (OpenAI, vLLM
+    with --enable-prompt-tokens-details, SGLang, llama.cpp's server), else llama.cpp's `timings.cache_n`; 0 unknown."""
+    details = (data.get("usage") or {}).get("prompt_tokens_details") or {}
+    value = details.get("cached_tokens") if isinstance(details, dict) else None
+    if value is None:
+        value = (data.get("timings") or {}).get("cache_n")
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _message(r: httpx.Response) -> str:

@@ -70,6 +70,16 @@ class PrefixStore:
     def put(self, key: Hashable, prefix: EncodedPrefix) -> None:
         self._items[key] = prefix
 
+    def copy(self, source: Hashable, key: Hashable) -> None:
+        """Start session `key` from what `source` holds (shared tensors: a stored prefix is never changed in place)."""
+        if source in self._items:
+            self._items[key] = self._items[source]
+
+    def ids(self, key: Hashable) -> list[int] | None:
+        """The tokens session `key` holds, None when it holds nothing."""
+        stored = self._items.get(key)
+        return None if stored is None else stored.ids
+
     def drop(self, keys: Sequence[Hashable]) -> None:
         for k in keys:
             self._items.pop(k, None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import logging
 from collections.abc import AsyncIterator, Sequence
 from importlib import resources
@@ -30,17 +31,44 @@ from pseudocot.serve.batcher import Batcher, Job
 
 log = logging.getLogger("pseudocot.serve")
 
-LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 POLL_SECONDS = 0.5
 """How often a non-streaming request checks that its client is still there."""
 
 
-def _error_response(e: RequestError) -> JSONResponse:
+def is_loopback(host: str | None) -> bool:
+    """Whether a host name or address is this machine (localhost, 127.0.0.0/8, ::1)."""
+    host = (host or "").strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def authorize(request: Request, api_key: str | None) -> None:
+    """Let a request through: with a key, only one that sends it; without, only one addressed to a loopback name."""
+    if api_key is None:
+        # No key: only this machine may call. A Host that is not loopback means a web page reached here
+        # through a DNS name it controls (DNS rebinding), so it is refused.
+        if not is_loopback(request.url.hostname):
+            raise RequestError(f"without an API key this server answers only requests to localhost, not to "
+                               f"'{request.url.hostname}'; set an API key to serve other names.", status=403, code="host_not_allowed",
+                               type="permission_error")
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+        raise RequestError("a valid API key is required: send the header 'Authorization: Bearer KEY'.",
+                           status=401, code="invalid_api_key", type="authentication_error",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+
+def error_response(e: RequestError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
 
-async def _read_body(request: Request, max_bytes: int) -> bytes:
+async def read_body(request: Request, max_bytes: int) -> bytes:
     """The body, refused with 413 once it passes `max_bytes` (before reading it all when Content-Length says so)."""
     too_big = RequestError(f"the request body is larger than {max_bytes} bytes (serve.max_body_bytes); send a shorter conversation.",
                            status=413, code="body_too_large")
@@ -56,7 +84,7 @@ async def _read_body(request: Request, max_bytes: int) -> bytes:
 
 
 def create_app(batcher: Batcher, modes: Sequence[str], default_mode: str, limits: ServeConfig,
-               api_key: str | None, grace_seconds: float | None = None) -> FastAPI:
+               api_key: str | None) -> FastAPI:
     """The app; its lifespan starts the batcher's worker and, at shutdown, lets it finish what it accepted."""
 
     @contextlib.asynccontextmanager
@@ -66,40 +94,25 @@ def create_app(batcher: Batcher, modes: Sequence[str], default_mode: str, limits
         # uvicorn has already waited (up to the grace time) for the open requests; the worker is then
         # idle or answering requests nobody waits for any more, so only a short wait here.
         batcher.drain()
-        await asyncio.to_thread(batcher.join, min(5.0, limits.shutdown_grace_seconds) if grace_seconds is None else grace_seconds)
+        await asyncio.to_thread(batcher.join, min(5.0, limits.shutdown_grace_seconds))
 
     app = FastAPI(title="pseudocot", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, e: RequestError) -> JSONResponse:
-        return _error_response(e)
+        return error_response(e)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException) -> JSONResponse:
         what = {404: f"there is no {request.url.path} here; the API is under /v1 (see GET /v1/models).",
                 405: f"{request.method} is not allowed on {request.url.path}."}.get(e.status_code, str(e.detail))
-        return _error_response(RequestError(what, status=e.status_code, code="not_found" if e.status_code == 404 else None))
+        return error_response(RequestError(what, status=e.status_code, code="not_found" if e.status_code == 404 else None))
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, e: Exception) -> JSONResponse:
         log.exception("unexpected error on %s", request.url.path)
-        return _error_response(RequestError("the server failed to answer this request; its log has the details.", status=500,
+        return error_response(RequestError("the server failed to answer this request; its log has the details.", status=500,
                                             type="server_error", code="internal_error"))
-
-    def authorize(request: Request) -> None:
-        if api_key is None:
-            # No key: only this machine may call. A Host that is not loopback means a web page reached here
-            # through a DNS name it controls (DNS rebinding), so it is refused.
-            if request.url.hostname not in LOOPBACK_NAMES:
-                raise RequestError(f"without an API key this server answers only requests to localhost, not to "
-                                   f"'{request.url.hostname}'; set an API key to serve other names.", status=403, code="host_not_allowed",
-                                   type="permission_error")
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-            raise RequestError("a valid API key is required: send the header 'Authorization: Bearer KEY'.",
-                               status=401, code="invalid_api_key", type="authentication_error",
-                               headers={"WWW-Authenticate": "Bearer"})
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
@@ -116,7 +129,7 @@ def create_app(batcher: Batcher, modes: Sequence[str], default_mode: str, limits
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
-        authorize(request)
+        authorize(request, api_key)
         data = [{"id": protocol.MODEL, "object": "model", "created": 0, "owned_by": "pseudocot",
                  "pseudocot": {"mode": default_mode}}]
         data += [{"id": protocol.model_id(m), "object": "model", "created": 0, "owned_by": "pseudocot",
@@ -125,12 +138,12 @@ def create_app(batcher: Batcher, modes: Sequence[str], default_mode: str, limits
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
-        authorize(request)
+        authorize(request, api_key)
         # JSON only: a web page can send text/plain across origins without asking first, never application/json.
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
             raise RequestError("send the request body as JSON with the header 'Content-Type: application/json'.", status=415,
                                code="unsupported_media_type")
-        raw = await _read_body(request, limits.max_body_bytes)
+        raw = await read_body(request, limits.max_body_bytes)
         req = protocol.parse_chat_request(protocol.parse_json(raw), modes, default_mode, limits)
         job = Job(req, protocol.new_id(), asyncio.get_running_loop(), asyncio.Queue())
         batcher.submit(job)
@@ -156,7 +169,7 @@ async def _wait(batcher: Batcher, job: Job, request: Request) -> JSONResponse:
             if kind == "done":
                 return JSONResponse(protocol.completion(job.id, created, payload, job.queue_seconds, job.batch_size))
             if kind == "error":
-                return _error_response(payload)
+                return error_response(payload)
     except asyncio.CancelledError:
         batcher.cancel(job)
         raise
@@ -164,9 +177,10 @@ async def _wait(batcher: Batcher, job: Job, request: Request) -> JSONResponse:
 
 async def _stream(batcher: Batcher, job: Job) -> AsyncIterator[str]:
     """SSE chunks as the question advances: router scores and intermediate answers as `pseudocot` events,
-    thoughts as `reasoning_content`, then the answer as `content`, the finish chunk, usage, [DONE]."""
+    thoughts as `reasoning_content`, the answer as `content` (token by token as the base model writes it where the loop
+    knows it is the one returned; else whole once the loop ends), the finish chunk, usage, [DONE]."""
     req, created, cid = job.request, protocol.now(), job.id
-    finished = False
+    finished, sent = False, ""
     try:
         yield protocol.sse(protocol.chunk(cid, created, req.model, {"role": "assistant", "content": ""}))
         while True:
@@ -176,9 +190,16 @@ async def _stream(batcher: Batcher, job: Job) -> AsyncIterator[str]:
             elif kind == "thought":
                 text = payload["text"] + "\n"
                 yield protocol.sse(protocol.chunk(cid, created, req.model, {"reasoning_content": text, "reasoning": text}, extra=payload))
+            elif kind == "content":  # the answer the loop returns, token by token as the base model writes it
+                sent += payload
+                yield protocol.sse(protocol.chunk(cid, created, req.model, {"content": payload}))
             elif kind == "done":
                 trace = payload
-                yield protocol.sse(protocol.chunk(cid, created, req.model, {"content": trace.final_text}))
+                if not trace.final_text.startswith(sent):  # cannot happen: the deltas add up to the answer's text
+                    log.error("streamed %r, but the answer returned is %r", sent, trace.final_text)
+                rest = trace.final_text[len(sent):] if trace.final_text.startswith(sent) else ""
+                if rest or not sent:
+                    yield protocol.sse(protocol.chunk(cid, created, req.model, {"content": rest}))
                 info = {"event": "done", **protocol.summary(trace, job.queue_seconds, job.batch_size)}
                 yield protocol.sse(protocol.chunk(cid, created, req.model, {}, protocol.finish_reason(trace), extra=info))
                 if req.include_usage:

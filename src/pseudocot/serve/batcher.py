@@ -7,8 +7,8 @@ with the same settings (mode, max_thoughts, threshold, max_tokens, stop, samplin
 it runs, jobs with the same settings that arrive later take the places of finished questions at its
 next base-model call (continuous batching; modes never, always, router), unless a job with other
 settings is first in line, which then gets the next batch. Each job receives its own events
-(answers, router decisions, thoughts, done) as its question advances, so a stream sends its deltas
-without waiting for the batch. A job whose client went away is dropped before the pipeline's next
+(answers, router decisions, thoughts, the returned answer's text as the base model writes it, done) as its
+question advances, so a stream sends its deltas without waiting for the batch. A job whose client went away is dropped before the pipeline's next
 model call.
 """
 
@@ -275,9 +275,14 @@ class Batcher:
                 with self._cond:  # its place is free: /health stops counting it
                     self._running = [j for j in self._running if j is not job]
 
+        def on_text(trace: Trace, delta: str) -> None:  # the returned answer, as the base model writes it
+            job = by_id.get(trace.id)
+            if job is not None and job.request.stream:
+                job.emit("content", delta)
+
         try:
             pipe.run([j.question() for j in batch], on_event=on_event, cfg=settings, sampling=sampling,
-                     serving=_Serving(self, key, by_id))
+                     serving=_Serving(self, key, by_id), on_text=on_text)
         except RequestError as e:
             self._fail(list(by_id.values()), e)
         except PseudocotError as e:  # the server's set-up, not the request (e.g. a model without a chat template)

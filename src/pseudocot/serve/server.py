@@ -8,7 +8,6 @@ Binds 127.0.0.1 unless told otherwise, and refuses any other address without an 
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import math
@@ -22,6 +21,7 @@ import uvicorn
 from pseudocot.config.schema import Config
 from pseudocot.errors import ConfigError, ModelError
 from pseudocot.layout import RunLayout, has_model
+from pseudocot.serve.app import is_loopback
 from pseudocot.serve.batcher import Batcher
 
 log = logging.getLogger("pseudocot.serve")
@@ -30,7 +30,7 @@ log = logging.getLogger("pseudocot.serve")
 def available_modes(cfg: Config) -> list[str]:
     """The pipeline modes this run's folders can serve, in the order `/v1/models` lists them."""
     layout = RunLayout.of(cfg)
-    has_ttm = layout.ttm is not None and has_model(layout.ttm)
+    has_ttm = layout.engine("ttm") is not None or (layout.ttm is not None and has_model(layout.ttm))
     modes = []
     if has_ttm and layout.router is not None:
         modes.append("router")
@@ -45,15 +45,6 @@ def available_modes(cfg: Config) -> list[str]:
 def default_mode(cfg: Config, modes: list[str]) -> str:
     """What the model id `pseudocot` means: pipeline.mode when this run can serve it, else the best it has."""
     return cfg.pipeline.mode if cfg.pipeline.mode in modes else modes[0]
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def api_key_from_env(cfg: Config) -> str | None:
@@ -80,7 +71,7 @@ def build(cfg: Config) -> Service:
 
     modes = available_modes(cfg)
     mode = default_mode(cfg, modes)
-    if not has_model(RunLayout.of(cfg).base):
+    if RunLayout.of(cfg).engine("base") is None and not has_model(RunLayout.of(cfg).base):
         # Fail before binding a port: a server that can never answer is worse than an error now.
         raise ModelError(f"{RunLayout.of(cfg).base}: no base model here; train it (`pseudocot finetune`) or set pipeline.base.")
 

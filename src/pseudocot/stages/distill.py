@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pseudocot.config import Config, DistillStageConfig, ModelSpec, TeacherEndpointConfig
+from pseudocot.config import Config, DistillStageConfig, GeneratorConfig, ModelSpec
 from pseudocot.data.example import Example
 from pseudocot.data.jsonl import write_jsonl
 from pseudocot.errors import DataError, ModelError
@@ -127,7 +127,7 @@ def teacher_written(cfg: Config, stage: DistillStageConfig, out: Path, teacher_p
     moved = file.open() if main else None
     gen: dict[str, Any] = {"generated": 0, "reused": len(questions), "seconds": 0.0}
     if main and len(done_pairs(file.rows(), questions)) < len(questions):
-        teacher = Teacher(TeacherEndpointConfig(path=str(teacher_path), dtype=teacher_spec.dtype, batch_size=w.batch_size,
+        teacher = Teacher(GeneratorConfig(path=str(teacher_path), dtype=teacher_spec.dtype, batch_size=w.batch_size,
                                                 trust_remote_code=teacher_spec.trust_remote_code),
                           cfg.run.device, system_prompt=cfg.distill.system_prompt)
         gen = generate(questions, teacher, file, prompt="{question}", samples=1,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import threading
 from collections.abc import Sequence
@@ -17,11 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from pseudocot.config import TeacherEndpointConfig
+from pseudocot.config import GeneratorConfig
 from pseudocot.errors import ConfigError
 from pseudocot.files import append_jsonl, complete_lines
 from pseudocot.freshness import model_fingerprint
-from pseudocot.generate.base import Completion, GenerationParams
+from pseudocot.generate.base import Completion, GenerationParams, open_generator
 
 Messages = list[dict[str, str]]
 
@@ -54,22 +53,11 @@ def chat_messages(user: str, system_prompt: str | None = None) -> Messages:
 class Teacher:
     """A local model (`spec.path`) or an endpoint (`spec.base_url`) that answers prompts."""
 
-    def __init__(self, spec: TeacherEndpointConfig, device: str = "auto", system_prompt: str | None = None) -> None:
+    def __init__(self, spec: GeneratorConfig, device: str = "auto", system_prompt: str | None = None) -> None:
         self.spec, self.system_prompt = spec, system_prompt
         self.local = spec.path is not None
-        if self.local:
-            from pseudocot.generate.hf import HFGenerator  # torch: only for a local model
-
-            self.name = str(spec.path)
-            self.gen: Any = HFGenerator.from_pretrained(str(spec.path), device=device, dtype=spec.dtype, batch_size=spec.batch_size,
-                                                        trust_remote_code=spec.trust_remote_code, tokenizer_path=spec.tokenizer)
-        else:
-            from pseudocot.generate.openai import OpenAIGenerator
-
-            self.name = f"{spec.base_url}#{spec.model}"
-            self.gen = OpenAIGenerator(str(spec.base_url), str(spec.model), api_key=os.environ.get(spec.api_key_env),
-                                       chat=spec.chat, concurrency=spec.concurrency, max_retries=spec.max_retries,
-                                       timeout=spec.timeout_seconds)
+        self.name = str(spec.path) if self.local else f"{spec.base_url}#{spec.model}"
+        self.gen: Any = open_generator(spec, device=device)
 
     def prompt(self, user: str) -> Any:
         """What one request sends: chat messages (rendered through the chat template for a local model) or text."""
