@@ -145,6 +145,9 @@ def test_stop_and_cache_fields_of_each_engine():
     assert stop_string({"stop_reason": 2}, ["\n"]) is None  # a stop token id
     assert stop_string({"matched_stop": "\n"}, ["\n"]) == "\n"
     assert stop_string({"stopping_word": ""}, ["\n"]) is None
+    # llama.cpp's server asked with verbose: true.
+    assert stop_string({}, ["\n"], {"__verbose": {"stop_type": "word", "stopping_word": "\n"}}) == "\n"
+    assert stop_string({}, ["\n"], {"__verbose": {"stop_type": "eos", "stopping_word": ""}}) is None
     # An engine that does not say: a stop string is assumed (the TTM is asked once more, not cut off).
     assert stop_string({}, ["\n"]) == "\n" and stop_string({}, []) is None
     assert cached_tokens({"usage": {"prompt_tokens_details": {"cached_tokens": 7}}}) == 7

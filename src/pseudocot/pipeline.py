@@ -317,6 +317,11 @@ class Pipeline:
         self.base_tokenizer = base_tokenizer if base_tokenizer is not None else getattr(base, "tokenizer", None)
         self.ttm_tokenizer = ttm_tokenizer if ttm_tokenizer is not None else getattr(ttm, "tokenizer", None)
 
+    @property
+    def gives_hidden(self) -> bool:
+        """Whether the base model can give its hidden states (a local model; an engine cannot)."""
+        return callable(getattr(getattr(self.base, "model", None), "parameters", None))
+
     # -- prompts ---------------------------------------------------------------------------
 
     def base_prompt(self, question: str, thoughts: list[str], history: Sequence[dict[str, str]] = (),

@@ -165,7 +165,8 @@ class OpenAIGenerator:
             choice = data["choices"][0]
             if path == "/completions":
                 text, reasoning = choice["text"], None
-                lp = (choice.get("logprobs") or {}).get("token_logprobs")
+                logprobs = choice.get("logprobs") or {}  # the legacy lists (vLLM, SGLang), or a chat-style content list (llama.cpp)
+                lp = logprobs.get("token_logprobs") or [t.get("logprob") for t in logprobs.get("content") or []] or None
             else:
                 msg = choice["message"]
                 text, reasoning = msg.get("content") or "", msg.get("reasoning_content") or msg.get("reasoning")
@@ -177,7 +178,7 @@ class OpenAIGenerator:
         finish = "length" if choice.get("finish_reason") == "length" else "stop"
         return Completion(text=text, prompt_tokens=int(usage.get("prompt_tokens") or 0),
                           completion_tokens=int(usage.get("completion_tokens") or 0), seconds=0.0,
-                          finish_reason=finish, stop_string=stop_string(choice, params.stop) if finish == "stop" else None,
+                          finish_reason=finish, stop_string=stop_string(choice, params.stop, data) if finish == "stop" else None,
                           token_logprobs=[float(x) for x in lp if x is not None] if params.logprobs and lp else None,
                           cached_tokens=cached_tokens(data), reasoning=reasoning)
 
@@ -249,14 +250,19 @@ STOP_FIELDS = ("stop_reason", "matched_stop", "stopping_word")
 sequence), SGLang's `matched_stop`, llama.cpp's `stopping_word` (empty for the end of sequence)."""
 
 
-def stop_string(choice: dict[str, Any], stops: Sequence[str]) -> str | None:
-    """The stop string that ended a choice whose finish_reason is `stop`, None when the end of sequence did. An engine
-    that does not say which (OpenAI, llama-cpp-python) is read as having met a stop string whenever there were any: a
-    thought then asks the TTM once more rather than ending the loop early."""
+def stop_string(choice: dict[str, Any], stops: Sequence[str], data: dict[str, Any] | None = None) -> str | None:
+    """The stop string that ended a choice whose finish_reason is `stop`, None when the end of sequence did: the
+    choice's own field (`STOP_FIELDS`), else llama.cpp's `__verbose` object (sent when the request says `verbose:
+    true`). An engine that does not say (OpenAI, llama-cpp-python) is read as having met a stop string whenever there
+    were any: a thought then asks the TTM once more rather than ending the loop early."""
     for key in STOP_FIELDS:
         if key in choice:
             value = choice[key]
             return value if isinstance(value, str) and value else None
+    verbose = (data or {}).get("__verbose")
+    if isinstance(verbose, dict) and "stop_type" in verbose:
+        word = verbose.get("stopping_word")
+        return word if verbose["stop_type"] == "word" and isinstance(word, str) and word else None
     return stops[0] if stops else None
 
 

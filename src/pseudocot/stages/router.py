@@ -23,7 +23,7 @@ import torch
 
 from pseudocot.config import Config
 from pseudocot.data.example import Example
-from pseudocot.errors import DataError
+from pseudocot.errors import ConfigError, DataError
 from pseudocot.freshness import read_key, router_chunk, router_key, router_traces_key, write_key
 from pseudocot.layout import KEY_FILE, RunLayout
 from pseudocot.pipeline import Pipeline, load_pipeline, read_traces, thought_features, write_traces
@@ -41,12 +41,12 @@ def _collect_chunk(pipe: Pipeline, prompts: list[str], examples: list[Example], 
 
     from pseudocot.files import atomic_path
 
-    base_prompts = [pipe.base_prompt(p, []) for p in prompts]
-    questions = torch.stack([c.features for c in question_completions(pipe.base, base_prompts, None)])
     traces = pipe.run([(e.id, p) for e, p in zip(examples, prompts)], collect=True)
     steps = [step_parts(s.completion, s.iteration, s.changed) for t in traces for s in t.features]
     tensors = {name: torch.stack([s[name] for s in steps]) for name in steps[0]}
-    tensors["question"] = questions
+    if pipe.gives_hidden:  # the depth router's input: the question prompt's pooled hidden state
+        base_prompts = [pipe.base_prompt(p, []) for p in prompts]
+        tensors["question"] = torch.stack([c.features for c in question_completions(pipe.base, base_prompts, None)])
     write_traces(traces, files[0])
     with atomic_path(files[1]) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
@@ -117,6 +117,9 @@ def main(cfg: Config) -> dict[str, Any]:
         raise DataError(f"the router needs training and validation questions; {layout.data_dir} gave {len(train_ex)} and "
                         f"{len(val_ex)} (router.train_questions={rcfg.train_questions}, router.val_questions={rcfg.val_questions}).")
     pipe = load_pipeline(cfg, mode="always")
+    if "hidden" in rcfg.features and not pipe.gives_hidden:
+        raise ConfigError("router.features has 'hidden', the base model's hidden states, which an engine "
+                          "(pipeline.base.base_url) does not give; leave it out (e.g. [logprobs, iteration, changed]).")
     chunk = router_chunk(cfg)
     tr_traces, tr_parts = collect(pipe, task, train_ex, layout, "train", chunk, rcfg.reads)
     va_traces, va_parts = collect(pipe, task, val_ex, layout, "val", chunk, rcfg.reads)
@@ -191,7 +194,9 @@ def main(cfg: Config) -> dict[str, Any]:
         "key": key,
     }
     depth = None
-    if rcfg.depth:
+    if rcfg.depth and "question" not in tr_parts:
+        info["depth_skipped"] = "the depth router reads the question's hidden states, which an engine does not give"
+    elif rcfg.depth:
         q_tr, q_va = tr_parts["question"], va_parts["question"]
         d_tr = torch.tensor(policy.depth_labels(tr_correct, tr_avail))
         d_va = torch.tensor(policy.depth_labels(va_correct, va_avail))
