@@ -817,3 +817,27 @@ def test_lora_adapters_follow_the_seed(pretrained_folder, run_tokenizer):
     a, b, c = adapters(0), adapters(0), adapters(1)
     assert a and all(torch.equal(a[n], b[n]) for n in a)
     assert not all(torch.equal(a[n], c[n]) for n in a)
+
+
+# --------------------------------------------------------------------------------------------
+# FSDP: the config path (accelerate shards on GPUs only; on a CPU it is refused in one sentence)
+# --------------------------------------------------------------------------------------------
+
+
+def test_fsdp_sets_fsdp2_for_gpus_and_is_refused_on_a_cpu(tmp_path):
+    from transformers import TrainingArguments
+
+    from pseudocot.config import TrainConfig
+    from pseudocot.errors import ConfigError
+    from pseudocot.train.setup import fsdp_fields, training_fields
+
+    assert fsdp_fields(TrainConfig(), cpu=False) == {}
+    fields = fsdp_fields(TrainConfig(fsdp=True, fsdp_cpu_offload=True, gradient_checkpointing=True), cpu=False)
+    cfg = fields["fsdp_config"]
+    assert fields["fsdp"] is True and cfg["version"] == 2 and cfg["auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert cfg["state_dict_type"] == "FULL_STATE_DICT" and cfg["cpu_offload"] and cfg["activation_checkpointing"]
+    # transformers takes them as they are (the plugin itself is built when a GPU run starts).
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], **fields)
+    assert args.fsdp and args.fsdp_config["version"] == 2 and args.fsdp_config["reshard_after_forward"]
+    with pytest.raises(ConfigError, match=r"train\.fsdp .* set train\.fsdp=false on a CPU"):
+        training_fields(TrainConfig(fsdp=True), tmp_path, 0, "cpu", has_eval=False)

@@ -180,6 +180,14 @@ class TrainConfig(Section):
     result there). true on a CPU needs AVX512-BF16 or AMX and a bf16 matmul measured faster; elsewhere it is refused."""
     gradient_checkpointing: bool = False
     """Trade compute for memory on large models."""
+    fsdp: bool = False
+    """Shard the trained model's weights, gradients and optimizer state across the ranks of `torchrun` / `accelerate
+    launch` (PyTorch FSDP2, one unit per decoder layer, a full state dict saved from rank 0); a distillation teacher
+    stays whole on each rank. GPUs only: accelerate runs CPU processes as DDP. README "Training sharded" has the memory
+    plan."""
+    fsdp_cpu_offload: bool = False
+    """With `fsdp`: keep the sharded parameters and optimizer state in CPU memory between uses (slower; for a model
+    whose states do not fit the GPUs)."""
     group_by_length: bool = False
     """Batch rows of similar length together: less padding, so faster steps, but less varied batches (on the demo it learnt far less per step)."""
 

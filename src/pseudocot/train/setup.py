@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from pseudocot.config.schema import ModelSpec, TrainConfig
-from pseudocot.errors import ModelError
+from pseudocot.errors import ConfigError, ModelError
 from pseudocot.layout import KEY_FILE, checkpoints_dir, has_model, student_init_dir
 from pseudocot.models.loading import cpu_bf16_fast, load_model, load_tokenizer, resolve_device
 
@@ -116,13 +116,26 @@ def use_bf16(setting: bool | None, cpu: bool) -> bool:
     return True
 
 
-def training_args(train: TrainConfig, out_dir: Path, seed: int, device: str, has_eval: bool, args_class: Any = None,
-                  **extra: Any) -> Any:
-    """HF TrainingArguments (or `args_class`, a subclass such as TRL's `GRPOConfig`) for a stage; checkpoints go
-    to `<out_dir>/checkpoints/`; `extra` adds or replaces fields."""
+def training_args(train: TrainConfig, out_dir: Path, seed: int, device: str, has_eval: bool, **extra: Any) -> Any:
+    """HF TrainingArguments for a stage; checkpoints go to `<out_dir>/checkpoints/`; `extra` adds or replaces fields
+    (GRPO builds TRL's `GRPOConfig` from `training_fields` itself)."""
     from transformers import TrainingArguments
 
-    return (args_class or TrainingArguments)(**(training_fields(train, out_dir, seed, device, has_eval) | extra))
+    return TrainingArguments(**(training_fields(train, out_dir, seed, device, has_eval) | extra))
+
+
+def fsdp_fields(train: TrainConfig, cpu: bool) -> dict[str, Any]:
+    """TrainingArguments' FSDP fields for `train.fsdp`: FSDP2 over each decoder layer (the model's `_no_split_modules`),
+    parameters resharded after each forward, a full state dict for the saved model; none without it."""
+    if not train.fsdp:
+        return {}
+    if cpu:
+        raise ConfigError("train.fsdp shards across GPUs, and accelerate runs CPU processes as DDP (a whole copy of "
+                          "weights, gradients and optimizer state in each); set train.fsdp=false on a CPU.")
+    return {"fsdp": True, "fsdp_config": {
+        "version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "reshard_after_forward": True,
+        "state_dict_type": "FULL_STATE_DICT", "cpu_ram_efficient_loading": False,
+        "cpu_offload": train.fsdp_cpu_offload, "activation_checkpointing": train.gradient_checkpointing}}
 
 
 def training_fields(train: TrainConfig, out_dir: Path, seed: int, device: str, has_eval: bool) -> dict[str, Any]:
@@ -130,7 +143,8 @@ def training_fields(train: TrainConfig, out_dir: Path, seed: int, device: str, h
     cpu = on_cpu(device)
     bf16 = use_bf16(train.bf16, cpu)
     eval_steps = train.eval_every_steps if has_eval and train.eval_every_steps > 0 else None
-    return dict(
+    fsdp = fsdp_fields(train, cpu)
+    return fsdp | dict(
         output_dir=str(checkpoints_dir(out_dir)),
         max_steps=train.max_steps,
         per_device_train_batch_size=train.batch_size,
@@ -151,7 +165,7 @@ def training_fields(train: TrainConfig, out_dir: Path, seed: int, device: str, h
         data_seed=seed,
         use_cpu=cpu,
         bf16=bf16,
-        activation_checkpointing=train.gradient_checkpointing,
+        activation_checkpointing=train.gradient_checkpointing and not fsdp,  # FSDP checkpoints through its own config
         report_to=[],
         remove_unused_columns=False,
         dataloader_num_workers=0,
