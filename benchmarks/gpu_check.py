@@ -1,6 +1,6 @@
-"""GPU check: training speed, distillation memory and KV-reuse generation speed at real model shapes.
+"""GPU check: training speed, distillation memory, KV-reuse generation speed and an inference engine at real model shapes.
 
-Owns the one prepared measurement that needs a CUDA GPU, run in one go (budgeted to under 8 minutes
+Owns the one prepared measurement that needs a CUDA GPU, run in one go (budgeted to under 9 minutes
 on one H100/H200) on random-init Llama-3 shapes, offline, with nothing that imports TRL:
 
     python benchmarks/gpu_check.py --device cuda --out gpu_check.json
@@ -36,7 +36,13 @@ on one H100/H200) on random-init Llama-3 shapes, offline, with nothing that impo
    answers of each mode with `reuse`'s (equal in fp32; bf16 rounding may flip a near-tied argmax).
    The head is untied here (same cost): a random tied model only repeats its last input token.
 
-Each part runs in its own time budget, 450 s in all on the GPU (checked between steps: it stops early
+4. `pipeline_engine`: the 1B-shaped base model's answers of part 3 through an inference engine, as the pipeline sends
+   them with `pipeline.base: {base_url, model, tokenizer}` (prompts rendered with the tokenizer, text to
+   /v1/completions, a batch's requests in flight together): vLLM's OpenAI server (prefix caching on) when vLLM is
+   installed, else `pseudocot models serve`'s engine (the CPU toy). Re-answer seconds against the local sessions on
+   the same weights, the engine's cached prompt tokens, `same_text_fraction` (1.0 for the pseudocot engine in fp32).
+
+Each part runs in its own time budget, 540 s in all on the GPU (checked between steps: it stops early
 and says so), and a part that fails (an OOM) records its error and the next part runs. The last line
 printed is one JSON object; `--out` writes it too.
 """
@@ -92,7 +98,7 @@ class Plan:
     answer_max_new_tokens: int = 48
     pipeline_shapes: tuple[str, ...] = ("1b", "8b")
     budget_seconds: dict[str, float] = field(default_factory=lambda: {"lora_sft": 90.0, "distill_step": 120.0,
-                                                                       "pipeline_kv_reuse": 240.0})
+                                                                       "pipeline_kv_reuse": 180.0, "pipeline_engine": 150.0})
 
     @classmethod
     def toy(cls) -> Plan:
@@ -100,7 +106,7 @@ class Plan:
         return cls(shapes=TOY_SHAPES, sft_batch=2, sft_seq_tokens=64, sft_warmup_steps=1, sft_timed_steps=3,
                    distill_batch=2, distill_seq_tokens=64, distill_timed_steps=2, chunk_tokens=32, questions=4,
                    answer_max_new_tokens=8,
-                   budget_seconds={"lora_sft": 30.0, "distill_step": 30.0, "pipeline_kv_reuse": 60.0})
+                   budget_seconds={"lora_sft": 30.0, "distill_step": 30.0, "pipeline_kv_reuse": 60.0, "pipeline_engine": 60.0})
 
 
 @dataclass
@@ -413,6 +419,119 @@ def pipeline_kv_reuse(plan: Plan, device: torch.device, dtype: torch.dtype, dead
     return out
 
 
+def _start_engine(folder: Path, device: torch.device, dtype: torch.dtype, deadline: Deadline) -> tuple[str, str, Any]:
+    """(which, base_url, stop): vLLM's OpenAI server on the GPU when vLLM is installed (prefix caching on, the cached
+    tokens in the usage), else `pseudocot models serve`'s engine in a thread of this process."""
+    import importlib.util
+    import socket
+    import subprocess
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    if device.type == "cuda" and importlib.util.find_spec("vllm") is not None:
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder), "--served-model-name",
+               "engine", "--host", "127.0.0.1", "--port", str(port), "--dtype", "bfloat16" if dtype == torch.bfloat16 else "float32",
+               "--enable-prefix-caching", "--enable-prompt-tokens-details", "--gpu-memory-utilization", "0.35",
+               "--max-model-len", "4096"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        while not deadline.expired():
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    return "vllm", f"http://127.0.0.1:{port}/v1", proc.terminate
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError(f"vLLM's server exited ({proc.returncode}) before it was ready")
+            time.sleep(1)
+        proc.terminate()
+        raise RuntimeError("vLLM's server was not ready within the part's budget")
+    import threading
+
+    import uvicorn
+
+    from pseudocot.config import GeneratorConfig
+    from pseudocot.generate import open_generator
+    from pseudocot.serve.engine import Engine, create_engine_app
+
+    engine = Engine(open_generator(GeneratorConfig(path=str(folder), dtype="bfloat16" if dtype == torch.bfloat16 else "float32"),
+                                   device=device.type))
+    server = uvicorn.Server(uvicorn.Config(create_engine_app(engine, "engine", None), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        if deadline.expired() or not thread.is_alive():
+            raise RuntimeError("the pseudocot engine did not start")
+        time.sleep(0.05)
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(30)
+
+    return "pseudocot", f"http://127.0.0.1:{port}/v1", stop
+
+
+def pipeline_engine(plan: Plan, device: torch.device, dtype: torch.dtype, deadline: Deadline) -> dict[str, Any]:
+    """The base model's re-answers of `pipeline_kv_reuse` (1B shape) through an inference engine, as the pipeline sends
+    them (`pipeline.base: {base_url, model, tokenizer}`): prompts rendered here, text to /v1/completions, every
+    question's request in flight at once; against the local `HFGenerator` with sessions on the same weights."""
+    import tempfile
+
+    from pseudocot.config import ArithConfig, GeneratorConfig, PipelineConfig
+    from pseudocot.data import arith
+    from pseudocot.generate import open_generator
+    from pseudocot.generate.base import GenerationParams
+    from pseudocot.generate.hf import HFGenerator
+    from pseudocot.pipeline import Pipeline
+
+    k = plan.thoughts
+    problems = arith.generate(plan.questions, ArithConfig(max_steps=k + 1, step_weights=[0.0] * k + [1.0]), seed=7)
+    corpus = arith.generate(400, ArithConfig(), seed=8)
+    tokenizer, _ = padded_tokenizer([e.question + "\n" + e.reasoning for e in corpus], plan.shapes["1b"]["vocab_size"])
+    model = build_model(dict(plan.shapes["1b"], tie_word_embeddings=False), dtype, device, seed=3, tokenizer=tokenizer).eval()
+    cfg = PipelineConfig(mode="never", answer_max_new_tokens=plan.answer_max_new_tokens, batch_size=plan.questions)
+    params = GenerationParams(max_new_tokens=plan.answer_max_new_tokens)
+    thoughts = [e.reasoning.splitlines()[:k] for e in problems]
+    local = HFGenerator(model, tokenizer, batch_size=plan.questions, kv_reuse=True)
+    pipe = Pipeline(local, None, cfg)
+    rounds = [[pipe.base_prompt(e.question, th[:i]) for e, th in zip(problems, thoughts)] for i in range(k + 1)]
+    out: dict[str, Any] = {"questions": len(problems), "thoughts": k}
+    with tempfile.TemporaryDirectory(prefix="gpu-check-engine-") as tmp:
+        folder = Path(tmp)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        which, url, stop = _start_engine(folder, device, dtype, deadline)
+        out["server"] = which
+        try:
+            remote = open_generator(GeneratorConfig(base_url=url, model="engine", tokenizer=str(folder),
+                                                    concurrency=plan.questions, extra_body={}), chat=False)
+            texts: dict[str, list[str]] = {}
+            for name, gen in (("local", local), ("engine", remote)):
+                keys = [("gpu_check_engine", i) for i in range(len(problems))]
+                seconds, completions = [], []
+                for prompts in rounds:
+                    sync(device)
+                    t0 = time.perf_counter()
+                    completions.append(gen.generate(prompts, params, sessions=keys) if gen is local else gen.generate(prompts, params))
+                    sync(device)
+                    seconds.append(time.perf_counter() - t0)
+                later = [c for cs in completions[1:] for c in cs]
+                texts[name] = [c.text for cs in completions for c in cs]
+                out[name] = {"reanswer_seconds": round(sum(seconds[1:]), 4),
+                             "reanswer_generated_tokens": sum(c.completion_tokens for c in later),
+                             "reanswer_prompt_tokens": sum(c.prompt_tokens for c in later),
+                             "reanswer_cached_prompt_tokens": sum(c.cached_tokens for c in later)}
+            remote.close()
+        finally:
+            stop()
+    out["engine_speedup_vs_local"] = round(out["local"]["reanswer_seconds"] / out["engine"]["reanswer_seconds"], 3)
+    out["same_text_fraction"] = round(sum(a == b for a, b in zip(texts["engine"], texts["local"])) / len(texts["local"]), 4)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # The run.
 # ------------------------------------------------------------------------------------------------
@@ -439,14 +558,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--toy", action="store_true", help="every shape scaled down (hidden 64/128, 2 layers, vocab 512)")
     ap.add_argument("--dtype", choices=["bf16", "fp32"], default=None, help="default: bf16 on cuda, fp32 on cpu")
     ap.add_argument("--peak-tflops", type=float, default=None, help="peak dense bf16 TFLOP/s of a GPU not in the table")
-    ap.add_argument("--parts", default="lora_sft,distill_step,pipeline_kv_reuse", help="comma-separated parts to run")
+    ap.add_argument("--parts", default="lora_sft,distill_step,pipeline_kv_reuse,pipeline_engine", help="comma-separated parts to run")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     plan_flags = ("sft_batch", "sft_seq_tokens", "distill_batch", "distill_seq_tokens", "questions", "answer_max_new_tokens")
     for name in plan_flags:
         ap.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=f"override the plan's {name}")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
-    parts = {"lora_sft": lora_sft, "distill_step": distill_step, "pipeline_kv_reuse": pipeline_kv_reuse}
+    parts = {"lora_sft": lora_sft, "distill_step": distill_step, "pipeline_kv_reuse": pipeline_kv_reuse,
+             "pipeline_engine": pipeline_engine}
     unknown = [p for p in args.parts.split(",") if p not in parts]
     if unknown:
         ap.error(f"--parts names '{unknown[0]}'; the parts are {', '.join(parts)}.")

@@ -36,7 +36,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def test_every_part_ran_without_error(report: dict) -> None:
-    for part in ("lora_sft", "distill_step", "pipeline_kv_reuse"):
+    for part in ("lora_sft", "distill_step", "pipeline_kv_reuse", "pipeline_engine"):
         assert "error" not in report[part], report[part]["error"]
         assert report[part]["seconds"] <= report[part]["budget_seconds"]
     assert report["device"] == "cpu" and report["toy"] is True and report["peak_flops"] is None
@@ -83,6 +83,15 @@ def test_kv_reuse_gives_the_same_answers(report: dict) -> None:
         assert res["same_text_fraction"] == {"no_reuse": 1.0, "hf_generate": 1.0}
         assert res["nonempty_answer_fraction"] > 0.5
         assert res["reuse"]["reanswer_generated_tokens"] == res["no_reuse"]["reanswer_generated_tokens"]
+
+
+def test_the_engine_answers_as_the_local_sessions_do(report: dict) -> None:
+    e = report["pipeline_engine"]
+    assert e["server"] == "pseudocot"  # no vLLM on a CPU
+    # The same weights and decode loop in fp32: every answer equal; the re-answers found their prefixes cached.
+    assert e["same_text_fraction"] == 1.0 and positive(e["engine_speedup_vs_local"])
+    assert e["engine"]["reanswer_generated_tokens"] == e["local"]["reanswer_generated_tokens"]
+    assert 0 < e["engine"]["reanswer_cached_prompt_tokens"] < e["engine"]["reanswer_prompt_tokens"]
 
 
 def test_a_failing_part_is_recorded_and_the_run_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
