@@ -32,7 +32,7 @@ from pseudocot.generate.hf import HFGenerator
 from pseudocot.layout import RunLayout
 from pseudocot.models.loading import load_tokenizer
 from pseudocot.models.lora import load_trained
-from pseudocot.stages.synth import task_of
+from pseudocot.tasks.registry import task_from
 from pseudocot.train.rows import read_split
 
 
@@ -50,7 +50,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def chain_accuracy(cfg: Any, folder: Path, questions: int | None, max_new_tokens: int, batch_size: int) -> dict[str, Any]:
     examples = read_split(RunLayout.of(cfg).split("test"), "test", questions)
-    task = task_of(cfg.eval.tasks[0])
+    task = task_from(cfg.eval.tasks[0])
     model = load_trained(str(folder), device="cpu").eval()
     tok = load_tokenizer(str(folder))
     prompts = [ttm_prompt(tok, e.question, [], "", cfg.pipeline) for e in examples]

@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
     from pseudocot.train.rows import read_split
 
     cfg = run_config(args.run)
-    task_cfg = cfg.router_task()
+    task_cfg = cfg.task_of("router")
     task = get_task(task_cfg.name, **task_cfg.options)
     pipe = load_pipeline(cfg, mode="router")
     router = pipe.router

@@ -36,7 +36,7 @@ from pseudocot.cost import flops
 from pseudocot.layout import RunLayout
 from pseudocot.pipeline import Trace, read_traces, thought_features
 from pseudocot.router import labels, policy
-from pseudocot.stages.synth import task_of
+from pseudocot.tasks.registry import task_from
 from pseudocot.train.rows import read_split
 
 Rule = Callable[[list[float]], bool]
@@ -78,7 +78,7 @@ def policies(run: Path) -> dict[str, Any]:
     cfg = load_config(run / "config.yaml", [f"run.out_dir={run.parent}", f"run.name={run.name}"])
     results = json.loads((run / "eval" / "results.json").read_text())
     systems = results["tasks"][results["primary_task"]]["systems"]
-    task = task_of(cfg.eval.tasks[0])
+    task = task_from(cfg.eval.tasks[0])
     examples = {e.id: e for e in read_split(RunLayout.of(cfg).split("test"), "test")}
     traces = read_traces(run / "eval" / systems["always"]["traces"])
     parameters = {k: v for k, v in (systems["always"]["parameters"] or {}).items() if k != "total"}

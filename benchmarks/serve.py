@@ -166,7 +166,7 @@ def main() -> None:
     exs = read_split(RunLayout.of(cfg).split("test"), "test")[: args.requests]
     if len(exs) < args.requests:
         raise SystemExit(f"{args.run} has only {len(exs)} test questions; pass --requests {len(exs)}.")
-    task_cfg = cfg.router_task()
+    task_cfg = cfg.task_of("router")
     task = get_task(task_cfg.name, **task_cfg.options)
     questions = task.prompts(exs)
     extra = [f"run.threads={args.threads}"] if args.threads else []

@@ -103,7 +103,9 @@ def main(argv: list[str]) -> int:
     if "--background" in argv:
         cache_dir().mkdir(parents=True, exist_ok=True)
         with open(os.devnull, "w") as null:
-            subprocess.Popen([sys.executable, __file__, "build"], stdout=null, stderr=null, start_new_session=True)
+            # niced: the tests that run meanwhile come first, the build takes what they leave
+            subprocess.Popen([sys.executable, __file__, "build"], stdout=null, stderr=null, start_new_session=True,
+                             preexec_fn=lambda: os.nice(10))
         print(f"building llama-server in the background (log: {log_path()})")
         return 0
     try:

@@ -62,9 +62,9 @@ def test_a_letter_in_a_sentence_is_right_for_both():
 def test_the_router_is_labelled_by_the_first_eval_task_unless_told(tmp_path):
     task = {"name": "mmlu:college_mathematics", "data": "x.csv", "options": {"primary": "letter"}}
     cfg = load_config("smoke", [f"run.out_dir={tmp_path}", f"eval.tasks=[{task}]"])
-    assert cfg.router.task is None and cfg.router_task() is cfg.eval.tasks[0]
+    assert cfg.router.task is None and cfg.task_of("router") is cfg.eval.tasks[0]
     cfg = load_config("smoke", [f"run.out_dir={tmp_path}", f"eval.tasks=[{task}]", "router.task={name: arith}"])
-    assert cfg.router_task().name == "arith"
+    assert cfg.task_of("router").name == "arith"
 
 
 def test_numbers_follow_the_task_too():

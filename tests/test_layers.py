@@ -1,6 +1,6 @@
 """The import layers of the package hold: no module imports upward.
 
-The table below is the architecture (DESIGN.md, "Direction of imports"; the README's Layout): a module may
+The table below is the architecture (the README's Layout): a module may
 import its own package and anything on a lower layer, never a higher one and never a sibling
 package on its own layer. Every import counts, including the ones inside functions (a lazy import
 is still a dependency). A new package must be added to the table, or this test fails.

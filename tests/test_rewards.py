@@ -67,9 +67,9 @@ def test_rewards_are_found_by_dotted_path_and_unknown_names_fail_in_one_line():
         get_reward("no_such_module:fn")
 
 
-def test_bound_rewards_carry_their_names_weights_and_log_zero_spread_groups(ctx, caplog):
-    funcs, weights = build_rewards({"arithmetic": 1.0, "correct": 0.5}, ctx)
-    assert [f.__name__ for f in funcs] == ["arithmetic", "correct"] and weights == [1.0, 0.5]
+def test_bound_rewards_carry_their_names_and_log_zero_spread_groups(ctx, caplog):
+    funcs = build_rewards({"arithmetic": 1.0, "correct": 0.5}, ctx)
+    assert [f.__name__ for f in funcs] == ["arithmetic", "correct"]
     logged = {}
     completions = ["3 + 4 = 7", "3 + 4 = 7", "3 + 4 = 7", "3 + 4 = 8"]  # group 1 agrees, group 2 does not
     assert funcs[0]([""] * 4, completions, question=[Q] * 4, answer=["7"] * 4, log_metric=logged.__setitem__) == [1, 1, 1, 0]

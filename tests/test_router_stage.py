@@ -13,6 +13,7 @@ from pseudocot.config import load_config
 from pseudocot.layout import RunLayout
 from pseudocot.pipeline import read_traces
 from pseudocot.stages import router as router_stage
+from pseudocot.tasks.registry import task_from
 from tiny_run import write_tiny_run
 
 
@@ -90,7 +91,6 @@ def test_pipeline_router_mode_matches_simulation(run):
     from pseudocot.data.chat import question_text
     from pseudocot.pipeline import load_pipeline
     from pseudocot.router import labels, policy
-    from pseudocot.tasks import get_task
     from pseudocot.train.rows import read_split
 
     cfg = load_config(run)
@@ -100,7 +100,7 @@ def test_pipeline_router_mode_matches_simulation(run):
     qs = [(e.id, question_text(e)) for e in exs]
     live = pipe.run(qs)
     forced = load_pipeline(cfg, mode="always").run(qs, collect=True)
-    task = get_task(cfg.router_task().name, **cfg.router_task().options)
+    task = task_from(cfg.task_of("router"))
     correct, available = labels.outcomes(forced, exs, task, 2)
     scores = np.full((len(qs), 2), -np.inf)
     for q, t in enumerate(forced):
@@ -146,14 +146,13 @@ def test_a_router_that_reads_the_thoughts_sees_in_the_loop_what_it_trained_on(ru
 
     from pseudocot.freshness import router_chunk
     from pseudocot.pipeline import load_pipeline
-    from pseudocot.tasks import get_task
     from pseudocot.train.rows import read_split
 
     cfg = load_config(run, ["router.features=[logprobs, iteration, changed, thought]"])
     info = router_stage.main(cfg)
     assert info["features"] == ["logprobs", "iteration", "changed", "thought"]
     layout = RunLayout.of(cfg)
-    task = get_task(cfg.router_task().name, **cfg.router_task().options)
+    task = task_from(cfg.task_of("router"))
     exs = read_split(layout.split("train"), "train")[: cfg.router.train_questions]
     pipe = load_pipeline(cfg, mode="always")
     traces, parts = router_stage.collect(pipe, task, exs, layout, "train", router_chunk(cfg))
@@ -181,7 +180,6 @@ def test_a_router_that_reads_the_thought_first_trains_and_runs(run):
     from pseudocot.config import load_config as load
     from pseudocot.errors import ConfigError
     from pseudocot.pipeline import load_pipeline
-    from pseudocot.tasks import get_task
     from pseudocot.train.rows import read_split
 
     with pytest.raises(ConfigError, match="router.reads"):
@@ -199,7 +197,7 @@ def test_a_router_that_reads_the_thought_first_trains_and_runs(run):
     router_stage.main(cfg)
     pipe = load_pipeline(cfg)
     assert pipe.router.reads == "thought"
-    task = get_task(cfg.router_task().name, **cfg.router_task().options)
+    task = task_from(cfg.task_of("router"))
     exs = read_split(RunLayout.of(cfg).split("test"), "test")[:12]
     traces = pipe.run([(e.id, p) for e, p in zip(exs, task.prompts(exs))])
     for t in traces:
@@ -213,7 +211,6 @@ def test_a_selecting_router_on_value_labels_trains_and_returns_what_the_simulati
     from pseudocot.config import load_config as load
     from pseudocot.pipeline import load_pipeline
     from pseudocot.router import labels, policy
-    from pseudocot.tasks import get_task
     from pseudocot.train.rows import read_split
 
     cfg = load(run, ["router.select=best", "router.labels=value"])
@@ -227,7 +224,7 @@ def test_a_selecting_router_on_value_labels_trains_and_returns_what_the_simulati
     assert set(info["validation"]["always_best_answer"]) >= {"accuracy", "call_rate"}
     pipe = load_pipeline(cfg)
     assert pipe.router.select == "best"
-    task = get_task(cfg.router_task().name, **cfg.router_task().options)
+    task = task_from(cfg.task_of("router"))
     exs = read_split(RunLayout.of(cfg).split("test"), "test")
     qs = [(e.id, p) for e, p in zip(exs, task.prompts(exs))]
     live = pipe.run(qs)

@@ -320,9 +320,9 @@ def grpo_key(cfg: Config) -> str:
     model it starts from and, for `base_correct`, the base model that reads the thoughts. A dotted-path reward's
     code is not in it."""
     layout = RunLayout.of(cfg)
-    g, task = cfg.grpo, cfg.grpo_task()
+    g, task = cfg.grpo, cfg.task_of("grpo")
     return digest({"stage": "grpo", "own": {k: v for k, v in to_dict(g).items() if k not in ("enabled", "task")},
-                   "seed": cfg.run.seed if g.seed is None else None, "task": {"name": task.name, "options": task.options},
+                   "seed": cfg.run.seed if g.seed is None else None, "task": task.identity(),
                    "pipeline": pipeline_settings(cfg.pipeline, "traces" if g.target == "ttm" else "base"),
                    "data": file_fingerprint(g.train_file or layout.split("train")),
                    "start": model_fingerprint(layout.grpo_start),
@@ -334,8 +334,8 @@ def router_traces_key(cfg: Config) -> str:
     they are prompted and scored, the pipeline settings that shape a trace, the base model and TTM.
     The router's own training settings are not in it: changing them retrains the MLP on the same traces."""
     layout = RunLayout.of(cfg)
-    task = cfg.router_task()
-    return digest({"stage": "router-traces", "task": {"name": task.name, "options": task.options},
+    task = cfg.task_of("router")
+    return digest({"stage": "router-traces", "task": task.identity(),
                    "pipeline": pipeline_settings(cfg.pipeline, "traces"), "chunk": router_chunk(cfg),
                    "questions": [cfg.router.train_questions, cfg.router.val_questions],
                    "data": _data_inputs(layout, None, None),
@@ -371,11 +371,11 @@ def data_key(cfg: Config) -> str:
 def synth_key(cfg: Config) -> str:
     """The key of the synth stage: its section (not how it is sharded, nor who writes: the candidates' key says
     that), its candidates' key, the task that scores them, the questions and a local judge's weights."""
-    task = cfg.synth_task()
+    task = cfg.task_of("synth")
     own = {k: v for k, v in to_dict(cfg.synth).items() if k not in ("shard", "teacher", "documents")}
     judge = cfg.synth.judge
     return digest({"stage": "synth", "own": own, "candidates": synth_generation_key(cfg),
-                   "task": {"name": task.name, "options": task.options}, "questions": synth_questions_fingerprint(cfg),
+                   "task": task.identity(), "questions": synth_questions_fingerprint(cfg),
                    "judge": model_fingerprint(judge.path) if judge and judge.path else None})
 
 

@@ -536,6 +536,10 @@ class EvalTaskConfig(Section):
     """Multiple-choice tasks: the answer is the option letter the (base) model finds most likely after its final
     prompt, thoughts included (lm-evaluation-harness's MMLU number); the letter in the generated text is reported beside."""
 
+    def identity(self) -> dict[str, Any]:
+        """What names the task in a freshness key: its name and options."""
+        return {"name": self.name, "options": self.options}
+
 
 @dataclass
 class RouterConfig(Section):
@@ -1064,9 +1068,10 @@ class Config(Section):
     writer: WriterConfig = field(default_factory=WriterConfig)
     """A question writer trained in the run for the questions stage (`pseudocot synth writer`)."""
 
-    def synth_task(self) -> EvalTaskConfig:
-        """The task that scores the synth candidates' answers: `synth.task`, else the first eval task."""
-        return self.synth.task or self.eval.tasks[0]
+    def task_of(self, stage: Literal["synth", "grpo", "router"]) -> EvalTaskConfig:
+        """The task a stage scores with (synth: the candidates' answers; grpo: the rewards; router: its traces' labels):
+        the stage's own `task`, else the first eval task."""
+        return getattr(self, stage).task or self.eval.tasks[0]
 
     def validate(self) -> None:
         if self.teacher.thoughts_from != "gold":
@@ -1096,14 +1101,6 @@ class Config(Section):
             if list(p.thought_stop) != ["\n"]:
                 raise FieldError("grpo.target", "is ttm but pipeline.thought_stop is not [\"\\n\"]: GRPO reads the TTM's chain one "
                                                 "thought per line, as the pipeline does only when a thought ends at a newline")
-
-    def grpo_task(self) -> EvalTaskConfig:
-        """The task that scores GRPO's rewards: `grpo.task`, else the first eval task."""
-        return self.grpo.task or self.eval.tasks[0]
-
-    def router_task(self) -> EvalTaskConfig:
-        """The task that labels the router's traces: `router.task`, else the first eval task."""
-        return self.router.task or self.eval.tasks[0]
 
     def for_system(self, s: SystemConfig) -> Config:
         """This config as a pipeline system of `eval.systems` runs: its mode, and its own model folders,

@@ -64,6 +64,7 @@ from pseudocot.evaluate.systems import SystemEntry
 from pseudocot.freshness import eval_task_key
 from pseudocot.layout import EvalLayout, RunLayout
 from pseudocot.progress import progress
+from pseudocot.tasks.registry import task_from
 from pseudocot.tasks.task import Task
 
 SCHEMA = "pseudocot.eval/1"
@@ -82,7 +83,6 @@ class EvalTask:
 
 
 def load_tasks(cfg: Config) -> list[EvalTask]:
-    from pseudocot.tasks import get_task
 
     layout = RunLayout.of(cfg)
     out = []
@@ -91,7 +91,7 @@ def load_tasks(cfg: Config) -> list[EvalTask]:
         if not data.exists():
             hint = "run `pseudocot data` first or set" if not t.data else "check"
             raise DataError(f"{data}: no such data for task '{t.name}'; {hint} eval.tasks.{i}.data.")
-        task = get_task(t.name, **t.options)
+        task = task_from(t)
         if t.loglikelihood and not task.n_choices:
             raise ConfigError(f"eval.tasks.{i}.loglikelihood is true but task '{t.name}' is not multiple choice; set it to false.")
         examples = task.load(data)

@@ -146,11 +146,10 @@ def format(prompts: Sequence[Any], completions: Sequence[str], *, ctx: RewardCon
 
 def length(prompts: Sequence[Any], completions: Sequence[str], *, ctx: RewardContext,
            completion_ids: Sequence[Sequence[int]] | None = None, **_: Any) -> list[float | None]:
-    """Minus `length_penalty_per_token` per completion token beyond `length_budget_tokens` (0.0 within it)."""
+    """Minus `length_penalty_per_token` per completion token beyond `length_budget_tokens` (0.0 within it), counted
+    in the trained model's own tokens, which TRL passes as `completion_ids`."""
     if completion_ids is None:
-        if ctx.base_tokenizer is None:
-            raise ConfigError("the length reward needs the completions' token ids (TRL passes them).")
-        completion_ids = [ctx.base_tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
+        raise ConfigError("the length reward needs the completions' token ids (TRL's GRPOTrainer passes them).")
     return [-ctx.length_penalty_per_token * max(0, len(ids) - ctx.length_budget_tokens) for ids in completion_ids]
 
 
@@ -236,6 +235,6 @@ def bind(name: str, fn: Reward, ctx: RewardContext) -> Reward:
     return reward
 
 
-def build_rewards(weights: dict[str, float], ctx: RewardContext) -> tuple[list[Reward], list[float]]:
-    """The bound reward functions of `grpo.rewards` and their weights, in the config's order."""
-    return [bind(name, get_reward(name), ctx) for name in weights], [float(w) for w in weights.values()]
+def build_rewards(weights: dict[str, float], ctx: RewardContext) -> list[Reward]:
+    """The bound reward functions of `grpo.rewards`, in the config's order (their weights go to TRL's `reward_weights`)."""
+    return [bind(name, get_reward(name), ctx) for name in weights]

@@ -30,10 +30,11 @@ from pseudocot.layout import RunLayout, has_model, metrics_file, teacher_cache_d
 from pseudocot.models.loading import load_tokenizer
 from pseudocot.models.tokenizer import vocabulary_mismatch
 from pseudocot.stages import prepare
-from pseudocot.stages.synth import settings_of, task_of, to_candidates, write_outputs
+from pseudocot.stages.synth import settings_of, to_candidates, write_outputs
 from pseudocot.synth.candidates import CandidateFile, canonical, done_pairs, generate
 from pseudocot.synth.filter import kept_example, run_filter
 from pseudocot.synth.teacher import Teacher
+from pseudocot.tasks.registry import task_from
 from pseudocot.train import teacher_cache
 from pseudocot.train.checkpoints import finished_metrics, is_main_process, train_and_save
 from pseudocot.train.distill import check_heads, collator, load_teacher, trainer_class
@@ -139,7 +140,7 @@ def teacher_written(cfg: Config, stage: DistillStageConfig, out: Path, teacher_p
     if missing:  # only a rank that is not rank 0 can get here, reading a file rank 0 did not finish
         raise DataError(f"{file.path}: no solution to question {missing[0]} ({len(missing)} missing); run the stage again.")
     result = run_filter(to_candidates([done[(q.id, 0)] for q in questions], questions),
-                        settings_of(s, task_of(cfg.synth_task())), s.checks)
+                        settings_of(s, task_from(cfg.task_of("synth"))), s.checks)
     if main:
         write_jsonl(file.path, rows)  # question order, as an unbroken run writes it
         write_outputs(result, at("kept.jsonl"), at("rejects.jsonl"), str(teacher_path), s.checks)

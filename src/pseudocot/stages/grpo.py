@@ -28,6 +28,7 @@ from pseudocot.errors import ConfigError, ModelError
 from pseudocot.freshness import grpo_key
 from pseudocot.layout import RunLayout, has_model
 from pseudocot.stages import prepare
+from pseudocot.tasks.registry import task_from
 from pseudocot.train.checkpoints import finished_metrics, train_and_save
 from pseudocot.train.setup import training_fields
 
@@ -72,17 +73,16 @@ def check_settings(cfg: Config, seed: int | None = None) -> Any:
     names and the task's extraction. Returns TRL's arguments (under `seed`, default `run.seed`)."""
     from pseudocot.rewards import get_reward
     from pseudocot.synth.filter import FilterSettings
-    from pseudocot.tasks import get_task
 
     g = cfg.grpo
     args = grpo_arguments(cfg, cfg.run.seed if seed is None else seed)
     for name in g.rewards:
         get_reward(name)  # a dotted path that does not import
-    t = cfg.grpo_task()
+    t = cfg.task_of("grpo")
     if t.loglikelihood and "base_correct" in g.rewards:
         raise ConfigError(f"grpo task '{t.name}' is scored by option log-likelihood, but base_correct scores the base model's "
                           "generated answer; set grpo.task to the same task without loglikelihood.")
-    FilterSettings(get_task(t.name, **t.options), g.extraction)  # an extraction the task does not have
+    FilterSettings(task_from(t), g.extraction)  # an extraction the task does not have
     return args
 
 
@@ -141,7 +141,6 @@ def main(cfg: Config) -> dict[str, Any]:
     from pseudocot.models.loading import load_tokenizer
     from pseudocot.models.lora import attach_lora, is_adapter, load_trained
     from pseudocot.rewards import RewardContext, build_rewards
-    from pseudocot.tasks import get_task
 
     prepare(cfg)
     layout = RunLayout.of(cfg)
@@ -160,8 +159,8 @@ def main(cfg: Config) -> dict[str, Any]:
         return done
     seed = g.seed if g.seed is not None else cfg.run.seed
     args = check_settings(cfg, seed)  # before any model loads
-    t = cfg.grpo_task()
-    task = get_task(t.name, **t.options)
+    t = cfg.task_of("grpo")
+    task = task_from(t)
     tokenizer = load_tokenizer(str(start))
     rows = dataset(cfg, tokenizer, task)
 
@@ -178,7 +177,7 @@ def main(cfg: Config) -> dict[str, Any]:
     ctx = RewardContext(task=task, extraction=g.extraction, pipeline=cfg.pipeline, base=base, base_tokenizer=base_tokenizer,
                         length_budget_tokens=g.length_budget_tokens, length_penalty_per_token=g.length_penalty_per_token,
                         max_completion_length=g.max_completion_length, num_generations=g.num_generations)
-    funcs, _ = build_rewards(g.rewards, ctx)
+    funcs = build_rewards(g.rewards, ctx)
 
     model = load_trained(start, device=cfg.run.device)
     if g.method == "lora":

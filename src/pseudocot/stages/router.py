@@ -32,7 +32,8 @@ from pseudocot.router import calibration, labels, policy
 from pseudocot.router.features import step_parts
 from pseudocot.router.model import AnswerHead, DepthRouter, Router, StepRouter, fit, question_completions
 from pseudocot.stages import prepare
-from pseudocot.tasks import Task, get_task
+from pseudocot.tasks import Task
+from pseudocot.tasks.registry import task_from
 from pseudocot.train.rows import read_split
 
 
@@ -109,8 +110,8 @@ def main(cfg: Config) -> dict[str, Any]:
         traces_dir.mkdir(parents=True)
         write_key(traces_dir / KEY_FILE, traces_key)
 
-    t = cfg.router_task()
-    task = get_task(t.name, **t.options)
+    t = cfg.task_of("router")
+    task = task_from(t)
     train_ex = read_split(layout.split("train"), "router training questions")[: rcfg.train_questions]
     val_ex = read_split(layout.split("val"), "router validation questions")[: rcfg.val_questions]
     if not train_ex or not val_ex:

@@ -42,6 +42,7 @@ from pseudocot.files import atomic_write_text, read_json_object
 from pseudocot.layout import RunLayout
 from pseudocot.stages import prepare, table
 from pseudocot.stages.table import STAGES, Stage
+from pseudocot.tasks.registry import task_from
 
 
 class RunLog:
@@ -107,7 +108,6 @@ def _stamp_results(layout: RunLayout, state: dict[str, Any]) -> None:
 def check_tasks(cfg: Config) -> None:
     """Build every task the run will use (names and options; no data is read), so a misspelt task
     stops the run before hours of training rather than at the router or evaluation."""
-    from pseudocot.tasks import get_task
 
     named = [(f"eval.tasks.{i}", t) for i, t in enumerate(cfg.eval.tasks)]
     if cfg.router.task is not None:
@@ -118,7 +118,7 @@ def check_tasks(cfg: Config) -> None:
         named.append(("grpo.task", cfg.grpo.task))
     for key, t in named:
         try:
-            get_task(t.name, **t.options)
+            task_from(t)
         except ConfigError as e:
             raise ConfigError(f"{key}: {e}") from None
     if cfg.grpo.enabled:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pseudocot.config import Config, EvalTaskConfig, SynthConfig, parse_shard, save_config
+from pseudocot.config import Config, SynthConfig, parse_shard, save_config
 from pseudocot.data.example import Example
 from pseudocot.data.jsonl import iter_json_lines, read_examples, rejects_path, write_examples, write_jsonl
 from pseudocot.data.loaders import load_file
@@ -35,7 +35,8 @@ from pseudocot.stages import prepare
 from pseudocot.synth.candidates import CandidateFile, canonical, chunks, done_pairs, generate, shard_chunks
 from pseudocot.synth.filter import Candidate, FilterResult, FilterSettings, is_answer_line, kept_example, run_filter, split_solution
 from pseudocot.synth.teacher import Judge, Teacher
-from pseudocot.tasks import Task, get_task
+from pseudocot.tasks import Task
+from pseudocot.tasks.registry import task_from
 
 
 def load_questions(cfg: Config) -> list[Example]:
@@ -51,10 +52,6 @@ def load_questions(cfg: Config) -> list[Example]:
     if not examples:
         raise DataError(f"{path}: holds no questions; give synth.questions a file with at least one.")
     return examples[: s.max_questions] if s.max_questions else examples
-
-
-def task_of(t: EvalTaskConfig) -> Task:
-    return get_task(t.name, **t.options)
 
 
 def settings_of(s: SynthConfig, task: Task, judge: Judge | None = None) -> FilterSettings:
@@ -116,7 +113,7 @@ def main(cfg: Config) -> dict[str, Any]:
         return old  # complete for this config
     save_config(cfg, layout.config_file)
     questions = load_questions(cfg)
-    task = task_of(cfg.synth_task())  # before hours of generation: a misspelt task stops here
+    task = task_from(cfg.task_of("synth"))  # before hours of generation: a misspelt task stops here
     judge = None if shard else _judge(cfg, layout.synth_file("judge.jsonl"))  # and a judge that cannot load
     assert s.teacher is not None
     teacher = Teacher(s.teacher, cfg.run.device, s.system_prompt)
@@ -172,7 +169,7 @@ def merge(cfg: Config) -> dict[str, Any]:
         generation.append({"stale_files": [moved]})
     write_jsonl(file.path, canonical(file.rows() + rows, questions, s.samples))
     save_config(cfg, layout.config_file)
-    return finish(cfg, questions, task_of(cfg.synth_task()), generation[0].get("teacher", ""), generation, synth_key(cfg), judge)
+    return finish(cfg, questions, task_from(cfg.task_of("synth")), generation[0].get("teacher", ""), generation, synth_key(cfg), judge)
 
 
 def finish(cfg: Config, questions: Sequence[Example], task: Task, teacher: str, generation: list[dict[str, Any]],

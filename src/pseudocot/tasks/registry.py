@@ -65,6 +65,11 @@ def get_task(name: str, **options: Any) -> Task:
     return task
 
 
+def task_from(t: Any) -> Task:
+    """The `Task` a config's task section (`EvalTaskConfig`: name and options) names: the one way a config's task is made."""
+    return get_task(t.name, **t.options)
+
+
 def _get_task(name: str, options: dict[str, Any]) -> Task:
     if name in TASKS:
         return _build(name, TASKS[name], options)
