@@ -199,9 +199,9 @@ def _build_hf(cfg: Config, s: SystemConfig) -> System:
     from pseudocot.models.lora import load_trained
 
     if s.adapter and s.model:
-        from peft import PeftModel
+        from pseudocot.models.lora import merged_adapter
 
-        model = PeftModel.from_pretrained(load_model(s.model, device=cfg.run.device), s.adapter).merge_and_unload()
+        model = merged_adapter(load_model(s.model, device=cfg.run.device), s.adapter)
         model.eval()
     else:
         model = load_trained(s.adapter or s.model, device=cfg.run.device)  # type: ignore[arg-type]
