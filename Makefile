@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo lint browser llama-server test clean
+.PHONY: install demo lint browser build-tools llama-server test clean
 
 $(BIN)/pseudocot: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,14 +46,20 @@ KERNEL_TESTS := tests/test_kernels.py tests/test_losses.py tests/test_onpolicy.p
 	tests/test_real_model.py::test_chunked_loss_equals_plain_loss_on_real_logits
 
 # llama.cpp's server for the engine tests (tests/test_llamacpp.py), built once from the llama.cpp source that
-# llama-cpp-python's release vendors and cached under ~/.cache/pseudocot-tests (about 5 minutes on 2 cores).
-llama-server: install
+# llama-cpp-python's release vendors and cached under ~/.cache/pseudocot-tests (about 5 minutes on 2 cores), with
+# Debian's cmake, g++ and ninja (installed once, as root or via sudo).
+build-tools:
+	@command -v cmake >/dev/null && command -v g++ >/dev/null && command -v ninja >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q cmake g++ ninja-build; }
+
+llama-server: install build-tools
 	$(BIN)/python tests/llamacpp.py build
 
 # Lint first (the suite fails on lint errors), then every test and the doctests of pseudocot.tasks (the llama.cpp
 # ones last: their server builds in the background meanwhile, the first time), then the training tests with the
 # bf16-capable CPU path forced, then the float comparisons on other kernels.
-test: lint browser
+test: lint browser build-tools
 	$(BIN)/python tests/llamacpp.py build --background
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 	HF_HUB_OFFLINE=1 PSEUDOCOT_TEST_CPU_BF16=1 $(BIN)/python -m pytest -q -p no:cacheprovider $(BF16_TESTS)

@@ -16,11 +16,14 @@ from pathlib import Path
 import click
 
 from pseudocot.cli.groups import StageGroup, config_option, parse_fields
+from pseudocot.config.schema import GeneratorConfig, SynthConfig
+
+SYNTH = SynthConfig()
+"""The filter's defaults, as `synth` sets them (`synth filter` shows and uses these)."""
 
 
 def _judge_spec(base_url: str | None, model: str | None, api_key_env: str):  # -> GeneratorConfig | None
     """The judge endpoint the --judge-* options name, or None."""
-    from pseudocot.config import GeneratorConfig
     from pseudocot.config.checks import FieldError
     from pseudocot.errors import ConfigError
 
@@ -89,19 +92,21 @@ def merge(config_name: str, overrides: tuple[str, ...]) -> None:
               help="JSONL rows with 'id' or 'question', and 'completion' (optional 'sample', 'finish_reason').")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Kept solutions as Example JSONL; the rejects go to OUT.rejects.jsonl with their reasons.")
-@click.option("--checks", default="format,answer,arithmetic,follows,consistency", show_default=True,
+@click.option("--checks", default=",".join(SYNTH.checks), show_default=True,
               help="Comma-separated checks: format, answer, arithmetic, follows, consistency, judge, or package.module:function.")
 @click.option("--extraction", default=None,
               help="The task's extraction that reads a solution's answer [default: answer-line where the task has it, else its primary].")
 @click.option("--field", "fields", multiple=True, metavar="FIELD=COLUMN", help="Task jsonl: map an Example field to a column (repeatable).")
-@click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=SYNTH.min_agreement, show_default=True,
               help="consistency: share of a question's samples its majority answer must hold.")
-@click.option("--min-steps", type=click.IntRange(min=1), default=1, show_default=True, help="format: fewest steps.")
-@click.option("--max-steps", type=click.IntRange(min=1), default=40, show_default=True, help="format: most steps.")
-@click.option("--max-step-chars", type=click.IntRange(min=1), default=600, show_default=True, help="format: longest step line.")
+@click.option("--min-steps", type=click.IntRange(min=1), default=SYNTH.min_steps, show_default=True, help="format: fewest steps.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=SYNTH.max_steps, show_default=True, help="format: most steps.")
+@click.option("--max-step-chars", type=click.IntRange(min=1), default=SYNTH.max_step_chars, show_default=True,
+              help="format: longest step line.")
 @click.option("--judge-base-url", default=None, help="judge: an OpenAI-compatible endpoint (e.g. http://localhost:8000/v1).")
 @click.option("--judge-model", default=None, help="judge: the model name the endpoint serves.")
-@click.option("--judge-api-key-env", default="OPENAI_API_KEY", show_default=True, help="judge: the variable holding the API key.")
+@click.option("--judge-api-key-env", default=GeneratorConfig.api_key_env, show_default=True,
+              help="judge: the variable holding the API key.")
 def filter_command(task_name: str, data: Path | None, candidates: Path, out: Path, checks: str, extraction: str | None,
                    fields: tuple[str, ...], min_agreement: float, min_steps: int, max_steps: int, max_step_chars: int,
                    judge_base_url: str | None, judge_model: str | None, judge_api_key_env: str) -> None:
@@ -109,7 +114,7 @@ def filter_command(task_name: str, data: Path | None, candidates: Path, out: Pat
 
     Prints one JSON summary as the last line: {"candidates", "kept", "keep_rate", "rejected": {reason: count}}.
     """
-    from pseudocot.config import SynthConfig
+
     from pseudocot.config.checks import FieldError
     from pseudocot.errors import ConfigError
     from pseudocot.stages import synth as synth_stage
@@ -120,7 +125,7 @@ def filter_command(task_name: str, data: Path | None, candidates: Path, out: Pat
     judge_spec = _judge_spec(judge_base_url, judge_model, judge_api_key_env)
     try:
         settings = SynthConfig(checks=names, min_agreement=min_agreement, min_steps=min_steps, max_steps=max_steps,
-                               max_step_chars=max_step_chars, judge=judge_spec)
+                               max_step_chars=max_step_chars, judge=judge_spec, extraction=extraction)
     except FieldError as e:
         hint = " (give --judge-base-url and --judge-model)" if e.key == "judge" else ""
         raise ConfigError(f"--{e.key.replace('_', '-')}: {e.message}{hint}.") from None
@@ -131,7 +136,6 @@ def filter_command(task_name: str, data: Path | None, candidates: Path, out: Pat
         judge = Judge(Teacher(judge_spec), settings.judge_prompt, out.with_name(out.name.removesuffix(".jsonl") + ".judge.jsonl"))
     if extraction and extraction not in task.extractions:
         raise ConfigError(f"--extraction: task '{task.name}' has no extraction '{extraction}'; it has {', '.join(task.extractions)}.")
-    settings.extraction = extraction
     try:
         summary = synth_stage.filter_files(task, str(data) if data else None, str(candidates), str(out), names, settings, judge)
     finally:
