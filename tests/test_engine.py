@@ -4,6 +4,7 @@ by `pseudocot models serve` (`serve.engine`), against the same folders loaded lo
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import httpx
 import pytest
@@ -100,7 +101,10 @@ def test_engine_answers_in_vllm_fields_and_reuses_prefixes(engines):
         again = c.post(f"{url}/completions", json=body).json()
         bad = c.post(f"{url}/completions", json={**body, "max_tokens": 0})
         wrong_model = c.post(f"{url}/completions", json={**body, "model": "other"})
-        streamed = c.post(f"{url}/completions", json={**body, "stream": True})
+        echo = c.post(f"{url}/completions", json={**body, "echo": True})
+        with c.stream("POST", f"{url}/completions", json={**body, "stream": True, "stream_options": {"include_usage": True}}) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            events = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
     choice = first["choices"][0]
     assert choice["finish_reason"] in ("stop", "length") and "stop_reason" in choice
     assert len(choice["logprobs"]["token_logprobs"]) == first["usage"]["completion_tokens"]
@@ -109,7 +113,13 @@ def test_engine_answers_in_vllm_fields_and_reuses_prefixes(engines):
     assert again["usage"]["prompt_tokens_details"]["cached_tokens"] == again["usage"]["prompt_tokens"] - 1
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "max_tokens"
     assert wrong_model.status_code == 404 and "serves the model 'base'" in wrong_model.json()["error"]["message"]
-    assert streamed.status_code == 400 and streamed.json()["error"]["param"] == "stream"
+    assert echo.status_code == 400 and echo.json()["error"]["param"] == "echo"
+    # A stream: text deltas, a last chunk with the finish fields, the usage, [DONE]; the deltas add up to the text.
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert "".join(ch["choices"][0]["text"] for ch in chunks if ch["choices"]) == choice["text"]
+    assert chunks[-2]["choices"][0]["finish_reason"] == choice["finish_reason"]
+    assert chunks[-1]["usage"]["completion_tokens"] == first["usage"]["completion_tokens"]
 
 
 def test_engine_with_a_key_refuses_requests_without_it(serve_run):
