@@ -7,10 +7,7 @@ ordinary causal LM for the next stage or for generation.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,26 +30,14 @@ def attach_lora(model: Any, cfg: LoraConfig, quantized: bool = False, gradient_c
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                               target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
-    with peft_quietly():
-        return get_peft_model(model, peft_cfg)
-
-
-@contextlib.contextmanager
-def peft_quietly() -> Iterator[None]:
-    """Around every PeftModel made: peft 0.21's `PeftModel.__init__` reads `model.is_gradient_checkpointing`, which
-    transformers 5.x deprecates (a FutureWarning on each call) for `is_activation_checkpointing`; nothing a user of
-    pseudocot can act on, so that one warning is not shown."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        yield
+    return get_peft_model(model, peft_cfg)
 
 
 def merged_adapter(base: Any, folder: str | Path) -> Any:
     """`base` with the LoRA adapter in `folder` merged into its weights."""
     from peft import PeftModel
 
-    with peft_quietly():
-        return PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
+    return PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
 
 
 def is_adapter(folder: str | Path) -> bool:
