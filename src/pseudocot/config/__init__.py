@@ -1,6 +1,8 @@
-"""Typed configuration: the schema (`schema`: one dataclass per section, a docstring under every
-field, bounds and choices in the types), the checks that run when a section is built (`checks`), and
-YAML in and out with file:line errors, dotted overrides and presets (`loader`).
+"""Typed configuration: the schema (one dataclass per section in the module of its stage, `run`, `data`,
+`train`, `generator`, `pipeline`, `router`, `eval`, `serve`, `synth`, `writer`, `grpo`, a docstring under every
+field, bounds and choices in the types; `schema`: the top-level `Config`, every section re-exported), the
+checks that run when a section is built (`checks`), and YAML in and out with file:line errors, dotted
+overrides and presets (`loader`).
 
     from pseudocot.config import load_config
     cfg = load_config("demo", ["train.lr=1e-4"])

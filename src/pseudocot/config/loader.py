@@ -21,8 +21,10 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 
+from pseudocot.config.base import field_docs
 from pseudocot.config.checks import FieldError
-from pseudocot.config.schema import Config, TrainConfig, field_docs
+from pseudocot.config.schema import Config
+from pseudocot.config.train import TrainConfig
 from pseudocot.errors import ConfigError
 from pseudocot.files import atomic_write_text
 
