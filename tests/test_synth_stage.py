@@ -21,6 +21,7 @@ from pseudocot.data.jsonl import read_examples
 from pseudocot.errors import EndpointError
 from pseudocot.layout import RunLayout
 from pseudocot.stages import synth as synth_stage
+from pseudocot.synth.rows import to_candidates
 
 ROOT = Path(__file__).parents[1]
 
@@ -204,7 +205,7 @@ def test_pseudocot_serve_as_the_teacher(tmp_path, serve_run, live_server, monkey
     assert stats["kept"] + len(rows(layout.synth_file("rejects.jsonl"))) == 24
     # the filter reads the thoughts as the steps, then the content's answer line
     questions = read_examples(serve_run / "data" / "train.jsonl").examples
-    first = synth_stage.to_candidates(cands[:1], questions, "thinking")[0]
+    first = to_candidates(cands[:1], questions, "thinking")[0]
     thoughts = [line for line in cands[0]["thinking"].splitlines() if line.strip() and "answer is" not in line]
     assert first.completion.splitlines()[: len(thoughts)] == thoughts  # the base's intermediate answers are not steps
 

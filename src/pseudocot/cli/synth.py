@@ -117,7 +117,7 @@ def filter_command(task_name: str, data: Path | None, candidates: Path, out: Pat
 
     from pseudocot.config.checks import FieldError
     from pseudocot.errors import ConfigError
-    from pseudocot.stages import synth as synth_stage
+    from pseudocot.synth.rows import filter_files
     from pseudocot.synth.teacher import Judge, Teacher
     from pseudocot.tasks import get_task
 
@@ -137,7 +137,7 @@ def filter_command(task_name: str, data: Path | None, candidates: Path, out: Pat
     if extraction and extraction not in task.extractions:
         raise ConfigError(f"--extraction: task '{task.name}' has no extraction '{extraction}'; it has {', '.join(task.extractions)}.")
     try:
-        summary = synth_stage.filter_files(task, str(data) if data else None, str(candidates), str(out), names, settings, judge)
+        summary = filter_files(task, str(data) if data else None, str(candidates), str(out), names, settings, judge)
     finally:
         if judge is not None:
             judge.teacher.close()

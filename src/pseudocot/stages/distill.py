@@ -30,9 +30,9 @@ from pseudocot.layout import RunLayout, has_model, metrics_file, teacher_cache_d
 from pseudocot.models.loading import load_tokenizer
 from pseudocot.models.tokenizer import vocabulary_mismatch
 from pseudocot.stages import prepare
-from pseudocot.stages.synth import settings_of, to_candidates, write_outputs
 from pseudocot.synth.candidates import CandidateFile, canonical, done_pairs, generate
 from pseudocot.synth.filter import kept_example, run_filter
+from pseudocot.synth.rows import settings_of, to_candidates, write_outputs
 from pseudocot.synth.teacher import Teacher
 from pseudocot.tasks.registry import task_from
 from pseudocot.train import teacher_cache
