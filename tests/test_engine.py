@@ -197,3 +197,14 @@ def test_text_stream_holds_back_what_may_start_a_stop_string():
     assert s.finish("12 + 3 = 15\nThe answer") == ""
     t = TextStream([])
     assert t.update("caf\ufffd") == "caf" and t.update("café") == "é" and t.finish("café!") == "!"
+
+
+def test_models_serve_refuses_an_open_host_without_a_key(serve_run, monkeypatch):
+    from click.testing import CliRunner
+
+    from pseudocot.cli import cli
+
+    monkeypatch.delenv("PSEUDOCOT_API_KEY", raising=False)
+    folder = RunLayout.of(run_config(serve_run)).base
+    result = CliRunner().invoke(cli, ["models", "serve", str(folder), "--host", "0.0.0.0"])
+    assert result.exit_code != 0 and "without an API key" in result.output and "PSEUDOCOT_API_KEY" in result.output

@@ -234,17 +234,20 @@ def models_import(source: str, out: Path, dtype: str, force: bool) -> None:
 @click.option("--api-key-env", default="PSEUDOCOT_API_KEY", show_default=True, metavar="VAR",
               help="Environment variable holding the API key clients must send.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="Torch CPU threads (default: torch's).")
 @click.option("--max-batch", type=click.IntRange(1), default=32, show_default=True, help="Requests decoded together.")
 @click.option("--batch-wait-ms", type=click.FloatRange(0), default=5.0, show_default=True,
               help="How long the first request of a batch waits for others.")
 @click.option("--cache-tokens", type=click.IntRange(0), default=65536, show_default=True,
               help="Prompt tokens whose keys/values are kept for prefix reuse (least recently used dropped first).")
-def models_serve(folder: str, name: str | None, host: str, port: int, api_key_env: str, device: str, max_batch: int,
-                 batch_wait_ms: float, cache_tokens: int) -> None:
+def models_serve(folder: str, name: str | None, host: str, port: int, api_key_env: str, device: str, threads: int | None,
+                 max_batch: int, batch_wait_ms: float, cache_tokens: int) -> None:
     """Serve a model FOLDER at /v1/completions, as an inference engine would (batched, prefix-cached, vLLM's answer
     fields): a CPU stand-in for vLLM to point `pipeline.base` / `pipeline.ttm` at."""
+    from pseudocot.models.loading import set_threads
     from pseudocot.serve.engine import serve_model
 
+    set_threads(threads)
     serve_model(folder, host=host, port=port, name=name, api_key_env=api_key_env, device=device, max_batch=max_batch,
                 batch_wait_ms=batch_wait_ms, cache_tokens=cache_tokens, echo=click.echo)
 
