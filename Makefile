@@ -56,14 +56,16 @@ build-tools:
 llama-server: install build-tools
 	$(BIN)/python tests/llamacpp.py build
 
-# Lint first (the suite fails on lint errors), then every test and the doctests of pseudocot.tasks (the llama.cpp
-# ones last: their server builds in the background meanwhile, the first time), then the training tests with the
-# bf16-capable CPU path forced, then the float comparisons on other kernels.
+# Lint first (the suite fails on lint errors), then every test and the doctests of pseudocot.tasks but the llama.cpp
+# ones, then the training tests with the bf16-capable CPU path forced, then the float comparisons on other kernels,
+# then the llama.cpp tests: their server builds in the background meanwhile (the first time on a machine), and they
+# wait for it if it is not done.
 test: lint browser build-tools
 	$(BIN)/python tests/llamacpp.py build --background
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not llamacpp"
 	HF_HUB_OFFLINE=1 PSEUDOCOT_TEST_CPU_BF16=1 $(BIN)/python -m pytest -q -p no:cacheprovider $(BF16_TESTS)
 	HF_HUB_OFFLINE=1 $(OTHER_KERNELS) $(BIN)/python -m pytest -q -p no:cacheprovider -k "not sigkill and not torchrun" $(KERNEL_TESTS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m llamacpp
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -154,12 +154,6 @@ def live_server(serve_run):
 
 
 
-def pytest_collection_modifyitems(session, config, items):
-    """The llama.cpp tests run last: `make test` starts building llama-server in the background as the suite starts,
-    and they wait for it only if it is not done by then."""
-    items.sort(key=lambda item: item.get_closest_marker("llamacpp") is not None)  # stable: the rest keep their order
-
-
 def versions_line() -> str:
     """The versions the suite runs with (dependencies are bounded below their next major version, not pinned: a fresh
     install takes the newest within the bounds)."""

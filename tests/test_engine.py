@@ -208,3 +208,33 @@ def test_models_serve_refuses_an_open_host_without_a_key(serve_run, monkeypatch)
     folder = RunLayout.of(run_config(serve_run)).base
     result = CliRunner().invoke(cli, ["models", "serve", str(folder), "--host", "0.0.0.0"])
     assert result.exit_code != 0 and "without an API key" in result.output and "PSEUDOCOT_API_KEY" in result.output
+
+
+def test_serve_on_engines_streams_the_answer_as_the_engine_writes_it(serve_run, engines):
+    import openai
+
+    from pseudocot.serve.server import available_modes
+    from serve_helpers import start_server
+
+    overrides = engine_overrides(engines)
+    # The run's router reads hidden states, which an engine base does not give: always and never only.
+    assert available_modes(run_config(serve_run, overrides)) == ["always", "never"]
+    live = start_server(serve_run, "k", *overrides)
+    try:
+        client = openai.OpenAI(base_url=live.url + "/v1", api_key="k", max_retries=0, timeout=120)
+        q = "Leo has 9 coins. He loses 2 coins. Then he finds 4 coins. How many coins does Leo have now?"
+        whole = client.chat.completions.create(model="pseudocot-never", messages=[{"role": "user", "content": q}])
+        chunks = list(client.chat.completions.create(model="pseudocot-never", messages=[{"role": "user", "content": q}],
+                                                     stream=True))
+    finally:
+        live.stop()
+    order = []
+    for c in chunks:
+        if c.choices and c.choices[0].delta.content:
+            order.append("content")
+        if ((c.model_extra or {}).get("pseudocot") or {}).get("event") == "answer":
+            order.append("answer")
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert content == whole.choices[0].message.content
+    assert whole.model_extra["pseudocot"]["tokens"]["base"]["completion"] >= 10  # a long enough answer to stream
+    assert order.count("content") >= 3 and order.index("content") < order.index("answer")

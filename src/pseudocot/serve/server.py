@@ -28,16 +28,20 @@ log = logging.getLogger("pseudocot.serve")
 
 
 def available_modes(cfg: Config) -> list[str]:
-    """The pipeline modes this run's folders can serve, in the order `/v1/models` lists them."""
+    """The pipeline modes this run's folders can serve, in the order `/v1/models` lists them. With an engine as the
+    base model, no router that reads hidden states (an engine gives none), so no depth router either."""
     layout = RunLayout.of(cfg)
     has_ttm = layout.engine("ttm") is not None or (layout.ttm is not None and has_model(layout.ttm))
+    info = json.loads(layout.router_file.read_text()) if has_ttm and layout.router is not None else None
+    if info is not None and layout.engine("base") is not None and "hidden" in info.get("features", []):
+        info = None
     modes = []
-    if has_ttm and layout.router is not None:
+    if info is not None:
         modes.append("router")
     if has_ttm:
         modes.append("always")
     modes.append("never")
-    if has_ttm and layout.router is not None and json.loads(layout.router_file.read_text()).get("depth"):
+    if info is not None and info.get("depth") and layout.engine("base") is None:
         modes.append("depth")
     return modes
 
