@@ -46,7 +46,7 @@ KERNEL_TESTS := tests/test_kernels.py tests/test_losses.py tests/test_onpolicy.p
 	tests/test_real_model.py::test_chunked_loss_equals_plain_loss_on_real_logits
 
 # llama.cpp's server for the engine tests (tests/test_llamacpp.py), built once from the llama.cpp source that
-# llama-cpp-python's release vendors and cached under ~/.cache/pseudocot-tests (about 5 minutes on 2 cores), with
+# llama-cpp-python's release vendors and cached under ~/.cache/pseudocot-tests (about 6 minutes on one core), with
 # Debian's cmake, g++ and ninja (installed once, as root or via sudo).
 build-tools:
 	@command -v cmake >/dev/null && command -v g++ >/dev/null && command -v ninja >/dev/null || { \
