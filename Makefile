@@ -46,7 +46,7 @@ KERNEL_TESTS := tests/test_kernels.py tests/test_losses.py tests/test_onpolicy.p
 	tests/test_real_model.py::test_chunked_loss_equals_plain_loss_on_real_logits
 
 # llama.cpp's server for the engine tests (tests/test_llamacpp.py), built once from the llama.cpp source that
-# llama-cpp-python's release vendors and cached under ~/.cache/pseudocot-tests (about 6 minutes on one core), with
+# llama-cpp-python's release vendors and cached under ~/.cache/pseudocot-tests (about 3 minutes on 2 cores), with
 # Debian's cmake, g++ and ninja (installed once, as root or via sudo).
 build-tools:
 	@command -v cmake >/dev/null && command -v g++ >/dev/null && command -v ninja >/dev/null || { \
@@ -56,12 +56,11 @@ build-tools:
 llama-server: install build-tools
 	$(BIN)/python tests/llamacpp.py build
 
-# Lint first (the suite fails on lint errors), then every test and the doctests of pseudocot.tasks but the llama.cpp
-# ones, then the training tests with the bf16-capable CPU path forced, then the float comparisons on other kernels,
-# then the llama.cpp tests: their server builds in the background meanwhile (the first time on a machine), and they
-# wait for it if it is not done.
-test: lint browser build-tools
-	$(BIN)/python tests/llamacpp.py build --background
+# Lint first (the suite fails on lint errors), then llama.cpp's server (built the first time on a machine, alone: built
+# beside the suite it slowed both), then every test and the doctests of pseudocot.tasks but the llama.cpp ones, then
+# the training tests with the bf16-capable CPU path forced, then the float comparisons on other kernels, then the
+# llama.cpp tests.
+test: lint browser llama-server
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not llamacpp"
 	HF_HUB_OFFLINE=1 PSEUDOCOT_TEST_CPU_BF16=1 $(BIN)/python -m pytest -q -p no:cacheprovider $(BF16_TESTS)
 	HF_HUB_OFFLINE=1 $(OTHER_KERNELS) $(BIN)/python -m pytest -q -p no:cacheprovider -k "not sigkill and not torchrun" $(KERNEL_TESTS)

@@ -2,8 +2,7 @@
 `llama-cpp-python` source release on PyPI vendors, and kept in the test cache (`$XDG_CACHE_HOME` or ~/.cache,
 `pseudocot-tests/llama-server-<version>/`), so later runs start at once.
 
-    python tests/llamacpp.py build               # build it now (about 6 minutes on one core), or say where it is
-    python tests/llamacpp.py build --background  # start the build and return (`make test` does this first)
+    python tests/llamacpp.py build    # build it now (about 3 minutes on 2 cores; `make llama-server`), or say where it is
 
 The build takes a lock for its whole run; `binary()` (the tests' fixture) waits for a build in progress, and builds
 itself when none ran. It needs the PyPI registry, cmake and a C++ compiler (Debian's cmake and g++).
@@ -90,8 +89,7 @@ def _build(tmp: Path, log: object) -> None:
     src, out = tmp / prefix, tmp / "build"
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     _run(["cmake", "-S", str(src), "-B", str(out), *generator, *CMAKE_FLAGS], log)
-    # One core left free: `make test` runs the suite beside this build.
-    _run(["cmake", "--build", str(out), "--target", "llama-server", "-j", str(max(1, (os.cpu_count() or 2) - 1))], log)
+    _run(["cmake", "--build", str(out), "--target", "llama-server", "-j", str(os.cpu_count() or 2)], log)
     staged = cache_dir() / "llama-server.tmp"
     shutil.copy2(out / "bin" / "llama-server", staged)
     os.replace(staged, binary_path())  # whole or absent
@@ -103,14 +101,6 @@ def main(argv: list[str]) -> int:
         return 2
     if binary_path().is_file():
         print(f"llama-server is built: {binary_path()}")
-        return 0
-    if "--background" in argv:
-        cache_dir().mkdir(parents=True, exist_ok=True)
-        with open(os.devnull, "w") as null:
-            # niced: the tests that run meanwhile come first, the build takes what they leave
-            subprocess.Popen([sys.executable, __file__, "build"], stdout=null, stderr=null, start_new_session=True,
-                             preexec_fn=lambda: os.nice(10))
-        print(f"building llama-server in the background (log: {log_path()})")
         return 0
     try:
         print(f"built llama-server: {build()}")
