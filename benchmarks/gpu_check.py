@@ -343,23 +343,32 @@ def padded_tokenizer(texts: list[str], vocab_size: int) -> tuple[Any, int]:
     return tokenizer, trained
 
 
-def pipeline_kv_reuse(plan: Plan, device: torch.device, dtype: torch.dtype, deadline: Deadline) -> dict[str, Any]:
+def arith_rounds(plan: Plan) -> tuple[list[Any], Any, int, list[list[str]], Any, Any]:
+    """What parts 3 and 4 answer: (problems, the padded tokenizer, its trained ids, each problem's k fixed thoughts,
+    the pipeline config, the generation params). k + 1 steps per problem, so every question has k gold lines to serve
+    as its thoughts."""
     from pseudocot.config import ArithConfig, PipelineConfig
     from pseudocot.data import arith
+    from pseudocot.generate.base import GenerationParams
+
+    k = plan.thoughts
+    problems = arith.generate(plan.questions, ArithConfig(max_steps=k + 1, step_weights=[0.0] * k + [1.0]), seed=7)
+    corpus = arith.generate(400, ArithConfig(), seed=8)
+    tokenizer, trained = padded_tokenizer([e.question + "\n" + e.reasoning for e in corpus], plan.shapes["1b"]["vocab_size"])
+    cfg = PipelineConfig(mode="never", answer_max_new_tokens=plan.answer_max_new_tokens, answer_stop=[],
+                         batch_size=plan.questions)
+    thoughts = [e.reasoning.splitlines()[:k] for e in problems]
+    return problems, tokenizer, trained, thoughts, cfg, GenerationParams(max_new_tokens=plan.answer_max_new_tokens)
+
+
+def pipeline_kv_reuse(plan: Plan, device: torch.device, dtype: torch.dtype, deadline: Deadline) -> dict[str, Any]:
     from pseudocot.generate.base import GenerationParams
     from pseudocot.generate.hf import HFGenerator
     from pseudocot.pipeline import Pipeline
 
     k = plan.thoughts
-    # k + 1 steps per problem, so every question has k gold lines to serve as its fixed thoughts.
-    problems = arith.generate(plan.questions, ArithConfig(max_steps=k + 1, step_weights=[0.0] * k + [1.0]), seed=7)
-    corpus = arith.generate(400, ArithConfig(), seed=8)
+    problems, tokenizer, trained, thoughts, cfg, params = arith_rounds(plan)
     vocab = plan.shapes["1b"]["vocab_size"]
-    tokenizer, trained = padded_tokenizer([e.question + "\n" + e.reasoning for e in corpus], vocab)
-    cfg = PipelineConfig(mode="never", answer_max_new_tokens=plan.answer_max_new_tokens, answer_stop=[],
-                         batch_size=plan.questions)
-    params = GenerationParams(max_new_tokens=plan.answer_max_new_tokens)
-    thoughts = [e.reasoning.splitlines()[:k] for e in problems]
     out: dict[str, Any] = {
         "questions": len(problems), "thoughts": k, "answer_max_new_tokens": plan.answer_max_new_tokens,
         "tokenizer": {"trained_ids": trained, "padded_to": vocab,
@@ -480,21 +489,14 @@ def pipeline_engine(plan: Plan, device: torch.device, dtype: torch.dtype, deadli
     question's request in flight at once; against the local `HFGenerator` with sessions on the same weights."""
     import tempfile
 
-    from pseudocot.config import ArithConfig, GeneratorConfig, PipelineConfig
-    from pseudocot.data import arith
+    from pseudocot.config import GeneratorConfig
     from pseudocot.generate import open_generator
-    from pseudocot.generate.base import GenerationParams
     from pseudocot.generate.hf import HFGenerator
     from pseudocot.pipeline import Pipeline
 
     k = plan.thoughts
-    problems = arith.generate(plan.questions, ArithConfig(max_steps=k + 1, step_weights=[0.0] * k + [1.0]), seed=7)
-    corpus = arith.generate(400, ArithConfig(), seed=8)
-    tokenizer, _ = padded_tokenizer([e.question + "\n" + e.reasoning for e in corpus], plan.shapes["1b"]["vocab_size"])
+    problems, tokenizer, _, thoughts, cfg, params = arith_rounds(plan)
     model = build_model(dict(plan.shapes["1b"], tie_word_embeddings=False), dtype, device, seed=3, tokenizer=tokenizer).eval()
-    cfg = PipelineConfig(mode="never", answer_max_new_tokens=plan.answer_max_new_tokens, batch_size=plan.questions)
-    params = GenerationParams(max_new_tokens=plan.answer_max_new_tokens)
-    thoughts = [e.reasoning.splitlines()[:k] for e in problems]
     local = HFGenerator(model, tokenizer, batch_size=plan.questions, kv_reuse=True)
     pipe = Pipeline(local, None, cfg)
     rounds = [[pipe.base_prompt(e.question, th[:i]) for e, th in zip(problems, thoughts)] for i in range(k + 1)]

@@ -46,10 +46,23 @@ class LiveServer:
         self.thread.join(60)
 
 
-def start_server(run_dir: Path, api_key: str | None = "test-key", *overrides: str, ready: bool = True) -> LiveServer:
-    """Serve `run_dir` on 127.0.0.1 (a free port) in a thread; waits until the models are loaded."""
+def serve_in_thread(app: Any, name: str) -> tuple[Any, threading.Thread, int]:
+    """(server, thread, port): `app` on uvicorn at 127.0.0.1 (a free port) in a daemon thread, once it listens."""
     import uvicorn
 
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, name=name, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the test server {name} did not start")
+        time.sleep(0.05)
+    return server, thread, server.servers[0].sockets[0].getsockname()[1]
+
+
+def start_server(run_dir: Path, api_key: str | None = "test-key", *overrides: str, ready: bool = True) -> LiveServer:
+    """Serve `run_dir` on 127.0.0.1 (a free port) in a thread; waits until the models are loaded."""
     from pseudocot.layout import run_config
     from pseudocot.serve.app import create_app
     from pseudocot.serve.server import build
@@ -57,15 +70,8 @@ def start_server(run_dir: Path, api_key: str | None = "test-key", *overrides: st
     cfg = run_config(run_dir, ("serve.port=0", *overrides))
     service = build(cfg)
     app = create_app(service.batcher, service.modes, service.default_mode, cfg.serve, api_key)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
     deadline = time.monotonic() + 120
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
+    server, thread, port = serve_in_thread(app, "uvicorn")
     live = LiveServer(f"http://127.0.0.1:{port}", api_key, Path(run_dir), app, service.batcher, server, thread)
     while ready and service.batcher.state != "ready":
         if service.batcher.state == "failed" or time.monotonic() > deadline:
@@ -90,21 +96,10 @@ class LiveEngine:
 
 def start_engine(folder: Path, name: str, api_key: str | None = None, batch_wait_ms: float = 5.0) -> LiveEngine:
     """Serve `folder` at /v1/completions on 127.0.0.1 (a free port) in a thread."""
-    import uvicorn
-
     from pseudocot.config import GeneratorConfig
     from pseudocot.generate import open_generator
     from pseudocot.serve.engine import Engine, create_engine_app
 
     engine = Engine(open_generator(GeneratorConfig(path=str(folder)), device="cpu"), batch_wait_ms=batch_wait_ms)
-    server = uvicorn.Server(uvicorn.Config(create_engine_app(engine, name, api_key), host="127.0.0.1", port=0,
-                                           log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, name=f"engine-{name}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test engine did not start")
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
+    server, thread, port = serve_in_thread(create_engine_app(engine, name, api_key), f"engine-{name}")
     return LiveEngine(f"http://127.0.0.1:{port}/v1", engine, server, thread)
