@@ -820,11 +820,11 @@ def test_lora_adapters_follow_the_seed(pretrained_folder, run_tokenizer):
 
 
 # --------------------------------------------------------------------------------------------
-# FSDP: the config path (accelerate shards on GPUs only; on a CPU it is refused in one sentence)
+# FSDP: the fields, and two CPU processes (gloo) sharding the model
 # --------------------------------------------------------------------------------------------
 
 
-def test_fsdp_sets_fsdp2_for_gpus_and_is_refused_on_a_cpu(tmp_path):
+def test_fsdp_sets_fsdp2_fields_and_refuses_what_a_cpu_cannot_do(tmp_path):
     from transformers import TrainingArguments
 
     from pseudocot.config import TrainConfig
@@ -836,8 +836,61 @@ def test_fsdp_sets_fsdp2_for_gpus_and_is_refused_on_a_cpu(tmp_path):
     cfg = fields["fsdp_config"]
     assert fields["fsdp"] is True and cfg["version"] == 2 and cfg["auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     assert cfg["state_dict_type"] == "FULL_STATE_DICT" and cfg["cpu_offload"] and cfg["activation_checkpointing"]
-    # transformers takes them as they are (the plugin itself is built when a GPU run starts).
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], **fields)
     assert args.fsdp and args.fsdp_config["version"] == 2 and args.fsdp_config["reshard_after_forward"]
-    with pytest.raises(ConfigError, match=r"train\.fsdp .* set train\.fsdp=false on a CPU"):
-        training_fields(TrainConfig(fsdp=True), tmp_path, 0, "cpu", has_eval=False)
+    # FSDP's own activation checkpointing replaces the Trainer's.
+    assert not training_fields(TrainConfig(fsdp=True, gradient_checkpointing=True), tmp_path, 0, "cpu", False)[
+        "activation_checkpointing"]
+    with pytest.raises(ConfigError, match=r"train\.fsdp_cpu_offload .* on a CPU they are there already"):
+        training_fields(TrainConfig(fsdp=True, fsdp_cpu_offload=True), tmp_path, 0, "cpu", has_eval=False)
+    # Sampling from the student needs it whole in each process.
+    with pytest.raises(ConfigError, match=r"distill\.stages\.0\.on_policy' needs the student whole"):
+        load_config("smoke", ["train.fsdp=true", "distill.stages=[{student: {preset: tiny-xs}, on_policy: 0.5}]"])
+
+
+def _torchrun(out_dir: Path, command: str, *overrides: str) -> None:
+    """`pseudocot COMMAND` on the small smoke run in `out_dir`, in two CPU processes under torchrun."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "pseudocot", command, "-c", "smoke", f"run.out_dir={out_dir}", *SMALL,
+           *overrides]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+@pytest.mark.parametrize("stage", ["finetune-lora", "distill"])
+def test_fsdp_on_two_cpu_processes_shards_the_model_and_trains_what_ddp_trains(prepared, tmp_path, stage):
+    """`train.fsdp` under torchrun on a CPU: each process holds half of the student's parameters (FSDP2 over gloo),
+    rank 0 saves the whole model (or adapter, and the merged model), and it is what DDP trains from the same seed and
+    data.
+
+    With two processes, both average the same two gradients (a sum of two numbers does not depend on its order, and
+    halving is exact); only the norm that clipping divides by is summed in another order, a relative error near 1e-7.
+    So the weights agree to a few float32 steps, not exactly."""
+    command, *args = {
+        # LoRA on a pretrained model (the prepared run's teacher stands in for one); distill trains a whole model.
+        "finetune-lora": ["finetune", f"base.model.path={prepared.run_dir / 'teacher'}", "base.model.preset=null",
+                          "base.method=lora", "base.merge=true"],
+        "distill": ["distill", one_stage(STAGE_STEPS), "distill.ce_only_baseline=false", "distill.mode=online"],
+    }[stage]
+    folder = Path("distill") / "stage-1" if stage == "distill" else Path("base")
+    files = ["adapter_model.safetensors", "merged/model.safetensors"] if stage == "finetune-lora" else ["model.safetensors"]
+    runs = {}
+    for fsdp in (True, False):
+        out_dir = copy_run(prepared, tmp_path / f"fsdp-{fsdp}", ("data", "tokenizer", "teacher"))
+        _torchrun(out_dir, command, *args, f"train.fsdp={str(fsdp).lower()}")
+        runs[fsdp] = out_dir / prepared.run_dir.name / folder
+    sharded, ddp = (read_json(runs[f] / "metrics.json") for f in (True, False))
+    assert sharded["fsdp"]["processes"] == 2 and abs(sharded["fsdp"]["parameter_share"] - 0.5) < 0.01
+    assert "fsdp" not in ddp
+    assert sharded["steps"] == ddp["steps"] > 0
+    assert sharded["train_loss"] == pytest.approx(ddp["train_loss"], rel=1e-5)
+    assert sharded["val_loss"] == pytest.approx(ddp["val_loss"], rel=1e-5)
+    for file in files:
+        a, b = load_file(runs[True] / file), load_file(runs[False] / file)
+        assert a.keys() == b.keys()  # a tied head is saved once, as an unsharded model saves it
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=f"{file}: {name}")
+    assert not [p.name for p in runs[True].iterdir() if p.is_file() and p.suffix in PICKLE_SUFFIXES]
+    AutoModelForCausalLM.from_pretrained(runs[True] / Path(files[-1]).parent)

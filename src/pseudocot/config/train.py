@@ -51,8 +51,8 @@ class TrainConfig(Section):
     fsdp: bool = False
     """Shard the trained model's weights, gradients and optimizer state across the ranks of `torchrun` / `accelerate
     launch` (PyTorch FSDP2, one unit per decoder layer, a full state dict saved from rank 0); a distillation teacher
-    stays whole on each rank. GPUs only: accelerate runs CPU processes as DDP. README "Training sharded" has the memory
-    plan."""
+    stays whole on each rank. GPUs and CPU processes (gloo) alike; not with on-policy distillation. README "Training
+    sharded" has the memory plan."""
     fsdp_cpu_offload: bool = False
     """With `fsdp`: keep the sharded parameters and optimizer state in CPU memory between uses (slower; for a model
     whose states do not fit the GPUs)."""
@@ -236,6 +236,9 @@ class DistillStageConfig(Section):
         if self.on_policy > 0 and self.on_policy_from_step >= self.train.max_steps:
             raise FieldError("on_policy_from_step", f"is {self.on_policy_from_step}, at or after the stage's last step "
                                                     f"(train.max_steps = {self.train.max_steps}), so no batch would be on-policy")
+        if self.on_policy > 0 and self.train.fsdp:
+            raise FieldError("on_policy", "needs the student whole in each process to sample from it, and train.fsdp "
+                                          "shards it across them; set on_policy: 0 or train.fsdp: false")
         if self.on_policy > 0 and self.on_policy_loss == "mix" and self.teacher_weight() <= 0:
             raise FieldError("on_policy_loss", "is mix but every teacher weight is 0, so the student's own completions "
                                                "would get no loss; give a teacher term a weight or use on_policy_loss: rkl")

@@ -27,7 +27,7 @@ from pseudocot.layout import RunLayout, has_model
 from pseudocot.stages import prepare
 from pseudocot.train.checkpoints import finished_metrics, train_and_save
 from pseudocot.train.rows import PadCollator, read_split, tokenize_examples
-from pseudocot.train.setup import load_spec_tokenizer, spec_name, trainable_model, training_args
+from pseudocot.train.setup import load_spec_tokenizer, shardable, spec_name, trainable_model, training_args
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def main(cfg: Config, role: str = "base") -> dict[str, Any]:
                                    written=written, gold=fcfg.thoughts_from != "ttm")
     val_rows = tokenize_examples(val_examples, tokenizer, fcfg.with_reasoning, fcfg.system_prompt, t.max_length, thoughts)
     model = trainable_model(fcfg.model, tokenizer, fcfg.method, fcfg.lora, cfg.run.device, cfg.run.seed, t.gradient_checkpointing)
-    trainer = Trainer(model=model, args=args, train_dataset=train_rows, eval_dataset=val_rows,
+    trainer = shardable(Trainer)(model=model, args=args, train_dataset=train_rows, eval_dataset=val_rows,
                       data_collator=PadCollator(tokenizer.pad_token_id), processing_class=tokenizer)
     metrics = {"role": role, "model": spec_name(fcfg.model), "method": fcfg.method,
                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),

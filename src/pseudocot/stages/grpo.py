@@ -30,7 +30,7 @@ from pseudocot.layout import RunLayout, has_model
 from pseudocot.stages import prepare
 from pseudocot.tasks.registry import task_from
 from pseudocot.train.checkpoints import finished_metrics, train_and_save
-from pseudocot.train.setup import training_fields
+from pseudocot.train.setup import shardable, training_fields
 
 CURVE_KEYS = ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "completions/clipped_ratio",
               "kl", "entropy", "learning_rate", "base_correct/without_thoughts")
@@ -187,7 +187,7 @@ def main(cfg: Config) -> dict[str, Any]:
             torch.manual_seed(seed)
             model = attach_lora(model, g.lora, gradient_checkpointing=g.train.gradient_checkpointing)
     model.train()
-    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=rows, processing_class=tokenizer)
+    trainer = shardable(GRPOTrainer)(model=model, reward_funcs=funcs, args=args, train_dataset=rows, processing_class=tokenizer)
     metrics = {"target": g.target, "start": str(start), "method": g.method, "rewards": dict(g.rewards),
                "questions": len(rows), "num_generations": g.num_generations,
                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}

@@ -114,7 +114,7 @@ def main(cfg: Config) -> dict[str, Any]:
     from pseudocot.data.chat import split_last_turn
     from pseudocot.train.checkpoints import finished_metrics, train_and_save
     from pseudocot.train.rows import PadCollator, tokenize_pairs
-    from pseudocot.train.setup import spec_name, trainable_model, training_args
+    from pseudocot.train.setup import shardable, spec_name, trainable_model, training_args
 
     prepare(cfg)
     layout, w = RunLayout.of(cfg), cfg.writer
@@ -136,7 +136,7 @@ def main(cfg: Config) -> dict[str, Any]:
     # writer.seed, not run.seed: the questions, like the data, stay the same for every training seed of the system.
     args = training_args(t, out, w.seed, cfg.run.device, has_eval=True)
     model = trainable_model(w.model, tokenizer, w.method, w.lora, cfg.run.device, w.seed, t.gradient_checkpointing)
-    trainer = Trainer(model=model, args=args, train_dataset=train_rows, eval_dataset=val_rows,
+    trainer = shardable(Trainer)(model=model, args=args, train_dataset=train_rows, eval_dataset=val_rows,
                       data_collator=PadCollator(tokenizer.pad_token_id), processing_class=tokenizer)
     metrics = {"stage": "writer", "model": spec_name(w.model), "method": w.method, "pairs": w.pairs or "arith stories",
                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),

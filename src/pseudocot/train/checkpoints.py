@@ -23,6 +23,7 @@ from pseudocot.files import atomic_write_text
 from pseudocot.freshness import read_key, write_key
 from pseudocot.layout import KEY_FILE, checkpoints_dir, merged_dir, metrics_file
 from pseudocot.train.rows import eval_ce
+from pseudocot.train.setup import full_state_dict, shard_share
 
 
 def _complete_checkpoint(folder: Path) -> bool:
@@ -91,17 +92,30 @@ MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "mo
 adapter and now holds a full model (or the reverse) is not read as the old one."""
 
 
-def save_result(model: Any, tokenizer: Any, out: Path, merge: bool = False) -> None:
-    """The final model (full) or adapter (LoRA) with its tokenizer, loadable on its own; `merged/` on request."""
+def save_result(model: Any, tokenizer: Any, out: Path, merge: bool = False,
+                state_dict: dict[str, torch.Tensor] | None = None) -> Any:
+    """The final model (full) or adapter (LoRA) with its tokenizer, loadable on its own; `merged/` on request.
+    `state_dict` is the whole model's when `model` is sharded (`setup.full_state_dict`): it is saved in place of the
+    shards, and the model is read back whole from `out`. Returns a model that runs on this process alone."""
     for pattern in MODEL_FILES:
         for old in Path(out).glob(pattern):
             old.unlink()
-    model.save_pretrained(out)
+    dtype = str(next(iter(state_dict.values())).dtype).removeprefix("torch.") if state_dict else None
+    model.save_pretrained(out, state_dict=state_dict)  # it empties state_dict as it writes
     tokenizer.save_pretrained(out)
+    if dtype is not None:  # a sharded model runs only with every rank: read the saved one back (merged)
+        from pseudocot.models.lora import load_trained
+
+        model = load_trained(out, device=str(model.device), dtype=dtype, trust_remote_code=False)
+        if merge:
+            model.save_pretrained(merged_dir(out))
+            tokenizer.save_pretrained(merged_dir(out))
+        return model
     if merge:
         merged = model.merge_and_unload()
         merged.save_pretrained(merged_dir(out))
         tokenizer.save_pretrained(merged_dir(out))
+    return model
 
 
 def train_and_save(trainer: Any, out_dir: Path, key: str, tokenizer: Any, val_rows: Sequence[dict[str, Any]],
@@ -123,11 +137,14 @@ def train_and_save(trainer: Any, out_dir: Path, key: str, tokenizer: Any, val_ro
                    tokens_seen=tokens, tokens_per_second=round(tokens / max(seconds, 1e-9), 1))
     if after is not None:
         metrics.update(after())
+    if getattr(trainer, "is_fsdp_enabled", False):
+        metrics["fsdp"] = shard_share(trainer.model)
+    state = full_state_dict(trainer)  # every rank: FSDP gathers the shards
     if is_main_process():
-        save_result(trainer.model, tokenizer, out_dir, merge=merge)
+        model = save_result(trainer.model, tokenizer, out_dir, merge=merge, state_dict=state)
         if val_rows:  # a stage without validation rows (GRPO) has no validation loss
             t0 = time.perf_counter()
-            metrics["val_loss"] = eval_ce(trainer.model, val_rows, tokenizer.pad_token_id, batch_size)
+            metrics["val_loss"] = eval_ce(model, val_rows, tokenizer.pad_token_id, batch_size)
             metrics["val_seconds"] = round(time.perf_counter() - t0, 2)
             metrics["val_rows"] = len(val_rows)
         write_metrics(out_dir, metrics, key)

@@ -28,6 +28,7 @@ from pseudocot.models.heads import check_head, decoder_hidden, logit_head, unwra
 from pseudocot.models.lora import load_trained
 from pseudocot.train import teacher_cache
 from pseudocot.train.rows import IGNORE_INDEX, PadCollator, answer_positions
+from pseudocot.train.setup import ShardsOnCpu
 
 
 def loss_weights(stage: DistillStageConfig, on_policy: bool = False) -> dict[str, float]:
@@ -68,7 +69,7 @@ def trainer_class() -> type:
     """`DistillTrainer`, built on first use (importing transformers' Trainer is slow)."""
     from transformers import Trainer
 
-    class DistillTrainer(Trainer):
+    class DistillTrainer(ShardsOnCpu, Trainer):
         """HF Trainer whose loss is the chunked distillation loss against a frozen teacher or its cache."""
 
         def __init__(self, *args: Any, teacher: Any = None, cache: teacher_cache.TeacherCache | None = None,

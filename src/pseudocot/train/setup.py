@@ -5,6 +5,7 @@ preset on the run's tokenizer), LoRA/QLoRA adapters, and HF `TrainingArguments` 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from pathlib import Path
@@ -126,16 +127,74 @@ def training_args(train: TrainConfig, out_dir: Path, seed: int, device: str, has
 
 def fsdp_fields(train: TrainConfig, cpu: bool) -> dict[str, Any]:
     """TrainingArguments' FSDP fields for `train.fsdp`: FSDP2 over each decoder layer (the model's `_no_split_modules`),
-    parameters resharded after each forward, a full state dict for the saved model; none without it."""
+    parameters resharded after each forward, a full state dict for the saved model; none without it. On CPU
+    processes the Trainer needs `ShardsOnCpu` to act on them."""
     if not train.fsdp:
         return {}
-    if cpu:
-        raise ConfigError("train.fsdp shards across GPUs, and accelerate runs CPU processes as DDP (a whole copy of "
-                          "weights, gradients and optimizer state in each); set train.fsdp=false on a CPU.")
+    if cpu and train.fsdp_cpu_offload:
+        raise ConfigError("train.fsdp_cpu_offload moves sharded weights from GPU to CPU memory, and on a CPU they are "
+                          "there already; set train.fsdp_cpu_offload=false.")
     return {"fsdp": True, "fsdp_config": {
         "version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "reshard_after_forward": True,
         "state_dict_type": "FULL_STATE_DICT", "cpu_ram_efficient_loading": False,
         "cpu_offload": train.fsdp_cpu_offload, "activation_checkpointing": train.gradient_checkpointing}}
+
+
+class ShardsOnCpu:
+    """Mixin for an HF Trainer class (listed before it): under `train.fsdp`, CPU processes shard with FSDP2 as GPUs do.
+
+    accelerate turns FSDP on only for GPU process types and runs CPU processes (gloo) as DDP, a whole copy in each,
+    although torch's `fully_shard` works over gloo. Once the Trainer's accelerator exists, this makes its CPU state an
+    FSDP one with the plugin the Trainer built from `fsdp_config`, before any model is prepared."""
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()  # type: ignore[misc]
+        from accelerate.state import PartialState
+        from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+        state = self.accelerator.state  # type: ignore[attr-defined]
+        if self.args.fsdp_plugin_args is None:  # type: ignore[attr-defined]
+            return
+        if state.distributed_type == DistributedType.NO:
+            logger.info("train.fsdp: one process, so there is nothing to shard; training as usual")
+            return
+        if state.distributed_type != DistributedType.MULTI_CPU:
+            return
+        state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)  # type: ignore[attr-defined]
+        state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+        self.is_fsdp_enabled = True
+        logger.info("train.fsdp: FSDP2 across %d CPU processes (gloo)", state.num_processes)
+
+
+@functools.cache
+def shardable(trainer_class: type) -> type:
+    """`trainer_class` with `ShardsOnCpu`."""
+    return type(trainer_class.__name__, (ShardsOnCpu, trainer_class), {"__doc__": trainer_class.__doc__})
+
+
+def shard_share(model: Any) -> dict[str, Any]:
+    """How FSDP split `model` in this process: the processes, and the share of the parameters' elements this one holds."""
+    from torch.distributed.tensor import DTensor
+
+    local = total = 0
+    for p in model.parameters():
+        total += p.numel()
+        local += p.to_local().numel() if isinstance(p, DTensor) else p.numel()
+    return {"processes": torch.distributed.get_world_size(), "parameter_share": round(local / max(total, 1), 4)}
+
+
+def full_state_dict(trainer: Any) -> dict[str, torch.Tensor] | None:
+    """The whole trained model's state dict, gathered from its shards when FSDP trained it (every rank must call
+    this: it is a collective; rank 0 gets the tensors, on the CPU); None when the model is not sharded."""
+    if not getattr(trainer, "is_fsdp_enabled", False):
+        return None
+    state = trainer.accelerator.get_state_dict(trainer.model)
+    seen: set[int] = set()
+    for name, p in trainer.model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:  # a tied weight (the head shares the embedding's) is saved once, as it is unsharded
+            state.pop(name, None)
+        seen.add(id(p))
+    return state
 
 
 def training_fields(train: TrainConfig, out_dir: Path, seed: int, device: str, has_eval: bool) -> dict[str, Any]:
