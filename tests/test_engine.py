@@ -141,11 +141,20 @@ def test_open_generator_sends_rendered_text_with_extra_body(engines):
     spec = GeneratorConfig(base_url=engines["base"].url, model="base", tokenizer=str(engines["layout"].base))
     from pseudocot.generate import open_generator
 
-    gen = open_generator(spec, chat=False)
+    gen = open_generator(spec, chat=False, rendered=True)
     assert isinstance(gen, OpenAIGenerator) and gen.tokenizer is not None
     path, body = gen._body("x", GenerationParams(max_new_tokens=3, logprobs=True))
     assert path == "/completions" and body["add_special_tokens"] is False and body["logprobs"] == 1
     gen.close()
+    # Plain text keeps the engine's own BOS; extra_body adds fields, and null leaves one out.
+    plain = open_generator(spec, chat=False)
+    assert "add_special_tokens" not in plain._body("x", GenerationParams(max_new_tokens=3))[1]
+    plain.close()
+    spec.extra_body = {"add_special_tokens": None, "verbose": True}
+    quiet = open_generator(spec, chat=False, rendered=True)
+    body = quiet._body("x", GenerationParams(max_new_tokens=3))[1]
+    assert "add_special_tokens" not in body and body["verbose"] is True
+    quiet.close()
 
 
 def test_stop_and_cache_fields_of_each_engine():

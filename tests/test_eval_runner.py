@@ -180,10 +180,14 @@ def test_cache_keys_follow_settings_and_model_files(tmp_path):
     assert keys(load_config("demo", [f"pipeline.base={base}", "pipeline.batch_size=3"])) == before  # batching is not content
     (base / "model.safetensors").write_bytes(b"b" * 1000)  # retrained: same size, other weights
     assert keys(cfg)["never"] != before["never"]
-    with pytest.raises(ConfigError, match="key 'eval.systems.0.model' is needed for kind hf"):
-        load_config("demo", ["eval.systems.0.kind=hf"])  # the config refuses it before any system is built
-    with pytest.raises(ConfigError, match="key 'eval.systems.0.base_url' and `model` are needed for kind openai"):
-        load_config("demo", ["eval.systems.0.kind=openai"])
+    with pytest.raises(ConfigError, match="key 'eval.systems.0.model' is needed for kind model"):
+        load_config("demo", ["eval.systems.0.kind=model"])  # the config refuses it before any system is built
+    with pytest.raises(ConfigError, match="key 'eval.systems.0.model.model' is needed with base_url"):
+        load_config("demo", ["eval.systems.0.kind=model", "eval.systems.0.model={base_url: 'http://127.0.0.1:9/v1'}"])
+    with pytest.raises(ConfigError, match="key 'eval.systems.0.base.tokenizer' is needed with base_url"):
+        load_config("demo", ["eval.systems.0.base={base_url: 'http://127.0.0.1:9/v1', model: m}"])
+    with pytest.raises(ConfigError, match="key 'eval.systems.0.model' is for kind model; a pipeline system's base model is `base`"):
+        load_config("demo", ["eval.systems.0.model=somewhere"])
 
 
 # ------------------------------------------------------------------------------ from the config, through the CLI
@@ -226,7 +230,7 @@ eval:
     - {{name: never, mode: never}}
     - {{name: always, mode: always, max_thoughts: 1}}
     - {{name: router, mode: router}}
-    - {{name: lora, kind: hf, model: {m / 'base'}, adapter: {m / 'adapter'}, max_new_tokens: 6}}
+    - {{name: lora, kind: model, model: {{path: {m / 'base'}, adapter: {m / 'adapter'}}}, max_new_tokens: 6}}
   n_boot: 100
   chunk_questions: 4
 """)
@@ -248,7 +252,7 @@ eval:
     assert built["never"].pipeline.ttm is None
     assert s["router"]["router_curve"][1]["calls_per_question"] == 2.0
     assert s["always"]["parameters"]["total"] == 2 * s["never"]["parameters"]["total"] == 2 * s["lora"]["parameters"]["total"]
-    assert s["lora"]["kind"] == "hf" and s["lora"]["thought_calls_per_question"] == 0
+    assert s["lora"]["kind"] == "model" and s["lora"]["thought_calls_per_question"] == 0
     for f in FIGURES:
         assert (out / "figures" / f).is_file()
     # everything is cached: merging again loads no model and changes no cache file
@@ -270,8 +274,8 @@ def test_eval_command_user_errors(tmp_path):
     arith_data(tmp_path, n=3)
     result = run("--shard", "2/2", f"eval.tasks.0.data={tmp_path / 'test.jsonl'}")
     assert result.exit_code == 1 and "--shard must be i/n with 0 <= i < n" in result.stderr and "'2/2'" in result.stderr
-    result = run("eval.systems.0.kind=hf", f"eval.tasks.0.data={tmp_path / 'test.jsonl'}")
-    assert result.exit_code == 1 and "key 'eval.systems.0.model' is needed for kind hf" in result.stderr
+    result = run("eval.systems.0.kind=model", f"eval.tasks.0.data={tmp_path / 'test.jsonl'}")
+    assert result.exit_code == 1 and "key 'eval.systems.0.model' is needed for kind model" in result.stderr
     result = run("stray")
     assert result.exit_code == 2 and "'stray' is neither a subcommand" in result.output
 

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pseudocot.config import SystemConfig
+from pseudocot.config import GeneratorConfig, SystemConfig
 from pseudocot.errors import EndpointError
 from pseudocot.generate.base import GenerationParams
 from pseudocot.generate.openai import OpenAIGenerator
@@ -179,8 +179,9 @@ def test_endpoint_system_greedy_and_sampled(tmp_path):
     server = FakeAPI(answers=answers)
     try:
         cfg = eval_config(tmp_path, data, seeds=[0, 1], systems=[
-            SystemConfig(name="api", kind="openai", base_url=server.url, model="tiny", parameters=7_000_000_000),
-            SystemConfig(name="api-sampled", kind="openai", base_url=server.url, model="tiny", chat=False,
+            SystemConfig(name="api", kind="model", model=GeneratorConfig(base_url=server.url, model="tiny"),
+                         parameters=7_000_000_000),
+            SystemConfig(name="api-sampled", kind="model", model=GeneratorConfig(base_url=server.url, model="tiny", chat=False),
                          temperature=0.7)])
         res = eval_stage.main(cfg, figures=False)
     finally:

@@ -259,7 +259,7 @@ def test_evaluation_on_four_gsm8k_questions_and_mmlu_loglikelihood(tmp_path, ari
                       "eval.tasks=[{name: gsm8k, data: 'builtin:gsm8k/test_first100.jsonl', options: {num_fewshot: 0}}, "
                       "{name: 'mmlu:college_mathematics', data: 'builtin:mmlu', loglikelihood: true}]",
                       "eval.systems=[{name: never, mode: never}, "
-                      f"{{name: smol, kind: hf, model: '{smollm2_dir}', max_new_tokens: 24}}]",
+                      f"{{name: smol, kind: model, model: '{smollm2_dir}', max_new_tokens: 24}}]",
                       "eval.max_questions=4", "pipeline.answer_max_new_tokens=24", "eval.n_boot=200")
     results = eval_stage.main(cfg, figures=False)
     gsm, mmlu = results["tasks"]["gsm8k"], results["tasks"]["mmlu:college_mathematics"]

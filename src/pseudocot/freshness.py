@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pseudocot.config.loader import to_dict
-from pseudocot.config.schema import Config, DistillStageConfig, EvalTaskConfig, ModelSpec, PipelineConfig, SystemConfig
+from pseudocot.config.schema import Config, DistillStageConfig, EvalTaskConfig, GeneratorConfig, ModelSpec, PipelineConfig, SystemConfig
 from pseudocot.layout import METRICS, RunLayout
 
 _MIB = 1 << 20
@@ -351,16 +351,25 @@ def eval_task_key(task: EvalTaskConfig, data: str | os.PathLike[str], max_questi
 def eval_system_key(cfg: Config, system: SystemConfig) -> str:
     """The key of a system's answers: its settings, the pipeline settings it answers with, and the
     content of its models (the generation cache is kept per this key)."""
-    settings = {k: v for k, v in to_dict(system).items() if k not in ("name", "parameters", "concurrency", "api_key_env")}
+    settings = {k: v for k, v in to_dict(system).items() if k not in ("name", "parameters", "model", "base", "ttm")}
     if system.kind == "pipeline":
         scfg = cfg.for_system(system)
         where = RunLayout.of(scfg)
         settings.update(pipeline=pipeline_settings(scfg.pipeline, "eval"), fingerprints={
             "base": pipeline_model(where, "base"), "ttm": pipeline_model(where, "ttm") if system.mode != "never" else None,
             "router": model_fingerprint(where.router) if system.mode in ("router", "depth") else None})
-    elif system.kind == "hf":
-        settings.update(fingerprints={"model": model_fingerprint(system.model), "adapter": model_fingerprint(system.adapter)})
+    else:
+        settings.update(model=generator_identity(system.generator()))
     return digest(settings)
+
+
+def generator_identity(spec: GeneratorConfig) -> dict[str, Any]:
+    """What decides the text a `GeneratorConfig` writes, for a key: its settings but how requests are sent and how many
+    prompts go together, and the contents of its local folders (an endpoint's weights are the server's to say)."""
+    runtime = ("concurrency", "max_retries", "timeout_seconds", "api_key_env", "batch_size")
+    own = {k: v for k, v in to_dict(spec).items() if k not in runtime + ("path", "adapter", "tokenizer")}
+    return {**own, "path": model_fingerprint(spec.path), "adapter": model_fingerprint(spec.adapter),
+            "tokenizer": model_fingerprint(spec.tokenizer)}
 
 
 def data_key(cfg: Config) -> str:

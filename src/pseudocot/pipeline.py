@@ -700,7 +700,7 @@ def pipeline_generator(cfg: Config, role: str) -> Any:
     layout = RunLayout.of(cfg)
     engine = layout.engine(role)
     if engine is not None:
-        return open_generator(engine, chat=False)
+        return open_generator(engine, chat=False, rendered=True)
     folder = layout.base if role == "base" else layout.ttm
     if folder is None:
         raise ConfigError("the config has no distillation stages, so there is no Tiny Thought Model; set pipeline.ttm.")

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pseudocot.config.base import Count, Mode, Positive, Weight
 from pseudocot.config.checks import FieldError, Gt, Le, NonEmpty, PlainName, Section
+from pseudocot.config.generator import GeneratorConfig, check_renders
 
 
 @dataclass
@@ -33,47 +34,48 @@ class EvalTaskConfig(Section):
 class SystemConfig(Section):
     name: Annotated[str, PlainName()]
     """Name of the system in results, tables and figures (never, always, router, ...)."""
-    kind: Literal["pipeline", "hf", "openai"] = "pipeline"
-    """pipeline: the run's base + TTM + router in `mode`; hf: one local model (with `adapter`: a LoRA adapter
-    merged in); openai: an OpenAI-compatible endpoint."""
+    kind: Literal["pipeline", "model"] = "pipeline"
+    """pipeline: the run's base + TTM + router in `mode`; model: one model answering alone (`model`)."""
     mode: Mode = "router"
     """Pipeline mode (kind pipeline)."""
-    model: str | None = None
-    """hf: the model folder; openai: the endpoint's model name; pipeline: the base model folder (null: pipeline.base, else the run's)."""
-    adapter: str | None = None
-    """hf: a LoRA adapter folder merged into `model` (null `model`: the base the adapter names)."""
-    ttm: str | None = None
-    """pipeline: the Tiny Thought Model folder (null: pipeline.ttm, else the run's last distillation stage)."""
+    base: str | GeneratorConfig | None = None
+    """pipeline: the base model, a folder or an engine serving it, as `pipeline.base` (null: pipeline.base, else the run's)."""
+    ttm: str | GeneratorConfig | None = None
+    """pipeline: the Tiny Thought Model, as `base` (null: pipeline.ttm, else the run's last distillation stage)."""
     router: str | None = None
     """pipeline: the router folder (null: pipeline.router, else the run's router/)."""
     threshold: float | None = None
     """pipeline, mode router: override the router's threshold (null: pipeline.threshold, else the trained one)."""
     max_thoughts: Count | None = None
     """pipeline: most thoughts per question (null: pipeline.max_thoughts; a trained router's own for router/depth)."""
-    base_url: str | None = None
-    """openai: the endpoint, e.g. http://localhost:8000/v1."""
-    api_key_env: str = "OPENAI_API_KEY"
-    """openai: the environment variable that holds the API key (keys never go into configs or results)."""
-    chat: bool = True
-    """hf/openai: chat messages (the tokenizer's chat template, or /chat/completions) rather than plain text (/completions)."""
+    model: str | GeneratorConfig | None = None
+    """model: the model that answers: a folder, or a mapping as `synth.teacher` takes: `{path, adapter}` (a LoRA
+    adapter merged into its base), or an OpenAI-compatible endpoint `{base_url, model, api_key_env, chat,
+    concurrency}`. Its `chat` (default true) sends chat messages (a local model's chat template, or
+    /chat/completions) rather than the task's plain few-shot text (/completions)."""
     max_new_tokens: Positive = 256
-    """hf/openai: most tokens generated per answer."""
+    """model: most tokens generated per answer."""
     temperature: Weight = 0.0
-    """hf/openai: sampling temperature; 0 is greedy, and then one generation stands for every seed."""
+    """model: sampling temperature; 0 is greedy, and then one generation stands for every seed."""
     top_p: Annotated[float, Gt(0), Le(1)] = 1.0
-    """hf/openai: nucleus sampling mass (temperature > 0)."""
+    """model: nucleus sampling mass (temperature > 0)."""
     stop: list[str] = field(default_factory=list)
-    """hf/openai: stop strings, added to the task's own."""
-    concurrency: Positive = 8
-    """openai: requests in flight at once."""
+    """model: stop strings, added to the task's own."""
     parameters: Positive | None = None
     """Parameter count for the accuracy-against-size figure; null: counted from the local models (endpoints: left out)."""
 
     def validate(self) -> None:
-        if self.kind == "hf" and not (self.model or self.adapter):
-            raise FieldError("model", "is needed for kind hf: a model folder (or set `adapter`, a LoRA adapter folder)")
-        if self.kind == "openai" and not (self.base_url and self.model):
-            raise FieldError("base_url", "and `model` are needed for kind openai: the endpoint and its model name")
+        if self.kind == "model" and self.model is None:
+            raise FieldError("model", "is needed for kind model: a model folder, or {base_url, model} for an endpoint")
+        if self.kind == "pipeline":
+            if self.model is not None:
+                raise FieldError("model", "is for kind model; a pipeline system's base model is `base`")
+            for role in ("base", "ttm"):
+                check_renders(role, getattr(self, role))
+
+    def generator(self) -> GeneratorConfig:
+        """Kind model: its model as a `GeneratorConfig` (a folder given alone is its `path`)."""
+        return GeneratorConfig(path=self.model) if isinstance(self.model, str) else self.model  # type: ignore[return-value]
 
 
 @dataclass

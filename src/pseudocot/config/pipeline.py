@@ -9,7 +9,7 @@ from typing import Annotated
 
 from pseudocot.config.base import Count, Mode, Positive
 from pseudocot.config.checks import FieldError, Gt, Section
-from pseudocot.config.generator import GeneratorConfig
+from pseudocot.config.generator import GeneratorConfig, check_renders
 
 
 @dataclass
@@ -70,7 +70,4 @@ class PipelineConfig(Section):
                 raise FieldError(name, f"cannot be filled ({type(e).__name__}: {e}); use only "
                                        f"{', '.join('{' + k + '}' for k in allowed)} and write literal braces as {{{{ }}}}") from None
         for role in ("base", "ttm"):
-            spec = getattr(self, role)
-            if isinstance(spec, GeneratorConfig) and spec.base_url and not spec.tokenizer:
-                raise FieldError(f"{role}.tokenizer", "is needed with base_url: the folder whose chat template renders the "
-                                                      "prompts sent to the engine (the model's own tokenizer)")
+            check_renders(role, getattr(self, role))

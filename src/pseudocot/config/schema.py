@@ -139,14 +139,14 @@ class Config(Section):
                                                 "thought per line, as the pipeline does only when a thought ends at a newline")
 
     def for_system(self, s: SystemConfig) -> Config:
-        """This config as a pipeline system of `eval.systems` runs: its mode, and its own model folders,
-        threshold and number of thoughts where it sets them."""
+        """This config as a pipeline system of `eval.systems` runs: its mode, and its own models (folders or
+        engines), threshold and number of thoughts where it sets them."""
         p = self.pipeline
         pipeline = dataclasses.replace(
-            p, mode=s.mode, base=s.model or p.base, ttm=s.ttm or p.ttm, router=s.router or p.router,
+            p, mode=s.mode, base=s.base or p.base, ttm=s.ttm or p.ttm, router=s.router or p.router,
             threshold=s.threshold if s.threshold is not None else p.threshold,
             max_thoughts=s.max_thoughts if s.max_thoughts is not None else p.max_thoughts)
         grpo = self.grpo
-        if grpo.enabled and ((grpo.target == "ttm" and s.ttm) or (grpo.target == "base" and s.model)):
+        if grpo.enabled and ((grpo.target == "ttm" and s.ttm) or (grpo.target == "base" and s.base)):
             grpo = dataclasses.replace(grpo, enabled=False)  # the system's own model, not the run's GRPO-tuned one
         return dataclasses.replace(self, pipeline=pipeline, grpo=grpo)

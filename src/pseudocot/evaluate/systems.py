@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,32 +192,16 @@ def _build_pipeline(cfg: Config, s: SystemConfig) -> System:
     return PipelineSystem(pipe)
 
 
-def _build_hf(cfg: Config, s: SystemConfig) -> System:
-    from pseudocot.generate.hf import HFGenerator
-    from pseudocot.models.loading import load_model, load_tokenizer
-    from pseudocot.models.lora import load_trained
+def _build_model(cfg: Config, s: SystemConfig) -> System:
+    """A model answering alone: a local folder (chat-rendered through its tokenizer) or an endpoint."""
+    from pseudocot.generate.base import open_generator
 
-    if s.adapter and s.model:
-        from pseudocot.models.lora import merged_adapter
-
-        model = merged_adapter(load_model(s.model, device=cfg.run.device), s.adapter)
-        model.eval()
-    else:
-        model = load_trained(s.adapter or s.model, device=cfg.run.device)  # type: ignore[arg-type]
-    tok_dir = s.adapter if s.adapter and (Path(s.adapter) / "tokenizer_config.json").is_file() else s.model
-    if tok_dir is None:  # an adapter without its own tokenizer: its base model's
-        tok_dir = json.loads((Path(s.adapter) / "adapter_config.json").read_text())["base_model_name_or_path"]  # type: ignore[arg-type]
-    tok = load_tokenizer(str(tok_dir))
-    return GeneratorSystem(HFGenerator(model, tok, batch_size=cfg.eval.batch_size), _generation_params(s),
-                           chat=s.chat, tokenizer=tok if s.chat else None)
-
-
-def _build_openai(cfg: Config, s: SystemConfig) -> System:
-    from pseudocot.generate.openai import OpenAIGenerator
-
-    gen = OpenAIGenerator(s.base_url, s.model, api_key=os.environ.get(s.api_key_env), chat=s.chat,  # type: ignore[arg-type]
-                          concurrency=s.concurrency)
-    return GeneratorSystem(gen, _generation_params(s), chat=s.chat, parameter_count=s.parameters)
+    spec = s.generator()
+    gen = open_generator(spec, device=cfg.run.device, batch_size=cfg.eval.batch_size)
+    local = spec.path is not None
+    return GeneratorSystem(gen, _generation_params(s), chat=spec.chat,
+                           tokenizer=gen.tokenizer if local and spec.chat else None,
+                           parameter_count=s.parameters)
 
 
 def _router_info(folder: Path | None) -> dict[str, Any]:
@@ -246,12 +229,11 @@ def system_entries(cfg: Config) -> list[SystemEntry]:
                 info["router_curve"], info["router_validation"] = router.get("curve"), router.get("validation")
                 info["router_calibration"] = router.get("calibration")
             build: Callable[[], System] = lambda cfg=cfg, s=s: _build_pipeline(cfg, s)  # noqa: E731
-        elif s.kind == "hf":
-            info.update(models={k: v for k, v in (("model", s.model), ("adapter", s.adapter)) if v})
-            build = lambda cfg=cfg, s=s: _build_hf(cfg, s)  # noqa: E731
         else:
-            info.update(models={"model": s.model, "base_url": s.base_url})
-            build = lambda cfg=cfg, s=s: _build_openai(cfg, s)  # noqa: E731
+            g = s.generator()
+            info.update(models={k: v for k, v in (("model", g.path or g.model), ("adapter", g.adapter),
+                                                  ("base_url", g.base_url)) if v})
+            build = lambda cfg=cfg, s=s: _build_model(cfg, s)  # noqa: E731
         if s.parameters is not None:
             info["parameters"] = {"total": s.parameters}
         sampled = s.kind != "pipeline" and s.temperature > 0

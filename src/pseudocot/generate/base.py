@@ -110,21 +110,47 @@ class SessionGenerator(Generator, Protocol):
         ...
 
 
+def _tokenizer_folder(spec: Any) -> str:
+    """A local model's tokenizer: `spec.tokenizer`, else the adapter's own, else the model folder's, else (an adapter
+    folder as `path`, saved without one) the base model's it names."""
+    import json
+    from pathlib import Path
+
+    if spec.tokenizer:
+        return str(spec.tokenizer)
+    for folder in (spec.adapter, spec.path):
+        if folder and ((Path(folder) / "tokenizer_config.json").is_file() or (Path(folder) / "tokenizer.json").is_file()):
+            return str(folder)
+    config = Path(spec.adapter or spec.path) / "adapter_config.json"
+    if config.is_file():
+        return str(json.loads(config.read_text()).get("base_model_name_or_path") or spec.path)
+    return str(spec.path)
+
+
 def open_generator(spec: Any, *, device: str = "auto", batch_size: int | None = None, kv_reuse: bool = True,
-                   chat: bool | None = None) -> Any:
+                   chat: bool | None = None, rendered: bool = False) -> Any:
     """The `Generator` a `GeneratorConfig` names: an `HFGenerator` over its local folder, or an `OpenAIGenerator` over
     its endpoint (with the tokenizer of `spec.tokenizer` loaded as `.tokenizer`, for callers that render prompts).
-    `batch_size` overrides the spec's (local); `chat` overrides its chat flag (the pipeline sends rendered text)."""
+    `batch_size` overrides the spec's (local); `chat` overrides its chat flag (the pipeline sends rendered text).
+
+    `rendered`: the prompts are text rendered with the tokenizer's chat template, which holds its special tokens
+    already, so an endpoint is told not to add its own (`add_special_tokens: false`, vLLM's and SGLang's field: a second
+    BOS changes answers). Plain text gets the engine's usual BOS. `spec.extra_body` is added on top; a key set to null
+    there is left out of the request."""
     import os
 
     if spec.path:
         from pseudocot.generate.hf import HFGenerator
-        from pseudocot.models.loading import load_tokenizer
-        from pseudocot.models.lora import load_trained
+        from pseudocot.models.loading import load_model, load_tokenizer
+        from pseudocot.models.lora import load_trained, merged_adapter
 
-        model = load_trained(spec.path, device=device, dtype=spec.dtype, trust_remote_code=spec.trust_remote_code)
+        if spec.adapter:
+            model = merged_adapter(load_model(spec.path, device=device, dtype=spec.dtype,
+                                              trust_remote_code=spec.trust_remote_code), spec.adapter)
+        else:
+            model = load_trained(spec.path, device=device, dtype=spec.dtype, trust_remote_code=spec.trust_remote_code)
         model.eval()
-        tokenizer = load_tokenizer(spec.tokenizer or spec.path, trust_remote_code=spec.trust_remote_code)
+        tokenizer = load_tokenizer(_tokenizer_folder(spec), trust_remote_code=spec.trust_remote_code)
         return HFGenerator(model, tokenizer, batch_size=batch_size or spec.batch_size, kv_reuse=kv_reuse)
     from pseudocot.generate.openai import OpenAIGenerator
 
@@ -133,7 +159,8 @@ def open_generator(spec: Any, *, device: str = "auto", batch_size: int | None = 
         from pseudocot.models.loading import load_tokenizer
 
         tokenizer = load_tokenizer(spec.tokenizer, trust_remote_code=spec.trust_remote_code)
+    extra = ({"add_special_tokens": False} if rendered else {}) | dict(spec.extra_body)
     return OpenAIGenerator(spec.base_url, spec.model, api_key=os.environ.get(spec.api_key_env),
                            chat=spec.chat if chat is None else chat, concurrency=spec.concurrency,
-                           max_retries=spec.max_retries, timeout=spec.timeout_seconds, extra_body=spec.extra_body,
-                           tokenizer=tokenizer)
+                           max_retries=spec.max_retries, timeout=spec.timeout_seconds,
+                           extra_body={k: v for k, v in extra.items() if v is not None}, tokenizer=tokenizer)
