@@ -247,3 +247,25 @@ def test_serve_on_engines_streams_the_answer_as_the_engine_writes_it(serve_run, 
     assert content == whole.choices[0].message.content
     assert whole.model_extra["pseudocot"]["tokens"]["base"]["completion"] >= 10  # a long enough answer to stream
     assert order.count("content") >= 3 and order.index("content") < order.index("answer")
+
+
+def test_router_inputs_an_engine_gives_equal_the_local_ones(serve_run, engines):
+    """Collected traces (every router input) through the engines and locally: the answers' top-5 entropies and the
+    thoughts' log-probabilities come from the same weights, through the engine's JSON (`logprobs: 5`)."""
+    from pseudocot.router.features import ENTROPY_TOP_K, step_parts
+
+    qs = questions(engines["layout"])[:6]
+    local = load_pipeline(run_config(serve_run), mode="always").run(qs, collect=True)
+    remote = load_pipeline(run_config(serve_run, engine_overrides(engines)), mode="always").run(qs, collect=True)
+    steps = [(a, b) for t, u in zip(local, remote) for a, b in zip(t.features, u.features)]
+    assert len(steps) > len(qs)  # re-answers too
+    for a, b in steps:
+        assert len(b.completion.top_logprobs) == len(b.completion.token_logprobs)
+        assert all(len(top) == ENTROPY_TOP_K for top in b.completion.top_logprobs)
+        pa, pb = step_parts(a.completion, 0, False), step_parts(b.completion, 0, False)
+        assert pb["entropy"].tolist() == pytest.approx(pa["entropy"].tolist(), abs=1e-4)
+        assert pb["entropy"][0] > 0  # the 5 likeliest tokens are not all but one impossible
+    thoughts = [(x, y) for t, u in zip(local, remote) for x, y in zip(t.thoughts, u.thoughts)]
+    assert thoughts and all(x.logprobs is not None and len(x.logprobs) == 7 for x, _ in thoughts)
+    for x, y in thoughts:
+        assert y.logprobs == pytest.approx(x.logprobs, abs=1e-4)

@@ -245,3 +245,16 @@ def test_a_selecting_router_on_value_labels_trains_and_returns_what_the_simulati
     picked = labels.selected_correct(correct, answers, available)
     assert np.mean([task.is_correct(t.final_text, e) for t, e in zip(live, exs)]) == pytest.approx(
         picked[np.arange(len(qs)), depth].mean())
+
+
+def test_top_entropy_reads_the_five_likeliest_tokens_renormalised():
+    import math
+
+    from pseudocot.router.features import entropy_stats, top_entropy
+
+    uniform = {f"t{i}": math.log(0.1) for i in range(5)}
+    assert top_entropy(uniform) == pytest.approx(math.log(5))  # renormalised over the five: uniform
+    assert top_entropy({**uniform, "chosen": math.log(0.01)}) == pytest.approx(math.log(5))  # a 6th (the chosen) is cut
+    assert top_entropy({"a": 0.0, "b": -50.0}) == pytest.approx(0.0, abs=1e-12)
+    assert entropy_stats([uniform, {"a": 0.0}]) == pytest.approx([math.log(5) / 2, math.log(5), math.log(5), 0.0])
+    assert entropy_stats(None) == [0.0, 0.0, 0.0, 0.0]

@@ -36,6 +36,7 @@ from pseudocot.data.chat import base_messages, final_answer, render, ttm_prompt
 from pseudocot.errors import ConfigError, DataError, ModelError
 from pseudocot.generate.base import Completion, GenerationParams, Generator, SessionGenerator
 from pseudocot.layout import RunLayout, has_model
+from pseudocot.router.features import ENTROPY_TOP_K, logprob_stats
 
 MODES = typing.get_args(Mode)
 """never, always, router, depth (the config schema's choices)."""
@@ -97,6 +98,9 @@ class Thought:
     rejected: bool = False
     """A router that reads each thought before the re-answer (`router.reads: thought`) turned it down: the base model
     never saw it (its TTM call is still counted)."""
+    logprobs: list[float] | None = None
+    """`router.features.logprob_stats` of its tokens' log-probabilities, where a router reads them (`thought_logprobs`)
+    or its traces are collected."""
 
 
 @dataclass
@@ -204,6 +208,14 @@ class StepInput:
     """The committed answer differs from the previous one (False for the first)."""
     thought: list[float] | None = None
     """`thought_features` of the thoughts in the answer's context."""
+    thought_logprobs: list[float] | None = None
+    """`Thought.logprobs` of the last thought in the answer's context (`logprob_stats` of none before the first)."""
+
+
+def last_thought_logprobs(thoughts: Sequence[Thought]) -> list[float]:
+    """The `thought_logprobs` router input: the last thought's `Thought.logprobs` (`logprob_stats` of none when there is
+    no thought, or its log-probabilities were not asked for)."""
+    return (thoughts[-1].logprobs if thoughts else None) or logprob_stats(None)
 
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -345,12 +357,16 @@ class Pipeline:
         """Whether the router's answer head scores every answer, to return the best (`router.select: best`)."""
         return b.mode == "router" and not b.collect and getattr(self.router, "select", "last") == "best"
 
+    def _reads(self, b: Batch, feature: str) -> bool:
+        """Whether the loop computes a router input: collecting traces (every input) or the router lists it."""
+        return self._needs_features(b) and (b.collect or feature in getattr(self.router, "features", ()))
+
     def answer_params(self, b: Batch) -> GenerationParams:
-        feats = self._needs_features(b)
-        needs_hidden = feats and (b.collect or "hidden" in getattr(self.router, "features", ()))
         s = b.sampling
         return GenerationParams(max_new_tokens=b.cfg.answer_max_new_tokens, stop=list(b.cfg.answer_stop),
-                                logprobs=feats, hidden=needs_hidden, temperature=s.temperature, top_p=s.top_p, seed=s.seed)
+                                logprobs=self._needs_features(b), hidden=self._reads(b, "hidden"),
+                                top_logprobs=ENTROPY_TOP_K if self._reads(b, "entropy") else 0,
+                                temperature=s.temperature, top_p=s.top_p, seed=s.seed)
 
     def thought_params(self, b: Batch, attempt: int = 0) -> GenerationParams:
         """How the TTM writes a thought; a second or later try (`attempt` > 0, best-of-k) is sampled at
@@ -359,7 +375,7 @@ class Pipeline:
         temperature, seed = (max(s.temperature, b.cfg.resample_temperature), (s.seed or 0) * 1009 + attempt) if attempt \
             else (s.temperature, s.seed)
         return GenerationParams(max_new_tokens=b.cfg.thought_max_new_tokens, stop=list(b.cfg.thought_stop),
-                                temperature=temperature, top_p=s.top_p, seed=seed)
+                                logprobs=self._reads(b, "thought_logprobs"), temperature=temperature, top_p=s.top_p, seed=seed)
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -569,7 +585,8 @@ class Pipeline:
             for i in trying:
                 t = b.traces[i]
                 steps.append(dataclasses.replace(t.features[-1], thought=thought_features(
-                    t.question, [*b.thoughts[i], t.thoughts[-1].text], t.answers[-1].final)))
+                    t.question, [*b.thoughts[i], t.thoughts[-1].text], t.answers[-1].final),
+                    thought_logprobs=last_thought_logprobs([t.thoughts[-1]])))
             took = self._routed(b, trying, steps)
             go += took
             rejected = [i for i in trying if i not in took]
@@ -608,7 +625,8 @@ class Pipeline:
                 if show:
                     b.thoughts[i].append(text)
                 t.thoughts.append(Thought(text=text, tokens=c.completion_tokens, seconds=c.seconds,
-                                          prompt_tokens=c.prompt_tokens, cached_tokens=c.cached_tokens))
+                                          prompt_tokens=c.prompt_tokens, cached_tokens=c.cached_tokens,
+                                          logprobs=logprob_stats(c.token_logprobs) if c.token_logprobs is not None else None))
                 t.seconds += c.seconds
                 wrote.append(i)
                 b.emit("thought", i)
@@ -646,9 +664,11 @@ class Pipeline:
             t.seconds += c.seconds
             if self._needs_features(b):
                 changed = len(t.answers) > 1 and t.answers[-2].final != final
-                reads = b.collect or "thought" in getattr(self.router, "features", ())  # not computed for nobody
-                t.features.append(StepInput(t.question, len(t.answers) - 1, c, changed,
-                                            thought_features(t.question, b.thoughts[i], final) if reads else None))
+                shown = [x for x in t.thoughts if not x.rejected]  # the thoughts in this answer's context
+                t.features.append(StepInput(  # inputs no router reads are not computed
+                    t.question, len(t.answers) - 1, c, changed,
+                    thought_features(t.question, b.thoughts[i], final) if self._reads(b, "thought") else None,
+                    last_thought_logprobs(shown) if self._reads(b, "thought_logprobs") else None))
         if self._selects(b):
             assert self.router is not None
             for i, s in zip(ids, self.router.answer_scores([b.traces[i].features[-1] for i in ids])):

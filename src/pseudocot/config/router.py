@@ -9,7 +9,7 @@ from pseudocot.config.base import Fraction, Positive, Weight
 from pseudocot.config.checks import Ge, Gt, Lt, NonEmpty, Section, Unique
 from pseudocot.config.eval import EvalTaskConfig
 
-RouterFeature = Literal["hidden", "logprobs", "iteration", "changed", "thought"]
+RouterFeature = Literal["hidden", "logprobs", "entropy", "iteration", "changed", "thought", "thought_logprobs"]
 
 
 @dataclass
@@ -23,8 +23,10 @@ class RouterConfig(Section):
     val_questions: Positive = 300
     """Validation questions: early stopping, the threshold and the cost-accuracy curve."""
     features: Annotated[list[RouterFeature], NonEmpty(), Unique()] = field(default_factory=lambda: ["hidden", "logprobs", "iteration", "changed"])
-    """Router inputs: hidden (the base model's final hidden state, pooled), logprobs (answer token log-
-    probability statistics), iteration, changed (the answer differs from the previous one)."""
+    """Router inputs: hidden (the base model's final hidden state, pooled; local base models only), logprobs (answer
+    token log-probability statistics), entropy (of each answer token's 5 likeliest tokens), iteration, changed (the
+    answer differs from the previous one), thought (what the thoughts say about the answer), thought_logprobs (the
+    last thought's token log-probability statistics). All but hidden come from an inference engine too."""
     hidden_size: Positive = 64
     """Width of the MLP's hidden layer."""
     dropout: Annotated[float, Ge(0), Lt(1)] = 0.1

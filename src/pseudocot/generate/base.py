@@ -25,6 +25,8 @@ class GenerationParams:
     """Seed for sampling; the same seed and prompts give the same samples."""
     logprobs: bool = False
     """Also return the log-probability of each generated token."""
+    top_logprobs: int = 0
+    """With `logprobs`: also the k most likely tokens at each position and their log-probabilities."""
     hidden: bool = False
     """Also return `Completion.features`: the model's final hidden state pooled over prompt and output
     (backends that can see hidden states only)."""
@@ -49,6 +51,9 @@ class Completion:
     """The stop string that ended it (None when end-of-sequence or the length limit did)."""
     token_logprobs: list[float] | None = None
     """Log-probability of each generated token under the model (when asked for)."""
+    top_logprobs: list[dict[str, float]] | None = None
+    """With `params.top_logprobs` k: at each generated position, the k most likely tokens and their log-probabilities
+    (OpenAI's legacy completions format; an engine may add the chosen token as a k+1st)."""
     cached_tokens: int = 0
     """Prompt tokens not encoded again because the session had them already (KV reuse)."""
     features: Any = None

@@ -171,7 +171,8 @@ class HFGenerator:
 
         rows, seconds = decode(self.model, batch, reused, max_new_tokens=params.max_new_tokens,
                                temperature=params.temperature, top_p=params.top_p, seed=seed, is_end=is_end,
-                               pad_id=self.pad_id, keep=reuse, want_features=params.hidden)
+                               pad_id=self.pad_id, keep=reuse, want_features=params.hidden,
+                               top_k=params.top_logprobs if params.logprobs else 0)
         out = []
         for r, row in enumerate(rows):
             if reuse:
@@ -179,6 +180,8 @@ class HFGenerator:
             c = self._finish(row.tokens, len(batch[r]), seconds / len(batch), params,
                              row.logprobs if params.logprobs else None)
             c.features, c.cached_tokens = row.features, row.cached_tokens
+            if row.top is not None:
+                c.top_logprobs = self._top_logprobs(row.top)[:c.completion_tokens]
             if streams and (delta := streams[r].finish(c.text)):
                 params.on_text(index[r], delta)  # type: ignore[misc]
             out.append(c)
@@ -204,14 +207,26 @@ class HFGenerator:
             )
         seconds = (time.perf_counter() - t0) / len(batch)
         new = out.sequences[:, width:].tolist()  # (B, N) generated ids, padded after a row finishes
-        logprobs = None
+        logprobs = tops = None
         if params.logprobs and out.logits:
             # (B, N, V) raw logits -> log-probabilities of the tokens actually chosen, (B, N).
-            logits = torch.stack(out.logits, dim=1).float()
+            log_probs = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)
             chosen = out.sequences[:, width:].unsqueeze(-1)
-            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, chosen).squeeze(-1).tolist()
-        return [self._finish(row, len(batch[r]), seconds, params, logprobs[r] if logprobs else None)
-                for r, row in enumerate(new)]
+            logprobs = log_probs.gather(-1, chosen).squeeze(-1).tolist()
+            if params.top_logprobs:
+                top_v, top_i = log_probs.topk(params.top_logprobs, dim=-1)  # (B, N, k)
+                tops = [list(zip(i, v)) for i, v in zip(top_i.tolist(), top_v.tolist())]
+        out_rows = []
+        for r, row in enumerate(new):
+            c = self._finish(row, len(batch[r]), seconds, params, logprobs[r] if logprobs else None)
+            if tops is not None:
+                c.top_logprobs = self._top_logprobs(tops[r])[:c.completion_tokens]
+            out_rows.append(c)
+        return out_rows
+
+    def _top_logprobs(self, top: Sequence[tuple[list[int], list[float]]]) -> list[dict[str, float]]:
+        """Each position's (ids, log-probabilities) as OpenAI's legacy format: the tokens as the vocabulary spells them."""
+        return [dict(zip(self.tokenizer.convert_ids_to_tokens(ids), lps)) for ids, lps in top]
 
     def _finish(self, tokens: list[int], prompt_tokens: int, seconds: float, params: GenerationParams,
                 logprobs: list[float] | None) -> Completion:

@@ -86,11 +86,13 @@ class OpenAIGenerator:
             body["messages"] = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
             if params.logprobs:
                 body["logprobs"] = True
+                if params.top_logprobs:
+                    body["top_logprobs"] = params.top_logprobs
             return "/chat/completions", body
         body["prompt"] = prompt
         body.update(self.extra_body)
         if params.logprobs:
-            body["logprobs"] = 1
+            body["logprobs"] = max(1, params.top_logprobs)  # the legacy field: how many of the likeliest tokens per position
         return "/completions", body
 
     def _post(self, path: str, body: dict[str, Any], on_text: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -165,12 +167,10 @@ class OpenAIGenerator:
             choice = data["choices"][0]
             if path == "/completions":
                 text, reasoning = choice["text"], None
-                logprobs = choice.get("logprobs") or {}  # the legacy lists (vLLM, SGLang), or a chat-style content list (llama.cpp)
-                lp = logprobs.get("token_logprobs") or [t.get("logprob") for t in logprobs.get("content") or []] or None
             else:
                 msg = choice["message"]
                 text, reasoning = msg.get("content") or "", msg.get("reasoning_content") or msg.get("reasoning")
-                lp = [t["logprob"] for t in ((choice.get("logprobs") or {}).get("content") or [])] or None
+            lp, top = logprob_lists(choice.get("logprobs"))
         except (KeyError, IndexError, TypeError):
             raise EndpointError(f"{self.base_url + path} answered without choices[0]"
                                 f"{'.text' if path == '/completions' else '.message'}; is it an OpenAI-compatible API?") from None
@@ -180,6 +180,7 @@ class OpenAIGenerator:
                           completion_tokens=int(usage.get("completion_tokens") or 0), seconds=0.0,
                           finish_reason=finish, stop_string=stop_string(choice, params.stop, data) if finish == "stop" else None,
                           token_logprobs=[float(x) for x in lp if x is not None] if params.logprobs and lp else None,
+                          top_logprobs=top if params.logprobs and params.top_logprobs and top else None,
                           cached_tokens=cached_tokens(data), reasoning=reasoning)
 
     def generate(self, prompts: Sequence[Prompt], params: GenerationParams) -> list[Completion]:
@@ -206,7 +207,7 @@ def _assemble(url: str, lines: Iterator[str], on_text: Callable[[str], None]) ->
     """A streamed response (server-sent events: `data: {chunk}` lines, then `data: [DONE]`) as the one body a plain
     request gets: the texts of the chunks joined (each handed to `on_text` on arrival), the last finish and stop
     fields, the log-probabilities in order, and the usage of the final chunk."""
-    text, reasoning, logprobs = [], [], []
+    text, reasoning, logprobs, tops = [], [], [], []
     choice: dict[str, Any] = {}
     usage: dict[str, Any] = {}
     rest: dict[str, Any] = {}
@@ -234,15 +235,31 @@ def _assemble(url: str, lines: Iterator[str], on_text: Callable[[str], None]) ->
             if piece:
                 text.append(piece)
                 on_text(piece)
-            lp = c.get("logprobs") or {}
-            logprobs += lp.get("token_logprobs") or [t.get("logprob") for t in lp.get("content") or []]
+            lp, top = logprob_lists(c.get("logprobs"))
+            logprobs += lp
+            tops += top
             choice.update({k: v for k, v in c.items() if k in ("finish_reason", *STOP_FIELDS) and (v is not None or k not in choice)})
     joined = "".join(text)
     if chat:
-        message = {"content": joined, "reasoning_content": "".join(reasoning) or None}
-        return {"choices": [{**choice, "message": message, "logprobs": {"content": [{"logprob": x} for x in logprobs]}}],
-                "usage": usage, **rest}
-    return {"choices": [{**choice, "text": joined, "logprobs": {"token_logprobs": logprobs}}], "usage": usage, **rest}
+        message = {"message": {"content": joined, "reasoning_content": "".join(reasoning) or None}}
+    else:
+        message = {"text": joined}
+    body_logprobs = {"token_logprobs": logprobs, "top_logprobs": tops or None}  # read back by `logprob_lists`
+    return {"choices": [{**choice, **message, "logprobs": body_logprobs}], "usage": usage, **rest}
+
+
+def logprob_lists(logprobs: Any) -> tuple[list[float | None], list[dict[str, float]]]:
+    """A choice's `logprobs` as (each token's log-probability, each position's likeliest tokens {token: logprob}):
+    from the legacy lists (`token_logprobs`, `top_logprobs`: vLLM, SGLang, `/completions`) or a content list of
+    `{token, logprob, top_logprobs: [{token, logprob}]}` (chat completions, llama.cpp)."""
+    if not isinstance(logprobs, dict):
+        return [], []
+    if logprobs.get("token_logprobs") is not None:
+        top = [dict(t) for t in logprobs.get("top_logprobs") or [] if isinstance(t, dict)]
+        return list(logprobs["token_logprobs"]), top
+    content = [t for t in logprobs.get("content") or [] if isinstance(t, dict)]
+    top = [{x["token"]: x["logprob"] for x in t["top_logprobs"]} for t in content if t.get("top_logprobs")]
+    return [t.get("logprob") for t in content], top
 
 
 STOP_FIELDS = ("stop_reason", "matched_stop", "stopping_word")

@@ -100,6 +100,8 @@ class RowResult:
     """Everything this row fed through the model, for the next call of its session."""
     cached_tokens: int = 0
     """Prompt tokens taken from the reused prefix instead of encoded."""
+    top: list[tuple[list[int], list[float]]] | None = None
+    """With `top_k`: each generated position's k most likely ids and their log-probabilities, most likely first."""
 
 
 def _choose(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -137,7 +139,7 @@ def end_ids(model: Any, tokenizer: Any) -> list[int]:
 
 def decode(model: Any, prompts: list[list[int]], reused: list[EncodedPrefix | None], *, max_new_tokens: int,
            temperature: float, top_p: float, seed: int | None, is_end: Callable[[int, list[int]], bool],
-           pad_id: int, keep: bool, want_features: bool) -> tuple[list[RowResult], float]:
+           pad_id: int, keep: bool, want_features: bool, top_k: int = 0) -> tuple[list[RowResult], float]:
     """Generate for a batch of prompts, each continuing its reused prefix; returns rows and seconds.
 
     `is_end(row, tokens)` says whether a row's generation is over (end-of-sequence or stop string).
@@ -191,6 +193,7 @@ def decode(model: Any, prompts: list[list[int]], reused: list[EncodedPrefix | No
     rows: list[int] = list(range(B))  # batch index -> original row
     tokens: list[list[int]] = [[] for _ in range(B)]
     logprobs: list[list[float]] = [[] for _ in range(B)]
+    tops: list[list[tuple[list[int], list[float]]]] = [[] for _ in range(B)]
     hidden_parts: list[list[torch.Tensor]] = [[] for _ in range(B)]
     results: list[RowResult | None] = [None] * B
     next_pos = pos[:, -1] + 1  # (B,)
@@ -212,7 +215,7 @@ def decode(model: Any, prompts: list[list[int]], reused: list[EncodedPrefix | No
             values = [layer.values[b].index_select(1, idx) for layer in cache.layers]
             h_all = torch.cat([p.to(device) for p in parts], dim=0) if want_features else None
             encoded = EncodedPrefix(prompts[r] + tokens[r][:fed], keys, values, h_all)
-        results[r] = RowResult(tokens[r], logprobs[r], feats, encoded, c[r])
+        results[r] = RowResult(tokens[r], logprobs[r], feats, encoded, c[r], tops[r] if top_k else None)
 
     with torch.no_grad():  # not inference_mode: on-policy distillation samples inside a training step
         out = decoder(input_ids=block.to(device), attention_mask=mask, position_ids=pos, use_cache=True, **{kv: cache})
@@ -224,12 +227,18 @@ def decode(model: Any, prompts: list[list[int]], reused: list[EncodedPrefix | No
         width = C + W
         for step in range(max_new_tokens):
             nxt = _choose(logits, temperature, top_p, generator)  # (B,)
-            lp = torch.log_softmax(logits, dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
+            log_probs = torch.log_softmax(logits, dim=-1)
+            lp = log_probs.gather(-1, nxt[:, None]).squeeze(-1)
             done_b = []
             nxt_list, lp_list = nxt.tolist(), lp.tolist()  # one device sync per step, not per row
+            if top_k:
+                top_v, top_i = log_probs.topk(top_k, dim=-1)
+                top_v_list, top_i_list = top_v.tolist(), top_i.tolist()
             for b, r in enumerate(rows):
                 tokens[r].append(nxt_list[b])
                 logprobs[r].append(lp_list[b])
+                if top_k:
+                    tops[r].append((top_i_list[b], top_v_list[b]))
                 if is_end(r, tokens[r]) or step == max_new_tokens - 1:
                     done_b.append(b)
             for b in done_b:

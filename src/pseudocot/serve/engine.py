@@ -10,7 +10,8 @@ engine for a CPU or a test, spoken to as vLLM, SGLang or llama.cpp are (`pipelin
   leading tokens with (least recently used ones dropped past `cache_tokens`), as vLLM's does; the response says how
   many prompt tokens were read from the cache in `usage.prompt_tokens_details.cached_tokens`.
 - **The answer**: vLLM's fields: `choices[0].text`, `finish_reason` (stop or length), `stop_reason` (the stop string
-  met, or null at the end of sequence), `logprobs.token_logprobs` when asked; the usage object.
+  met, or null at the end of sequence), `logprobs.token_logprobs` (and `top_logprobs`, the `logprobs` likeliest tokens
+  per position) when asked; the usage object.
 - **The prompt** is encoded as given: special tokens are added only when the request leaves `add_special_tokens`
   true (vLLM's default) and the tokenizer adds a BOS; a rendered chat prompt says false.
 
@@ -59,7 +60,7 @@ class EngineRequest:
 
     def group(self) -> Hashable:
         p = self.params
-        return (p.max_new_tokens, p.temperature, p.top_p, tuple(p.stop), p.seed, p.logprobs)
+        return (p.max_new_tokens, p.temperature, p.top_p, tuple(p.stop), p.seed, p.logprobs, p.top_logprobs)
 
 
 def parse_request(body: Any, model: str, max_tokens_limit: int) -> EngineRequest:
@@ -103,13 +104,13 @@ def parse_request(body: Any, model: str, max_tokens_limit: int) -> EngineRequest
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise bad("seed", "must be an integer")
     logprobs = body.get("logprobs")
-    if logprobs not in (None, False, True, 0, 1):
-        raise bad("logprobs", "may be at most 1 here (the chosen token's log-probability; no alternatives)")
+    if logprobs is not None and not (isinstance(logprobs, int) and 0 <= logprobs <= 20):
+        raise bad("logprobs", "must be a whole number from 0 to 20 (how many of the likeliest tokens to list per position)")
     add_special = body.get("add_special_tokens", True)
     if not isinstance(add_special, bool):
         raise bad("add_special_tokens", "must be true or false")
     params = GenerationParams(max_new_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p), stop=stop,
-                              seed=seed, logprobs=bool(logprobs))
+                              seed=seed, logprobs=bool(logprobs), top_logprobs=int(logprobs or 0))
     return EngineRequest(prompt, params, add_special, stream=stream, include_usage=include_usage)
 
 
@@ -244,7 +245,7 @@ def completion_body(c: Completion, model: str, logprobs: bool, cid: str | None =
     choice: dict[str, Any] = {"index": 0, "text": c.text if text is None else text, "finish_reason": c.finish_reason,
                               "stop_reason": c.stop_string, "logprobs": None}
     if logprobs:
-        choice["logprobs"] = {"tokens": None, "token_logprobs": c.token_logprobs or [], "top_logprobs": None,
+        choice["logprobs"] = {"tokens": None, "token_logprobs": c.token_logprobs or [], "top_logprobs": c.top_logprobs,
                               "text_offset": None}
     body = {"id": cid or f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
             "model": model, "choices": [choice]}

@@ -26,7 +26,7 @@ from pseudocot.data.example import Example
 from pseudocot.errors import ConfigError, DataError
 from pseudocot.freshness import read_key, router_chunk, router_key, router_traces_key, write_key
 from pseudocot.layout import KEY_FILE, RunLayout
-from pseudocot.pipeline import Pipeline, load_pipeline, read_traces, thought_features, write_traces
+from pseudocot.pipeline import Pipeline, last_thought_logprobs, load_pipeline, read_traces, thought_features, write_traces
 from pseudocot.progress import progress
 from pseudocot.router import calibration, labels, policy
 from pseudocot.router.features import step_parts
@@ -78,11 +78,13 @@ def collect(pipe: Pipeline, task: Task, examples: list[Example], layout: RunLayo
     parts: dict[str, list[torch.Tensor]] = {}
     for k, rows in enumerate(progress(chunks, desc=f"router: {split} traces", unit="chunk")):
         files = layout.router_traces_chunk(split, k)
-        if not all(f.is_file() for f in files):
+        stored = load_file(str(files[1])) if all(f.is_file() for f in files) else {}
+        if "entropy" not in stored:  # (a chunk collected before `entropy` existed lacks it and the thoughts' log-probabilities)
             _collect_chunk(pipe, [prompts[i] for i in rows], [examples[i] for i in rows], files)
+            stored = load_file(str(files[1]))
         chunk_traces = read_traces(files[0])
         traces += chunk_traces
-        for name, t in load_file(str(files[1])).items():
+        for name, t in stored.items():
             parts.setdefault(name, []).append(t)
         # What the thoughts say about each answer comes from the traces' text (chunks collected before it existed too):
         # `thought_answer` reads the thoughts before the answer (the answer head's), `thought` the step router's.
@@ -90,6 +92,9 @@ def collect(pipe: Pipeline, task: Task, examples: list[Example], layout: RunLayo
             parts.setdefault(name, []).append(torch.tensor(
                 [thought_features(t.question, [x.text for x in t.thoughts[: i + ahead]], a.final) for t in chunk_traces
                  for i, a in enumerate(t.answers)], dtype=torch.float32))
+            parts.setdefault(name.replace("thought", "thought_logprobs"), []).append(torch.tensor(
+                [last_thought_logprobs(t.thoughts[: i + ahead]) for t in chunk_traces for i, _ in enumerate(t.answers)],
+                dtype=torch.float32))
     return traces, {name: torch.cat(ts) for name, ts in parts.items()}
 
 
@@ -145,8 +150,10 @@ def main(cfg: Config) -> dict[str, Any]:
     scores = labels.score_matrix(step.score_vectors(x_va).numpy(), va_traces, va_avail, max_thoughts)
 
     # The answer head: is this answer right? Every answer is a row, read with the thoughts before it.
-    a_tr = labels.step_matrix({**tr_parts, "thought": tr_parts["thought_answer"]}, names, max_thoughts)
-    a_va = labels.step_matrix({**va_parts, "thought": va_parts["thought_answer"]}, names, max_thoughts)
+    a_tr = labels.step_matrix({**tr_parts, "thought": tr_parts["thought_answer"],
+                                "thought_logprobs": tr_parts["thought_logprobs_answer"]}, names, max_thoughts)
+    a_va = labels.step_matrix({**va_parts, "thought": va_parts["thought_answer"],
+                                "thought_logprobs": va_parts["thought_logprobs_answer"]}, names, max_thoughts)
     c_tr = torch.tensor(np.concatenate([tr_correct[q, : len(t.answers)] for q, t in enumerate(tr_traces)]))
     c_va = torch.tensor(np.concatenate([va_correct[q, : len(t.answers)] for q, t in enumerate(va_traces)]))
     amlp, answer_fit = fit(a_tr, c_tr, a_va, c_va, 1, rcfg)
