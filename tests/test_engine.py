@@ -12,7 +12,7 @@ import pytest
 from pseudocot.config import GeneratorConfig
 from pseudocot.errors import ConfigError
 from pseudocot.generate import GenerationParams
-from pseudocot.generate.openai import OpenAIGenerator, cached_tokens, stop_string
+from pseudocot.generate.openai import OpenAIGenerator, cached_tokens, logprob_lists, stop_string
 from pseudocot.layout import RunLayout, run_config
 from pseudocot.pipeline import load_pipeline
 
@@ -172,6 +172,14 @@ def test_stop_and_cache_fields_of_each_engine():
     assert cached_tokens({"usage": {"prompt_tokens_details": {"cached_tokens": 7}}}) == 7
     assert cached_tokens({"usage": {}, "timings": {"cache_n": 5}}) == 5
     assert cached_tokens({"usage": {"prompt_tokens_details": None}}) == 0
+    # Log-probabilities: the legacy lists (vLLM, SGLang) or a content list (chat completions, llama.cpp).
+    legacy = {"tokens": ["a", "b"], "token_logprobs": [-0.1, -0.2], "top_logprobs": [{"a": -0.1, "x": -3.0}, {"b": -0.2}]}
+    assert logprob_lists(legacy) == ([-0.1, -0.2], [{"a": -0.1, "x": -3.0}, {"b": -0.2}])
+    content = {"content": [{"token": "a", "logprob": -0.1, "top_logprobs": [{"token": "a", "logprob": -0.1},
+                                                                             {"token": "x", "logprob": -3.0}]},
+                           {"token": "b", "logprob": -0.2, "top_logprobs": []}]}
+    assert logprob_lists(content) == ([-0.1, -0.2], [{"a": -0.1, "x": -3.0}])
+    assert logprob_lists(None) == ([], [])
 
 
 def test_a_streamed_engine_completion_adds_up_to_the_plain_one(engines):

@@ -148,6 +148,13 @@ def test_each_stage_key_moves_with_what_it_reads(tmp_path):
     assert {s: stage_key(other, s) for s in keys} == keys
     other = smoke(tmp_path, "pipeline.batch_size=512")
     assert {s for s in keys if stage_key(other, s) != keys[s]} == {"router"}
+    # Sharding the training (FSDP) trains what DDP trains (test_train): how, not what, so no key moves.
+    other = smoke(tmp_path, "train.fsdp=true")
+    assert {s: stage_key(other, s) for s in keys} == keys
+    from pseudocot.freshness import grpo_key, writer_key
+
+    other = smoke(tmp_path, "grpo.train.fsdp=true", "writer.train.fsdp=true", "grpo.train.fsdp_cpu_offload=true")
+    assert (grpo_key(other), writer_key(other)) == (grpo_key(cfg), writer_key(cfg))
     # The data files' content: every training stage moves.
     train = RunLayout.of(cfg).split("train")
     train.write_text(train.read_text() + train.read_text().splitlines(keepends=True)[0].replace('"id": "', '"id": "x'))

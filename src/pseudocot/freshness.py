@@ -20,22 +20,42 @@ a new `run.seed`, `pseudocot finetune` trains again instead of skipping or resum
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-from pseudocot.config.loader import to_dict
-from pseudocot.config.schema import Config, DistillStageConfig, EvalTaskConfig, GeneratorConfig, ModelSpec, PipelineConfig, SystemConfig
+from pseudocot.config.schema import Config, DistillStageConfig, EvalTaskConfig, ModelSpec, PipelineConfig, SystemConfig
 from pseudocot.layout import METRICS, RunLayout
 
 _MIB = 1 << 20
 
 
+def key_data(value: Any) -> Any:
+    """A config section as the plain data of a key: `dataclasses.asdict` but for the fields declared `repr=False`,
+    which say how a stage runs and not what it computes (`train.fsdp`: FSDP trains what DDP trains). A section nested
+    in other plain data goes into `digest` by its repr, which leaves them out as well. Anything else as it is."""
+    if not (dataclasses.is_dataclass(value) and not isinstance(value, type)):
+        return value
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v) if f.repr}
+        if isinstance(v, (list, tuple)):
+            return type(v)(plain(x) for x in v)
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return copy.deepcopy(v)
+
+    return plain(value)
+
+
 def digest(value: Any) -> str:
     """A short stable hash of plain data (dataclasses included)."""
-    blob = json.dumps(to_dict(value), sort_keys=True, default=str).encode()
+    blob = json.dumps(key_data(value), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -128,7 +148,7 @@ def pipeline_settings(p: PipelineConfig, reader: str) -> dict[str, Any]:
     - `traces`: forced traces (the router's training data): every setting but the runtime ones;
     - `eval`: answers in a chosen mode: the traces' settings plus the mode and threshold.
     """
-    d = to_dict(p)
+    d = key_data(p)
     if reader == "base":
         return {k: d[k] for k in _BASE_PROMPTS}
     if reader == "ttm":
@@ -209,7 +229,7 @@ def ttm_thoughts_key(cfg: Config) -> str:
 def distill_stage_key(cfg: Config, stage: DistillStageConfig, teacher: str | os.PathLike[str]) -> str:
     """The key of one distillation stage, given the folder of its teacher (stage i-1's student)."""
     layout = RunLayout.of(cfg)
-    common = {k: v for k, v in to_dict(cfg.distill).items() if k not in ("teacher", "stages", "ce_only_baseline")}
+    common = {k: v for k, v in key_data(cfg.distill).items() if k not in ("teacher", "stages", "ce_only_baseline")}
     return digest({
         "stage": "distill", "own": stage, "distill": common, "seed": cfg.run.seed,
         "teacher": model_fingerprint(teacher)
@@ -238,7 +258,7 @@ def synth_generation_key(cfg: Config) -> str:
     teacher = None
     if t is not None:
         runtime = ("concurrency", "max_retries", "timeout_seconds", "api_key_env") + (() if t.path else ("batch_size",))
-        teacher = {k: v for k, v in to_dict(t).items() if k not in runtime}
+        teacher = {k: v for k, v in key_data(t).items() if k not in runtime}
     return digest({"stage": "synth-candidates", "teacher": teacher, "weights": model_fingerprint(t.path) if t and t.path else None,
                    "prompt": [s.prompt, s.system_prompt], "sampling": [s.temperature, s.top_p, s.max_new_tokens, s.stop, s.seed],
                    "chunk": s.chunk_questions if t and t.path else None})
@@ -254,7 +274,7 @@ def questions_generation_key(cfg: Config, retry: bool = False) -> str:
         runtime = ("concurrency", "max_retries", "timeout_seconds", "api_key_env") + (() if t.path else ("batch_size",))
         # the run's own writer is its weights (below), wherever the run folder is (a copied run keeps its replies)
         runtime += ("path",) if cfg.writer.enabled else ()
-        teacher = {k: v for k, v in to_dict(t).items() if k not in runtime}
+        teacher = {k: v for k, v in key_data(t).items() if k not in runtime}
     sampling = [d.retry_temperature if retry else s.temperature, s.top_p, s.max_new_tokens, s.stop, s.seed + (1 if retry else 0)]
     return digest({"stage": "questions-replies", "retry": retry, "teacher": teacher,
                    "weights": model_fingerprint(t.path) if t and t.path else None,
@@ -275,7 +295,7 @@ def writer_key(cfg: Config) -> str:
     w, d, a = cfg.writer, cfg.synth.documents, cfg.data.arith
     stories = [a.max_steps, a.step_weights, a.max_operand, a.max_value, a.operations]  # what `arith.stories` reads
     own_tokenizer = not (w.model.path or w.model.tokenizer)  # a preset's, trained on the pairs
-    return digest({"stage": "writer", "own": {k: v for k, v in to_dict(w).items() if k != "batch_size"},
+    return digest({"stage": "writer", "own": {k: v for k, v in key_data(w).items() if k != "batch_size"},
                    "prompt": [d.prompt, d.items_per_chunk, cfg.synth.system_prompt],
                    "pairs": file_fingerprint(w.pairs) if w.pairs else [stories, documents_fingerprint(cfg), d.text_field],
                    "weights": model_fingerprint(w.model.path),
@@ -297,7 +317,7 @@ def questions_key(cfg: Config) -> str:
     judge = s.judge if "judge" in s.documents.checks else None
     return digest({"stage": "questions", "own": s.documents, "shard": questions_shard_key(cfg),
                    "format": [s.min_steps, s.max_steps, s.max_step_chars],
-                   "judge": [to_dict(judge), model_fingerprint(judge.path) if judge.path else None, s.judge_prompt] if judge else None})
+                   "judge": [key_data(judge), model_fingerprint(judge.path) if judge.path else None, s.judge_prompt] if judge else None})
 
 
 def synth_questions_fingerprint(cfg: Config) -> str | None:
@@ -321,7 +341,7 @@ def grpo_key(cfg: Config) -> str:
     code is not in it."""
     layout = RunLayout.of(cfg)
     g, task = cfg.grpo, cfg.task_of("grpo")
-    return digest({"stage": "grpo", "own": {k: v for k, v in to_dict(g).items() if k not in ("enabled", "task")},
+    return digest({"stage": "grpo", "own": {k: v for k, v in key_data(g).items() if k not in ("enabled", "task")},
                    "seed": cfg.run.seed if g.seed is None else None, "task": task.identity(),
                    "pipeline": pipeline_settings(cfg.pipeline, "traces" if g.target == "ttm" else "base"),
                    "data": file_fingerprint(g.train_file or layout.split("train")),
@@ -351,25 +371,36 @@ def eval_task_key(task: EvalTaskConfig, data: str | os.PathLike[str], max_questi
 def eval_system_key(cfg: Config, system: SystemConfig) -> str:
     """The key of a system's answers: its settings, the pipeline settings it answers with, and the
     content of its models (the generation cache is kept per this key)."""
-    settings = {k: v for k, v in to_dict(system).items() if k not in ("name", "parameters", "model", "base", "ttm")}
+    settings = _system_settings(system)
     if system.kind == "pipeline":
         scfg = cfg.for_system(system)
         where = RunLayout.of(scfg)
         settings.update(pipeline=pipeline_settings(scfg.pipeline, "eval"), fingerprints={
             "base": pipeline_model(where, "base"), "ttm": pipeline_model(where, "ttm") if system.mode != "never" else None,
             "router": model_fingerprint(where.router) if system.mode in ("router", "depth") else None})
-    else:
-        settings.update(model=generator_identity(system.generator()))
+    elif system.generator().path:
+        g = system.generator()
+        settings.update(fingerprints={"model": model_fingerprint(g.path), "adapter": model_fingerprint(g.adapter),
+                                      **({"tokenizer": model_fingerprint(g.tokenizer)} if g.tokenizer else {})})
     return digest(settings)
 
 
-def generator_identity(spec: GeneratorConfig) -> dict[str, Any]:
-    """What decides the text a `GeneratorConfig` writes, for a key: its settings but how requests are sent and how many
-    prompts go together, and the contents of its local folders (an endpoint's weights are the server's to say)."""
-    runtime = ("concurrency", "max_retries", "timeout_seconds", "api_key_env", "batch_size")
-    own = {k: v for k, v in to_dict(spec).items() if k not in runtime + ("path", "adapter", "tokenizer")}
-    return {**own, "path": model_fingerprint(spec.path), "adapter": model_fingerprint(spec.adapter),
-            "tokenizer": model_fingerprint(spec.tokenizer)}
+_GENERATOR_DEFAULTS = {"dtype": "auto", "trust_remote_code": False, "tokenizer": None, "extra_body": {}}
+"""What else of a `kind: model` system's `GeneratorConfig` shapes its answers, at the values the older system kinds
+(`hf`, `openai`) always had: a key names them only away from these."""
+
+
+def _system_settings(system: SystemConfig) -> dict[str, Any]:
+    """A system's settings for its key, laid out as they were when a system was of kind pipeline (its base model in
+    `model`), hf or openai (`model`, `adapter`, `base_url`, `chat` beside the rest), so the generation caches of runs
+    evaluated then keep their keys. How requests are sent (concurrency, retries, API key) is not in it."""
+    own = {k: v for k, v in key_data(system).items() if k not in ("name", "parameters", "base", "model")}
+    if system.kind == "pipeline":
+        return {**own, "model": key_data(system.base), "adapter": None, "base_url": None, "chat": True}
+    g = system.generator()
+    more = {k: v for k, v in key_data(g).items() if k in _GENERATOR_DEFAULTS and v != _GENERATOR_DEFAULTS[k]}
+    return {**own, "kind": "hf" if g.path else "openai", "model": g.path or g.model, "adapter": g.adapter,
+            "base_url": g.base_url, "chat": g.chat, **({"generator": more} if more else {})}
 
 
 def data_key(cfg: Config) -> str:
@@ -381,7 +412,7 @@ def synth_key(cfg: Config) -> str:
     """The key of the synth stage: its section (not how it is sharded, nor who writes: the candidates' key says
     that), its candidates' key, the task that scores them, the questions and a local judge's weights."""
     task = cfg.task_of("synth")
-    own = {k: v for k, v in to_dict(cfg.synth).items() if k not in ("shard", "teacher", "documents")}
+    own = {k: v for k, v in key_data(cfg.synth).items() if k not in ("shard", "teacher", "documents")}
     judge = cfg.synth.judge
     return digest({"stage": "synth", "own": own, "candidates": synth_generation_key(cfg),
                    "task": task.identity(), "questions": synth_questions_fingerprint(cfg),
@@ -405,7 +436,7 @@ def router_key(cfg: Config) -> str:
     # their keys (and are not trained again) while a router that uses them gets a key of its own.
     unused = {"task"} | {k for k, default in ROUTER_SETTINGS_ADDED.items() if getattr(cfg.router, k) == default}
     return digest({"stage": "router", "traces": router_traces_key(cfg),
-                   "router": {k: v for k, v in to_dict(cfg.router).items() if k not in unused}})
+                   "router": {k: v for k, v in key_data(cfg.router).items() if k not in unused}})
 
 
 ROUTER_SETTINGS_ADDED = {"target_flops_rate": 0.5, "reads": "answer", "labels": "helps", "select": "last"}
@@ -415,7 +446,7 @@ ROUTER_SETTINGS_ADDED = {"target_flops_rate": 0.5, "reads": "answer", "labels": 
 def eval_key(cfg: Config) -> str:
     """The key of the eval stage: its settings, each task's key and each system's key."""
     layout = RunLayout.of(cfg)
-    own = {k: v for k, v in to_dict(cfg.eval).items() if k not in ("tasks", "systems", "shard", "out")}
+    own = {k: v for k, v in key_data(cfg.eval).items() if k not in ("tasks", "systems", "shard", "out")}
     return digest({"stage": "eval", "eval": own,
                    "tasks": [eval_task_key(t, layout.eval_task_data(t.data), cfg.eval.max_questions) for t in cfg.eval.tasks],
                    "systems": [eval_system_key(cfg, s) for s in cfg.eval.systems]})

@@ -48,12 +48,12 @@ class TrainConfig(Section):
     result there). true on a CPU needs AVX512-BF16 or AMX and a bf16 matmul measured faster; elsewhere it is refused."""
     gradient_checkpointing: bool = False
     """Trade compute for memory on large models."""
-    fsdp: bool = False
+    fsdp: bool = field(default=False, repr=False)  # repr=False: in no freshness key (`freshness.key_data`)
     """Shard the trained model's weights, gradients and optimizer state across the ranks of `torchrun` / `accelerate
     launch` (PyTorch FSDP2, one unit per decoder layer, a full state dict saved from rank 0); a distillation teacher
     stays whole on each rank. GPUs and CPU processes (gloo) alike; not with on-policy distillation. README "Training
     sharded" has the memory plan."""
-    fsdp_cpu_offload: bool = False
+    fsdp_cpu_offload: bool = field(default=False, repr=False)
     """With `fsdp`: keep the sharded parameters and optimizer state in CPU memory between uses (slower; for a model
     whose states do not fit the GPUs)."""
     group_by_length: bool = False
