@@ -30,8 +30,9 @@ browser:
 
 # The tests that train or check precision, run a second time as on a CPU with fast bf16 (the probe answers yes):
 # nothing but train.bf16=true may turn autocast on there, and every tolerance must still hold. (SmolLM2's tests
-# that only generate or evaluate are left out: no training step, so no precision choice; so is the FSDP-against-DDP
-# test, two float32 runs the probe changes neither of, while the DDP run under torchrun stays in.)
+# that only generate or evaluate are left out: no training step, so no precision choice. So are the tests that train
+# in subprocesses (killed and resumed, torchrun, FSDP against DDP): each compares two runs under the same precision,
+# and the probe leaves both at float32, as the in-process tests of the pass check.)
 BF16_TESTS := tests/test_dtype.py tests/test_train.py tests/test_onpolicy.py tests/test_losses.py tests/test_teacher_writes.py \
 	tests/test_real_model.py::test_two_lora_steps_on_real_module_names \
 	tests/test_real_model.py::test_chunked_loss_equals_plain_loss_on_real_logits \
@@ -63,7 +64,7 @@ llama-server: install build-tools
 # llama.cpp tests.
 test: lint browser llama-server
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not llamacpp"
-	HF_HUB_OFFLINE=1 PSEUDOCOT_TEST_CPU_BF16=1 $(BIN)/python -m pytest -q -p no:cacheprovider -k "not fsdp_on_two_cpu" $(BF16_TESTS)
+	HF_HUB_OFFLINE=1 PSEUDOCOT_TEST_CPU_BF16=1 $(BIN)/python -m pytest -q -p no:cacheprovider -k "not sigkill and not torchrun and not fsdp_on_two_cpu" $(BF16_TESTS)
 	HF_HUB_OFFLINE=1 $(OTHER_KERNELS) $(BIN)/python -m pytest -q -p no:cacheprovider -k "not sigkill and not torchrun" $(KERNEL_TESTS)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m llamacpp
 

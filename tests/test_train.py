@@ -42,6 +42,7 @@ from pseudocot.train.setup import training_args
 
 REPO = Path(__file__).resolve().parents[1]
 DDP_SCRIPT = Path(__file__).parent / "ddp" / "distill_writes.py"
+STAGES_SCRIPT = Path(__file__).parent / "ddp" / "train_stages.py"
 
 TEACHER_STEPS = 8
 STAGE_STEPS = 4
@@ -848,49 +849,40 @@ def test_fsdp_sets_fsdp2_fields_and_refuses_what_a_cpu_cannot_do(tmp_path):
         load_config("smoke", ["train.fsdp=true", "distill.stages=[{student: {preset: tiny-xs}, on_policy: 0.5}]"])
 
 
-def _torchrun(out_dir: Path, command: str, *overrides: str) -> None:
-    """`pseudocot COMMAND` on the small smoke run in `out_dir`, in two CPU processes under torchrun."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "pseudocot", command, "-c", "smoke", f"run.out_dir={out_dir}", *SMALL,
-           *overrides]
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
-
-
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
-@pytest.mark.parametrize("stage", ["finetune-lora", "distill"])
-def test_fsdp_on_two_cpu_processes_shards_the_model_and_trains_what_ddp_trains(prepared, tmp_path, stage):
+def test_fsdp_on_two_cpu_processes_shards_the_model_and_trains_what_ddp_trains(prepared, tmp_path):
     """`train.fsdp` under torchrun on a CPU: each process holds half of the student's parameters (FSDP2 over gloo),
     rank 0 saves the whole model (or adapter, and the merged model), and it is what DDP trains from the same seed and
-    data.
+    data. Two stages in one process group: LoRA fine-tuning of a pretrained model (the prepared run's teacher stands
+    in for one), with merge, and a distillation stage that trains a whole model against its online teacher.
 
     With two processes, both average the same two gradients (a sum of two numbers does not depend on its order, and
     halving is exact); only the norm that clipping divides by is summed in another order, a relative error near 1e-7.
     So the weights agree to a few float32 steps, not exactly."""
-    command, *args = {
-        # LoRA on a pretrained model (the prepared run's teacher stands in for one); distill trains a whole model.
-        "finetune-lora": ["finetune", f"base.model.path={prepared.run_dir / 'teacher'}", "base.model.preset=null",
-                          "base.method=lora", "base.merge=true"],
-        "distill": ["distill", one_stage(STAGE_STEPS), "distill.ce_only_baseline=false", "distill.mode=online"],
-    }[stage]
-    folder = Path("distill") / "stage-1" if stage == "distill" else Path("base")
-    files = ["adapter_model.safetensors", "merged/model.safetensors"] if stage == "finetune-lora" else ["model.safetensors"]
+    overrides = [f"base.model.path={prepared.run_dir / 'teacher'}", "base.model.preset=null", "base.method=lora",
+                 "base.merge=true", one_stage(STAGE_STEPS), "distill.ce_only_baseline=false", "distill.mode=online"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     runs = {}
     for fsdp in (True, False):
         out_dir = copy_run(prepared, tmp_path / f"fsdp-{fsdp}", ("data", "tokenizer", "teacher"))
-        _torchrun(out_dir, command, *args, f"train.fsdp={str(fsdp).lower()}")
-        runs[fsdp] = out_dir / prepared.run_dir.name / folder
-    sharded, ddp = (read_json(runs[f] / "metrics.json") for f in (True, False))
-    assert sharded["fsdp"]["processes"] == 2 and abs(sharded["fsdp"]["parameter_share"] - 0.5) < 0.01
-    assert "fsdp" not in ddp
-    assert sharded["steps"] == ddp["steps"] > 0
-    assert sharded["train_loss"] == pytest.approx(ddp["train_loss"], rel=1e-5)
-    assert sharded["val_loss"] == pytest.approx(ddp["val_loss"], rel=1e-5)
-    for file in files:
-        a, b = load_file(runs[True] / file), load_file(runs[False] / file)
-        assert a.keys() == b.keys()  # a tied head is saved once, as an unsharded model saves it
-        for name in a:
-            torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=f"{file}: {name}")
-    assert not [p.name for p in runs[True].iterdir() if p.is_file() and p.suffix in PICKLE_SUFFIXES]
-    AutoModelForCausalLM.from_pretrained(runs[True] / Path(files[-1]).parent)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), str(STAGES_SCRIPT), "smoke", f"run.out_dir={out_dir}", *SMALL,
+               *overrides, f"train.fsdp={str(fsdp).lower()}"]
+        result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
+        runs[fsdp] = out_dir / prepared.run_dir.name
+    for folder, files in ((Path("base"), ["adapter_model.safetensors", "merged/model.safetensors"]),
+                          (Path("distill") / "stage-1", ["model.safetensors"])):
+        sharded, ddp = (read_json(runs[f] / folder / "metrics.json") for f in (True, False))
+        assert sharded["fsdp"]["processes"] == 2 and abs(sharded["fsdp"]["parameter_share"] - 0.5) < 0.01
+        assert "fsdp" not in ddp
+        assert sharded["steps"] == ddp["steps"] > 0
+        assert sharded["train_loss"] == pytest.approx(ddp["train_loss"], rel=1e-5)
+        assert sharded["val_loss"] == pytest.approx(ddp["val_loss"], rel=1e-5)
+        for file in files:
+            a, b = load_file(runs[True] / folder / file), load_file(runs[False] / folder / file)
+            assert a.keys() == b.keys()  # a tied head is saved once, as an unsharded model saves it
+            for name in a:
+                torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=f"{folder / file}: {name}")
+        assert not [p.name for p in (runs[True] / folder).iterdir() if p.is_file() and p.suffix in PICKLE_SUFFIXES]
+        AutoModelForCausalLM.from_pretrained(runs[True] / folder / Path(files[-1]).parent)

@@ -258,7 +258,8 @@ def logprob_lists(logprobs: Any) -> tuple[list[float | None], list[dict[str, flo
         top = [dict(t) for t in logprobs.get("top_logprobs") or [] if isinstance(t, dict)]
         return list(logprobs["token_logprobs"]), top
     content = [t for t in logprobs.get("content") or [] if isinstance(t, dict)]
-    top = [{x["token"]: x["logprob"] for x in t["top_logprobs"]} for t in content if t.get("top_logprobs")]
+    top = [{str(x.get("token")): x["logprob"] for x in t["top_logprobs"] if isinstance(x, dict) and x.get("logprob") is not None}
+           for t in content if t.get("top_logprobs")]
     return [t.get("logprob") for t in content], top
 
 

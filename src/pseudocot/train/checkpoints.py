@@ -106,7 +106,9 @@ def save_result(model: Any, tokenizer: Any, out: Path, merge: bool = False,
     if dtype is not None:  # a sharded model runs only with every rank: read the saved one back (merged)
         from pseudocot.models.lora import load_trained
 
-        model = load_trained(out, device=str(model.device), dtype=dtype, trust_remote_code=False)
+        # A model whose config maps to its own code (`auto_map`) was loaded for training with trust_remote_code.
+        custom = bool(getattr(getattr(model, "config", None), "auto_map", None))
+        model = load_trained(out, device=str(model.device), dtype=dtype, trust_remote_code=custom)
         if merge:
             model.save_pretrained(merged_dir(out))
             tokenizer.save_pretrained(merged_dir(out))
