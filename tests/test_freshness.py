@@ -184,3 +184,23 @@ def test_digest_is_stable_and_order_free():
     assert digest({"x": 1, "y": [1, 2]}) == digest({"y": [1, 2], "x": 1})
     assert digest({"x": 1}) != digest({"x": 2})
     assert len(digest(load_config("demo"))) == 16
+
+
+def test_the_demo_configs_keys_do_not_move_unnoticed():
+    """A key that moves makes every run made before train, write or answer again. These are the demo config's keys
+    (with an endpoint as synth teacher and judge, the run folder at a path that does not exist) as they have been since
+    commit 809d28f; a change that means to move one updates it here and says why. (Adding `train.fsdp` once moved every
+    training key unnoticed; a field that changes how a stage runs but not what it computes is `repr=False`.)"""
+    import pseudocot.freshness as f
+
+    cfg = load_config("demo", ["run.out_dir=/nonexistent/pinned", "synth.enabled=true",
+                               "synth.teacher={base_url: 'http://127.0.0.1:9/v1', model: r1}",
+                               "synth.judge={base_url: 'http://127.0.0.1:9/v1', model: j}"])
+    keys = {"data": f.data_key(cfg), "teacher": f.finetune_key(cfg, "teacher"), "base": f.finetune_key(cfg, "base"),
+            "synth candidates": f.synth_generation_key(cfg), "synth": f.synth_key(cfg), "grpo": f.grpo_key(cfg),
+            "writer": f.writer_key(cfg), "questions replies": f.questions_generation_key(cfg), "router": f.router_key(cfg),
+            "systems": [f.eval_system_key(cfg, s) for s in cfg.eval.systems]}
+    assert keys == {"data": "cc654e68d7f9a7d7", "teacher": "37867c49bad08918", "base": "02e858901225bb14",
+                    "synth candidates": "04daeacfed4b4468", "synth": "510f99c5177ebd9a", "grpo": "e4a2e11ffc7e4a96",
+                    "writer": "9383229d4ec7c397", "questions replies": "7f3106002469120f", "router": "ddbd5e73cc5ca7fa",
+                    "systems": ["0afecb61095eceb6", "6fb7d795b9e4eceb", "fe3943eb1498833e"]}

@@ -53,6 +53,19 @@ def key_data(value: Any) -> Any:
     return plain(value)
 
 
+def generator_key(spec: Any) -> dict[str, Any] | None:
+    """A `GeneratorConfig` (or None) as keys have named it since before `adapter` existed and while `extra_body` held
+    `add_special_tokens: false` by default (now added where the text is chat-rendered), so a teacher's or judge's
+    cached outputs keep their keys: `adapter` only when set, `extra_body` over that old default."""
+    if spec is None:
+        return None
+    d = key_data(spec)
+    if d.get("adapter") is None:
+        d.pop("adapter", None)
+    d["extra_body"] = {"add_special_tokens": False, **(d.get("extra_body") or {})}
+    return d
+
+
 def digest(value: Any) -> str:
     """A short stable hash of plain data (dataclasses included)."""
     blob = json.dumps(key_data(value), sort_keys=True, default=str).encode()
@@ -258,7 +271,7 @@ def synth_generation_key(cfg: Config) -> str:
     teacher = None
     if t is not None:
         runtime = ("concurrency", "max_retries", "timeout_seconds", "api_key_env") + (() if t.path else ("batch_size",))
-        teacher = {k: v for k, v in key_data(t).items() if k not in runtime}
+        teacher = {k: v for k, v in generator_key(t).items() if k not in runtime}
     return digest({"stage": "synth-candidates", "teacher": teacher, "weights": model_fingerprint(t.path) if t and t.path else None,
                    "prompt": [s.prompt, s.system_prompt], "sampling": [s.temperature, s.top_p, s.max_new_tokens, s.stop, s.seed],
                    "chunk": s.chunk_questions if t and t.path else None})
@@ -274,7 +287,7 @@ def questions_generation_key(cfg: Config, retry: bool = False) -> str:
         runtime = ("concurrency", "max_retries", "timeout_seconds", "api_key_env") + (() if t.path else ("batch_size",))
         # the run's own writer is its weights (below), wherever the run folder is (a copied run keeps its replies)
         runtime += ("path",) if cfg.writer.enabled else ()
-        teacher = {k: v for k, v in key_data(t).items() if k not in runtime}
+        teacher = {k: v for k, v in generator_key(t).items() if k not in runtime}
     sampling = [d.retry_temperature if retry else s.temperature, s.top_p, s.max_new_tokens, s.stop, s.seed + (1 if retry else 0)]
     return digest({"stage": "questions-replies", "retry": retry, "teacher": teacher,
                    "weights": model_fingerprint(t.path) if t and t.path else None,
@@ -317,7 +330,7 @@ def questions_key(cfg: Config) -> str:
     judge = s.judge if "judge" in s.documents.checks else None
     return digest({"stage": "questions", "own": s.documents, "shard": questions_shard_key(cfg),
                    "format": [s.min_steps, s.max_steps, s.max_step_chars],
-                   "judge": [key_data(judge), model_fingerprint(judge.path) if judge.path else None, s.judge_prompt] if judge else None})
+                   "judge": [generator_key(judge), model_fingerprint(judge.path) if judge.path else None, s.judge_prompt] if judge else None})
 
 
 def synth_questions_fingerprint(cfg: Config) -> str | None:
@@ -414,6 +427,7 @@ def synth_key(cfg: Config) -> str:
     task = cfg.task_of("synth")
     own = {k: v for k, v in key_data(cfg.synth).items() if k not in ("shard", "teacher", "documents")}
     judge = cfg.synth.judge
+    own["judge"] = generator_key(judge)
     return digest({"stage": "synth", "own": own, "candidates": synth_generation_key(cfg),
                    "task": task.identity(), "questions": synth_questions_fingerprint(cfg),
                    "judge": model_fingerprint(judge.path) if judge and judge.path else None})
