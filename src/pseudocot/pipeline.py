@@ -664,11 +664,12 @@ class Pipeline:
             t.seconds += c.seconds
             if self._needs_features(b):
                 changed = len(t.answers) > 1 and t.answers[-2].final != final
-                shown = [x for x in t.thoughts if not x.rejected]  # the thoughts in this answer's context
                 t.features.append(StepInput(  # inputs no router reads are not computed
                     t.question, len(t.answers) - 1, c, changed,
                     thought_features(t.question, b.thoughts[i], final) if self._reads(b, "thought") else None,
-                    last_thought_logprobs(shown) if self._reads(b, "thought_logprobs") else None))
+                    # of the thoughts in this answer's context (`Trace.shown_thoughts`: all but a rejected one)
+                    last_thought_logprobs([x for x in t.thoughts if not x.rejected])
+                    if self._reads(b, "thought_logprobs") else None))
         if self._selects(b):
             assert self.router is not None
             for i, s in zip(ids, self.router.answer_scores([b.traces[i].features[-1] for i in ids])):
