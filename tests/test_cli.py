@@ -299,6 +299,14 @@ def test_demo_smoke_end_to_end(tmp_path):
         assert {"delta", "ci95", "p_value"} <= set(c)
     wall = results["run_wall_seconds"]
     assert wall["total"] > 0 and set(wall["stages"]) >= {"data", "teacher", "distill", "base", "router", "eval"}
+    # where each number came from: the models the systems read, with their precision and machine, in the report too
+    trained = {m["role"]: m for m in results["trained_on"].values()}
+    assert set(trained) == {"base", "ttm", "router"}
+    assert trained["base"]["precision"] == {"autocast": None, "weights": ["float32"], "trainable": ["float32"]}
+    assert trained["base"]["environment"]["threads"] == "1"  # trained in the second process, one thread
+    assert results["environment"]["packages"]["transformers"] == results["systems"]["never"]["answered_on"]["transformers"]
+    report = (run / "eval" / "report.md").read_text()
+    assert "## Machine" in report and "| base: `base` | fp32 |" in report and "| router: `router` | – |" in report
     assert "report:" in proc.stdout
     # Everything is complete: a second run skips every stage.
     again = subprocess.run([sys.executable, "-m", "pseudocot", "demo", "--preset", "smoke", f"run.out_dir={tmp_path}"],

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from pseudocot.config import load_config
@@ -50,6 +51,7 @@ def test_router_stage_trains_and_saves(run, monkeypatch):
     assert any(p["accuracy"] == val["router"]["accuracy"] and p["call_rate"] == val["router"]["call_rate"] for p in curve)
     assert val["oracle"]["accuracy"] >= max(val["always"]["accuracy"], val["router"]["accuracy"])
     assert info["train"]["questions"] == 60 and info["train"]["rows"] > 0
+    assert info["environment"]["packages"]["torch"] == torch.__version__
 
     # Done for this config: a second call neither collects nor trains.
     monkeypatch.setattr(router_stage, "collect", lambda *a, **k: pytest.fail("collected again"))

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import transformers
 from click.testing import CliRunner
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -138,6 +139,8 @@ def test_finetune_teacher_full_writes_a_loadable_model(prepared, run_tokenizer):
     assert metrics["resumed_from"] is None
     assert finite(metrics["val_loss"]) and finite(metrics["train_loss"])
     assert {k: v for k, v in metrics.items() if k != "key"} == prepared.teacher_metrics
+    assert metrics["precision"] == {"autocast": None, "weights": ["float32"], "trainable": ["float32"]}
+    assert metrics["environment"]["packages"]["transformers"] == transformers.__version__
 
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)

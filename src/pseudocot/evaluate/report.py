@@ -222,6 +222,53 @@ def _questions_section(q: dict[str, Any]) -> list[str]:
     return out
 
 
+def _precision(p: dict[str, Any] | None) -> str:
+    """A stage's `precision` record as a few words: `fp32`, `fp32, bf16 autocast`, `bfloat16 + uint8 weights`."""
+    if not p:
+        return "–"
+    weights = [w.replace("float32", "fp32") for w in p.get("weights") or []]
+    text = " + ".join(weights) + (" weights" if weights != ["fp32"] else "")
+    return text + (f", {p['autocast']} autocast" if p.get("autocast") else "")
+
+
+MACHINE_COLUMNS = ("machine", "threads", "variables", "torch", "transformers", "trl", "peft", "accelerate", "pseudocot")
+
+
+def _machine_section(results: Sequence[dict[str, Any]], names: Sequence[str]) -> list[str]:
+    """Where the numbers came from: the process that wrote each results file, any system whose answers were
+    generated in another environment (a shard, an older commit's cache), and every trained model folder read."""
+    from pseudocot.models.environment import summary
+
+    body = []
+    for r, label in zip(results, _labels(results, names)):
+        own = summary(r.get("environment"))
+        if not own:
+            continue  # a results file written before environments were recorded
+        prefix = f"{label}: " if len(results) > 1 else ""
+        body.append([f"{prefix}evaluation", "–", *(own[c] for c in MACHINE_COLUMNS)])
+        seen = set()
+        for t in r["tasks"].values():
+            for name, s in t["systems"].items():
+                other = s.get("answered_on")
+                if other and other != own and name not in seen:
+                    seen.add(name)
+                    body.append([f"{prefix}answers of {name}", "–", *(other.get(c, "–") for c in MACHINE_COLUMNS)])
+        for path, m in (r.get("trained_on") or {}).items():
+            env = m.get("environment") or {}
+            body.append([f"{prefix}{m.get('role')}: `{Path(path).name}`", _precision(m.get("precision")),
+                         *(env.get(c, "–") for c in MACHINE_COLUMNS)])
+    if not body:
+        return []
+    return ["## Machine", "",
+            "What each number was computed on: the process that scored the answers, any system whose answers were "
+            "generated elsewhere (another shard, a cache written by another commit), and every trained model the "
+            "systems read, with the precision it trained in. Results move with the CPU (its vector ISA, bf16 "
+            "instructions) and library versions; the full records are `environment` in results.json, each model's "
+            "metrics.json and router.json.", "",
+            _md_table(["What", "Precision", "Machine", "Threads", "Variables", "torch", "transformers", "trl", "peft",
+                       "accelerate", "pseudocot"], body, ["l"] * 4 + ["r"] + ["l"] * 6), ""]
+
+
 def render_markdown(results: Sequence[dict[str, Any]], names: Sequence[str], figures: Sequence[str]) -> str:
     rows = table_rows(results, names)
     comps = comparison_rows(results, names)
@@ -286,6 +333,8 @@ def render_markdown(results: Sequence[dict[str, Any]], names: Sequence[str], fig
                  f"[{100 * c['ci_low']:+.1f}, {100 * c['ci_high']:+.1f}]", _p(c["p_value"]), f"{c['a_only']} / {c['b_only']}"]
                 for c in comps]
         out += [_md_table(header, body, ["l", "l", "r", "r", "r", "r"]), ""]
+
+    out += _machine_section(results, names)
 
     if figures:
         captions = {"accuracy.png": "Accuracy per system with 95% intervals.",

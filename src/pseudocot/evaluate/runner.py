@@ -30,8 +30,10 @@ results.json
       "wall_seconds": float,                  # generation wall time, every system and task summed
       "tasks": {TASK: {"data": PATH, "n_questions": int, "extraction": NAME,
                        "systems": {SYSTEM: METRICS}, "comparisons": {...}}},
-      "settings": {"seeds": [...], "n_boot": int, "max_questions": int|null, "shards": [...]}
-    }
+      "settings": {"seeds": [...], "n_boot": int, "max_questions": int|null, "shards": [...]},
+      "environment": ENVIRONMENT,             # the process that wrote this file (`models.environment`)
+      "trained_on": {FOLDER: {"role": ROLE, "precision": {...}|null, "environment": SUMMARY}}
+    }                                         # every model folder the systems read that records its training
 
 METRICS (see `evaluate.results`): kind, mode, models, n, seeds, sampled, accuracy, ci95 [low, high],
 accuracy_per_seed, accuracy_std, extraction, accuracy_by_extraction, bleu, rougeL, reasoning_n,
@@ -40,7 +42,9 @@ generated_tokens_per_question, generated_tokens_per_question_by_model,
 processed_tokens_per_question_by_model, seconds_per_question, wall_seconds, parameters {per model, total}
 or null, flops_per_question (estimated forward FLOPs, `pseudocot.cost`; null where a parameter count or the
 processed tokens are unknown), router_curve (router mode, the validation
-threshold sweep from router.json) or absent, predictions and traces (paths relative to results.json).
+threshold sweep from router.json) or absent, answered_on (the `environment.summary` of the process that
+generated the answers, or null for answers cached before it was recorded), predictions and traces (paths relative
+to results.json).
 COMPARISON: a, b, delta (accuracy A - B), ci95, p_value (exact McNemar), test, a_only, b_only,
 p_bootstrap, n. So `results["systems"]["router"]["accuracy"]` and
 `results["comparisons"]["router_vs_never"]["p_value"]` are the headline numbers.
@@ -61,8 +65,10 @@ from pseudocot.data.example import Example
 from pseudocot.errors import ConfigError, DataError
 from pseudocot.evaluate.cache import GenerationCache, part_name, read_system_meta, write_system_meta
 from pseudocot.evaluate.systems import SystemEntry
+from pseudocot.files import read_json_object
 from pseudocot.freshness import eval_task_key
-from pseudocot.layout import EvalLayout, RunLayout
+from pseudocot.layout import METRICS, ROUTER_INFO, EvalLayout, RunLayout
+from pseudocot.models.environment import environment, summary
 from pseudocot.progress import progress
 from pseudocot.tasks.registry import task_from
 from pseudocot.tasks.task import Task
@@ -136,7 +142,8 @@ def generate(out: Path, tasks: Sequence[EvalTask], entries: Sequence[SystemEntry
                     continue
                 if system is None:
                     system = entry.build()
-                    write_system_meta(_meta_path(out, entry), {"name": entry.name, "parameters": system.parameters()})
+                    write_system_meta(_meta_path(out, entry), {"name": entry.name, "parameters": system.parameters(),
+                                                               "environment": environment()})
                 chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
                 for chunk in progress(chunks, desc=f"eval {task.name} {entry.name} seed {seed}", unit="chunk",
                                       disable=len(chunks) < 2):
@@ -188,13 +195,14 @@ def build_results(out: Path, tasks: Sequence[EvalTask], entries: Sequence[System
                     for e in task.examples:
                         f.write(json.dumps(first[e.id]["trace"], ensure_ascii=False) + "\n")
                 files["traces"] = str(trace_path)
-            counted = read_system_meta(_meta_path(out, entry)).get("parameters")
+            meta = read_system_meta(_meta_path(out, entry))
+            counted = meta.get("parameters")
             info = {k: v for k, v in entry.info.items() if k != "parameters"}
             parameters = entry.info.get("parameters") or total_parameters(counted)
             processed = m["processed_tokens_per_question_by_model"]
             systems[entry.name] = {**info, "sampled": entry.sampled, **m, "parameters": parameters,
                                    "flops_per_question": flops(processed, parameters) if processed is not None else None,
-                                   **files}
+                                   "answered_on": summary(meta.get("environment")) or None, **files}
             correct[entry.name] = right
             wall += m["wall_seconds"]
         per_task[task.name] = {"data": task.data, "n_questions": len(task.examples),
@@ -208,7 +216,22 @@ def build_results(out: Path, tasks: Sequence[EvalTask], entries: Sequence[System
         "wall_seconds": wall, "tasks": per_task,
         "settings": {"seeds": list(ecfg.seeds), "n_boot": ecfg.n_boot, "max_questions": ecfg.max_questions,
                      "shards": shards},
+        "environment": environment(), "trained_on": trained_on(entries),
     }
+
+
+def trained_on(entries: Sequence[SystemEntry]) -> dict[str, Any]:
+    """Per model folder the systems read (base, TTM, router; a system's own model): how it was trained and on what,
+    from its `metrics.json` or `router.json`; folders without such a record (older runs, engines) are left out."""
+    out: dict[str, Any] = {}
+    for entry in entries:
+        for role, path in (entry.info.get("models") or {}).items():
+            folder = Path(str(path))
+            record = next((read_json_object(f) for f in (folder / METRICS, folder / ROUTER_INFO) if f.is_file()), {})
+            if record.get("environment") and str(path) not in out:
+                out[str(path)] = {"role": role, "precision": record.get("precision"),
+                                  "environment": summary(record["environment"])}
+    return out
 
 
 def describe_run(cfg: Config, entries: Sequence[SystemEntry]) -> str:

@@ -26,6 +26,7 @@ from pseudocot.data.example import Example
 from pseudocot.errors import ConfigError, DataError
 from pseudocot.freshness import read_key, router_chunk, router_key, router_traces_key, write_key
 from pseudocot.layout import KEY_FILE, RunLayout
+from pseudocot.models.environment import environment
 from pseudocot.pipeline import Pipeline, last_thought_logprobs, load_pipeline, read_traces, thought_features, write_traces
 from pseudocot.progress import progress
 from pseudocot.router import calibration, labels, policy
@@ -199,6 +200,7 @@ def main(cfg: Config) -> dict[str, Any]:
         "train": {"questions": len(train_ex), "rows": len(tr_rows), "helps": int(tr_helps.sum()), "hurts": int(tr_hurts.sum())},
         "validation": val,
         "curve": [{"threshold": policy.finite_threshold(t, points), **o.as_dict()} for t, o in points],
+        "environment": environment(),
         "key": key,
     }
     depth = None

@@ -22,8 +22,9 @@ import torch
 from pseudocot.files import atomic_write_text
 from pseudocot.freshness import read_key, write_key
 from pseudocot.layout import KEY_FILE, checkpoints_dir, merged_dir, metrics_file
+from pseudocot.models.environment import environment
 from pseudocot.train.rows import eval_ce
-from pseudocot.train.setup import full_state_dict, shard_share
+from pseudocot.train.setup import full_state_dict, precision, shard_share
 
 
 def _complete_checkpoint(folder: Path) -> bool:
@@ -141,6 +142,7 @@ def train_and_save(trainer: Any, out_dir: Path, key: str, tokenizer: Any, val_ro
         metrics.update(after())
     if getattr(trainer, "is_fsdp_enabled", False):
         metrics["fsdp"] = shard_share(trainer.model)
+    metrics.update(precision=precision(trainer), environment=environment())
     state = full_state_dict(trainer)  # every rank: FSDP gathers the shards
     if is_main_process():
         model = save_result(trainer.model, tokenizer, out_dir, merge=merge, state_dict=state)

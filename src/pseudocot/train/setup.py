@@ -183,6 +183,19 @@ def shard_share(model: Any) -> dict[str, Any]:
     return {"processes": torch.distributed.get_world_size(), "parameter_share": round(local / max(total, 1), 4)}
 
 
+def precision(trainer: Any) -> dict[str, Any]:
+    """How the stage computed: the autocast it trained under (`bf16`, `fp16` or None) and the dtypes of its
+    weights, all and trainable (a 4-bit base with float32 LoRA weights shows both)."""
+    args = trainer.args
+    params = list(trainer.model.parameters())
+
+    def names(ps: Any) -> list[str]:
+        return sorted({str(p.dtype).removeprefix("torch.") for p in ps})
+
+    return {"autocast": "bf16" if args.bf16 else "fp16" if args.fp16 else None,
+            "weights": names(params), "trainable": names(p for p in params if p.requires_grad)}
+
+
 def full_state_dict(trainer: Any) -> dict[str, torch.Tensor] | None:
     """The whole trained model's state dict, gathered from its shards when FSDP trained it (every rank must call
     this: it is a collective; rank 0 gets the tensors, on the CPU); None when the model is not sharded."""
