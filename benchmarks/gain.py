@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from pseudocot.evaluate.metrics import paired_difference
+from pseudocot.models.environment import summary as env_summary
 
 SYSTEMS = ("never", "always", "router")
 TARGETS = {
@@ -98,13 +99,27 @@ def read_run(folder: Path, task: str | None) -> dict[str, Any]:
     results = json.loads((folder / "eval" / "results.json").read_text())
     task = task or results["primary_task"]
     t = results["tasks"][task]
-    out: dict[str, Any] = {"task": task, "wall_seconds": results.get("run_wall_seconds", {}).get("total"), "systems": {}}
+    out: dict[str, Any] = {"task": task, "wall_seconds": results.get("run_wall_seconds", {}).get("total"), "systems": {},
+                           "machines": machines(results)}
     for name, s in t["systems"].items():
         preds = [json.loads(line) for line in (folder / "eval" / s["predictions"]).read_text().splitlines() if line.strip()]
         extraction = s["extraction"]
         out["systems"][name] = {
             "accuracy": s["accuracy"], "ci95": s["ci95"], "calls": s["thought_calls_per_question"],
             "faithfulness": s.get("faithfulness"), "correct": {p["id"]: bool(p["correct"][extraction]) for p in preds}}
+    return out
+
+
+def machines(results: dict[str, Any]) -> list[dict[str, str]]:
+    """The distinct environments a run's numbers came from (`pseudocot.models.environment.summary`): its evaluation
+    and the models it read; threads left out (a stage trained beside another runs one thread by design)."""
+    envs = [env_summary(results.get("environment"))]
+    envs += [m.get("environment") or {} for m in (results.get("trained_on") or {}).values()]
+    out: list[dict[str, str]] = []
+    for env in envs:
+        env = {k: v for k, v in env.items() if k != "threads"}
+        if env and env not in out:
+            out.append(env)
     return out
 
 
@@ -125,7 +140,10 @@ def summary(runs: dict[str, dict[int, dict[str, Any]]], arms: list[str], n_boot:
                            "spread": round(max(acc) - min(acc), 4), "calls": dict(zip(map(str, seeds), calls)),
                            "calls_max": max(calls), "faithfulness": dict(zip(map(str, seeds), faith))}
         wall = [runs[arm][s]["wall_seconds"] for s in seeds]
-        out["arms"][arm] = {"seeds": seeds, "systems": per, "wall_seconds": dict(zip(map(str, seeds), wall))}
+        seen: list[dict[str, str]] = []
+        for s in seeds:
+            seen += [m for m in runs[arm][s]["machines"] if m not in seen]
+        out["arms"][arm] = {"seeds": seeds, "systems": per, "wall_seconds": dict(zip(map(str, seeds), wall)), "machines": seen}
     base = arms[0]
     for arm in arms[1:]:
         diffs: dict[str, Any] = {}
@@ -171,6 +189,13 @@ def markdown(result: dict[str, Any]) -> str:
             rows.append(f"| {arm} | {system} | " + " | ".join(cells) + f" | {100 * s['mean']:.1f} | {100 * s['min']:.1f} | "
                         f"{100 * s['max']:.1f} | {100 * s['spread']:.1f} | {calls} |")
     text = "\n".join(rows)
+    seen = [m for a in result["summary"]["arms"].values() for m in a["machines"]]
+    for m in [m for i, m in enumerate(seen) if m not in seen[:i]]:
+        text += (f"\n\nRan on {m['machine']}; torch {m['torch']}, transformers {m['transformers']}, trl {m['trl']}, "
+                 f"peft {m['peft']}, accelerate {m['accelerate']}; pseudocot {m['pseudocot']}"
+                 + (f"; {m['variables']}" if m["variables"] != "–" else "") + ".")
+    if not seen:
+        text += "\n\nThe runs do not record their machine (made before pseudocot recorded environments)."
     diffs = result["summary"]["differences"]
     if diffs:
         rows = ["| comparison | system | Δ accuracy, all seeds [95% paired interval] | per seed |", "| --- | --- | ---: | --- |"]
