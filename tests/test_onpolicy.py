@@ -158,7 +158,7 @@ def test_on_policy_step_never_holds_full_vocabulary_logits(written, arith_tokeni
     with log:
         loss = trainer.compute_loss(model, batch)
         loss.backward()
-    assert trainer.on_policy_batches == 1 and trainer.teacher_forwards == 1
+    assert trainer.counter.counts["on_policy_batches"] == 1 and trainer.counter.counts["teacher_forwards"] == 1
     b = batch["input_ids"].shape[0]
     heads = {(model.config.hidden_size, len(tok)), (teacher.config.hidden_size, len(tok))}  # W.T of the two heads
     activations = [s for s in log.shapes if s not in heads]
@@ -241,6 +241,9 @@ def test_on_policy_stage_resumes_after_sigkill_to_the_same_weights(tmp_path):
     assert killed["resumed_from"] and killed["resumed_from"] != f"checkpoint-{STEPS}"
     assert reference["resumed_from"] is None and killed["steps"] == reference["steps"] == STEPS
     assert 0 < reference["on_policy_batches"] < STEPS - 4  # about half the batches from step 4 on were the student's own
+    # what the stage counted is the whole stage's, the steps before the kill included (saved with each checkpoint)
+    for count in ("on_policy_batches", "on_policy_tokens", "teacher_forwards"):
+        assert killed[count] == reference[count], count
     a, b = (load_file(dirs[n] / "model.safetensors") for n in ("killed", "unbroken"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

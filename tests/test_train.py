@@ -458,7 +458,7 @@ def test_student_hidden_states_are_kept_only_inside_the_loss(prepared, run_token
     assert trainer._hidden == []
     loss = trainer.compute_loss(student, batch)
     assert torch.isfinite(loss) and loss.requires_grad
-    assert trainer._hidden == [] and trainer.teacher_forwards == 1
+    assert trainer._hidden == [] and trainer.counter.counts["teacher_forwards"] == 1
     eval_ce(student, rows, tok.pad_token_id, batch_size=2)
     assert trainer._hidden == []
 

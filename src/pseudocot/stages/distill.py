@@ -105,9 +105,7 @@ def train_stage(cfg: Config, stage: DistillStageConfig, out: Path, teacher_path:
         "student_parameters": sum(p.numel() for p in student.parameters()),
     }
     return train_and_save(trainer, out, key, s_tok, val_rows, t.batch_size, metrics,
-                          after=lambda: {"teacher_forwards": trainer.teacher_forwards,
-                                         "on_policy_batches": trainer.on_policy_batches,
-                                         "on_policy_tokens": trainer.on_policy_tokens})
+                          after=lambda: dict(trainer.counter.counts))
 
 
 def teacher_written(cfg: Config, stage: DistillStageConfig, out: Path, teacher_path: Path, teacher_spec: ModelSpec,

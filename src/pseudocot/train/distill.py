@@ -65,6 +65,34 @@ def distill_batch_loss(student: Any, student_head: Any, ids: torch.Tensor, mask:
                                 **student_head.loss_kwargs(), **weights, **teacher_kw)
 
 
+COUNTS = ("teacher_forwards", "on_policy_batches", "on_policy_tokens")
+"""What a distillation stage counts as it trains (its metrics.json reports them for the whole stage)."""
+
+
+def counts_callback() -> Any:
+    """A Trainer callback holding the stage's `COUNTS`. Its state goes into each checkpoint's `trainer_state.json`
+    (the Trainer's `stateful_callbacks`, written with the checkpoint it belongs to) and is read back when a stage
+    resumes, so a resumed stage reports what the whole stage counted, not what it counted since the resume."""
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import ExportableState
+
+    class StageCounts(TrainerCallback, ExportableState):
+        def __init__(self) -> None:
+            self.counts = dict.fromkeys(COUNTS, 0)
+
+        def state(self) -> dict[str, Any]:
+            return {"args": {}, "attributes": {"counts": dict(self.counts)}}
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            # on a resume, `state` is the checkpoint's; a checkpoint written before these counts were saved has none
+            saved = state.stateful_callbacks.get(type(self).__name__)
+            if isinstance(saved, dict):
+                self.counts.update({k: int(v) for k, v in saved.get("attributes", {}).get("counts", {}).items() if k in COUNTS})
+            state.stateful_callbacks[type(self).__name__] = self.state()
+
+    return StageCounts()
+
+
 def trainer_class() -> type:
     """`DistillTrainer`, built on first use (importing transformers' Trainer is slow)."""
     from transformers import Trainer
@@ -77,9 +105,8 @@ def trainer_class() -> type:
             super().__init__(*args, **kwargs)
             self.teacher, self.cache, self.stage, self.chunk_size = teacher, cache, stage, chunk_size
             self.max_length = max_length  # on-policy rows are cut here, as the data's rows are
-            self.teacher_forwards = 0
-            self.on_policy_batches = 0
-            self.on_policy_tokens = 0
+            self.counter = counts_callback()  # teacher forwards, on-policy batches and tokens; kept across a resume
+            self.add_callback(self.counter)
             self._step, self._micro = -1, 0  # which micro-batch of which optimizer step this is
             self.teacher_head = logit_head(teacher) if teacher is not None else None
             # Our loss is already a mean per micro-batch: let the Trainer scale it for accumulation.
@@ -113,8 +140,8 @@ def trainer_class() -> type:
                                          temperature=st.on_policy_temperature,
                                          seed=onpolicy.sample_seed(self.args.seed, step, micro),
                                          end=end_ids(unwrap(student), tok), pad_id=tok.pad_token_id)
-            self.on_policy_batches += 1
-            self.on_policy_tokens += int(rows.pop("completion_tokens"))
+            self.counter.counts["on_policy_batches"] += 1
+            self.counter.counts["on_policy_tokens"] += int(rows.pop("completion_tokens"))
             return rows
 
         def compute_loss(self, model: Any, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
@@ -143,7 +170,7 @@ def trainer_class() -> type:
                     topk = self.cache.gather(inputs["index"].cpu())
                 else:
                     teacher = self.teacher
-                    self.teacher_forwards += 1
+                    self.counter.counts["teacher_forwards"] += 1
             # The unwrapped model's head: `model` may be DDP's wrapper.
             loss = distill_batch_loss(self.model, logit_head(self.model), ids, mask, labels, hidden, weights, self.chunk_size,
                                       teacher=teacher, teacher_head=self.teacher_head, teacher_topk=topk)
