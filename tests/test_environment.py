@@ -44,6 +44,10 @@ def test_the_summary_a_report_shows():
     s = summary(env)
     assert s["torch"] == env["packages"]["torch"] and s["transformers"] == env["packages"]["transformers"]
     assert env["cpu"]["capability"] in s["machine"] and f"{env['cpu']['cores']} cores" in s["machine"]
+    cpu = {"model": "X", "cores": 2, "capability": "AVX512"}
+    assert summary({"cpu": dict(cpu, bf16_instructions=["AVX512-BF16", "avx512_bf16"])})["machine"] == "X (2 cores, AVX512, AVX512-BF16)"
+    assert summary({"cpu": dict(cpu, bf16_instructions=[])})["machine"] == "X (2 cores, AVX512, no bf16 instructions)"
+    assert summary({"cpu": cpu})["machine"] == "X (2 cores, AVX512)"  # not recorded: nothing said
     assert s["threads"] == str(env["torch_threads"])
     assert summary(None) == {} and summary({}) == {}
 

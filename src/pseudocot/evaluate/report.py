@@ -266,7 +266,7 @@ def _machine_section(results: Sequence[dict[str, Any]], names: Sequence[str]) ->
             "instructions) and library versions; the full records are `environment` in results.json, each model's "
             "metrics.json and router.json.", "",
             _md_table(["What", "Precision", "Machine", "Threads", "Variables", "torch", "transformers", "trl", "peft",
-                       "accelerate", "pseudocot"], body, ["l"] * 4 + ["r"] + ["l"] * 6), ""]
+                       "accelerate", "pseudocot"], body, ["l"] * 3 + ["r"] + ["l"] * 7), ""]
 
 
 def render_markdown(results: Sequence[dict[str, Any]], names: Sequence[str], figures: Sequence[str]) -> str:

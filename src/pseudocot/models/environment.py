@@ -7,7 +7,7 @@ report has a "Machine" section). Two runs that disagree can then be told apart b
 
     {"pseudocot": {"version": "0.1.0", "commit": "3cdf3d4...", "modified": false},
      "python": "3.11.9", "os": "Linux-6.1...-x86_64-with-glibc2.36",
-     "cpu": {"model": "AMD EPYC 7B13", "cores": 2, "capability": "AVX2", "bf16": "... without AVX512-BF16 or AMX"},
+     "cpu": {"model": "AMD EPYC 7B13", "cores": 2, "capability": "AVX2", "bf16_instructions": []},
      "gpus": [], "torch_threads": 2, "variables": {"OMP_NUM_THREADS": "1"},
      "packages": {"torch": "2.13.0+cpu", "transformers": "5.25.0", ...}}
 
@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from pseudocot.models.loading import _cpu_bf16_capability
+from pseudocot.models.loading import cpu_bf16_instructions
 
 KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
                     "CUBLAS_WORKSPACE_CONFIG")
@@ -97,7 +97,7 @@ def _fixed() -> dict[str, Any]:
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     return {"pseudocot": _source(), "python": platform.python_version(), "os": platform.platform(),
             "cpu": {"model": _cpu_model(), "cores": os.cpu_count(), "capability": torch.backends.cpu.get_cpu_capability(),
-                    "bf16": _cpu_bf16_capability()[1]},
+                    "bf16_instructions": cpu_bf16_instructions()},
             "gpus": gpus, "packages": _packages()}
 
 
@@ -114,7 +114,9 @@ def summary(env: dict[str, Any] | None) -> dict[str, str]:
     if not env:
         return {}
     cpu, packages, source = env.get("cpu") or {}, env.get("packages") or {}, env.get("pseudocot") or {}
-    machine = f"{cpu.get('model') or 'unknown CPU'} ({cpu.get('cores')} cores, {cpu.get('capability')})"
+    bf16 = cpu.get("bf16_instructions")  # None: not recorded
+    machine = f"{cpu.get('model') or 'unknown CPU'} ({cpu.get('cores')} cores, {cpu.get('capability')}"
+    machine += (f", {bf16[0]}" if bf16 else ", no bf16 instructions" if bf16 == [] else "") + ")"
     if env.get("gpus"):
         machine += ", " + ", ".join(env["gpus"])
     commit = source.get("commit")

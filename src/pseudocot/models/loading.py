@@ -56,12 +56,17 @@ def _cpu_flags() -> set[str]:
     return set(line.partition(":")[2].split())
 
 
+def cpu_bf16_instructions() -> list[str]:
+    """The CPU's bf16 matrix instructions (x86 AVX512-BF16 or AMX, Arm BF16) as torch and /proc/cpuinfo name them."""
+    found = [name for name, probe in (("AVX512-BF16", "_is_avx512_bf16_supported"), ("AMX", "_is_amx_tile_supported"))
+             if getattr(torch.cpu, probe, lambda: False)()]
+    return found + sorted(_cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 def _cpu_bf16_capability() -> tuple[bool, str]:
     """Whether the CPU has bf16 matrix instructions (x86 AVX512-BF16 or AMX, Arm BF16), and what was seen."""
     capability = torch.backends.cpu.get_cpu_capability()  # the vector ISA ("AVX2", "AVX512"): says nothing of bf16
-    found = [name for name, probe in (("AVX512-BF16", "_is_avx512_bf16_supported"), ("AMX", "_is_amx_tile_supported"))
-             if getattr(torch.cpu, probe, lambda: False)()]
-    found += sorted(_cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
+    found = cpu_bf16_instructions()
     if found:
         return True, f"CPU capability {capability} with {', '.join(found)}"
     return False, f"CPU capability {capability} without AVX512-BF16 or AMX"
