@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from pseudocot.evaluate.metrics import paired_difference
-from pseudocot.models.environment import summary as env_summary
+from pseudocot.evaluate.report import sources
 
 SYSTEMS = ("never", "always", "router")
 TARGETS = {
@@ -111,12 +111,10 @@ def read_run(folder: Path, task: str | None) -> dict[str, Any]:
 
 
 def machines(results: dict[str, Any]) -> list[dict[str, str]]:
-    """The distinct environments a run's numbers came from (`pseudocot.models.environment.summary`): its evaluation
-    and the models it read; threads left out (a stage trained beside another runs one thread by design)."""
-    envs = [env_summary(results.get("environment"))]
-    envs += [m.get("environment") or {} for m in (results.get("trained_on") or {}).values()]
+    """The distinct environments a run's numbers came from (`pseudocot.evaluate.report.sources`), threads left out
+    (a stage trained beside another runs one thread by design)."""
     out: list[dict[str, str]] = []
-    for env in envs:
+    for _, _, env in sources(results):
         env = {k: v for k, v in env.items() if k != "threads"}
         if env and env not in out:
             out.append(env)

@@ -303,7 +303,7 @@ def test_demo_smoke_end_to_end(tmp_path):
     trained = {m["role"]: m for m in results["trained_on"].values()}
     assert set(trained) == {"base", "ttm", "router"}
     assert trained["base"]["precision"] == {"autocast": None, "weights": ["float32"], "trainable": ["float32"]}
-    assert trained["base"]["environment"]["threads"] == "1"  # trained in the second process, one thread
+    assert trained["base"]["environment"]["variables"] == "OMP_NUM_THREADS=1"  # trained in the second process
     assert results["environment"]["packages"]["transformers"] == results["systems"]["never"]["answered_on"]["transformers"]
     report = (run / "eval" / "report.md").read_text()
     assert "## Machine" in report and "| base: `base` | fp32 |" in report and "| router: `router` | – |" in report

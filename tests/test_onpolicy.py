@@ -217,6 +217,27 @@ def _distill_command(out_dir: Path) -> list[str]:
     return [sys.executable, "-m", "pseudocot", "distill", "--config", "smoke", f"run.out_dir={out_dir}", *SMALL]
 
 
+def test_the_stage_counts_come_back_from_a_checkpoint_and_start_at_zero_without_one():
+    """`StageCounts` reads what the checkpoint's trainer state saved; a state without it (a fresh stage, or a checkpoint
+    written before the counts were saved) starts at zero and gets the entry HF's checkpoint saving looks up."""
+    from types import SimpleNamespace
+
+    from pseudocot.train.distill import COUNTS, counts_callback
+
+    saved = {"args": {}, "attributes": {"counts": {"teacher_forwards": 7, "on_policy_batches": 3, "on_policy_tokens": 90}}}
+    cb = counts_callback()
+    state = SimpleNamespace(stateful_callbacks={"StageCounts": saved})
+    cb.on_train_begin(None, state, None)
+    assert cb.counts == {"teacher_forwards": 7, "on_policy_batches": 3, "on_policy_tokens": 90}
+    cb.counts["on_policy_batches"] += 1
+    assert cb.state()["attributes"]["counts"]["on_policy_batches"] == 4
+    old = SimpleNamespace(stateful_callbacks={"TrainerControl": {}})
+    fresh = counts_callback()
+    fresh.on_train_begin(None, old, None)
+    assert fresh.counts == dict.fromkeys(COUNTS, 0)
+    assert old.stateful_callbacks["StageCounts"] == {"args": {}, "attributes": {"counts": dict.fromkeys(COUNTS, 0)}}
+
+
 def test_on_policy_stage_resumes_after_sigkill_to_the_same_weights(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     dirs = {}

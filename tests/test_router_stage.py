@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from pseudocot.config import load_config
+from pseudocot.freshness import model_fingerprint
 from pseudocot.layout import RunLayout
 from pseudocot.pipeline import read_traces
 from pseudocot.stages import router as router_stage
@@ -51,7 +52,9 @@ def test_router_stage_trains_and_saves(run, monkeypatch):
     assert any(p["accuracy"] == val["router"]["accuracy"] and p["call_rate"] == val["router"]["call_rate"] for p in curve)
     assert val["oracle"]["accuracy"] >= max(val["always"]["accuracy"], val["router"]["accuracy"])
     assert info["train"]["questions"] == 60 and info["train"]["rows"] > 0
-    assert info["environment"]["packages"]["torch"] == torch.__version__
+    # what it ran on is beside router.json, in metrics.json, which the router's fingerprint leaves out
+    assert "environment" not in saved
+    assert json.loads((out / "metrics.json").read_text())["environment"]["packages"]["torch"] == torch.__version__
 
     # Done for this config: a second call neither collects nor trains.
     monkeypatch.setattr(router_stage, "collect", lambda *a, **k: pytest.fail("collected again"))
@@ -77,15 +80,21 @@ def test_router_stage_resumes_collection_by_chunk(run, monkeypatch, tmp_path):
     cfg = load_config(run)
     out = RunLayout.of(cfg).root / "router"
     router_stage.main(cfg)
+    made = model_fingerprint(out)
     (out / "router.json").unlink()  # as if killed after collecting
     (out / "traces" / "val-0000.jsonl").unlink()  # ... and half-way through validation
     calls = []
     real = router_stage._collect_chunk
+    # trained again on another machine or commit (what the environment record says changes)
+    monkeypatch.setattr(router_stage, "environment", lambda: {"cpu": {"model": "another machine"}})
     monkeypatch.setattr(router_stage, "_collect_chunk",
                         lambda pipe, prompts, exs, files: (calls.append(files[0].stem), real(pipe, prompts, exs, files)))
     info = router_stage.main(cfg)
     assert calls == ["val-0000"]
     assert (out / "router.json").is_file() and info["validation"]["questions"] == 30
+    # the same router again, made elsewhere: the same fingerprint, so its evaluation's cached answers stay valid
+    assert model_fingerprint(out) == made
+    assert json.loads((out / "metrics.json").read_text())["environment"] == {"cpu": {"model": "another machine"}}
 
 
 def test_pipeline_router_mode_matches_simulation(run):

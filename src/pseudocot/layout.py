@@ -10,7 +10,7 @@
       distill/     <stage>/ per stage, summary.json } its tokenizer, metrics.json, checkpoints/,
       base/        the base model                   } [merged/], [teacher_cache/], [ttm_thoughts/]
       grpo/        the RL-tuned TTM (or base)
-      router/      router.json *.safetensors traces/
+      router/      router.json *.safetensors metrics.json traces/
       eval/        results.json report.md/.csv/.json figures/ predictions/ traces/ cache/
 
 Stages, evaluation, the chat, the router and the benchmarks ask a `RunLayout` for a path; no other

@@ -234,37 +234,43 @@ def _precision(p: dict[str, Any] | None) -> str:
 MACHINE_COLUMNS = ("machine", "threads", "variables", "torch", "transformers", "trl", "peft", "accelerate", "pseudocot")
 
 
-def _machine_section(results: Sequence[dict[str, Any]], names: Sequence[str]) -> list[str]:
-    """Where the numbers came from: the process that wrote each results file, any system whose answers were
-    generated in another environment (a shard, an older commit's cache), and every trained model folder read."""
+def sources(results: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None, dict[str, str]]]:
+    """Where a results.json's numbers came from, as (what, precision, summary) rows: the process that wrote it, each
+    system whose answers were last generated in another environment, and each model folder the systems read that
+    records its training. Empty for a results file written before environments were recorded."""
     from pseudocot.models.environment import summary
 
+    own = summary(results.get("environment"))
+    if not own:
+        return []
+    rows: list[tuple[str, dict[str, Any] | None, dict[str, str]]] = [("evaluation", None, own)]
+    seen = set()
+    for task in results.get("tasks", {}).values():
+        for name, s in task.get("systems", {}).items():
+            other = s.get("answered_on")
+            if other and other != own and name not in seen:
+                seen.add(name)
+                rows.append((f"answers of {name}", None, other))
+    for path, m in (results.get("trained_on") or {}).items():
+        rows.append((f"{m.get('role')}: `{Path(path).name}`", m.get("precision"), m.get("environment") or {}))
+    return rows
+
+
+def _machine_section(results: Sequence[dict[str, Any]], names: Sequence[str]) -> list[str]:
+    """Where the numbers came from (`sources` of each results file)."""
     body = []
     for r, label in zip(results, _labels(results, names)):
-        own = summary(r.get("environment"))
-        if not own:
-            continue  # a results file written before environments were recorded
         prefix = f"{label}: " if len(results) > 1 else ""
-        body.append([f"{prefix}evaluation", "–", *(own[c] for c in MACHINE_COLUMNS)])
-        seen = set()
-        for t in r["tasks"].values():
-            for name, s in t["systems"].items():
-                other = s.get("answered_on")
-                if other and other != own and name not in seen:
-                    seen.add(name)
-                    body.append([f"{prefix}answers of {name}", "–", *(other.get(c, "–") for c in MACHINE_COLUMNS)])
-        for path, m in (r.get("trained_on") or {}).items():
-            env = m.get("environment") or {}
-            body.append([f"{prefix}{m.get('role')}: `{Path(path).name}`", _precision(m.get("precision")),
-                         *(env.get(c, "–") for c in MACHINE_COLUMNS)])
+        body += [[prefix + what, _precision(precision), *(env.get(c, "–") for c in MACHINE_COLUMNS)]
+                 for what, precision, env in sources(r)]
     if not body:
         return []
     return ["## Machine", "",
             "What each number was computed on: the process that scored the answers, any system whose answers were "
-            "generated elsewhere (another shard, a cache written by another commit), and every trained model the "
-            "systems read, with the precision it trained in. Results move with the CPU (its vector ISA, bf16 "
-            "instructions) and library versions; the full records are `environment` in results.json, each model's "
-            "metrics.json and router.json.", "",
+            "last generated elsewhere (another shard, a cache written by another commit), and every trained model the "
+            "systems read that records it, with the precision it trained in. Results move with the CPU (its vector "
+            "ISA, bf16 instructions) and library versions; the full records are `environment` in results.json and in "
+            "each model's (and the router's) metrics.json.", "",
             _md_table(["What", "Precision", "Machine", "Threads", "Variables", "torch", "transformers", "trl", "peft",
                        "accelerate", "pseudocot"], body, ["l"] * 3 + ["r"] + ["l"] * 7), ""]
 

@@ -1,9 +1,9 @@
 """What a result was computed on: the machine, its kernels and every library that moves the numbers.
 
 The same commit gives different accuracies on different CPUs (vector ISA, bf16 instructions) and with
-different library versions, so every stage's output records the process it ran in: a trained model's
-`metrics.json` and a router's `router.json` under `environment`, and evaluation's `results.json` (whose
-report has a "Machine" section). Two runs that disagree can then be told apart by reading them.
+different library versions, so every stage's output records the process it ran in: a trained model's and the
+router's `metrics.json` under `environment`, and evaluation's `results.json` (whose report has a "Machine"
+section). Two runs that disagree can then be told apart by reading them.
 
     {"pseudocot": {"version": "0.1.0", "commit": "3cdf3d4...", "modified": false},
      "python": "3.11.9", "os": "Linux-6.1...-x86_64-with-glibc2.36",
@@ -34,6 +34,8 @@ KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "OMP_NUM_THREADS", "MKL_N
                     "CUBLAS_WORKSPACE_CONFIG")
 """Environment variables recorded when set: they choose kernels, their rounding or the threads."""
 
+CORE = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "safetensors", "numpy")
+"""Always recorded, even when pseudocot runs from a source tree it was never installed from (no requirements to read)."""
 ALSO_RECORDED = ("huggingface-hub", "packaging", "scipy", "triton", "vllm", "bitsandbytes", "llama-cpp-python")
 """Installed distributions recorded beside pseudocot's own requirements (when present)."""
 
@@ -56,7 +58,7 @@ def _requirement_names() -> list[str]:
     except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
         required = []
     names = [re.split(r"[\s;<>=!~\[(]", r, maxsplit=1)[0] for r in required if 'extra == "dev"' not in r]
-    return list(dict.fromkeys(["torch", *names, *ALSO_RECORDED]))
+    return list(dict.fromkeys([*CORE, *names, *ALSO_RECORDED]))
 
 
 def _packages() -> dict[str, str]:
@@ -82,8 +84,9 @@ def _source() -> dict[str, Any]:
     from pseudocot import __version__
 
     out: dict[str, Any] = {"version": __version__, "commit": None, "modified": None}
-    root = Path(__file__).resolve().parents[3]  # <root>/src/pseudocot/models/environment.py
-    if (root / ".git").exists():
+    here = Path(__file__).resolve()
+    root = here.parents[3]  # <root>/src/pseudocot/models/environment.py in a checkout; site-packages has no src/
+    if here.parents[2].name == "src" and (root / ".git").exists():
         commit = _git(root, "rev-parse", "HEAD")
         if commit:
             status = _git(root, "status", "--porcelain", "--untracked-files=no")
@@ -94,16 +97,20 @@ def _source() -> dict[str, Any]:
 @functools.lru_cache(maxsize=1)
 def _fixed() -> dict[str, Any]:
     """What cannot change while the process lives (read once)."""
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # this process's
     return {"pseudocot": _source(), "python": platform.python_version(), "os": platform.platform(),
-            "cpu": {"model": _cpu_model(), "cores": os.cpu_count(), "capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu": {"model": _cpu_model(), "cores": cores, "capability": torch.backends.cpu.get_cpu_capability(),
                     "bf16_instructions": cpu_bf16_instructions()},
-            "gpus": gpus, "packages": _packages()}
+            "packages": _packages()}
 
 
 def environment() -> dict[str, Any]:
     """This process's machine, kernels, threads and library versions, as a JSON-ready dict (module docstring)."""
     out = copy.deepcopy(_fixed())
+    # GPU names only once CUDA is up (a stage on a GPU has started it): asking earlier would start it in a CPU process
+    count = torch.cuda.device_count()
+    out["gpus"] = ([torch.cuda.get_device_name(i) for i in range(count)] if torch.cuda.is_initialized()
+                   else [f"cuda:{i}" for i in range(count)])
     out["torch_threads"] = torch.get_num_threads()
     out["variables"] = {k: os.environ[k] for k in KERNEL_VARIABLES if k in os.environ}
     return out

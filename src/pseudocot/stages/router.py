@@ -24,8 +24,9 @@ import torch
 from pseudocot.config import Config
 from pseudocot.data.example import Example
 from pseudocot.errors import ConfigError, DataError
+from pseudocot.files import atomic_write_text
 from pseudocot.freshness import read_key, router_chunk, router_key, router_traces_key, write_key
-from pseudocot.layout import KEY_FILE, RunLayout
+from pseudocot.layout import KEY_FILE, RunLayout, metrics_file
 from pseudocot.models.environment import environment
 from pseudocot.pipeline import Pipeline, last_thought_logprobs, load_pipeline, read_traces, thought_features, write_traces
 from pseudocot.progress import progress
@@ -200,7 +201,6 @@ def main(cfg: Config) -> dict[str, Any]:
         "train": {"questions": len(train_ex), "rows": len(tr_rows), "helps": int(tr_helps.sum()), "hurts": int(tr_hurts.sum())},
         "validation": val,
         "curve": [{"threshold": policy.finite_threshold(t, points), **o.as_dict()} for t, o in points],
-        "environment": environment(),
         "key": key,
     }
     depth = None
@@ -218,4 +218,7 @@ def main(cfg: Config) -> dict[str, Any]:
         val["depth"] = policy.outcome_at_depth(va_correct, va_avail, chosen_depth, depth_cost, reference=cost).as_dict()
         info["depth"] = {"input_dim": int(q_tr.shape[1]), "hidden_size": rcfg.hidden_size, "classes": max_thoughts + 1, **dinfo}
     Router(step, depth, info, answer).save(out)
+    # what it ran on, beside router.json rather than in it: the router's fingerprint (every top-level file but
+    # metrics.json) keys its evaluation, which must not change with the machine or the commit that trained it
+    atomic_write_text(metrics_file(out), json.dumps({"environment": environment(), "key": key}, indent=2) + "\n")
     return info
