@@ -67,7 +67,7 @@ from pseudocot.evaluate.cache import GenerationCache, part_name, read_system_met
 from pseudocot.evaluate.systems import SystemEntry
 from pseudocot.files import read_json_object
 from pseudocot.freshness import eval_task_key
-from pseudocot.layout import METRICS, ROUTER_INFO, EvalLayout, RunLayout
+from pseudocot.layout import METRICS, EvalLayout, RunLayout
 from pseudocot.models.environment import environment, summary
 from pseudocot.progress import progress
 from pseudocot.tasks.registry import task_from
@@ -222,12 +222,12 @@ def build_results(out: Path, tasks: Sequence[EvalTask], entries: Sequence[System
 
 def trained_on(entries: Sequence[SystemEntry]) -> dict[str, Any]:
     """Per model folder the systems read (base, TTM, router; a system's own model): how it was trained and on what,
-    from its `metrics.json` or `router.json`; folders without such a record (older runs, engines) are left out."""
+    from its `metrics.json`; folders without such a record (older runs, engines) are left out."""
     out: dict[str, Any] = {}
     for entry in entries:
         for role, path in (entry.info.get("models") or {}).items():
             folder = Path(str(path))
-            record = next((read_json_object(f) for f in (folder / METRICS, folder / ROUTER_INFO) if f.is_file()), {})
+            record = read_json_object(folder / METRICS)  # a trained model's or the router's
             if record.get("environment") and str(path) not in out:
                 out[str(path)] = {"role": role, "precision": record.get("precision"),
                                   "environment": summary(record["environment"])}
