@@ -111,11 +111,11 @@ def read_run(folder: Path, task: str | None) -> dict[str, Any]:
 
 
 def machines(results: dict[str, Any]) -> list[dict[str, str]]:
-    """The distinct environments a run's numbers came from (`pseudocot.evaluate.report.sources`), threads left out
-    (a stage trained beside another runs one thread by design)."""
+    """The distinct environments a run's numbers came from (`pseudocot.evaluate.report.sources`), threads and thread
+    variables left out (a stage trained beside another runs one thread by design)."""
     out: list[dict[str, str]] = []
     for _, _, env in sources(results):
-        env = {k: v for k, v in env.items() if k != "threads"}
+        env = {k: v for k, v in env.items() if k not in ("threads", "variables")}
         if env and env not in out:
             out.append(env)
     return out
@@ -190,8 +190,7 @@ def markdown(result: dict[str, Any]) -> str:
     seen = [m for a in result["summary"]["arms"].values() for m in a["machines"]]
     for m in [m for i, m in enumerate(seen) if m not in seen[:i]]:
         text += (f"\n\nRan on {m['machine']}; torch {m['torch']}, transformers {m['transformers']}, trl {m['trl']}, "
-                 f"peft {m['peft']}, accelerate {m['accelerate']}; pseudocot {m['pseudocot']}"
-                 + (f"; {m['variables']}" if m["variables"] != "–" else "") + ".")
+                 f"peft {m['peft']}, accelerate {m['accelerate']}; pseudocot {m['pseudocot']}.")
     if not seen:
         text += "\n\nThe runs do not record their machine (made before pseudocot recorded environments)."
     diffs = result["summary"]["differences"]
