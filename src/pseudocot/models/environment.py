@@ -1,9 +1,9 @@
 """What a result was computed on: the machine, its kernels and every library that moves the numbers.
 
-The same commit gives different accuracies on different CPUs (vector ISA, bf16 instructions) and with
-different library versions, so every stage's output records the process it ran in: a trained model's and the
-router's `metrics.json` under `environment`, and evaluation's `results.json` (whose report has a "Machine"
-section). Two runs that disagree can then be told apart by reading them.
+The same commit can give different accuracies on different CPUs (vector ISA, bf16 instructions), precisions and
+library versions, so every training stage, the router and evaluation record the process they ran in: a trained
+model's and the router's `metrics.json` under `environment`, and evaluation's `results.json` (whose report has a
+"Machine" section). Two runs that disagree can then be told apart by reading them.
 
     {"pseudocot": {"version": "0.1.0", "commit": "3cdf3d4...", "modified": false},
      "python": "3.11.9", "os": "Linux-6.1...-x86_64-with-glibc2.36",
