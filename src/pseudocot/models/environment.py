@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from pseudocot.models.loading import cpu_bf16_instructions
+from pseudocot.models.loading import cpu_bf16_instructions, cpuinfo_field
 
 KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
                     "CUBLAS_WORKSPACE_CONFIG")
@@ -42,13 +42,7 @@ ALSO_RECORDED = ("huggingface-hub", "packaging", "scipy", "triton", "vllm", "bit
 
 def _cpu_model() -> str | None:
     """The CPU's name from /proc/cpuinfo (`model name`), else `platform.processor()`; None when neither says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Model")):
-                return line.partition(":")[2].strip() or None
-    except OSError:
-        pass
-    return platform.processor() or None
+    return cpuinfo_field("model name", "Model") or platform.processor() or None
 
 
 def _requirement_names() -> list[str]:

@@ -46,14 +46,19 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return table[name]
 
 
-def _cpu_flags() -> set[str]:
-    """The CPU feature flags of /proc/cpuinfo (x86 `flags`, Arm `Features`); empty where there is none."""
+def cpuinfo_field(*names: str) -> str:
+    """The value of the first /proc/cpuinfo line starting with one of `names` (the first CPU's); empty where there is none."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
-    line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
-    return set(line.partition(":")[2].split())
+        return ""
+    line = next((ln for ln in text.splitlines() if ln.startswith(names)), "")
+    return line.partition(":")[2].strip()
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU feature flags of /proc/cpuinfo (x86 `flags`, Arm `Features`); empty where there is none."""
+    return set(cpuinfo_field("flags", "Features").split())
 
 
 def cpu_bf16_instructions() -> list[str]:
